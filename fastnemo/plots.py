@@ -1,0 +1,41 @@
+"""Plots a person would rather look at than read: training curves from a run's metrics.jsonl."""
+
+from __future__ import annotations
+
+import collections
+import io
+from pathlib import Path
+
+from fastnemo.files import write_atomic
+
+CURVES = ("loss", "reward", "learning_rate", "grad_norm")
+
+
+def training_curves(run, out: Path) -> Path | None:
+    """One panel per logged quantity (loss, reward, ...), one line per stage."""
+    series = collections.defaultdict(lambda: collections.defaultdict(list))
+    for rec in run.read_metrics():
+        for name in CURVES:
+            if isinstance(rec.get(name), (int, float)) and "step" in rec:
+                series[name][rec.get("stage", "?")].append((rec["step"], rec[name]))
+    if not series:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in CURVES if n in series]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for stage, points in series[name].items():
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker=".", label=stage)
+        ax.set_title(name)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return write_atomic(out, buf.getvalue())

@@ -1,0 +1,229 @@
+"""Run a recipe: its stages, in order, for each round, on one model session, in one run directory.
+
+Each stage is a function ``(ctx, key) -> (artifacts, summary)`` below. A stage whose manifest entry exists
+is skipped, so re-running a recipe resumes it; the model is loaded (once) only when a stage needs it, with
+the newest finished adapter, so a resumed run continues from where training stopped.
+
+Stage keys name the round and the stage: ``r1-data``, ``r1-sft``, ``r1-eval-sft``, ``r1-distill``,
+``r1-grpo``, ``r1-eval-grpo``, and finally ``pack``. Every evaluation records the adapter it scored in
+the manifest; ``pack`` ships the best-scoring one (``fastnemo.ledger``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+from fastnemo import ledger
+from fastnemo.config import Recipe, resolve, to_dict
+from fastnemo.progress import console
+from fastnemo.run import RunDir
+from puzzles import Puzzle
+
+TRAINING_STAGES = ("sft", "grpo")
+
+
+@dataclasses.dataclass
+class Context:
+    recipe: Recipe
+    run: RunDir
+    session: object = None
+    adapter_key: str | None = None  # the stage whose adapter the session's LoRA currently holds
+    round: int = 1
+
+    def model_path(self) -> Path:
+        return resolve(self.recipe, self.recipe.model.path)
+
+    def get_session(self):
+        """The run's one model session, loaded on first use with the newest finished adapter."""
+        if self.session is None:
+            from fastnemo.session import ModelSession
+
+            path = self.model_path()
+            if self.recipe.model.tiny and not (path / "config.json").exists():
+                from fastnemo.tiny import build_tiny_model
+
+                console.print(f"building tiny nemotron_h model at {path}")
+                build_tiny_model(path, seed=self.recipe.seed)
+            adapter = self.run.artifact(self.adapter_key, "adapter") if self.adapter_key else None
+            self.session = ModelSession.load(
+                path, self.recipe.model, self.recipe.lora, self.recipe.generation, adapter=adapter
+            )
+        return self.session
+
+
+def plan_keys(recipe: Recipe) -> list[tuple[int, str, str]]:
+    """(round, stage, key) for every stage the recipe runs, in order."""
+    out = []
+    for r in range(1, recipe.rounds + 1):
+        last_training = "base"
+        for stage in recipe.stages:
+            if stage == "pack":
+                continue
+            if stage == "eval":
+                key = f"r{r}-eval-{last_training}"
+            else:
+                key = f"r{r}-{stage}"
+            if stage in TRAINING_STAGES:
+                last_training = stage
+            out.append((r, stage, key))
+    if "pack" in recipe.stages:
+        out.append((recipe.rounds, "pack", "pack"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- stages
+
+
+def stage_data(ctx: Context, key: str):
+    """SFT rows: solver traces on generated puzzles (round 1), or the previous round's distilled traces
+    mixed with part of its SFT data (later rounds, when the recipe distills)."""
+    from puzzles.mix import MixConfig, build_mix
+
+    recipe, d = ctx.recipe, ctx.run.stage_dir(key)
+    out = d / "sft.jsonl"
+    prev_distill = f"r{ctx.round - 1}-distill"
+    if ctx.round > 1 and ctx.run.manifest()["stages"].get(prev_distill):
+        from fastnemo.distill import mix_next
+
+        stats = mix_next(
+            ctx.run.artifact(prev_distill, "traces"),
+            ctx.run.artifact(f"r{ctx.round - 1}-data", "sft"),
+            out,
+            carry_share=recipe.distill.carry_share,
+            seed=recipe.seed + ctx.round,
+        )
+    elif recipe.data.path:
+        import shutil
+
+        shutil.copyfile(resolve(recipe, recipe.data.path), out)
+        stats = {"source": recipe.data.path}
+    else:
+        like = str(resolve(recipe, recipe.data.like)) if recipe.data.like else None
+        stats = build_mix(
+            MixConfig(n=recipe.data.n, out=str(out), like=like, floor=recipe.data.floor,
+                      seed=recipe.seed + 1000 * ctx.round, workers=1, progress=True)
+        )
+    rows = sum(1 for _ in open(out))
+    return {"sft": out}, {"rows": rows, **{k: v for k, v in stats.items() if k in ("source", "kept", "seconds")}}
+
+
+def stage_sft(ctx: Context, key: str):
+    from fastnemo import sft
+    from puzzles.dataset import read_jsonl
+
+    d = ctx.run.path / key  # not cleaned: it holds the trainer's checkpoints for a resume
+    d.mkdir(exist_ok=True)
+    rows = read_jsonl(ctx.run.artifact(f"r{ctx.round}-data", "sft"))
+    session = ctx.get_session()
+    summary = sft.train(session, rows, ctx.recipe.sft, d / "checkpoints", seed=ctx.recipe.seed,
+                        log=lambda rec: ctx.run.log({"stage": key, **rec}))
+    adapter = session.save_adapter(d / "adapter")
+    ctx.adapter_key = key
+    return {"adapter": adapter}, summary
+
+
+def validation_set(ctx: Context) -> list[Puzzle]:
+    """The user's train.csv when the recipe names one, else a held-out generated set (fixed seed, kept
+    apart from the training seeds)."""
+    recipe = ctx.recipe
+    if recipe.eval.data:
+        from puzzles.dataset import load_csv
+
+        from fastnemo.evaluate import stratified
+
+        return stratified(load_csv(resolve(recipe, recipe.eval.data), require_answer=True), recipe.eval.limit,
+                          seed=recipe.seed)
+    from puzzles import categories
+
+    rng = random.Random(10_000_019 + recipe.seed)
+    out = []
+    for i in range(recipe.eval.n_generated):
+        p = categories.generate(categories.CATEGORIES[i % len(categories.CATEGORIES)], rng)
+        p.id = f"heldout-{i:05d}"
+        out.append(p)
+    return out
+
+
+def stage_eval(ctx: Context, key: str):
+    from fastnemo.evaluate import evaluate
+
+    d = ctx.run.path / key  # results.partial.jsonl inside lets an interrupted evaluation resume
+    d.mkdir(exist_ok=True)
+    session = ctx.get_session()
+    summary = evaluate(session, validation_set(ctx), ctx.recipe.eval.sampling, d / "results.jsonl",
+                       batch_size=ctx.recipe.generation.batch_size)
+    summary["checkpoint"] = ctx.adapter_key
+    ctx.run.log({"stage": key, "eval_accuracy": summary["accuracy"], "checkpoint": ctx.adapter_key,
+                 **{f"acc/{c}": v["accuracy"] for c, v in summary["per_category"].items()}})
+    return {"results": d / "results.jsonl"}, summary
+
+
+def stage_distill(ctx: Context, key: str):
+    from fastnemo import distill
+
+    d = ctx.run.path / key
+    d.mkdir(exist_ok=True)
+    summary = distill.run(ctx.get_session(), ctx.recipe, d, seed=ctx.recipe.seed + ctx.round,
+                          log=lambda rec: ctx.run.log({"stage": key, **rec}))
+    return {"traces": d / "traces.jsonl", "goldilocks": d / "goldilocks.jsonl"}, summary
+
+
+def stage_grpo(ctx: Context, key: str):
+    from fastnemo import grpo
+
+    d = ctx.run.path / key
+    d.mkdir(exist_ok=True)
+    prev = f"r{ctx.round}-distill"
+    prompts = ctx.run.artifact(prev, "goldilocks") if ctx.run.manifest()["stages"].get(prev) else None
+    session = ctx.get_session()
+    summary = grpo.train(session, ctx.recipe, d, prompts_path=prompts, seed=ctx.recipe.seed + ctx.round,
+                         log=lambda rec: ctx.run.log({"stage": key, **rec}))
+    adapter = session.save_adapter(d / "adapter")
+    ctx.adapter_key = key
+    return {"adapter": adapter}, summary
+
+
+def stage_pack(ctx: Context, key: str):
+    from fastnemo.pack import pack, verify
+
+    best = ledger.best(ctx.run)
+    source = best["checkpoint"] if best else ctx.adapter_key
+    if source is None:
+        raise RuntimeError("nothing to pack: the recipe trained no adapter (add an 'sft' stage)")
+    d = ctx.run.stage_dir(key)
+    out = pack(ctx.run.artifact(source, "adapter"), d / "submission.zip")
+    model_path = ctx.model_path()
+    small = sum(f.stat().st_size for f in model_path.glob("*.safetensors")) < 2**30
+    report = verify(out, model_path, ctx.recipe.model.base_model_name, load=small)
+    console.print(f"[green]verified[/] {out} (checkpoint {source}, score {best['accuracy'] if best else 'n/a'})")
+    return {"submission": out}, {"checkpoint": source, "verify": report}
+
+
+STAGE_FUNCS = {
+    "data": stage_data, "sft": stage_sft, "eval": stage_eval,
+    "distill": stage_distill, "grpo": stage_grpo, "pack": stage_pack,
+}
+
+
+def run_recipe(recipe: Recipe) -> RunDir:
+    """Run (or resume) every stage of ``recipe``; returns its run directory."""
+    run = RunDir(resolve(recipe, recipe.run_dir)).lock()
+    try:
+        run.write_config(recipe.source, to_dict(recipe))
+        ctx = Context(recipe=recipe, run=run)
+        for rnd, stage, key in plan_keys(recipe):
+            ctx.round = rnd
+            if run.done(key):
+                console.print(f"[dim]{key}: finished earlier, skipped")
+                if stage in TRAINING_STAGES:
+                    ctx.adapter_key = key  # the session, when loaded, starts from this adapter
+                continue
+            console.rule(f"[bold]{key}")
+            artifacts, summary = STAGE_FUNCS[stage](ctx, key)
+            run.finish(key, artifacts, summary)
+        ledger.write_report(run)
+    finally:
+        run.unlock()
+    return run

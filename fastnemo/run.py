@@ -1,0 +1,139 @@
+"""The run directory: one per recipe run, holding everything it made.
+
+    run_dir/
+      recipe.toml        the recipe as given;  config.json  the resolved config
+      manifest.json      finished stages -> their artifacts (paths + sha256) and summary metrics
+      metrics.jsonl      one JSON object per logged step / evaluation, appended as they happen
+      .lock              held while a process works on this run (a second one refuses)
+      <stage dirs>       r1-sft/adapter, r1-eval/results.jsonl, ... (named by round and stage)
+
+A stage is finished exactly when its manifest entry exists; the entry is written (atomically) only after
+all its artifacts are in place, so an interrupted stage has no entry and restarts cleanly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from fastnemo.files import sha256, write_atomic, write_json
+
+
+class RunLocked(RuntimeError):
+    pass
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = None
+
+    # -- locking -----------------------------------------------------------------------------------------
+    def lock(self) -> RunDir:
+        """Take the run's lock (released when the process exits, however it exits)."""
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = (self.path / ".lock").read_text().strip() or "another process"
+            raise RunLocked(f"run directory {self.path} is in use by {holder}; wait for it or stop it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}".encode())
+        self._lock_fd = fd
+        return self
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # -- manifest ----------------------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / "manifest.json"
+
+    def manifest(self) -> dict:
+        if not self.manifest_path.exists():
+            return {"stages": {}}
+        return json.loads(self.manifest_path.read_text())
+
+    def done(self, key: str) -> dict | None:
+        """The manifest entry of a finished stage whose artifacts are all still intact, else None."""
+        entry = self.manifest()["stages"].get(key)
+        if entry is None:
+            return None
+        for name, art in entry["artifacts"].items():
+            p = self.path / art["path"]
+            if not p.exists() or sha256(p) != art["sha256"]:
+                raise RuntimeError(
+                    f"{self.path}: artifact {name!r} of finished stage {key!r} is missing or changed "
+                    f"({p}); restore it or remove the stage from manifest.json to redo it"
+                )
+        return entry
+
+    def finish(self, key: str, artifacts: dict[str, Path], summary: dict | None = None) -> dict:
+        """Record a finished stage: hash its artifacts, then write the manifest atomically."""
+        manifest = self.manifest()
+        entry = {
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "artifacts": {
+                name: {"path": str(Path(p).resolve().relative_to(self.path.resolve())), "sha256": sha256(p)}
+                for name, p in artifacts.items()
+            },
+            "summary": summary or {},
+        }
+        manifest["stages"][key] = entry
+        write_json(self.manifest_path, manifest)
+        return entry
+
+    def stage_dir(self, key: str) -> Path:
+        """A clean working folder for an unfinished stage (left-overs of an interrupted try are removed)."""
+        if key in self.manifest()["stages"]:
+            raise RuntimeError(f"stage {key!r} is already finished in {self.path}")
+        d = self.path / key
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        return d
+
+    def artifact(self, key: str, name: str) -> Path:
+        entry = self.manifest()["stages"][key]
+        return self.path / entry["artifacts"][name]["path"]
+
+    # -- metrics -----------------------------------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        """Append one metrics record (a line is either whole or, after a crash, dropped by read_metrics)."""
+        record = {"time": time.time(), **record}
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record, default=float) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read_metrics(self) -> list[dict]:
+        p = self.path / "metrics.jsonl"
+        if not p.exists():
+            return []
+        out = []
+        for line in p.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a crash mid-write
+                continue
+        return out
+
+    def write_config(self, recipe_source: str, resolved: dict) -> None:
+        src = Path(recipe_source)
+        target = self.path / "recipe.toml"
+        text = src.read_text()
+        if target.exists() and target.read_text() != text:
+            prior = self.path / f"recipe.{int(time.time())}.toml"
+            shutil.copy2(target, prior)  # keep what the earlier stages ran with
+        write_atomic(target, text)
+        write_json(self.path / "config.json", resolved)

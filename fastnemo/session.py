@@ -1,0 +1,145 @@
+"""The model session: ONE loaded model, its tokenizer and its LoRA adapter, shared by every stage of a run.
+
+SFT trains ``session.model`` in place, evaluation and distillation sample from it through ``session.engine``,
+DAPO trains it again: no stage saves and reloads the model. ``ModelSession.loads`` counts loads in this
+process, so a test can assert that a whole recipe loaded the model exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SamplingConfig
+from puzzles import PROMPT_SUFFIX
+
+
+@dataclasses.dataclass
+class Completion:
+    text: str
+    n_tokens: int
+    finish_reason: str  # "stop" (end of turn) or "length" (hit max_tokens: truncated)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def check_targets(model, targets: list[str]) -> None:
+    """Every LoRA target must name a module of the model: a typo would otherwise train nothing there."""
+    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in leaf_names]
+    if missing:
+        raise ValueError(
+            f"lora.target_modules: {missing} not found in {model.config.model_type}; modules available "
+            f"include {sorted(n for n in leaf_names if n.endswith('proj') or n == 'lm_head')}"
+        )
+
+
+def _load_hf(path: Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: Path | None):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    experts = model_cfg.experts_implementation
+    if experts == "auto":
+        experts = "grouped_mm" if torch.cuda.is_available() else "eager"
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=resolve_dtype(model_cfg.dtype),
+        experts_implementation=experts,
+        device_map="cuda" if torch.cuda.is_available() else None,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if adapter is not None:
+        return PeftModel.from_pretrained(model, adapter, is_trainable=True), tokenizer
+    check_targets(model, lora_cfg.target_modules)
+    peft_cfg = PeftLoraConfig(
+        r=lora_cfg.rank,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=list(lora_cfg.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, peft_cfg), tokenizer
+
+
+class ModelSession:
+    loads = 0  # models loaded by this process (see the module docstring)
+
+    def __init__(self, model, tokenizer, model_cfg: ModelConfig, gen_cfg: GenerationConfig, path: Path):
+        from fastnemo.engines import make_engine
+
+        self.model = model
+        self.tokenizer = tokenizer
+        self.model_cfg = model_cfg
+        self.gen_cfg = gen_cfg
+        self.path = path
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.engine = make_engine(gen_cfg.engine, self)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | Path,
+        model_cfg: ModelConfig,
+        lora_cfg: LoraConfig,
+        gen_cfg: GenerationConfig | None = None,
+        adapter: str | Path | None = None,
+    ) -> ModelSession:
+        """Load the base model at ``path`` with a fresh LoRA (or ``adapter``, trainable) on the backend of
+        ``model_cfg``."""
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"model.path {path}: no config.json there (expected a saved model folder)")
+        if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
+            raise FileNotFoundError(f"model.path {path}: config.json but no weights (*.safetensors)")
+        adapter = Path(adapter) if adapter else None
+        if model_cfg.backend == "unsloth":
+            from fastnemo import unsloth_backend
+
+            model, tokenizer = unsloth_backend.load(path, model_cfg, lora_cfg, adapter)
+        else:
+            model, tokenizer = _load_hf(path, model_cfg, lora_cfg, adapter)
+        cls.loads += 1
+        return cls(model, tokenizer, model_cfg, gen_cfg or GenerationConfig(), path)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def chat_prompt(self, puzzle_text: str) -> str:
+        """The exact text the competition feeds the model: puzzle + instruction as a user turn, the assistant
+        turn opened in reasoning mode."""
+        messages = [{"role": "user", "content": puzzle_text + PROMPT_SUFFIX}]
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True, enable_thinking=True
+        )
+
+    def generate(self, puzzle_texts: list[str], sampling: SamplingConfig) -> list[list[Completion]]:
+        """``sampling.n`` completions for each puzzle, from the model as it is now."""
+        return self.engine.generate([self.chat_prompt(t) for t in puzzle_texts], sampling)
+
+    def save_adapter(self, out_dir: str | Path) -> Path:
+        """Write adapter_config.json + adapter_model.safetensors (atomically: into a temp folder, then
+        renamed), with the scored base model's name as base_model_name_or_path."""
+        from fastnemo.files import atomic_dir
+
+        with atomic_dir(out_dir) as tmp:
+            self.model.save_pretrained(tmp)
+            set_base_model_name(tmp, self.model_cfg.base_model_name)
+        return Path(out_dir)
+
+
+def set_base_model_name(adapter_dir: Path, name: str) -> None:
+    import json
+
+    cfg_path = Path(adapter_dir) / "adapter_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["base_model_name_or_path"] = name
+    cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))

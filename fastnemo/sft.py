@@ -1,0 +1,83 @@
+"""Supervised fine-tuning of the session's model with TRL's ``SFTTrainer``.
+
+Rows are prompt/completion pairs: the prompt is rendered by ``session.chat_prompt`` (the very text
+evaluation feeds the model), the completion is the trace. TRL then computes the loss on the completion
+tokens only and appends the end-of-turn token. The trainer wraps ``session.model`` itself: training updates
+the one in-memory LoRA that generation uses next.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from fastnemo.config import SFTConfig
+
+
+def to_dataset(session, rows: list[dict]):
+    from datasets import Dataset
+
+    if not rows:
+        raise ValueError("SFT data is empty: nothing to train on (check the data stage's filters)")
+    return Dataset.from_list(
+        [{"prompt": session.chat_prompt(r["prompt"]), "completion": r["completion"]} for r in rows]
+    )
+
+
+def last_checkpoint(out_dir: Path) -> str | None:
+    ckpts = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    # a checkpoint folder is complete once the trainer state is written (the Trainer writes it last)
+    complete = [p for p in ckpts if (p / "trainer_state.json").exists()]
+    return str(complete[-1]) if complete else None
+
+
+def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 0, log=None) -> dict:
+    """Train ``session.model`` in place on ``rows``; resumes from the last complete checkpoint in
+    ``out_dir``. Returns summary metrics."""
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
+
+    from fastnemo.progress import RichTrainerCallback
+    from fastnemo.trl_compat import ensure_fused_lm_head
+
+    ensure_fused_lm_head()
+
+    on_gpu = torch.cuda.is_available()
+    args = TRLSFTConfig(
+        output_dir=str(out_dir),
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        max_length=cfg.max_length,
+        warmup_steps=cfg.warmup,
+        lr_scheduler_type="cosine",
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        seed=seed,
+        data_seed=seed,
+        bf16=on_gpu and session.model.dtype == torch.bfloat16,
+        gradient_checkpointing=session.model_cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        report_to="none",
+        disable_tqdm=True,
+        dataset_num_proc=1,
+        use_cpu=not on_gpu,
+    )
+    trainer = SFTTrainer(
+        model=session.model,
+        args=args,
+        train_dataset=to_dataset(session, rows),
+        processing_class=session.tokenizer,
+        callbacks=[RichTrainerCallback("sft", on_log_fn=log)],
+    )
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl carry the logs
+    result = trainer.train(resume_from_checkpoint=last_checkpoint(out_dir))
+    session.engine.sync_weights()
+    return {"train_loss": result.training_loss, "steps": result.global_step, "rows": len(rows)}

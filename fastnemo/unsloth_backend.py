@@ -1,0 +1,117 @@
+"""The "unsloth" model backend: Unsloth's loader and LoRA (16-bit or bitsandbytes 4-bit) for nemotron_h.
+
+``load`` returns the same thing the "hf" backend does (a PEFT model and its tokenizer), so every stage runs
+unchanged on either. What Unsloth changes for nemotron_h (read from unsloth 2026.10.9 / unsloth_zoo source):
+- LoRA on the MoE experts: NemotronH keeps its 128 experts as two fused 3-D ``nn.Parameter``s
+  (``mixer.experts.up_proj`` / ``down_proj``), which ``target_modules`` cannot reach. When ``up_proj`` or
+  ``down_proj`` is targeted Unsloth adds them as PEFT ``target_parameters`` (a stacked LoRA per expert
+  weight). The competition's vLLM serves NemotronH expert LoRA only as per-expert 2-D weights and refuses a
+  stacked adapter, so an adapter that trains experts this way must be converted before submission.
+- 4-bit: bitsandbytes quantizes 2-D ``nn.Linear`` weights only. The fused 3-D experts (about 93% of the
+  30B weights) stay bf16, and Unsloth keeps the Mamba ``out_proj`` unquantized because the fused Mamba
+  kernel reads ``out_proj.weight`` directly. So 4-bit saves little memory on this model.
+- The Mamba ``out_proj`` and ``conv1d`` are read by mamba_ssm's fused kernel as plain weights in training:
+  a LoRA there would be bypassed, which is why neither is in the default targets.
+
+Unsloth patches transformers, PEFT and TRL when imported, so the caller should import this module before
+transformers is first imported (``fastnemo.session`` does it when ``model.backend == "unsloth"``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import torch
+
+from fastnemo.config import LoraConfig, ModelConfig
+
+INSTALL_HINT = (
+    "pip install 'fastnemo[gpu]' (unsloth, unsloth_zoo, bitsandbytes, mamba-ssm, causal-conv1d); on the H100 "
+    "test machine stage the wheels as bench/README.md says and set PYTHONPATH=/tmp/site"
+)
+
+
+class BackendUnavailable(RuntimeError):
+    """The unsloth backend cannot run here; the message says what to install."""
+
+
+def check_available() -> None:
+    """Raise BackendUnavailable unless a CUDA GPU, unsloth and the Mamba kernels are all present.
+
+    Without mamba-ssm + causal-conv1d transformers falls back to the PyTorch Mamba path, which is slow and
+    runs out of memory at 4 x 2048 tokens on an 80 GB card with the real widths: better to stop here."""
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("model.backend = 'unsloth' needs a CUDA GPU; use backend = 'hf' on CPU")
+    missing = [m for m in ("unsloth", "unsloth_zoo", "mamba_ssm", "causal_conv1d") if not importlib.util.find_spec(m)]
+    if missing:
+        raise BackendUnavailable(f"model.backend = 'unsloth': missing {', '.join(missing)}. {INSTALL_HINT}")
+
+
+def experts_implementation(model_cfg: ModelConfig) -> str:
+    return "grouped_mm" if model_cfg.experts_implementation == "auto" else model_cfg.experts_implementation
+
+
+def _dtype(model_cfg: ModelConfig):
+    return {"auto": torch.bfloat16, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(model_cfg.dtype)
+
+
+def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: Path | None = None):
+    """Load the model at ``path`` through Unsloth with a fresh LoRA (or ``adapter``, trainable).
+
+    Returns (peft_model, tokenizer) like the hf backend."""
+    check_available()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder: never let a loader reach for the hub
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    import unsloth  # noqa: F401  (patches transformers / peft / trl on import)
+    from unsloth import FastLanguageModel
+
+    gc = "unsloth" if model_cfg.gradient_checkpointing else False
+    model, tokenizer = FastLanguageModel.from_pretrained(
+        model_name=str(path),
+        max_seq_length=model_cfg.max_seq_length,
+        dtype=_dtype(model_cfg),
+        load_in_4bit=model_cfg.load_in_4bit,
+        load_in_16bit=not model_cfg.load_in_4bit,
+        full_finetuning=False,
+        use_gradient_checkpointing=gc,
+        local_files_only=True,
+        experts_implementation=experts_implementation(model_cfg),
+    )
+    if adapter is not None:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, str(adapter), is_trainable=True), tokenizer
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=lora_cfg.rank,
+        lora_alpha=lora_cfg.alpha,
+        lora_dropout=lora_cfg.dropout,
+        target_modules=list(lora_cfg.target_modules),
+        bias="none",
+        use_gradient_checkpointing=gc,
+        random_state=3407,
+    )
+    return model, tokenizer
+
+
+def lora_parameter_groups(model) -> dict[str, int]:
+    """Trainable LoRA tensors per target (leaf module or expert parameter name): what actually got a LoRA."""
+    groups: dict[str, int] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad and "lora_" in name:
+            key = _target_of(name)
+            groups[key] = groups.get(key, 0) + 1
+    return groups
+
+
+def _target_of(param_name: str) -> str:
+    # ...layers.3.mixer.q_proj.lora_A.default.weight -> q_proj; experts: ...mixer.experts.lora_A... ->
+    # experts.<param> (PEFT's ParamWrapper names the wrapped parameter in parameter_name).
+    parts = param_name.split(".")
+    i = next(i for i, p in enumerate(parts) if p.startswith("lora_"))
+    head = [p for p in parts[:i] if p not in ("base_layer",)]
+    if "experts" in head:
+        return "experts." + head[-1] if head[-1] != "experts" else "experts"
+    return head[-1]

@@ -1,0 +1,807 @@
+"""Equation puzzles: ``AB?CD = result`` lines with a hidden operation per operator glyph.
+
+Two families share one layout (a 5-character left side, operator in the middle):
+
+- numeric: operands are 2-digit numbers (``96$54 = 5184``); each operator glyph hides an operation.
+- symbolic: every character is a glyph; operand glyphs stand for digits (an injective mapping), the middle
+  glyph is the operator; the answer is written back in glyphs.
+
+An operation here is an ``Op`` applied in a "world": the plain world reads numbers as written, the reversed
+world reads both operands right-to-left and writes the result right-to-left (so ``57*67 = 0075`` is
+75*76 = 5700 written backwards). A negative result is marked by a sign (``-`` or the operator glyph
+itself) before or after the digits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+import time
+
+from puzzles.base import Puzzle, PuzzleFormatError, Solution
+
+CATEGORY = "equations"
+HEADER = (
+    "In Alice's Wonderland, a secret set of transformation rules is applied to equations. "
+    "Below are a few examples:\n"
+)
+_LINE = re.compile(r"^(.{5}) = (.*)$")
+_QUERY = "Now, determine the result for: "
+
+
+def parse(prompt: str) -> Puzzle:
+    if "transformation rules is applied to equations" not in prompt[:200]:
+        raise PuzzleFormatError(f"not an equations prompt: {prompt[:80]!r}")
+    body = prompt.split("Below are a few examples:\n", 1)
+    if len(body) != 2 or _QUERY not in body[1]:
+        raise PuzzleFormatError(f"equations prompt without examples or query: {prompt[-80:]!r}")
+    head, query = body[1].rsplit(_QUERY, 1)
+    examples = []
+    for line in head.split("\n"):
+        if not line:
+            continue
+        m = _LINE.match(line)
+        if m is None:
+            raise PuzzleFormatError(f"equation line not of the form 'AB?CD = R': {line!r}")
+        examples.append((m.group(1), m.group(2)))
+    query = query.rstrip("\n")
+    if len(query) != 5 or not examples:
+        raise PuzzleFormatError(f"equations query not 5 characters: {query!r}")
+    family = "numeric" if _is_numeric(query) and all(_is_numeric(x) for x, _ in examples) else "symbolic"
+    return Puzzle(
+        id="", category=CATEGORY, prompt=prompt, examples=examples, query=query, features={"family": family}
+    )
+
+
+def _is_numeric(lhs: str) -> bool:
+    return lhs[:2].isdigit() and lhs[3:].isdigit()
+
+
+def render(examples: list[tuple[str, str]], query: str) -> str:
+    """The exact real layout: header, one example a line, the query line (no blank line between)."""
+    lines = "".join(f"{x} = {y}\n" for x, y in examples)
+    return f"{HEADER}{lines}{_QUERY}{query}"
+
+
+# ---------------------------------------------------------------- operations and rendering
+
+
+@dataclasses.dataclass(frozen=True)
+class Op:
+    """A hidden operation on the two operands ``a`` and ``b`` (ints as read in the world); ``text`` is how
+    a trace names it. Concatenations work on the operand strings, so leading zeros survive."""
+
+    name: str
+    text: str
+
+
+OPS = [
+    Op("add", "a + b"),
+    Op("sub", "a - b"),
+    Op("rsub", "b - a"),
+    Op("absdiff", "|a - b|"),
+    Op("negabs", "-|a - b|"),
+    Op("mul", "a * b"),
+    Op("cat", "a then b"),
+    Op("rcat", "b then a"),
+    Op("add1", "a + b + 1"),
+    Op("addm1", "a + b - 1"),
+    Op("mul1", "a * b + 1"),
+    Op("mulm1", "a * b - 1"),
+    Op("mod", "max(a, b) mod min(a, b)"),
+]
+OP_BY_NAME = {op.name: op for op in OPS}
+# How a negative result is marked: the operator glyph ("g") before ("pre") or after ("post") the digits.
+# (Real puzzles never use a plain "-" for another glyph; "-pre"/"-post" stay renderable for completeness.)
+SIGNS = ("gpre", "gpost")
+
+
+def value(op: str, a: int, b: int) -> int | None:
+    """The integer result of ``op`` (None where undefined: division by zero)."""
+    if op == "add":
+        return a + b
+    if op == "sub":
+        return a - b
+    if op == "rsub":
+        return b - a
+    if op == "absdiff":
+        return abs(a - b)
+    if op == "negabs":
+        return -abs(a - b)
+    if op == "mul":
+        return a * b
+    if op == "add1":
+        return a + b + 1
+    if op == "addm1":
+        return a + b - 1
+    if op == "mul1":
+        return a * b + 1
+    if op == "mulm1":
+        return a * b - 1
+    if op == "div":
+        return a // b if b else None
+    if op == "mod":  # the larger operand modulo the smaller, as the real puzzles do
+        hi, lo = max(a, b), min(a, b)
+        return hi % lo if lo else None
+    raise KeyError(op)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """One glyph's hidden rule: the world (reversed or not), the operation, the negative-sign style."""
+
+    rev: bool
+    op: str
+    sign: str = "gpre"
+
+    def apply(self, lhs: str) -> str | None:
+        """The result string for a numeric left side ``AB?CD`` (None where the op is undefined)."""
+        x, g, y = lhs[:2], lhs[2], lhs[3:]
+        if self.rev:
+            x, y = x[::-1], y[::-1]
+        if self.op in ("cat", "rcat"):
+            s = x + y if self.op == "cat" else y + x
+            return s[::-1] if self.rev else s
+        v = value(self.op, int(x), int(y))
+        if v is None:
+            return None
+        s = str(abs(v))
+        if self.rev:
+            s = s[::-1]
+        if v < 0:
+            mark = "-" if self.sign[0] == "-" else g
+            s = mark + s if self.sign.endswith("pre") else s + mark
+        return s
+
+    def can_be_negative(self) -> bool:
+        return self.op in ("sub", "rsub", "negabs", "addm1", "mulm1")
+
+
+def _rules_for(op: str) -> list[Rule]:
+    signs = SIGNS if Rule(False, op).can_be_negative() else ("gpre",)
+    return [Rule(rev, op, sign) for rev in (False, True) for sign in signs]
+
+
+ALL_RULES = [rule for op in OPS for rule in _rules_for(op.name)]
+
+# Preference among operations when the examples leave a choice (a guess, never a deduction): how often each
+# operation hides behind a glyph in real puzzles, overall and for the three glyphs that look like operators.
+OP_PRIOR = {
+    "add": 169,
+    "mul": 156,
+    "cat": 120,
+    "mul1": 70,
+    "mulm1": 65,
+    "add1": 64,
+    "sub": 64,
+    "addm1": 53,
+    "mod": 36,
+    "negabs": 27,
+    "absdiff": 18,
+    "rcat": 16,
+    "rsub": 15,
+}
+GLYPH_PRIOR = {
+    "+": {"add": 55, "cat": 35, "add1": 31, "addm1": 20, "mul": 5},
+    "*": {"mul": 45, "cat": 36, "mul1": 33, "mulm1": 25, "add": 6, "add1": 4, "sub": 4},
+    "-": {"sub": 28, "mod": 16, "negabs": 11, "absdiff": 9, "mul": 7, "mulm1": 5, "add": 4},
+}
+
+
+def _is_negative_text(s: str) -> bool:
+    return not (s[:1].isdigit() and s[-1:].isdigit())
+
+
+@dataclasses.dataclass
+class NumericAnalysis:
+    """Which rules fit each glyph's examples, and the puzzle-wide world and sign style they imply."""
+
+    fits: dict[str, list[Rule]]  # glyph -> rules consistent with all its examples
+    revs: set[bool]  # reading directions every explained glyph allows (the world is puzzle-wide)
+    signs: set[str]  # sign styles every glyph with a negative example allows (also puzzle-wide)
+    candidates: list[Rule]  # rules for the query glyph after the puzzle-wide constraints
+
+
+def analyze_numeric(puzzle: Puzzle) -> NumericAnalysis:
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for x, y in puzzle.examples:
+        groups.setdefault(x[2], []).append((x, y))
+    fits = {g: [r for r in ALL_RULES if all(r.apply(x) == y for x, y in exs)] for g, exs in groups.items()}
+    revs = {False, True}
+    signs = set(SIGNS)
+    for g, rules in fits.items():
+        if rules:  # a glyph no rule explains says nothing about the world
+            revs &= {r.rev for r in rules}
+        if any(_is_negative_text(y) for _, y in groups[g]) and rules:
+            signs &= {r.sign for r in rules}
+    q = puzzle.query[2]
+    if q in fits:
+        cands = [r for r in fits[q] if r.rev in revs and (r.sign in signs or not r.can_be_negative())]
+    else:
+        cands = [r for r in ALL_RULES if r.rev in revs and (r.sign in signs or not r.can_be_negative())]
+    return NumericAnalysis(fits, revs, signs, cands)
+
+
+def _prior(glyph: str, rule: Rule, used_ops: set[str]) -> tuple:
+    """Sort key (smaller = preferred) for guessing among rules that fit."""
+    table = GLYPH_PRIOR.get(glyph, OP_PRIOR)
+    return (
+        rule.op in used_ops,
+        -table.get(rule.op, 0),
+        -OP_PRIOR.get(rule.op, 0),
+        rule.sign != "gpre",
+        rule.rev,
+    )
+
+
+def solve_numeric(puzzle: Puzzle) -> Solution | None:
+    an = analyze_numeric(puzzle)
+    q = puzzle.query[2]
+    answers = {}
+    for r in an.candidates:
+        out = r.apply(puzzle.query)
+        if out is not None:
+            answers.setdefault(out, []).append(r)
+    if not answers:
+        return None
+    seen = q in an.fits
+    if seen and len(answers) == 1:
+        ((answer, rules),) = answers.items()
+        return Solution(
+            answer, "deduced", rule=_rule_name(rules[0]), steps={"family": "numeric", "rule": rules[0]}
+        )
+    used = {an.fits[g][0].op for g in an.fits if g != q and len({r.op for r in an.fits[g]}) == 1}
+    best = min(an.candidates, key=lambda r: _prior(q, r, used) if r.apply(puzzle.query) is not None else (9,))
+    return Solution(
+        best.apply(puzzle.query), "guessed", rule=_rule_name(best), steps={"family": "numeric", "rule": best}
+    )
+
+
+def _rule_name(r: Rule) -> str:
+    return f"{'reversed' if r.rev else 'plain'} {OP_BY_NAME[r.op].text} sign={r.sign}"
+
+
+def solve(puzzle: Puzzle, time_cap: float = 2.0) -> Solution | None:
+    if puzzle.features.get("family", "numeric") == "numeric" and _is_numeric(puzzle.query):
+        return solve_numeric(puzzle)
+    return solve_symbolic(puzzle, time_cap)
+
+
+# ---------------------------------------------------------------- numeric traces
+
+
+def _world_text(rev: bool) -> str:
+    return "read right to left" if rev else "read as written"
+
+
+def _operands(lhs: str, rev: bool) -> tuple[str, str]:
+    x, y = lhs[:2], lhs[3:]
+    return (x[::-1], y[::-1]) if rev else (x, y)
+
+
+def _arith_text(op: str, a: int, b: int) -> str:
+    """The computation written out in small steps (columns for + and -, partial products for *)."""
+    if op in ("mul", "mul1", "mulm1"):
+        t, u = divmod(b, 10)
+        core = f"{a} * {b} = {a} * {t * 10} + {a} * {u} = {a * t * 10} + {a * u} = {a * b}"
+        extra = {"mul": "", "mul1": f"; {a * b} + 1 = {a * b + 1}", "mulm1": f"; {a * b} - 1 = {a * b - 1}"}[
+            op
+        ]
+        return core + extra
+    if op in ("add", "add1", "addm1"):
+        core = f"{a} + {b} = {a + b}"
+        extra = {"add": "", "add1": f"; {a + b} + 1 = {a + b + 1}", "addm1": f"; {a + b} - 1 = {a + b - 1}"}[
+            op
+        ]
+        return core + extra
+    if op == "sub":
+        return f"{a} - {b} = {a - b}"
+    if op == "rsub":
+        return f"{b} - {a} = {b - a}"
+    if op in ("absdiff", "negabs"):
+        hi, lo = max(a, b), min(a, b)
+        return f"larger - smaller = {hi} - {lo} = {hi - lo}" + (
+            "" if op == "absdiff" else f"; negate: {lo - hi}"
+        )
+    if op == "mod":
+        hi, lo = max(a, b), min(a, b)
+        return (
+            f"{hi} mod {lo}: {hi} = {lo} * {hi // lo} + {hi % lo}, remainder {hi % lo}" if lo else "undefined"
+        )
+    if op == "div":
+        return f"{a} // {b} = {a // b}" if b else "undefined"
+    raise KeyError(op)
+
+
+def _apply_text(rule: Rule, lhs: str) -> str:
+    """One line: the operands in the rule's world, the computation, and the written result."""
+    x, y = _operands(lhs, rule.rev)
+    if rule.op in ("cat", "rcat"):
+        s = x + y if rule.op == "cat" else y + x
+        body = f"join {x} and {y}" if rule.op == "cat" else f"join {y} and {x}"
+        body += f" -> {s}"
+        if rule.rev:
+            body += f"; write right to left -> {s[::-1]}"
+        return body
+    v = value(rule.op, int(x), int(y))
+    body = f"a={x}, b={y}: " + _arith_text(rule.op, int(x), int(y))
+    if v is None:
+        return body
+    digits = str(abs(v))
+    if rule.rev:
+        body += f"; digits {digits} written right to left -> {digits[::-1]}"
+    out = rule.apply(lhs)
+    if v < 0:
+        where = "before" if rule.sign.endswith("pre") else "after"
+        mark = "-" if rule.sign[0] == "-" else lhs[2]
+        body += f"; negative, so '{mark}' goes {where} -> {out}"
+    return body
+
+
+def trace_numeric(puzzle: Puzzle, solution: Solution) -> str:
+    an = analyze_numeric(puzzle)
+    q = puzzle.query[2]
+    chosen: Rule = solution.steps["rule"]
+    lines = [
+        "Each operator symbol hides one operation on the two 2-digit numbers around it. Numbers may be "
+        "read as written or right to left (then the result is also written right to left); a negative "
+        "result is marked with a sign. The same reading holds for the whole puzzle.",
+        "",
+    ]
+    order = [q] + [g for g in an.fits if g != q] if q in an.fits else list(an.fits)
+    for g in order:
+        exs = [(x, y) for x, y in puzzle.examples if x[2] == g]
+        lines.append(f"Operator '{g}': " + "; ".join(f"{x} = {y}" for x, y in exs))
+        for rev in (True, False):
+            alive = [op.name for op in OPS]
+            for x, y in exs:
+                ok = [o for o in alive if any(r.apply(x) == y for r in _rules_for(o) if r.rev == rev)]
+                a, b = _operands(x, rev)
+                shown = []
+                for o in alive:
+                    r = next((r for r in _rules_for(o) if r.rev == rev and r.apply(x) == y), None)
+                    r = r or next(
+                        r
+                        for r in _rules_for(o)
+                        if r.rev == rev and r.sign == "gpre" or r.rev == rev and not r.can_be_negative()
+                    )
+                    shown.append(f"{OP_BY_NAME[o].text} -> {r.apply(x)} {'ok' if o in ok else 'no'}")
+                lines.append(f"  {_world_text(rev)}, {x} = {y} (a={a}, b={b}): " + ", ".join(shown))
+                alive = ok
+                if not alive:
+                    break
+            verdict = ", ".join(OP_BY_NAME[o].text for o in alive) if alive else "nothing fits"
+            lines.append(f"  {_world_text(rev)}: {verdict}")
+        if g == q and q in an.fits and len(an.revs) == 1:
+            pass
+    world = "; ".join(_world_text(r) for r in sorted(an.revs, reverse=True))
+    lines.append("")
+    lines.append(f"Reading that fits every operator: {world}.")
+    if q not in an.fits:
+        lines.append(
+            f"Operator '{q}' never appears in the examples, so its operation is a guess: "
+            f"{OP_BY_NAME[chosen.op].text}, the most common choice."
+        )
+    elif solution.status == "guessed":
+        lines.append(
+            f"Several operations fit '{q}' and give different answers; the most common one is "
+            f"{OP_BY_NAME[chosen.op].text}."
+        )
+    else:
+        lines.append(f"Operator '{q}' is {OP_BY_NAME[chosen.op].text}, {_world_text(chosen.rev)}.")
+    lines.append(f"Query {puzzle.query}: {_apply_text(chosen, puzzle.query)}")
+    lines.append(f"Answer: {solution.answer}")
+    return "\n".join(lines)
+
+
+def trace(puzzle: Puzzle, solution: Solution) -> str:
+    if solution.steps.get("family") == "numeric":
+        return trace_numeric(puzzle, solution)
+    return trace_symbolic(puzzle, solution)
+
+
+def trace_symbolic(puzzle: Puzzle, solution: Solution) -> str:  # replaced below once symbolic lands
+    return f"Answer: {solution.answer}"
+
+
+# ---------------------------------------------------------------- symbolic: glyphs stand for digits
+
+_DIGITS = "0123456789"
+
+
+@dataclasses.dataclass
+class SymbolicState:
+    """A partial decoding: glyph -> digit (injective), operator glyph -> op name, the world and the sign
+    style (None until a negative result fixes it; "pre"/"post" and the marker character)."""
+
+    rev: bool
+    digit: dict[str, str]
+    glyph: dict[str, str]  # digit -> glyph, the inverse
+    ops: dict[str, str]
+    sign: tuple[str, str] | None = None  # (marker char, "pre" | "post")
+
+
+def _raw(op: str, rev: bool, x: str, y: str) -> tuple[str, bool] | None:
+    """(result digits as written, negative?) for operand digit strings x, y as written."""
+    if rev:
+        x, y = x[::-1], y[::-1]
+    if op in ("cat", "rcat"):
+        s = x + y if op == "cat" else y + x
+        return (s[::-1] if rev else s), False
+    v = value(op, int(x), int(y))
+    if v is None:
+        return None
+    s = str(abs(v))
+    return (s[::-1] if rev else s), v < 0
+
+
+def _bind(st: SymbolicState, glyphs: str, digits: str, new: list[str]) -> bool:
+    """Extend the mapping so that ``glyphs`` read as ``digits``; records new glyphs in ``new``."""
+    for c, d in zip(glyphs, digits):
+        have = st.digit.get(c)
+        if have is None:
+            if d in st.glyph:
+                return False
+            st.digit[c] = d
+            st.glyph[d] = c
+            new.append(c)
+        elif have != d:
+            return False
+    return True
+
+
+def _unbind(st: SymbolicState, new: list[str]) -> None:
+    for c in new:
+        del st.glyph[st.digit.pop(c)]
+
+
+def _match_result(st: SymbolicState, g: str, out: tuple[str, bool], text: str, new: list[str]):
+    """Bind ``text`` to the rendered result; yields once per way (sign styles) it can match."""
+    s, neg = out
+    if not neg:
+        if len(text) == len(s) and _bind(st, text, s, new):
+            yield None
+        return
+    if len(text) != len(s) + 1:
+        return
+    for marker, where in ((text[0], "pre"), (text[-1], "post")):
+        # Real puzzles mark a negative with the operator glyph itself (which for "-" is also a minus).
+        if marker != g or marker in st.digit:
+            continue
+        style = ("g", where)
+        if st.sign is not None and st.sign != style:
+            continue
+        body = text[1:] if where == "pre" else text[:-1]
+        mark = len(new)
+        if _bind(st, body, s, new):
+            old, st.sign = st.sign, style
+            yield None
+            st.sign = old
+        _unbind(st, new[mark:])
+        del new[mark:]
+
+
+def _free_assignments(st: SymbolicState, glyphs: str):
+    """Every way to give the unmapped glyphs among ``glyphs`` distinct unused digits."""
+    todo = list(dict.fromkeys(c for c in glyphs if c not in st.digit))
+    free = [d for d in _DIGITS if d not in st.glyph]
+
+    def rec(i: int):
+        if i == len(todo):
+            yield
+            return
+        for d in list(free):
+            if d in st.glyph:
+                continue
+            st.digit[todo[i]] = d
+            st.glyph[d] = todo[i]
+            yield from rec(i + 1)
+            del st.glyph[d]
+            del st.digit[todo[i]]
+
+    yield from rec(0)
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _search(st: SymbolicState, examples: list[tuple[str, str]], i: int, deadline: float):
+    """Depth-first over examples: yields each consistent full state (the state object, mutated)."""
+    if time.monotonic() > deadline:
+        raise _Timeout
+    if i == len(examples):
+        yield st
+        return
+    lhs, rhs = examples[i]
+    g = lhs[2]
+    x, y = lhs[:2], lhs[3:]
+    ops = [st.ops[g]] if g in st.ops else [op.name for op in OPS]
+    for op in ops:
+        fresh = g not in st.ops
+        if fresh:
+            st.ops[g] = op
+        if op in ("cat", "rcat"):
+            # Joining copies glyphs: checked on glyphs alone, binding no digits (keeps the search small).
+            if rhs == _glyph_cat(op, st.rev, x, y):
+                yield from _search(st, examples, i + 1, deadline)
+        else:
+            for _ in _free_assignments(st, x + y):
+                dx = st.digit[x[0]] + st.digit[x[1]]
+                dy = st.digit[y[0]] + st.digit[y[1]]
+                out = _raw(op, st.rev, dx, dy)
+                if out is None:
+                    continue
+                new: list[str] = []
+                for _ in _match_result(st, g, out, rhs, new):
+                    yield from _search(st, examples, i + 1, deadline)
+                _unbind(st, new)
+        if fresh:
+            del st.ops[g]
+
+
+def _glyph_cat(op: str, rev: bool, x: str, y: str) -> str:
+    """A join written in glyphs: in the reversed world the operands come out swapped."""
+    return x + y if (op == "cat") != rev else y + x
+
+
+def _order(examples: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Examples sorted so each next one shares the most glyphs with those before (tighter pruning)."""
+    rest = list(examples)
+    seen: set[str] = set()
+    out = []
+    while rest:
+        best = max(
+            rest,
+            key=lambda e: (
+                len(set(e[0][:2] + e[0][3:] + e[1]) & seen) - len(set(e[0][:2] + e[0][3:]) - seen),
+                len(e[1]),
+            ),
+        )
+        rest.remove(best)
+        out.append(best)
+        seen |= set(best[0] + best[1])
+    return out
+
+
+def _encode(st: SymbolicState, q: str, out: tuple[str, bool]) -> list[str]:
+    """The glyph strings a rendered query result can be written as (several when the sign style is open);
+    empty when a result digit has no known glyph."""
+    s, neg = out
+    if any(d not in st.glyph for d in s):
+        return []
+    body = "".join(st.glyph[d] for d in s)
+    if not neg:
+        return [body]
+    styles = [st.sign] if st.sign else [("g", "pre"), ("g", "post")]
+    outs = []
+    for marker, where in styles:
+        m = q if marker == "g" else "-"
+        outs.append(m + body if where == "pre" else body + m)
+    return outs
+
+
+@dataclasses.dataclass
+class SymbolicResult:
+    answers: dict[str, int]  # answer -> number of consistent decodings giving it
+    complete: bool  # the search finished inside its time cap
+    ambiguous: bool  # some decoding left the query open (unseen operator / glyph / sign style / digit)
+    example: dict | None  # one decoding giving the top answer: digit map, ops, world, sign
+
+
+def analyze_symbolic(puzzle: Puzzle, time_cap: float = 2.0, max_solutions: int = 20000) -> SymbolicResult:
+    deadline = time.monotonic() + time_cap
+    q, qx, qy = puzzle.query[2], puzzle.query[:2], puzzle.query[3:]
+    answers: dict[str, int] = {}
+    first: dict[str, dict] = {}
+    ambiguous = False
+    complete = True
+    n = 0
+    examples = _order(puzzle.examples)
+    try:
+        for rev in (False, True):
+            st = SymbolicState(rev, {}, {}, {})
+            for st in _search(st, examples, 0, deadline):
+                n += 1
+                if n > max_solutions:
+                    raise _Timeout
+                ops = [st.ops[q]] if q in st.ops else [op.name for op in OPS]
+                unknown = [c for c in dict.fromkeys(qx + qy) if c not in st.digit]
+                if q not in st.ops or (unknown and st.ops[q] not in ("cat", "rcat")):
+                    ambiguous = True
+                cat_ops = [op for op in ops if op in ("cat", "rcat")]
+                for op in cat_ops:
+                    a = _glyph_cat(op, st.rev, qx, qy)
+                    answers[a] = answers.get(a, 0) + 1
+                    first.setdefault(a, {"rev": st.rev, "digit": dict(st.digit), "ops": {**st.ops, q: op},
+                                         "sign": st.sign})
+                ops = [op for op in ops if op not in cat_ops]
+                if not ops:
+                    continue
+                for _ in _free_assignments(st, qx + qy):
+                    dx = st.digit[qx[0]] + st.digit[qx[1]]
+                    dy = st.digit[qy[0]] + st.digit[qy[1]]
+                    for op in ops:
+                        out = _raw(op, st.rev, dx, dy)
+                        if out is None:
+                            continue
+                        encoded = _encode(st, q, out)
+                        if not encoded or len(encoded) > 1:
+                            ambiguous = True
+                        for a in encoded:
+                            answers[a] = answers.get(a, 0) + 1
+                            if a not in first:
+                                first[a] = {
+                                    "rev": st.rev,
+                                    "digit": dict(st.digit),
+                                    "ops": {**st.ops, q: op},
+                                    "sign": st.sign,
+                                }
+    except _Timeout:
+        complete = False
+    top = max(answers, key=answers.get) if answers else None
+    return SymbolicResult(answers, complete, ambiguous, first.get(top))
+
+
+def solve_symbolic(puzzle: Puzzle, time_cap: float = 2.0) -> Solution | None:
+    res = analyze_symbolic(puzzle, time_cap)
+    if not res.answers:
+        return None
+    top = max(res.answers, key=res.answers.get)
+    deduced = res.complete and not res.ambiguous and len(res.answers) == 1
+    return Solution(
+        top,
+        "deduced" if deduced else "guessed",
+        rule="symbolic",
+        steps={"family": "symbolic", "decoding": res.example, "answers": len(res.answers)},
+    )
+
+
+# ---------------------------------------------------------------- generation
+
+GLYPHS = "!\"#$%&'()*+-/:<>?@[\\]^`{|}"  # the 26 symbols real puzzles draw operators and digit glyphs from
+
+
+@dataclasses.dataclass
+class GenConfig:
+    """Difficulty knobs for ``generate`` (pass as a dict; unknown keys are an error).
+
+    family: "numeric" or "symbolic" (None: 47 / 53 as in the real data).
+    n_examples: example lines (None: 3 to 5). n_ops: distinct operator glyphs (None: 1 to 3).
+    ops: operation names to draw from (None: all of OPS, weighted by how often real puzzles use them).
+    rev: reversed world (None: 70 % reversed, as in the real data).
+    query_seen: probability that the query's operator appears in the examples (real data: about 0.8).
+    operator_glyphs: pool for operator glyphs (None: + - * weighted up, then any of GLYPHS).
+    """
+
+    family: str | None = None
+    n_examples: int | None = None
+    n_ops: int | None = None
+    ops: tuple[str, ...] | None = None
+    rev: bool | None = None
+    query_seen: float = 0.8
+    operator_glyphs: str | None = None
+
+
+def _draw_rules(rng: random.Random, cfg: GenConfig, n: int) -> tuple[bool, str, list[str]]:
+    rev = cfg.rev if cfg.rev is not None else rng.random() < 0.7
+    sign = "gpre" if not rev or rng.random() < 0.6 else "gpost"
+    names = list(cfg.ops or OP_PRIOR)
+    weights = [OP_PRIOR.get(o, 1) for o in names]
+    chosen: list[str] = []
+    while len(chosen) < min(n, len(names)):
+        o = rng.choices(names, weights)[0]
+        if o not in chosen:
+            chosen.append(o)
+    return rev, sign, chosen
+
+
+def _draw_operators(rng: random.Random, cfg: GenConfig, n: int, family: str) -> list[str]:
+    pool = cfg.operator_glyphs or ("+-*" * (12 if family == "symbolic" else 2) + GLYPHS)
+    out: list[str] = []
+    while len(out) < n:
+        g = rng.choice(pool)
+        if g not in out:
+            out.append(g)
+    return out
+
+
+def generate(rng: random.Random, difficulty: dict | None = None) -> Puzzle:
+    cfg = GenConfig(**(difficulty or {}))
+    family = cfg.family or ("numeric" if rng.random() < 0.47 else "symbolic")
+    n_ex = cfg.n_examples or rng.randint(3, 5)
+    n_ops = cfg.n_ops or rng.choice((1, 2, 2, 3, 3))
+    rev, sign, ops = _draw_rules(rng, cfg, n_ops)
+    glyphs = _draw_operators(rng, cfg, len(ops), family)
+    rules = {g: Rule(rev, op, sign) for g, op in zip(glyphs, ops)}
+    # Real symbolic puzzles never use + - * as digit glyphs (so "-" in a result is always a sign).
+    digit_glyphs = rng.sample([c for c in GLYPHS if c not in glyphs and c not in "+-*"], 10)
+    encode = str.maketrans(_DIGITS, "".join(digit_glyphs))
+
+    def line(g: str) -> tuple[str, str]:
+        while True:
+            lhs = f"{rng.randint(0, 99):02d}{g}{rng.randint(0, 99):02d}"
+            out = rules[g].apply(lhs)
+            if out is not None:
+                break
+        if family == "symbolic":
+            # Digits become glyphs; a sign marker ("-" or the operator) is not a digit and stays as it is.
+            return lhs.translate(encode), out.translate(encode)
+        return lhs, out
+
+    order = [glyphs[i % len(glyphs)] for i in range(n_ex)]
+    rng.shuffle(order)
+    examples = [line(g) for g in order]
+    seen = rng.random() < cfg.query_seen or len(glyphs) == 1
+    if seen:
+        qg = rng.choice(glyphs)
+    else:
+        qg = glyphs[-1]
+        examples = [line(g) for g in order if g != qg] or [line(glyphs[0])]
+        if qg in {x[2] for x, _ in examples}:
+            seen = True
+    query, answer = line(qg)
+    features = {"family": family, "rev": rev, "ops": dict(zip(glyphs, ops)), "query_seen": seen}
+    prompt = render(examples, query)
+    return Puzzle(id="", category=CATEGORY, prompt=prompt, examples=examples, query=query, answer=answer,
+                  features=features)
+
+
+# ---------------------------------------------------------------- symbolic traces
+
+
+def _decode_text(lhs: str, digit: dict[str, str]) -> str:
+    return ", ".join(f"{c}={digit[c]}" for c in dict.fromkeys(lhs[:2] + lhs[3:]) if c in digit)
+
+
+def trace_symbolic(puzzle: Puzzle, solution: Solution) -> str:
+    dec = solution.steps.get("decoding")
+    if not dec:
+        return f"No decoding of the symbols fits every example; best guess.\nAnswer: {solution.answer}"
+    digit, ops, rev, sign = dec["digit"], dec["ops"], dec["rev"], dec["sign"]
+    q = puzzle.query[2]
+    lines = ["Each symbol stands for one digit (different symbols, different digits); the middle symbol is "
+             "the operator, hiding one operation. Numbers may be read right to left (then results are also "
+             "written right to left); a negative result carries a sign mark.", ""]
+    lines.append(f"Decoding that fits every example: numbers {_world_text(rev)}; " + "; ".join(
+        f"'{g}' is {OP_BY_NAME[o].text}" for g, o in ops.items() if g != q or q in {x[2] for x, _ in puzzle.examples}))
+    if sign:
+        marker = "the operator symbol" if sign[0] == "g" else "'-'"
+        lines.append(f"Negative results put {marker} {'before' if sign[1] == 'pre' else 'after'} the digits.")
+    known: dict[str, str] = {}
+    lines.append("Checking each example and collecting digits:")
+    for lhs, rhs in _order(puzzle.examples):
+        g, x, y = lhs[2], lhs[:2], lhs[3:]
+        op = ops[g]
+        if op in ("cat", "rcat"):
+            lines.append(f"  {lhs} = {rhs}: {OP_BY_NAME[op].text} copies symbols -> {_glyph_cat(op, rev, x, y)} ok")
+            continue
+        dx, dy = "".join(digit[c] for c in x), "".join(digit[c] for c in y)
+        new = [c for c in dict.fromkeys(x + y + rhs) if c in digit and c not in known]
+        known.update({c: digit[c] for c in new})
+        num = f"{dx}{g}{dy}"
+        lines.append(f"  {lhs} = {rhs}: {_decode_text(lhs, digit)} so {num}; {_apply_text(Rule(rev, op, _sign_rule(sign)), num)}"
+                     f"; result symbols " + " ".join(f"{c}={digit[c]}" for c in rhs if c in digit) + " ok")
+    lines.append("Digits so far: " + ", ".join(f"{c}={d}" for c, d in sorted(known.items(), key=lambda t: t[1])))
+    lhs = puzzle.query
+    op = ops.get(q)
+    if q not in {x[2] for x, _ in puzzle.examples}:
+        lines.append(f"Operator '{q}' never appears in the examples; guess {OP_BY_NAME[op].text}.")
+    if op in ("cat", "rcat"):
+        lines.append(f"Query {lhs}: {OP_BY_NAME[op].text} copies symbols -> {solution.answer}")
+    else:
+        dx = "".join(digit[c] for c in lhs[:2])
+        dy = "".join(digit[c] for c in lhs[3:])
+        num = f"{dx}{q}{dy}"
+        inverse = {d: c for c, d in digit.items()}
+        lines.append(f"Query {lhs}: {_decode_text(lhs, digit)} so {num}; "
+                     f"{_apply_text(Rule(rev, op, _sign_rule(sign)), num)}")
+        res = Rule(rev, op, _sign_rule(sign)).apply(num) or ""
+        lines.append("Back to symbols: " + " ".join(f"{d}={inverse.get(d, d)}" for d in res))
+    lines.append(f"Answer: {solution.answer}")
+    return "\n".join(lines)
+
+
+def _sign_rule(sign: tuple[str, str] | None) -> str:
+    return "gpre" if sign is None else ("-" if sign[0] == "-" else "g") + sign[1]

@@ -1,0 +1,382 @@
+"""The SFT mix builder: generated puzzles, solved from their prompt text, with solver traces.
+
+``build_mix(MixConfig(n=100_000, like="train.csv", floor=5_000, out="data/sft.jsonl"))``:
+
+1. Measures the reference file (when given): category shares, and per category the joint distribution of
+   the difficulty features its parser reports (``n_examples`` always; e.g. ``family`` numeric/symbolic for
+   equations). Without a reference, categories are equal and generators use their own defaults.
+2. Allocates ``n`` rows over categories by share, with at least ``floor`` rows each.
+3. Generates in shards (in ``workers`` processes): each puzzle's difficulty dict is a reference puzzle's
+   feature vector drawn at random, so the mix matches the reference distribution. Each generated prompt is
+   parsed back from its TEXT and solved, exactly as a real puzzle would be; rows the solver abstains on,
+   gets wrong (not exactly the generator's answer), only guesses (unless allowed), or whose prompt
+   appears in the reference file (validation leakage) are dropped and counted.
+4. Merges shards, dedupes prompts across shards, tops up categories that came short, writes the JSONL
+   atomically with a ``.stats.json`` beside it.
+
+Shards live in ``<out>.shards/`` until the build succeeds, so an interrupted build resumes where it
+stopped when rerun with the same arguments.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from puzzles.base import CATEGORIES, Puzzle
+from puzzles.dataset import _atomic_write, read_jsonl, sft_row, write_jsonl
+from puzzles.traces import completion
+
+MAX_FEATURE_VALUES = 24  # a feature with more distinct values (a rule text) is not a difficulty knob
+
+
+@dataclasses.dataclass
+class MixConfig:
+    """One mix build.
+
+    n: rows in the output. like: reference CSV whose category shares and difficulty features to match
+    (None: equal shares, generator defaults). floor: minimum rows per category. statuses: solver statuses
+    kept ("deduced" only by default: a guessed trace teaches guessing). shard_size: rows per work unit
+    (the resume granularity). max_attempts: generated puzzles tried per kept row before a shard gives up.
+    """
+
+    n: int
+    out: str
+    like: str | None = None
+    floor: int = 0
+    seed: int = 0
+    workers: int = 2
+    statuses: tuple[str, ...] = ("deduced",)
+    categories: tuple[str, ...] = CATEGORIES
+    shard_size: int = 500
+    max_attempts: int = 20
+    max_rounds: int = 6
+    progress: bool = True
+    keep_shards: bool = False
+
+
+# ------------------------------------------------------------------------------------------- reference
+
+
+def prompt_key(prompt: str) -> str:
+    """Dedupe key: the prompt with whitespace runs collapsed, hashed."""
+    return hashlib.sha1(" ".join(prompt.split()).encode()).hexdigest()
+
+
+@dataclasses.dataclass
+class Reference:
+    shares: dict[str, float]
+    profiles: dict[str, list[dict[str, Any]]]  # per category: one difficulty dict per reference puzzle
+    keys: set[str]  # prompt keys to keep out of the mix
+
+
+def measure_reference(puzzles: list[Puzzle], categories=CATEGORIES) -> Reference:
+    """Category shares and per-category difficulty vectors (low-cardinality scalar features only)."""
+    by = collections.defaultdict(list)
+    for p in puzzles:
+        by[p.category].append(p)
+    profiles = {}
+    for cat, ps in by.items():
+        values = collections.defaultdict(set)
+        for p in ps:
+            for k, v in p.features.items():
+                values[k].add(v if isinstance(v, (str, int, float, bool)) else None)
+        knobs = [k for k, vs in values.items() if None not in vs and len(vs) <= MAX_FEATURE_VALUES]
+        profiles[cat] = [
+            {"n_examples": len(p.examples), **{k: p.features[k] for k in knobs if k in p.features}}
+            for p in ps
+        ]
+    total = sum(len(by[c]) for c in categories)
+    shares = {c: len(by[c]) / total if total else 1 / len(categories) for c in categories}
+    return Reference(shares, profiles, {prompt_key(p.prompt) for p in puzzles})
+
+
+def allocate(n: int, shares: dict[str, float], floor: int = 0) -> dict[str, int]:
+    """Rows per category: proportional to ``shares``, at least ``floor`` each, summing to exactly ``n``.
+    Categories whose share falls under the floor are pinned to it and the rest re-split (water-filling);
+    rounding by largest remainder."""
+    cats = list(shares)
+    if floor * len(cats) > n:
+        raise ValueError(f"floor {floor} x {len(cats)} categories = {floor * len(cats)} exceeds n = {n}")
+    pinned: set[str] = set()
+    while True:
+        free = [c for c in cats if c not in pinned]
+        budget = n - floor * len(pinned)
+        weight = sum(shares[c] for c in free) or 1.0
+        raw = {c: budget * shares[c] / weight for c in free}
+        low = {c for c in free if raw[c] < floor}
+        if not low:
+            break
+        pinned |= low
+    raw.update({c: float(floor) for c in pinned})
+    quotas = {c: int(raw[c]) for c in cats}
+    by_remainder = sorted(cats, key=lambda c: raw[c] - quotas[c], reverse=True)
+    for c in by_remainder[: n - sum(quotas.values())]:
+        quotas[c] += 1
+    return quotas
+
+
+# ---------------------------------------------------------------------------------------------- worker
+
+_REF_KEYS: set[str] = set()  # set before the pool forks: workers inherit it without pickling
+
+
+@dataclasses.dataclass
+class Shard:
+    category: str
+    round: int
+    index: int
+    count: int
+    seed: int
+    profiles: list[dict[str, Any]] | None
+    statuses: tuple[str, ...]
+    max_attempts: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.category}-r{self.round}-{self.index:05d}"
+
+
+def make_row(generated: Puzzle, statuses: tuple[str, ...]) -> tuple[dict | None, str, str]:
+    """Parse the generated prompt text, solve it, check it: (row, "kept", "") or (None, reason, detail)."""
+    from puzzles import categories
+
+    try:
+        puzzle = categories.parse(generated.prompt)
+    except Exception as e:  # noqa: BLE001 -- counted and reported, never fatal
+        return None, "unparseable", f"{type(e).__name__}: {e}"
+    puzzle.answer = None  # the solver sees only what a real puzzle shows
+    try:
+        sol = categories.solve(puzzle)
+    except Exception as e:  # noqa: BLE001 -- counted and reported, never fatal
+        return None, "solver_error", f"{type(e).__name__}: {e}"
+    if sol is None:
+        return None, "abstained", ""
+    if sol.answer.strip() != generated.answer.strip():
+        return None, f"wrong_{sol.status}", f"solver {sol.answer!r} ({sol.rule}) != generator {generated.answer!r}"
+    if sol.status not in statuses:
+        return None, f"dropped_{sol.status}", ""
+    try:
+        text = categories.trace(puzzle, sol)
+    except Exception as e:  # noqa: BLE001 -- counted and reported, never fatal
+        return None, "trace_error", f"{type(e).__name__}: {e}"
+    puzzle.answer = generated.answer
+    puzzle.id = f"{generated.category}-{prompt_key(generated.prompt)[:12]}"
+    puzzle.features = {**generated.features, **puzzle.features}
+    row = sft_row(puzzle, completion(text, generated.answer), "solver", sol.status,
+                  n_examples=len(puzzle.examples), solver_rule=sol.rule)
+    return row, "kept", ""
+
+
+# Failures worth a module owner's attention; a few examples of each are kept in the build stats.
+NOTABLE = ("wrong_deduced", "generator_error", "unparseable", "solver_error", "trace_error")
+
+
+def run_shard(shard: Shard) -> tuple[str, list[dict], dict]:
+    """Generate until ``shard.count`` rows are kept (or attempts run out); rows unique within the shard and
+    absent from the reference. Stats: counts per outcome, plus ``examples`` of notable failures."""
+    from puzzles import categories
+
+    rng = random.Random(f"{shard.seed}:{shard.category}:{shard.round}:{shard.index}")
+    rows, seen, stats, examples = [], set(), collections.Counter(), []
+    for _ in range(shard.count * shard.max_attempts):
+        if len(rows) >= shard.count:
+            break
+        difficulty = dict(rng.choice(shard.profiles)) if shard.profiles else None
+        stats["generated"] += 1
+        try:
+            generated = categories.generate(shard.category, rng, difficulty)
+        except Exception as e:  # noqa: BLE001 -- counted and reported, never fatal
+            stats["generator_error"] += 1
+            if stats["generator_error"] <= 2:
+                examples.append({"reason": "generator_error", "detail": f"{type(e).__name__}: {e}",
+                                 "difficulty": difficulty})
+            if stats["generator_error"] >= 50 and stats["generator_error"] == stats["generated"]:
+                stats["gave_up"] += 1  # a generator that never works: do not spin through every attempt
+                break
+            continue
+        key = prompt_key(generated.prompt)
+        if key in _REF_KEYS:
+            stats["in_reference"] += 1
+            continue
+        if key in seen:
+            stats["duplicate"] += 1
+            continue
+        row, why, detail = make_row(generated, shard.statuses)
+        stats[why] += 1
+        if why in NOTABLE and stats[why] <= 3:
+            examples.append({"reason": why, "detail": detail, "prompt": generated.prompt})
+        if row is not None:
+            seen.add(key)
+            rows.append(row)
+    return shard.name, rows, {"counts": dict(stats), "examples": examples}
+
+
+# ----------------------------------------------------------------------------------------------- build
+
+
+def _shards(cfg: MixConfig, ref: Reference | None, need: dict[str, int], rnd: int) -> list[Shard]:
+    shards = []
+    for cat, count in need.items():
+        profiles = ref.profiles.get(cat) if ref else None
+        for i, start in enumerate(range(0, count, cfg.shard_size)):
+            shards.append(
+                Shard(
+                    cat,
+                    rnd,
+                    i,
+                    min(cfg.shard_size, count - start),
+                    cfg.seed,
+                    profiles,
+                    cfg.statuses,
+                    cfg.max_attempts,
+                )
+            )
+    return shards
+
+
+def _run_shards(cfg: MixConfig, shards: list[Shard], shard_dir: Path, progress, task) -> dict[str, tuple]:
+    """Run (or reload, when resuming) each shard; returns name -> (rows, stats)."""
+    done, todo = {}, []
+    for s in shards:
+        rows_path, stats_path = shard_dir / f"{s.name}.jsonl", shard_dir / f"{s.name}.stats.json"
+        if rows_path.exists() and stats_path.exists():
+            done[s.name] = (read_jsonl(rows_path), json.loads(stats_path.read_text()))
+            progress.advance(task, len(done[s.name][0]))
+        else:
+            todo.append(s)
+
+    def finish(name, rows, stats):
+        write_jsonl(shard_dir / f"{name}.jsonl", rows)
+        _atomic_write(shard_dir / f"{name}.stats.json", lambda f: json.dump(stats, f))
+        done[name] = (rows, stats)
+        progress.advance(task, len(rows))
+
+    if cfg.workers <= 1 or len(todo) <= 1:
+        for s in todo:
+            finish(*run_shard(s))
+    else:
+        with multiprocessing.get_context("fork").Pool(cfg.workers) as pool:
+            for result in pool.imap_unordered(run_shard, todo):
+                finish(*result)
+    return done
+
+
+def build_mix(cfg: MixConfig) -> dict:
+    """Build the mix described by ``cfg``; returns the stats also written to ``<out>.stats.json``."""
+    global _REF_KEYS
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from puzzles import dataset
+
+    t0 = time.time()
+    ref = measure_reference(dataset.load_csv(cfg.like, skip_bad=True), cfg.categories) if cfg.like else None
+    shares = {c: ref.shares[c] for c in cfg.categories} if ref else {c: 1.0 for c in cfg.categories}
+    quotas = allocate(cfg.n, shares, cfg.floor)
+    _REF_KEYS = ref.keys if ref else set()
+
+    out = Path(cfg.out)
+    shard_dir = out.with_name(out.name + ".shards")
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    # Shards are reused only by the same build: other arguments make other shards, so clear stale ones.
+    ident = {
+        k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("workers", "progress", "keep_shards")
+    }
+    ident = json.loads(json.dumps(ident))
+    cfg_path = shard_dir / "config.json"
+    if cfg_path.exists() and json.loads(cfg_path.read_text()) != ident:
+        for f in shard_dir.iterdir():
+            f.unlink()
+    _atomic_write(cfg_path, lambda f: json.dump(ident, f))
+
+    kept: dict[str, list[dict]] = {c: [] for c in cfg.categories}
+    keys: set[str] = set()
+    funnel: dict[str, collections.Counter] = {c: collections.Counter() for c in cfg.categories}
+    notable: dict[str, list] = {c: [] for c in cfg.categories}
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]:>7.0f} rows/s"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, disable=not cfg.progress) as progress:
+        task = progress.add_task("building mix", total=cfg.n, rate=0.0)
+        for rnd in range(cfg.max_rounds):
+            # Top up only categories that made progress: a broken generator is reported, not retried.
+            need = {c: quotas[c] - len(kept[c]) for c in cfg.categories
+                    if quotas[c] > len(kept[c]) and (rnd == 0 or kept[c])}
+            if not need:
+                break
+            if rnd:  # a top-up round: the bar re-counts only the rows still missing
+                progress.update(task, completed=sum(len(v) for v in kept.values()))
+            results = _run_shards(
+                cfg, _shards(cfg, ref, need, rnd), shard_dir, _RateProgress(progress, t0), task
+            )
+            for name in sorted(results):
+                rows, shard_stats = results[name]
+                cat = name.split("-r")[0]
+                funnel[cat].update(shard_stats["counts"])
+                notable[cat].extend(shard_stats["examples"][: max(0, 6 - len(notable[cat]))])
+                for row in rows:
+                    key = prompt_key(row["prompt"])
+                    if key in keys:
+                        funnel[cat]["duplicate_across_shards"] += 1
+                    elif len(kept[cat]) < quotas[cat]:
+                        keys.add(key)
+                        kept[cat].append(row)
+        progress.update(task, completed=sum(len(v) for v in kept.values()))
+
+    rows = [r for c in cfg.categories for r in kept[c]]
+    random.Random(cfg.seed).shuffle(rows)
+    write_jsonl(out, rows)
+    seconds = time.time() - t0
+    summary = {
+        "out": str(out),
+        "rows": len(rows),
+        "seconds": round(seconds, 2),
+        "rows_per_second": round(len(rows) / seconds, 1) if seconds else None,
+        "workers": cfg.workers,
+        "quotas": quotas,
+        "kept": {c: len(kept[c]) for c in cfg.categories},
+        "short": {c: quotas[c] - len(kept[c]) for c in cfg.categories if len(kept[c]) < quotas[c]},
+        "shares_reference": ref.shares if ref else None,
+        "funnel": {c: dict(sorted(f.items())) for c, f in funnel.items()},
+        "wrong_deduced": sum(f["wrong_deduced"] for f in funnel.values()),
+        "notable_failures": {c: v for c, v in notable.items() if v},
+        "config": dataclasses.asdict(cfg),
+    }
+    _atomic_write(out.with_name(out.name + ".stats.json"), lambda f: json.dump(summary, f, indent=2))
+    if not cfg.keep_shards:
+        for f in shard_dir.iterdir():
+            f.unlink()
+        shard_dir.rmdir()
+    return summary
+
+
+class _RateProgress:
+    """Progress proxy that keeps the rows/s field current as shards finish."""
+
+    def __init__(self, progress, t0: float):
+        self.progress, self.t0 = progress, t0
+
+    def advance(self, task, n: int) -> None:
+        self.progress.advance(task, n)
+        done = self.progress.tasks[0].completed
+        self.progress.update(task, rate=done / max(1e-9, time.time() - self.t0))

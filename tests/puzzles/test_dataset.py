@@ -1,0 +1,129 @@
+"""CSV loading with row-level errors, atomic JSONL round trips, the SFT row contract."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+
+from puzzles.dataset import (
+    DatasetError,
+    append_jsonl,
+    check_sft_row,
+    load_csv,
+    read_csv,
+    read_jsonl,
+    write_csv,
+    write_jsonl,
+)
+
+NUMERAL = ("In Alice's Wonderland, numbers are secretly converted into a different numeral system. Some examples "
+           "are given below:\n11 -> XI\n15 -> XV\n94 -> XCIV\nNow, write the number 38 in the Wonderland numeral "
+           "system.")
+GRAVITY = ("In Alice's Wonderland, the gravitational constant has been secretly changed. Here are some example "
+           "observations:\nFor t = 1.37s, distance = 14.92 m\nFor t = 4.27s, distance = 144.96 m\n"
+           "For t = 3.28s, distance = 85.54 m\nNow, determine the falling distance for t = 4.41s given "
+           "d = 0.5*g*t^2.")
+
+
+def _write(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def test_good_csv_parses_every_row(tmp_path):
+    p = _write(tmp_path / "ok.csv", ["id", "prompt", "answer"], [["a", NUMERAL, "XXXVIII"], ["b", GRAVITY, "154.62"]])
+    puzzles = load_csv(p, require_answer=True)
+    assert [(x.id, x.category, x.answer) for x in puzzles] == [
+        ("a", "numeral_system", "XXXVIII"), ("b", "gravity", "154.62")]
+    assert puzzles[0].prompt == NUMERAL and len(puzzles[0].examples) == 3
+    # answer column optional unless required
+    p2 = _write(tmp_path / "test.csv", ["id", "prompt"], [["a", NUMERAL]])
+    assert load_csv(p2)[0].answer is None
+    with pytest.raises(DatasetError, match=r"test\.csv: header .* lacks column\(s\) \['answer'\]"):
+        load_csv(p2, require_answer=True)
+
+
+@pytest.mark.parametrize("row, reason", [
+    (["x", "", "1"], "row 2 \\(id 'x'\\), line 7: empty prompt"),
+    (["x", "In Alice's Wonderland, something unheard of happens.", "1"], "row 2 .*unparseable prompt"),
+    (["x"], "row 2 .*missing column: no value for 'prompt'"),
+    (["a", GRAVITY, "1"], "row 2 \\(id 'a'\\).*duplicate id"),
+    (["", GRAVITY, "1"], "row 2.*empty id"),
+    (["x", GRAVITY, "1", "surplus"], "row 2.*extra column"),
+])
+def test_malformed_row_names_file_row_and_reason(tmp_path, row, reason):
+    p = _write(tmp_path / "bad.csv", ["id", "prompt", "answer"], [["a", NUMERAL, "XXXVIII"], row])
+    with pytest.raises(DatasetError, match=f"bad\\.csv: {reason}"):
+        load_csv(p)
+
+
+def test_skip_bad_counts_instead_of_failing(tmp_path, capsys):
+    rows = [["a", NUMERAL, "XXXVIII"], ["b", "", "1"], ["c", "not a puzzle", "2"], ["d", GRAVITY, ""]]
+    p = _write(tmp_path / "mixed.csv", ["id", "prompt", "answer"], rows)
+    load = read_csv(p, require_answer=True, skip_bad=True)
+    assert [x.id for x in load.puzzles] == ["a"]
+    assert [(e.row, e.id) for e in load.skipped] == [(2, "b"), (3, "c"), (4, "d")]
+    assert load.skipped_by_reason() == {"empty prompt": 1, "unparseable prompt": 1, "empty answer": 1}
+    assert len(load_csv(p, skip_bad=True)) == 2  # answer not required: d is fine
+    assert "skipped 2 bad row(s)" in capsys.readouterr().err
+
+
+def test_multiline_prompt_line_numbers(tmp_path):
+    p = _write(tmp_path / "ml.csv", ["id", "prompt"], [["a", NUMERAL], ["b", "junk"]])
+    with pytest.raises(DatasetError, match="row 2 \\(id 'b'\\), line 7: unparseable"):
+        load_csv(p)
+
+
+def test_missing_file_and_bad_header(tmp_path):
+    with pytest.raises(DatasetError, match="no such file"):
+        load_csv(tmp_path / "nope.csv")
+    p = _write(tmp_path / "h.csv", ["ident", "text"], [["a", NUMERAL]])
+    with pytest.raises(DatasetError, match=r"lacks column\(s\) \['id', 'prompt'\]"):
+        load_csv(p)
+
+
+def test_jsonl_round_trip_atomic_and_errors(tmp_path):
+    rows = [{"id": str(i), "features": {"t": (1, 2)}, "text": "ünï\ncode"} for i in range(5)]
+    path = tmp_path / "sub" / "rows.jsonl"
+    assert write_jsonl(path, rows) == 5
+    back = read_jsonl(path)
+    assert back[0] == {"id": "0", "features": {"t": [1, 2]}, "text": "ünï\ncode"} and len(back) == 5
+    assert [f for f in os.listdir(path.parent)] == ["rows.jsonl"]  # no temp file left behind
+
+    # A failing writer leaves the old file intact and no temp file.
+    def boom():
+        yield {"id": "new"}
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(path, boom())
+    assert len(read_jsonl(path)) == 5 and os.listdir(path.parent) == ["rows.jsonl"]
+
+    with open(path, "a") as f:
+        append_jsonl(f, {"id": "5"})
+        f.write('{"id": "torn')
+    with pytest.raises(DatasetError, match=r"rows\.jsonl: line 7: not valid JSON"):
+        read_jsonl(path)
+    assert len(read_jsonl(path, tolerate_torn_tail=True)) == 6
+
+
+def test_write_csv(tmp_path):
+    write_csv(tmp_path / "p.csv", ["id", "prediction"], [("a", "XI"), ("b", "")])
+    with open(tmp_path / "p.csv", newline="") as f:
+        assert list(csv.reader(f)) == [["id", "prediction"], ["a", "XI"], ["b", ""]]
+
+
+def test_check_sft_row():
+    row = {"id": "a", "category": "gravity", "prompt": "p", "answer": "1.50", "completion": "x\n</think>\n\\boxed{1.50}",
+           "source": "solver", "status": "deduced", "features": {}}
+    assert check_sft_row(row) is None
+    assert "source" in check_sft_row({**row, "source": "human"})
+    assert "boxed" in check_sft_row({**row, "completion": "x"})
+    assert "missing" in check_sft_row({k: v for k, v in row.items() if k != "features"})
+    assert json.loads(json.dumps(row)) == row

@@ -1,0 +1,141 @@
+import random
+
+import pytest
+
+from puzzles import equations as E
+from puzzles.base import PuzzleFormatError
+
+NUMERIC_OPS = [op.name for op in E.OPS]
+
+
+def _deduced_and_right(puzzle, time_cap=1.0):
+    sol = E.solve(E.parse(puzzle.prompt), time_cap=time_cap)
+    if sol is None or sol.status != "deduced":
+        return sol, None
+    return sol, sol.answer == puzzle.answer
+
+
+def test_rule_examples_from_real_layout():
+    # Reversed world: 43 - 44 = -1 written back "1"... b - a = 44 - 43 = 1; 25 - 96 = -71 -> "17" + glyph.
+    assert E.Rule(True, "rsub", "gpost").apply("69/52") == "17/"
+    assert E.Rule(True, "mul").apply("57*67") == "0075"  # 75 * 76 = 5700, written backwards
+    assert E.Rule(False, "sub", "gpre").apply("23:33") == ":10"
+    assert E.Rule(False, "mulm1").apply("38-68") == "2583"
+    assert E.Rule(False, "mod").apply("10!94") == "4"  # larger mod smaller
+    assert E.Rule(True, "negabs", "gpost").apply("36?55") == "8?"
+    assert E.Rule(True, "cat").apply("77+07") == "0777"
+
+
+def test_parse_rejects_other_layouts():
+    with pytest.raises(PuzzleFormatError):
+        E.parse("In Alice's Wonderland, a secret bit manipulation rule transforms 8-bit binary numbers.")
+    with pytest.raises(PuzzleFormatError):
+        E.parse(E.HEADER + "12+34 = 46\nNow, determine the result for: 1+2")
+
+
+@pytest.mark.parametrize("op", NUMERIC_OPS)
+def test_numeric_each_operation_is_deduced_correctly(op):
+    rng = random.Random(op)
+    deduced = 0
+    for _ in range(15):
+        p = E.generate(rng, {"family": "numeric", "ops": (op,), "n_ops": 1, "n_examples": 4, "query_seen": 1.0})
+        sol, right = _deduced_and_right(p)
+        assert sol is not None
+        assert right is not False, (p.prompt, p.answer, sol)
+        deduced += right is True
+    assert deduced >= 8, f"{op}: only {deduced}/15 deduced"
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul", "cat", "mulm1", "negabs"])
+def test_symbolic_each_operation_never_wrong(op):
+    rng = random.Random(op)
+    deduced = 0
+    for _ in range(6):
+        p = E.generate(rng, {"family": "symbolic", "ops": (op,), "n_ops": 1, "n_examples": 5, "query_seen": 1.0})
+        sol, right = _deduced_and_right(p, time_cap=0.5)
+        assert right is not False, (p.prompt, p.answer, sol)
+        deduced += right is True
+    assert deduced >= 1, f"{op}: nothing deduced"
+
+
+def test_unseen_operator_is_only_guessed():
+    rng = random.Random(7)
+    for family in ("numeric", "symbolic"):
+        for _ in range(5):
+            p = E.generate(rng, {"family": family, "n_ops": 2, "query_seen": 0.0, "n_examples": 3})
+            if p.features["query_seen"]:
+                continue
+            sol = E.solve(E.parse(p.prompt), time_cap=0.5)
+            assert sol is None or sol.status == "guessed"
+
+
+def test_abstains_when_no_rule_fits():
+    prompt = E.render([("12+34", "7"), ("56+78", "123456"), ("11+11", "999")], "12+12")
+    assert E.solve(E.parse(prompt)) is None
+    prompt = E.render([("!@+#$", "!"), ("%^+&(", "!!!!!!")], "!@+%^")
+    assert E.solve(E.parse(prompt), time_cap=0.5) is None
+
+
+def test_one_example_with_many_fits_is_not_deduced():
+    # 10 + 10 = 20 fits a + b and a * b ... read right to left 01 + 01 = 02 -> "20" too: the query differs.
+    prompt = E.render([("10+10", "20")], "23+45")
+    sol = E.solve(E.parse(prompt))
+    assert sol is not None and sol.status == "guessed"
+
+
+def test_generate_parse_solve_round_trip():
+    rng = random.Random(3)
+    for _ in range(30):
+        p = E.generate(rng)
+        q = E.parse(p.prompt)
+        assert q.examples == p.examples and q.query == p.query
+        assert q.features["family"] == p.features["family"]
+        assert E.render(q.examples, q.query) == p.prompt
+        sol = E.solve(q, time_cap=0.3)
+        if sol is not None and sol.status == "deduced":
+            assert sol.answer == p.answer, (p.prompt, p.answer, sol)
+
+
+def test_trace_ends_with_answer_and_is_short():
+    rng = random.Random(11)
+    for family in ("numeric", "symbolic"):
+        n = 0
+        for _ in range(20):
+            p = E.generate(rng, {"family": family, "query_seen": 1.0, "n_examples": 5})
+            sol = E.solve(E.parse(p.prompt), time_cap=0.5)
+            if sol is None or sol.status != "deduced":
+                continue
+            text = E.trace(p, sol)
+            assert text.rstrip().endswith(sol.answer)
+            assert len(text) < 12000  # ~4,000 tokens at the worst ~3 characters a token
+            n += 1
+        assert n >= 2
+
+
+def _rows(train_dev_rows, family):
+    out = []
+    for r in train_dev_rows:
+        if "transformation rules is applied to equations" in r["prompt"][:200]:
+            p = E.parse(r["prompt"])
+            if p.features["family"] == family:
+                out.append((p, r["answer"]))
+    return out
+
+
+def test_real_numeric_rows_zero_wrong_deduced(train_dev_rows):
+    rows = _rows(train_dev_rows, "numeric")
+    right = 0
+    for p, answer in rows:
+        sol = E.solve(p)
+        if sol is not None and sol.status == "deduced":
+            assert sol.answer == answer, (p.prompt, answer, sol)
+            right += 1
+    assert right >= 0.6 * len(rows)
+
+
+def test_real_symbolic_rows_zero_wrong_deduced(train_dev_rows):
+    rows = _rows(train_dev_rows, "symbolic")[:30]
+    for p, answer in rows:
+        sol = E.solve(p, time_cap=0.3)
+        if sol is not None and sol.status == "deduced":
+            assert sol.answer == answer, (p.prompt, answer, sol)

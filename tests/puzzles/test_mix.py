@@ -1,0 +1,122 @@
+"""The mix builder: shares and floors, difficulty matching, leakage and duplicate removal, resume."""
+
+from __future__ import annotations
+
+import collections
+import csv
+import random
+
+import pytest
+
+from puzzles import categories, mix
+from puzzles.dataset import check_sft_row, read_jsonl
+from puzzles.mix import MixConfig, Shard, allocate, build_mix, measure_reference, prompt_key, run_shard
+
+# The fast, complete categories; bits and equations solvers are exercised by their own tests.
+CATS = ("numeral_system", "cipher", "unit_conversion", "gravity")
+# Reference composition: skewed shares, one fixed example count per category.
+REF = {"numeral_system": (30, 3), "cipher": (12, 5), "unit_conversion": (6, 4), "gravity": (2, 3)}
+
+
+@pytest.fixture(scope="module")
+def reference_csv(tmp_path_factory):
+    rng = random.Random(7)
+    path = tmp_path_factory.mktemp("ref") / "ref.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "prompt", "answer"])
+        for cat, (count, n_examples) in REF.items():
+            for i in range(count):
+                p = categories.generate(cat, rng, {"n_examples": n_examples})
+                w.writerow([f"{cat}-{i}", p.prompt, p.answer])
+    return path
+
+
+def test_allocate_shares_floor_and_total():
+    shares = {"a": 0.7, "b": 0.2, "c": 0.09, "d": 0.01}
+    q = allocate(1000, shares, floor=50)
+    assert sum(q.values()) == 1000 and min(q.values()) >= 50
+    # d (10) is pinned to the floor; the other 950 rows are split 0.7 : 0.2 : 0.09 (c stays above the floor).
+    assert q == {"a": 672, "b": 192, "c": 86, "d": 50}
+    assert allocate(7, {"a": 1, "b": 1, "c": 1}) in ({"a": 3, "b": 2, "c": 2},)
+    with pytest.raises(ValueError, match="exceeds n"):
+        allocate(10, shares, floor=3)
+
+
+def test_build_matches_reference_and_floor(reference_csv, tmp_path):
+    out = tmp_path / "mix.jsonl"
+    s = build_mix(MixConfig(n=120, out=str(out), like=str(reference_csv), floor=15, categories=CATS,
+                            workers=2, shard_size=10, progress=False))
+    rows = read_jsonl(out)
+    counts = collections.Counter(r["category"] for r in rows)
+    # shares 30:12:6:2 of 120 -> 72:28.8:14.4:4.8, then unit_conversion and gravity pinned to the floor.
+    assert s["quotas"] == {"numeral_system": 64, "cipher": 26, "unit_conversion": 15, "gravity": 15}
+    assert dict(counts) == s["quotas"] and s["short"] == {} and len(rows) == 120
+    # difficulty follows the reference: each category's example count is the one its reference rows have
+    for r in rows:
+        assert r["features"]["n_examples"] == REF[r["category"]][1], r["category"]
+        assert check_sft_row(r) is None and r["source"] == "solver" and r["status"] == "deduced"
+        assert r["completion"].endswith(f"\\boxed{{{r['answer']}}}")
+    with open(reference_csv, newline="") as f:
+        ref_keys = {prompt_key(r["prompt"]) for r in csv.DictReader(f)}
+    keys = [prompt_key(r["prompt"]) for r in rows]
+    assert len(set(keys)) == len(keys) and not set(keys) & ref_keys
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert s["wrong_deduced"] == 0 or s["notable_failures"]  # if a solver erred, the example is kept
+    assert not (out.parent / "mix.jsonl.shards").exists()  # shards removed after success
+
+
+def test_reference_prompts_never_leak():
+    shard = Shard("numeral_system", 0, 0, 20, 3, [{"n_examples": 3}], ("deduced",), 5)
+    _, first, _ = run_shard(shard)
+    leaked = {prompt_key(r["prompt"]) for r in first[:10]}
+    mix._REF_KEYS = leaked
+    try:
+        _, second, stats = run_shard(shard)
+    finally:
+        mix._REF_KEYS = set()
+    assert stats["counts"]["in_reference"] == 10 and len(second) == 20
+    assert not leaked & {prompt_key(r["prompt"]) for r in second}
+
+
+def test_duplicates_removed_within_and_across_shards(tmp_path, monkeypatch):
+    # A generator with a tiny pool of puzzles: the builder must dedupe and stop short rather than repeat.
+    pool = [categories.generate("numeral_system", random.Random(i), {"n_examples": 3}) for i in range(6)]
+    monkeypatch.setattr(categories, "generate", lambda cat, rng, d=None: rng.choice(pool))
+    s = build_mix(MixConfig(n=20, out=str(tmp_path / "d.jsonl"), categories=("numeral_system",), workers=1,
+                            shard_size=4, max_attempts=5, max_rounds=2, progress=False))
+    rows = read_jsonl(tmp_path / "d.jsonl")
+    assert len(rows) == len({r["prompt"] for r in rows}) == 6
+    assert s["short"] == {"numeral_system": 14}
+    f = s["funnel"]["numeral_system"]
+    assert f["duplicate"] > 0 and f["duplicate_across_shards"] > 0
+
+
+def test_resume_reuses_finished_shards(tmp_path):
+    out = tmp_path / "r.jsonl"
+    cfg = MixConfig(n=30, out=str(out), categories=("numeral_system", "gravity"), workers=1, shard_size=5,
+                    progress=False, keep_shards=True)
+    build_mix(cfg)
+    first = read_jsonl(out)
+    shard = out.parent / "r.jsonl.shards" / "gravity-r0-00001.jsonl"
+    marked = shard.read_text().replace('"source": "solver"', '"source": "distill"')
+    shard.write_text(marked)  # proof of reuse: the rebuilt mix carries the edited shard
+    out.unlink()
+    build_mix(cfg)
+    second = read_jsonl(out)
+    assert [r["id"] for r in second] == [r["id"] for r in first]
+    assert sum(r["source"] == "distill" for r in second) == 5
+    # Other arguments: stale shards are discarded, not mixed in.
+    build_mix(MixConfig(**{**cfg.__dict__, "seed": 1}))
+    assert all(r["source"] == "solver" for r in read_jsonl(out))
+
+
+def test_equations_family_is_a_matched_feature():
+    numeric = ("In Alice's Wonderland, a secret set of transformation rules is applied to equations. Below are a "
+               "few examples:\n34/44 = 1\n41/32 = 9\n34|25 = 69\nNow, determine the result for: 69/52")
+    symbolic = ("In Alice's Wonderland, a secret set of transformation rules is applied to equations. Below are a "
+                "few examples:\n#]+\\# = \"!\n#^-{] = ]#\n\\{*\\! = #\\^:\nNow, determine the result for: #!-\"^")
+    ref = measure_reference([categories.parse(numeric), categories.parse(symbolic), categories.parse(numeric)])
+    assert sorted(d["family"] for d in ref.profiles["equations"]) == ["numeric", "numeric", "symbolic"]
+    assert all(d["n_examples"] == 3 for d in ref.profiles["equations"])
+    assert ref.shares["equations"] == 1.0 and ref.shares["cipher"] == 0.0
