@@ -176,6 +176,11 @@ class Recipe:
     seed: int = 0
     stages: list[str] = dataclasses.field(default_factory=lambda: ["data", "sft", "eval", "pack"])
     rounds: int = 1
+    """Repeat the stages (all but pack) this many times; pack runs once, after the last round."""
+    until_plateau: int = 0
+    """Stop before `rounds` when the best validation score has not improved for this many rounds (0 = off)."""
+    start_from: str = ""
+    """A previous run directory (its best checkpoint and its SFT data) or an adapter folder to start from."""
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
     generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)

@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.table import Table
 
 from fastnemo.config import SamplingConfig
+from fastnemo.files import drop_torn_tail
 from fastnemo.progress import console, task
 from puzzles import CATEGORIES, Puzzle
 from puzzles.metric import boxed_contents, extract_answer, is_correct
@@ -89,6 +90,7 @@ def evaluate(session, puzzles: list[Puzzle], sampling: SamplingConfig, out_path:
     """Score ``session``'s model on ``puzzles``; write ``out_path`` (JSONL) and return the summary."""
     out_path = Path(out_path)
     partial = out_path.with_suffix(".partial.jsonl")
+    drop_torn_tail(partial)  # else the first line appended would be glued to a crash's torn one
     done = _read_done(partial)
     todo = [p for p in puzzles if p.id not in done]
     with task("eval", len(puzzles), unit="puzzle") as advance, open(partial, "a") as f:

@@ -63,6 +63,20 @@ def atomic_dir(final: str | Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def drop_torn_tail(path: str | Path) -> None:
+    """Cut a JSONL file back to its last complete line: a line a crash cut short would otherwise swallow
+    the next appended record (no newline between them)."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        f.truncate(f.read().rfind(b"\n") + 1)
+
+
 def sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     path = Path(path)

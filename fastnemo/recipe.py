@@ -32,6 +32,35 @@ class Context:
     adapter_key: str | None = None  # the stage whose adapter the session's LoRA currently holds
     round: int = 1
 
+    def finished(self, stage: str) -> str | None:
+        """The key of the newest finished ``stage`` (e.g. "data", "distill") of this run, by round."""
+        keys = [k for _, st, k in plan_keys(self.recipe) if st == stage and k in self.run.manifest()["stages"]]
+        return keys[-1] if keys else None
+
+    def start_run(self) -> RunDir | None:
+        """The run directory named by ``start_from``, if it names one (not a bare adapter folder)."""
+        if self.recipe.start_from:
+            path = resolve(self.recipe, self.recipe.start_from)
+            if (path / "manifest.json").exists():
+                return RunDir(path)
+        return None
+
+    def start_adapter(self) -> Path | None:
+        """The adapter ``start_from`` points to: a run's best checkpoint, or an adapter folder itself."""
+        if not self.recipe.start_from:
+            return None
+        path = resolve(self.recipe, self.recipe.start_from)
+        prior = self.start_run()
+        if prior is not None:
+            top = ledger.best(prior)
+            key = top["checkpoint"] if top else prior_training_key(prior)
+            if key is None:
+                raise FileNotFoundError(f"start_from {path}: that run has no trained adapter yet")
+            return prior.artifact(key, "adapter")
+        if (path / "adapter_config.json").exists():
+            return path
+        raise FileNotFoundError(f"start_from {path}: neither a run directory (manifest.json) nor an adapter folder")
+
     def model_path(self) -> Path:
         return resolve(self.recipe, self.recipe.model.path)
 
@@ -46,7 +75,7 @@ class Context:
 
                 console.print(f"building tiny nemotron_h model at {path}")
                 build_tiny_model(path, seed=self.recipe.seed)
-            adapter = self.run.artifact(self.adapter_key, "adapter") if self.adapter_key else None
+            adapter = self.run.artifact(self.adapter_key, "adapter") if self.adapter_key else self.start_adapter()
             self.session = ModelSession.load(
                 path, self.recipe.model, self.recipe.lora, self.recipe.generation, adapter=adapter
             )
@@ -73,39 +102,48 @@ def plan_keys(recipe: Recipe) -> list[tuple[int, str, str]]:
     return out
 
 
+def prior_training_key(run: RunDir) -> str | None:
+    keys = [k for k in run.manifest()["stages"] if k.rsplit("-", 1)[-1] in TRAINING_STAGES]
+    return keys[-1] if keys else None
+
+
 # ---------------------------------------------------------------------------------------------- stages
 
 
 def stage_data(ctx: Context, key: str):
-    """SFT rows: solver traces on generated puzzles (round 1), or the previous round's distilled traces
-    mixed with part of its SFT data (later rounds, when the recipe distills)."""
-    from puzzles.mix import MixConfig, build_mix
-
+    """SFT rows. When a distill stage has finished (this round or earlier), its verified traces mixed with
+    part of the previous SFT data (this run's, else the start_from run's); otherwise the recipe's data file
+    or a fresh solver-trace mix."""
     recipe, d = ctx.recipe, ctx.run.stage_dir(key)
     out = d / "sft.jsonl"
-    prev_distill = f"r{ctx.round - 1}-distill"
-    if ctx.round > 1 and ctx.run.manifest()["stages"].get(prev_distill):
+    distilled = ctx.finished("distill")
+    previous = ctx.finished("data")
+    prior = ctx.start_run()
+    prev_sft = ctx.run.artifact(previous, "sft") if previous else None
+    if prev_sft is None and prior is not None and prior.manifest()["stages"]:
+        prior_data = [k for k in prior.manifest()["stages"] if k.endswith("-data")]
+        prev_sft = prior.artifact(prior_data[-1], "sft") if prior_data else None
+    if distilled:
         from fastnemo.distill import mix_next
 
-        stats = mix_next(
-            ctx.run.artifact(prev_distill, "traces"),
-            ctx.run.artifact(f"r{ctx.round - 1}-data", "sft"),
-            out,
-            carry_share=recipe.distill.carry_share,
-            seed=recipe.seed + ctx.round,
-        )
+        stats = mix_next(ctx.run.artifact(distilled, "traces"), prev_sft, out,
+                         carry_share=recipe.distill.carry_share, seed=recipe.seed + ctx.round)
     elif recipe.data.path:
         import shutil
 
         shutil.copyfile(resolve(recipe, recipe.data.path), out)
         stats = {"source": recipe.data.path}
     else:
+        from puzzles.mix import MixConfig, build_mix
+
         like = str(resolve(recipe, recipe.data.like)) if recipe.data.like else None
         stats = build_mix(
             MixConfig(n=recipe.data.n, out=str(out), like=like, floor=recipe.data.floor,
                       seed=recipe.seed + 1000 * ctx.round, workers=1, progress=True)
         )
     rows = sum(1 for _ in open(out))
+    if rows == 0:
+        raise ValueError(f"{key}: the SFT data is empty after filtering ({out}); nothing to train on")
     return {"sft": out}, {"rows": rows, **{k: v for k, v in stats.items() if k in ("source", "kept", "seconds")}}
 
 
@@ -115,7 +153,10 @@ def stage_sft(ctx: Context, key: str):
 
     d = ctx.run.path / key  # not cleaned: it holds the trainer's checkpoints for a resume
     d.mkdir(exist_ok=True)
-    rows = read_jsonl(ctx.run.artifact(f"r{ctx.round}-data", "sft"))
+    data_key = ctx.finished("data")
+    if data_key is None:
+        raise ValueError(f"{key}: no data stage has finished before it (put 'data' before 'sft' in stages)")
+    rows = read_jsonl(ctx.run.artifact(data_key, "sft"))
     session = ctx.get_session()
     summary = sft.train(session, rows, ctx.recipe.sft, d / "checkpoints", seed=ctx.recipe.seed,
                         log=lambda rec: ctx.run.log({"stage": key, **rec}))
@@ -175,8 +216,8 @@ def stage_grpo(ctx: Context, key: str):
 
     d = ctx.run.path / key
     d.mkdir(exist_ok=True)
-    prev = f"r{ctx.round}-distill"
-    prompts = ctx.run.artifact(prev, "goldilocks") if ctx.run.manifest()["stages"].get(prev) else None
+    distilled = ctx.finished("distill")
+    prompts = ctx.run.artifact(distilled, "goldilocks") if distilled else None
     session = ctx.get_session()
     summary = grpo.train(session, ctx.recipe, d, prompts_path=prompts, seed=ctx.recipe.seed + ctx.round,
                          log=lambda rec: ctx.run.log({"stage": key, **rec}))
@@ -207,13 +248,34 @@ STAGE_FUNCS = {
 }
 
 
+def plateaued(run: RunDir, recipe: Recipe, rnd: int) -> bool:
+    """True when the best score has not improved over the last ``until_plateau`` rounds."""
+    n = recipe.until_plateau
+    if not n or rnd <= n:
+        return False
+    best_by_round = {}
+    for e in ledger.entries(run):
+        r = int(e["stage"].split("-")[0][1:])
+        best_by_round[r] = max(best_by_round.get(r, 0.0), e["accuracy"])
+    before = max((v for r, v in best_by_round.items() if r <= rnd - n), default=0.0)
+    recent = max((v for r, v in best_by_round.items() if r > rnd - n), default=0.0)
+    return recent <= before
+
+
 def run_recipe(recipe: Recipe) -> RunDir:
     """Run (or resume) every stage of ``recipe``; returns its run directory."""
     run = RunDir(resolve(recipe, recipe.run_dir)).lock()
     try:
         run.write_config(recipe.source, to_dict(recipe))
         ctx = Context(recipe=recipe, run=run)
+        stopped_after = None
         for rnd, stage, key in plan_keys(recipe):
+            if stopped_after is not None and stage != "pack":
+                continue
+            if rnd != ctx.round and plateaued(run, recipe, ctx.round):
+                console.print(f"[yellow]no improvement for {recipe.until_plateau} rounds: stopping after round {ctx.round}")
+                stopped_after = ctx.round
+                continue
             ctx.round = rnd
             if run.done(key):
                 console.print(f"[dim]{key}: finished earlier, skipped")

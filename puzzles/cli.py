@@ -61,7 +61,9 @@ def data() -> None:
               help="Build only these categories (repeatable). Default: all six.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=500, show_default=True,
               help="Rows per work unit; an interrupted build rerun with the same arguments resumes per shard.")
-def build(n, out, like, floor, seed, workers, include_guessed, categories, shard_size) -> None:
+@click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Wall-clock budget: stop generating then and write what is done (reported as short).")
+def build(n, out, like, floor, seed, workers, include_guessed, categories, shard_size, max_minutes) -> None:
     """Generate, solve and trace N puzzles into an SFT JSONL mix.
 
     Each generated prompt is parsed back from its text and solved like a real puzzle; rows the solver
@@ -73,7 +75,8 @@ def build(n, out, like, floor, seed, workers, include_guessed, categories, shard
         raise click.ClickException(f"--floor {floor} x {len(cats)} categories exceeds --n {n}")
     cfg = MixConfig(n=n, out=str(out), like=str(like) if like else None, floor=floor, seed=seed,
                     workers=workers, statuses=("deduced", "guessed") if include_guessed else ("deduced",),
-                    categories=cats, shard_size=shard_size, progress=sys.stderr.isatty())
+                    categories=cats, shard_size=shard_size, max_minutes=max_minutes,
+                    progress=sys.stderr.isatty())
     try:
         summary = build_mix(cfg)
     except (ValueError, OSError) as e:

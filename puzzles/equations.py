@@ -607,8 +607,9 @@ def analyze_symbolic(puzzle: Puzzle, time_cap: float = 2.0, max_solutions: int =
                 if n > max_solutions:
                     raise _Timeout
                 ops = [st.ops[q]] if q in st.ops else [op.name for op in OPS]
-                unknown = [c for c in dict.fromkeys(qx + qy) if c not in st.digit]
-                if q not in st.ops or (unknown and st.ops[q] not in ("cat", "rcat")):
+                # An operand glyph the examples never fix is tried with every free digit below (exhaustive, so
+                # a single answer is still deduced); an operator they never show is only ever a guess.
+                if q not in st.ops:
                     ambiguous = True
                 cat_ops = [op for op in ops if op in ("cat", "rcat")]
                 for op in cat_ops:

@@ -45,6 +45,8 @@ class MixConfig:
     (None: equal shares, generator defaults). floor: minimum rows per category. statuses: solver statuses
     kept ("deduced" only by default: a guessed trace teaches guessing). shard_size: rows per work unit
     (the resume granularity). max_attempts: generated puzzles tried per kept row before a shard gives up.
+    max_minutes: wall-clock budget; when it runs out, unfinished shards stop and the mix is written short
+    (slow solvers, e.g. symbolic equations, otherwise decide the build time).
     """
 
     n: int
@@ -60,6 +62,7 @@ class MixConfig:
     max_rounds: int = 6
     progress: bool = True
     keep_shards: bool = False
+    max_minutes: float | None = None
 
 
 # ------------------------------------------------------------------------------------------- reference
@@ -138,6 +141,7 @@ class Shard:
     profiles: list[dict[str, Any]] | None
     statuses: tuple[str, ...]
     max_attempts: int
+    deadline: float | None = None  # time.time() after which the shard stops (and is not saved: partial)
 
     @property
     def name(self) -> str:
@@ -189,6 +193,9 @@ def run_shard(shard: Shard) -> tuple[str, list[dict], dict]:
     for _ in range(shard.count * shard.max_attempts):
         if len(rows) >= shard.count:
             break
+        if shard.deadline is not None and time.time() > shard.deadline:
+            stats["deadline"] += 1
+            break
         difficulty = dict(rng.choice(shard.profiles)) if shard.profiles else None
         stats["generated"] += 1
         try:
@@ -222,7 +229,9 @@ def run_shard(shard: Shard) -> tuple[str, list[dict], dict]:
 # ----------------------------------------------------------------------------------------------- build
 
 
-def _shards(cfg: MixConfig, ref: Reference | None, need: dict[str, int], rnd: int) -> list[Shard]:
+def _shards(
+    cfg: MixConfig, ref: Reference | None, need: dict[str, int], rnd: int, deadline: float | None
+) -> list[Shard]:
     shards = []
     for cat, count in need.items():
         profiles = ref.profiles.get(cat) if ref else None
@@ -237,9 +246,11 @@ def _shards(cfg: MixConfig, ref: Reference | None, need: dict[str, int], rnd: in
                     profiles,
                     cfg.statuses,
                     cfg.max_attempts,
+                    deadline,
                 )
             )
-    return shards
+    # Interleave categories so that a deadline (or a kill) cuts every category alike, not the last ones.
+    return sorted(shards, key=lambda s: s.index)
 
 
 def _run_shards(cfg: MixConfig, shards: list[Shard], shard_dir: Path, progress, task) -> dict[str, tuple]:
@@ -254,8 +265,9 @@ def _run_shards(cfg: MixConfig, shards: list[Shard], shard_dir: Path, progress, 
             todo.append(s)
 
     def finish(name, rows, stats):
-        write_jsonl(shard_dir / f"{name}.jsonl", rows)
-        _atomic_write(shard_dir / f"{name}.stats.json", lambda f: json.dump(stats, f))
+        if not stats["counts"].get("deadline"):  # a shard cut by the deadline is partial: redo it on resume
+            write_jsonl(shard_dir / f"{name}.jsonl", rows)
+            _atomic_write(shard_dir / f"{name}.stats.json", lambda f: json.dump(stats, f))
         done[name] = (rows, stats)
         progress.advance(task, len(rows))
 
@@ -284,6 +296,7 @@ def build_mix(cfg: MixConfig) -> dict:
     from puzzles import dataset
 
     t0 = time.time()
+    deadline = t0 + 60 * cfg.max_minutes if cfg.max_minutes else None
     ref = measure_reference(dataset.load_csv(cfg.like, skip_bad=True), cfg.categories) if cfg.like else None
     shares = {c: ref.shares[c] for c in cfg.categories} if ref else {c: 1.0 for c in cfg.categories}
     quotas = allocate(cfg.n, shares, cfg.floor)
@@ -293,9 +306,8 @@ def build_mix(cfg: MixConfig) -> dict:
     shard_dir = out.with_name(out.name + ".shards")
     shard_dir.mkdir(parents=True, exist_ok=True)
     # Shards are reused only by the same build: other arguments make other shards, so clear stale ones.
-    ident = {
-        k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("workers", "progress", "keep_shards")
-    }
+    volatile = ("workers", "progress", "keep_shards", "max_minutes")
+    ident = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in volatile}
     ident = json.loads(json.dumps(ident))
     cfg_path = shard_dir / "config.json"
     if cfg_path.exists() and json.loads(cfg_path.read_text()) != ident:
@@ -322,12 +334,12 @@ def build_mix(cfg: MixConfig) -> dict:
             # Top up only categories that made progress: a broken generator is reported, not retried.
             need = {c: quotas[c] - len(kept[c]) for c in cfg.categories
                     if quotas[c] > len(kept[c]) and (rnd == 0 or kept[c])}
-            if not need:
+            if not need or (deadline is not None and time.time() > deadline):
                 break
             if rnd:  # a top-up round: the bar re-counts only the rows still missing
                 progress.update(task, completed=sum(len(v) for v in kept.values()))
             results = _run_shards(
-                cfg, _shards(cfg, ref, need, rnd), shard_dir, _RateProgress(progress, t0), task
+                cfg, _shards(cfg, ref, need, rnd, deadline), shard_dir, _RateProgress(progress, t0), task
             )
             for name in sorted(results):
                 rows, shard_stats = results[name]

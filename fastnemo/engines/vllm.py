@@ -42,14 +42,18 @@ def _unsloth_llm(model):
         return None
 
 
-def lora_merged_weights(model):
-    """(vLLM name, base + LoRA delta) for every LoRA-wrapped weight of a PEFT model, without touching it.
+def merged_weights(model):
+    """(checkpoint name, tensor) for every weight of a PEFT model, each LoRA-wrapped weight replaced by
+    base + LoRA delta, computed out of place: the training model is not touched.
 
-    Names follow TRL's mapping to the checkpoint's names: drop PEFT's ``base_model.model.`` prefix and the
-    ``.base_layer`` hop."""
+    This is TRL's ``_iter_named_params`` for a PEFT model (same name mapping: drop PEFT's
+    ``base_model.model.`` prefix and ``.base_layer`` hop, skip the LoRA tensors), minus its in-place
+    ``merge_adapter()``/``unmerge_adapter()``. Every weight is sent, not only the LoRA-targeted ones: vLLM's
+    in-place reload rebuilds a fused layer (qkv_proj, gate_up_proj) only from a complete set of its parts."""
     import torch
     from peft.tuners.lora import LoraLayer
 
+    merged = {}
     with torch.no_grad():
         for name, module in model.named_modules():
             if not isinstance(module, LoraLayer) or not module.active_adapters:
@@ -62,9 +66,18 @@ def lora_merged_weights(model):
                 )
             weight = base.weight.detach()
             for adapter in module.active_adapters:
-                if adapter in module.lora_A or adapter in getattr(module, "lora_embedding_A", {}):
+                if adapter in module.lora_A or adapter in module.lora_embedding_A:
                     weight = weight + module.get_delta_weight(adapter).to(weight.dtype)
-            yield name.removeprefix("base_model.model.").replace(".base_layer", "") + ".weight", weight
+            merged[_checkpoint_name(name) + ".weight"] = weight
+        for name, param in model.named_parameters():
+            if "lora_" in name or "original_module" in name:
+                continue
+            name = _checkpoint_name(name).replace("modules_to_save.default.", "")
+            yield name, merged.get(name, param.detach())
+
+
+def _checkpoint_name(name: str) -> str:
+    return name.removeprefix("base_model.model.").replace(".base_layer", "")
 
 
 class VLLMEngine:
@@ -129,8 +142,13 @@ class VLLMEngine:
         elif self.weight_sync == "lora":
             self._lora_request = self._adapter_request()
         else:
-            model = self.llm.llm_engine.model_executor.driver_worker.model_runner.model
-            model.load_weights(lora_merged_weights(self.session.model))
+            # TRL calls model.load_weights directly; on the CPU backend that fails once the linear weights
+            # were repacked for its GEMM kernels ("'Parameter' object has no attribute 'weight_loader'").
+            # vLLM's in-place reload restores the loaders, loads, and re-runs the repacking.
+            self.llm.collective_rpc(
+                "reload_weights",
+                kwargs=dict(weights_iterator=merged_weights(self.session.model), is_checkpoint_format=True),
+            )
             self.llm.reset_prefix_cache()
 
     def _adapter_request(self):
@@ -164,11 +182,12 @@ class VLLMEngine:
         return bool(self.llm.llm_engine.vllm_config.model_config.enable_sleep_mode)
 
     def _reload_after_sleep(self) -> None:
-        # Level 2 threw the weights away; vLLM's reload_weights would read the base from disk, which is what
-        # we want for the non-LoRA weights, then the merged LoRA weights go on top.
-        self.llm.collective_rpc("reload_weights")
+        # Level 2 threw the weights away. "merge" re-sends all of them from the training model (as TRL does
+        # after its level-2 sleep); "lora" serves the base unchanged, so vLLM rereads it from disk.
         if self.weight_sync == "merge":
             self.sync_weights()
+        else:
+            self.llm.collective_rpc("reload_weights")
 
     # -- generation ---------------------------------------------------------------------------------------
 

@@ -77,8 +77,9 @@ def test_abstains_when_no_rule_fits():
 
 
 def test_one_example_with_many_fits_is_not_deduced():
-    # 10 + 10 = 20 fits a + b and a * b ... read right to left 01 + 01 = 02 -> "20" too: the query differs.
-    prompt = E.render([("10+10", "20")], "23+45")
+    # 12 + 12 = 24 fits a + b read as written and read right to left (21 + 21 = 42, written "24");
+    # on 19+25 the two readings differ (44 against 91 + 52 = 143, written "341").
+    prompt = E.render([("12+12", "24")], "19+25")
     sol = E.solve(E.parse(prompt))
     assert sol is not None and sol.status == "guessed"
 

@@ -120,3 +120,12 @@ def test_equations_family_is_a_matched_feature():
     assert sorted(d["family"] for d in ref.profiles["equations"]) == ["numeric", "numeric", "symbolic"]
     assert all(d["n_examples"] == 3 for d in ref.profiles["equations"])
     assert ref.shares["equations"] == 1.0 and ref.shares["cipher"] == 0.0
+
+
+def test_deadline_writes_a_short_mix_and_saves_no_partial_shard(tmp_path):
+    out = tmp_path / "t.jsonl"
+    s = build_mix(MixConfig(n=3000, out=str(out), categories=("cipher",), workers=1, shard_size=1000,
+                            max_minutes=0.3 / 60, progress=False, keep_shards=True))
+    assert s["rows"] < 3000 and s["short"]["cipher"] == 3000 - s["rows"]
+    assert len(read_jsonl(out)) == s["rows"] and s["funnel"]["cipher"]["deadline"] >= 1
+    assert not list((tmp_path / "t.jsonl.shards").glob("cipher-*"))  # partial shards are redone on resume

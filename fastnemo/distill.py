@@ -1,0 +1,354 @@
+"""Self-distillation: sample k answers per puzzle from the session's model, keep the verified ones.
+
+``run(session, recipe, out_dir, seed, log)``:
+
+1. Prompts: new generated puzzles (``puzzles.categories.generate``, round-robin over the categories) or the
+   rows of ``recipe.distill.data`` (a competition CSV or a JSONL with id/prompt/answer).
+2. ``k`` candidates per prompt with ``session.generate`` (temperature ``recipe.distill.temperature``). Every
+   batch's candidates are appended to ``generations.jsonl`` and fsynced: a killed distill resumes where it
+   stopped (a torn last line is cut off first).
+3. Verification (``select``): a candidate is *correct* when the strict competition metric accepts it; it is
+   a *trace* when it is also complete (ended by the model, not cut by max_tokens) and well formatted
+   (reasoning closed once, then exactly one box). The ``keep`` shortest traces per prompt become SFT rows
+   whose tail is rewritten canonically (``</think>`` + the gold answer boxed, as solver traces end).
+4. Outputs: ``traces.jsonl`` (SFT rows, source "distill", status "verified"), ``passrates.jsonl`` (one row
+   per prompt), ``goldilocks.jsonl`` (prompts the model solves between ``goldilocks_low`` and
+   ``goldilocks_high`` of the time: the ones with a learning signal for DAPO) and ``passrates.png``.
+
+``mix_next`` builds the next round's SFT set from the traces and part of the previous SFT data.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import click
+
+from fastnemo.config import Recipe, SamplingConfig, resolve
+from fastnemo.progress import console, task
+from fastnemo.rewards import THINK_CLOSE, well_formatted
+from puzzles import CATEGORIES, Puzzle
+from puzzles.dataset import read_jsonl, sft_row, write_jsonl
+from puzzles.metric import score
+from puzzles.mix import prompt_key
+from puzzles.traces import completion as trace_completion
+
+CACHE = "generations.jsonl"
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+
+def load_prompts(recipe: Recipe, seed: int) -> list[Puzzle]:
+    """The puzzles to distill on: ``recipe.distill.data`` when set, else ``recipe.distill.prompts`` new ones."""
+    cfg = recipe.distill
+    if cfg.data:
+        return read_puzzles(resolve(recipe, cfg.data))[: cfg.prompts or None]
+    return generate_puzzles(cfg.prompts, seed)
+
+
+def read_puzzles(path: Path) -> list[Puzzle]:
+    """A competition CSV (id,prompt,answer) or a JSONL whose rows carry id, prompt and answer."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        from puzzles.dataset import load_csv
+
+        return load_csv(path, require_answer=True, skip_bad=True)
+    from puzzles.base import detect_category
+
+    out = []
+    for r in read_jsonl(path):
+        category = r.get("category") or detect_category(r["prompt"])
+        out.append(Puzzle(id=str(r["id"]), category=category, prompt=r["prompt"], examples=[], query=None,
+                          answer=str(r["answer"])))
+    return out
+
+
+def generate_puzzles(n: int, seed: int) -> list[Puzzle]:
+    """``n`` new puzzles, categories in turn; the same ``seed`` gives the same puzzles (resume relies on it)."""
+    from puzzles import categories
+
+    rng = random.Random(f"distill:{seed}")
+    out, failures = [], collections.Counter()
+    for i in range(n * 3):
+        if len(out) == n:
+            break
+        category = CATEGORIES[i % len(CATEGORIES)]
+        try:
+            p = categories.generate(category, rng)
+        except Exception:  # noqa: BLE001 -- a broken generator must not stop the other categories
+            failures[category] += 1
+            continue
+        p.id = f"distill-{seed}-{len(out):06d}"
+        out.append(p)
+    if failures:
+        console.print(f"[yellow]distill: generator failures {dict(failures)}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- verify
+
+
+def select(puzzle: Puzzle, candidates: list[dict], keep: int) -> tuple[list[dict], dict]:
+    """(SFT rows, pass-rate row) for one puzzle's candidates (dicts with text, n_tokens, finish_reason).
+
+    Pass rate counts candidates the strict metric accepts; rows come only from correct candidates that
+    stopped on their own and are well formatted, shortest first, distinct reasoning only."""
+    correct = [c for c in candidates if score(c["text"], puzzle.answer, strict=True)]
+    traces = sorted(
+        (c for c in correct if c["finish_reason"] == "stop" and well_formatted(c["text"])),
+        key=lambda c: c["n_tokens"],
+    )
+    rows, seen = [], set()
+    for c in traces:
+        reasoning = c["text"].split(THINK_CLOSE)[0].strip()
+        if not reasoning or reasoning in seen:
+            continue
+        seen.add(reasoning)
+        row = sft_row(puzzle, trace_completion(reasoning, puzzle.answer), "distill", "verified",
+                      n_tokens=c["n_tokens"], k=len(candidates), n_correct=len(correct))
+        rows.append(row)
+        if len(rows) == keep:
+            break
+    rate = len(correct) / len(candidates) if candidates else 0.0
+    stats = {
+        "id": puzzle.id, "category": puzzle.category, "prompt": puzzle.prompt, "answer": puzzle.answer,
+        "k": len(candidates), "correct": len(correct), "pass_rate": rate, "kept": len(rows),
+        "truncated": sum(c["finish_reason"] == "length" for c in candidates),
+        "mean_tokens": sum(c["n_tokens"] for c in candidates) / max(1, len(candidates)),
+    }
+    return rows, stats
+
+
+def goldilocks(passrates: list[dict], low: float, high: float) -> list[dict]:
+    """Prompts solved sometimes but not always: pass rate within [low, high]."""
+    eps = 1e-9  # 0.2 stored as 1/5 must pass a 0.2 bound
+    return [r for r in passrates if low - eps <= r["pass_rate"] <= high + eps]
+
+
+# ----------------------------------------------------------------------------------------------- cache
+
+
+def read_cache(path: Path) -> dict[str, list[dict]]:
+    """Cached candidates by puzzle id. A last line cut by a kill is removed from the file (so the next
+    append starts on a clean line) and its puzzle is generated again."""
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    good = data[: data.rfind(b"\n") + 1]
+    done = {}
+    for line in good.decode().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:  # cannot happen before the last newline unless the disk lied
+            continue
+        done[r["id"]] = r["candidates"]
+    if len(good) != len(data):
+        with open(path, "r+b") as f:
+            f.truncate(len(good))
+    return done
+
+
+def append_batch(path: Path, records: list[dict]) -> None:
+    with open(path, "a") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# ------------------------------------------------------------------------------------------------- run
+
+
+def histogram(passrates: list[dict], k: int, out: Path) -> Path:
+    """Pass-rate histogram, stacked by category (one bin per possible count of correct candidates)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fastnemo.files import write_atomic
+
+    cats = [c for c in CATEGORIES if any(r["category"] == c for r in passrates)]
+    data = [[r["pass_rate"] for r in passrates if r["category"] == c] for c in cats]
+    bins = [(i - 0.5) / k for i in range(k + 2)]
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    if data:
+        ax.hist(data, bins=bins, stacked=True, label=cats)
+        ax.legend(fontsize=7)
+    ax.set_xlabel(f"pass rate (k = {k})")
+    ax.set_ylabel("prompts")
+    ax.set_title("self-distillation pass rates")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return write_atomic(out, buf.getvalue())
+
+
+def run(session, recipe: Recipe, out_dir: Path, seed: int = 0, log=None) -> dict:
+    """Distill ``session``'s model on the recipe's prompts into ``out_dir`` (resumable); returns a summary."""
+    cfg, out_dir = recipe.distill, Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    puzzles = load_prompts(recipe, seed)
+    if not puzzles:
+        raise ValueError("distill: no prompts (distill.prompts is 0 or distill.data is empty)")
+    cache_path = out_dir / CACHE
+    done = read_cache(cache_path)
+    todo = [p for p in puzzles if p.id not in done]
+    # The hf engine splits a call into batch_size // k prompts itself; vLLM wants as many sequences as it
+    # can schedule at once. Either way a call is also the unit of the cache.
+    per_call = session.gen_cfg.batch_size if session.gen_cfg.engine == "vllm" else max(
+        1, session.gen_cfg.batch_size // cfg.k)
+    session.engine.wake()
+    t0, tokens = time.time(), 0
+    with task("distill", len(puzzles), unit="prompt") as advance:
+        advance(len(puzzles) - len(todo))
+        for start in range(0, len(todo), per_call):
+            batch = todo[start : start + per_call]
+            # the seed follows the first puzzle, not the position in todo: a resume samples the same way
+            first = puzzles.index(batch[0])
+            sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=1.0,
+                                      max_tokens=cfg.max_tokens, seed=seed * 1_000_003 + first)
+            outputs = session.generate([p.prompt for p in batch], sampling)
+            records = [
+                {"id": p.id, "candidates": [
+                    {"text": c.text, "n_tokens": c.n_tokens, "finish_reason": c.finish_reason} for c in cands]}
+                for p, cands in zip(batch, outputs, strict=True)
+            ]
+            append_batch(cache_path, records)
+            for r in records:
+                done[r["id"]] = r["candidates"]
+                tokens += sum(c["n_tokens"] for c in r["candidates"])
+            rate = sum(score(c["text"], p.answer, strict=True) for p in batch for c in done[p.id]) / (
+                len(batch) * cfg.k)
+            advance(len(batch), info=f"batch pass {rate:.0%}")
+            if log:
+                log({"distill/done": len(puzzles) - len(todo) + start + len(batch), "distill/batch_pass_rate": rate,
+                     "distill/tokens_per_s": tokens / max(1e-9, time.time() - t0)})
+    return finish(puzzles, done, cfg, out_dir, seconds=time.time() - t0)
+
+
+def finish(puzzles: list[Puzzle], done: dict[str, list[dict]], cfg, out_dir: Path, seconds: float = 0.0) -> dict:
+    """Verify every cached candidate and write traces, pass rates, the Goldilocks set and the histogram."""
+    traces, passrates = [], []
+    for p in puzzles:
+        rows, stats = select(p, done[p.id], cfg.keep)
+        traces += rows
+        passrates.append(stats)
+    gold = goldilocks(passrates, cfg.goldilocks_low, cfg.goldilocks_high)
+    write_jsonl(out_dir / "traces.jsonl", traces)
+    write_jsonl(out_dir / "passrates.jsonl", passrates)
+    write_jsonl(out_dir / "goldilocks.jsonl",
+                [{k: r[k] for k in ("id", "category", "prompt", "answer", "pass_rate")} for r in gold])
+    histogram(passrates, cfg.k, out_dir / "passrates.png")
+    per_cat = collections.defaultdict(list)
+    for r in passrates:
+        per_cat[r["category"]].append(r["pass_rate"])
+    n_cand = sum(r["k"] for r in passrates)
+    summary = {
+        "prompts": len(puzzles),
+        "candidates": n_cand,
+        "pass_rate": sum(r["correct"] for r in passrates) / max(1, n_cand),
+        "solved_any": sum(r["correct"] > 0 for r in passrates),
+        "traces": len(traces),
+        "goldilocks": len(gold),
+        "truncated_share": sum(r["truncated"] for r in passrates) / max(1, n_cand),
+        "per_category": {c: sum(v) / len(v) for c, v in sorted(per_cat.items())},
+        "seconds": round(seconds, 1),
+    }
+    console.print(
+        f"distill: {summary['prompts']} prompts, pass rate {summary['pass_rate']:.1%}, "
+        f"{summary['traces']} traces kept, {summary['goldilocks']} Goldilocks prompts"
+    )
+    return summary
+
+
+# ----------------------------------------------------------------------------------------------- mix
+
+
+def mix_next(traces_path, prev_sft_path, out_path, carry_share: float, seed: int = 0,
+             floor: int | None = None) -> dict:
+    """The next round's SFT set: every new trace plus ``carry_share`` of the previous SFT rows.
+
+    Deduplicated by prompt (a new trace wins over a carried row of the same puzzle). Category floors: each
+    category of the previous data ends with at least ``floor`` rows when the previous data has them
+    (default: half an equal share of the output), topped up from the previous rows not carried, so a
+    category the model cannot solve yet does not vanish from training."""
+    rng = random.Random(f"mix_next:{seed}")
+    new = read_jsonl(traces_path)
+    prev = read_jsonl(prev_sft_path)
+    out, seen = [], set()
+    for r in new:
+        key = prompt_key(r["prompt"])
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    pool = [r for r in prev if prompt_key(r["prompt"]) not in seen]
+    duplicates = len(new) + len(prev) - len(out) - len(pool)
+    rng.shuffle(pool)
+    n_carry = min(len(pool), round(carry_share * len(prev)))
+    carried, rest = pool[:n_carry], pool[n_carry:]
+    out += carried
+    counts = collections.Counter(r["category"] for r in out)
+    cats = sorted({r["category"] for r in prev})
+    if floor is None:
+        floor = math.ceil(0.5 * len(out) / max(1, len(cats))) if cats else 0
+    topped = 0
+    for r in rest:
+        if counts[r["category"]] < floor and prompt_key(r["prompt"]) not in seen:
+            seen.add(prompt_key(r["prompt"]))
+            out.append(r)
+            counts[r["category"]] += 1
+            topped += 1
+    rng.shuffle(out)
+    write_jsonl(out_path, out)
+    return {"rows": len(out), "new": len(new), "carried": len(carried), "topped_up": topped,
+            "duplicates": duplicates, "floor": floor, "per_category": dict(sorted(counts.items()))}
+
+
+# ------------------------------------------------------------------------------------------------- cli
+
+
+@click.command("distill")
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Base model folder (config.json, weights, tokenizer).")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="LoRA adapter to sample with.")
+@click.option("--backend", type=click.Choice(["hf", "unsloth"]), default="hf", show_default=True)
+@click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True)
+@click.option("--prompts", default=2000, show_default=True, help="New generated puzzles to distill on.")
+@click.option("--data", type=click.Path(exists=True, dir_okay=False),
+              help="Distill on these puzzles instead (CSV id,prompt,answer or JSONL); --prompts caps them.")
+@click.option("--k", default=8, show_default=True, help="Candidates per prompt.")
+@click.option("--keep", default=1, show_default=True, help="Verified traces kept per prompt (shortest first).")
+@click.option("--temperature", default=0.7, show_default=True)
+@click.option("--max-tokens", default=7680, show_default=True)
+@click.option("--batch-size", default=64, show_default=True, help="Sequences per generate call.")
+@click.option("--low", default=0.2, show_default=True, help="Goldilocks: lowest pass rate kept for RL.")
+@click.option("--high", default=0.8, show_default=True, help="Goldilocks: highest pass rate kept for RL.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Output folder (traces.jsonl, passrates.jsonl, goldilocks.jsonl, passrates.png). "
+                   "Re-running the same command resumes.")
+def distill_command(model_path, adapter, backend, engine, prompts, data, k, keep, temperature, max_tokens,
+                    batch_size, low, high, seed, out):
+    """Sample K answers per puzzle, keep the verified ones as SFT traces, and pick the Goldilocks prompts."""
+    from fastnemo.config import DistillConfig, GenerationConfig, LoraConfig, ModelConfig
+    from fastnemo.session import ModelSession
+
+    recipe = Recipe(
+        model=ModelConfig(path=model_path, backend=backend),
+        generation=GenerationConfig(engine=engine, batch_size=batch_size),
+        distill=DistillConfig(prompts=prompts, data=str(Path(data).resolve()) if data else "", k=k, keep=keep,
+                              temperature=temperature, max_tokens=max_tokens, goldilocks_low=low,
+                              goldilocks_high=high),
+    )
+    session = ModelSession.load(model_path, recipe.model, LoraConfig(), recipe.generation, adapter=adapter)
+    summary = run(session, recipe, Path(out), seed=seed)
+    click.echo(json.dumps(summary))

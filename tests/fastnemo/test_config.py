@@ -1,0 +1,165 @@
+"""Recipe parsing: every error names the file and the key; the repo's own recipes load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fastnemo.config import (
+    DEFAULT_TARGETS,
+    MAX_LORA_RANK,
+    Recipe,
+    RecipeError,
+    load_recipe,
+    resolve,
+    to_dict,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str, name: str = "r.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_minimal_recipe_gets_documented_defaults(tmp_path):
+    r = load_recipe(write(tmp_path, 'name = "x"\n'))
+    assert r.name == "x"
+    assert r.lora.rank == 32 and r.lora.target_modules == list(DEFAULT_TARGETS)
+    assert r.eval.sampling.max_tokens == 7680 and r.eval.sampling.temperature == 0.0
+    assert r.source == str((tmp_path / "r.toml").resolve())
+    assert to_dict(r)["lora"]["rank"] == 32
+
+
+def test_nested_tables_and_int_for_float(tmp_path):
+    r = load_recipe(write(tmp_path, "[sft]\nlearning_rate = 1\n[eval.sampling]\nmax_tokens = 48\ntop_p = 1\n"))
+    assert r.sft.learning_rate == 1.0 and isinstance(r.sft.learning_rate, float)
+    assert r.eval.sampling.max_tokens == 48 and isinstance(r.eval.sampling.top_p, float)
+
+
+def test_unknown_top_level_key_names_key_and_file(tmp_path):
+    p = write(tmp_path, 'name = "x"\nlerning_rate = 1e-3\n')
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    assert "lerning_rate" in str(e.value) and str(p) in str(e.value)
+
+
+def test_unknown_key_in_table_names_key_table_and_file(tmp_path):
+    p = write(tmp_path, "[lora]\nrank = 8\nranks = 16\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert "'ranks'" in msg and "lora" in msg and str(p) in msg
+
+
+def test_unknown_key_in_nested_table(tmp_path):
+    p = write(tmp_path, "[eval.sampling]\nmax_token = 4\n")
+    with pytest.raises(RecipeError, match=r"eval\.sampling.*'max_token'"):
+        load_recipe(p)
+
+
+def test_source_is_not_settable(tmp_path):
+    with pytest.raises(RecipeError, match="'source'"):
+        load_recipe(write(tmp_path, 'source = "elsewhere.toml"\n'))
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ('[lora]\nrank = "8"\n', "lora.rank"),
+        ("[lora]\nrank = 8.0\n", "lora.rank"),
+        ("[lora]\nrank = true\n", "lora.rank"),  # a bool is not an int here
+        ('[sft]\nlearning_rate = "1e-3"\n', "sft.learning_rate"),
+        ('[model]\ntiny = "yes"\n', "model.tiny"),
+        ('stages = "sft"\n', "stages"),
+        ("stages = [1, 2]\n", "stages[0]"),
+        ('[lora]\ntarget_modules = "q_proj"\n', "lora.target_modules"),
+        ('model = "tiny"\n', "model"),  # a table expected
+    ],
+)
+def test_wrong_type_names_the_key(tmp_path, text, key):
+    p = write(tmp_path, text)
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    assert key in str(e.value) and str(p) in str(e.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(RecipeError, match="not found") as e:
+        load_recipe(tmp_path / "nope.toml")
+    assert "nope.toml" in str(e.value)
+
+
+def test_directory_is_not_a_recipe(tmp_path):
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe(tmp_path)
+
+
+def test_invalid_toml(tmp_path):
+    p = write(tmp_path, "[lora\nrank = 8\n")
+    with pytest.raises(RecipeError, match="not valid TOML") as e:
+        load_recipe(p)
+    assert str(p) in str(e.value)
+
+
+@pytest.mark.parametrize("rank, ok", [(1, True), (MAX_LORA_RANK, True), (MAX_LORA_RANK + 1, False), (0, False)])
+def test_lora_rank_bounds(tmp_path, rank, ok):
+    p = write(tmp_path, f"[lora]\nrank = {rank}\n")
+    if ok:
+        assert load_recipe(p).lora.rank == rank
+    else:
+        with pytest.raises(RecipeError, match="lora.rank") as e:
+            load_recipe(p)
+        assert str(rank) in str(e.value)
+
+
+def test_unknown_stage(tmp_path):
+    p = write(tmp_path, 'stages = ["data", "sft", "evaluate"]\n')
+    with pytest.raises(RecipeError, match="'evaluate'") as e:
+        load_recipe(p)
+    assert str(p) in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ('[model]\nbackend = "vllm"\n', "model.backend"),
+        ('[generation]\nengine = "sglang"\n', "generation.engine"),
+        ("[grpo]\ngroup_size = 1\n", "grpo.group_size"),
+        ("[grpo]\ngroup_size = 17\n", "grpo.group_size"),
+        ('[grpo]\noverlong = "cut"\n', "grpo.overlong"),
+        ("rounds = 0\n", "rounds"),
+    ],
+)
+def test_cross_field_checks(tmp_path, text, key):
+    with pytest.raises(RecipeError, match=key.replace(".", r"\.")):
+        load_recipe(write(tmp_path, text))
+
+
+def test_relative_paths_resolve_against_the_recipe_file(tmp_path, monkeypatch):
+    sub = tmp_path / "recipes"
+    sub.mkdir()
+    p = write(sub, 'run_dir = "../runs/x"\n[model]\npath = "../models/m"\n[eval]\ndata = "val.csv"\n')
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the working directory must not matter
+    r = load_recipe(Path("..") / "recipes" / "r.toml")
+    assert resolve(r, r.run_dir) == (tmp_path / "runs" / "x").resolve()
+    assert resolve(r, r.model.path) == (tmp_path / "models" / "m").resolve()
+    assert resolve(r, r.eval.data) == (sub / "val.csv").resolve()
+    assert resolve(r, str(tmp_path / "abs")) == tmp_path / "abs"  # absolute paths are kept
+
+
+def test_resolve_without_source_is_relative_to_cwd():
+    assert resolve(Recipe(), "a/b") == Path("a/b")
+
+
+def test_repo_recipes_all_load():
+    files = sorted((REPO / "recipes").glob("*.toml"))
+    assert files, "the repo ships recipes"
+    for f in files:
+        r = load_recipe(f)
+        assert r.stages and r.lora.rank <= MAX_LORA_RANK, f
