@@ -42,8 +42,9 @@ REAL_WIDTHS = dict(
     use_mamba_kernels=True,
 )
 
-# Mamba, MoE and attention, in the real model's proportions (23 M, 23 E, 6 *) but 8 layers.
-SLICE_LAYERS = ["linear_attention", "moe", "linear_attention", "moe", "full_attention", "moe", "linear_attention", "moe"]
+# Mamba, MoE and attention (the real model has 23 M, 23 E, 6 *): one of each kind plus a second MoE, so a
+# slice loads in seconds. Per-layer costs scale to 52 layers in fastnemo.plan.
+SLICE_LAYERS = ["linear_attention", "moe", "full_attention", "moe"]
 
 
 def on_gpu() -> bool:
@@ -87,7 +88,9 @@ def bench_model(out_root: str | Path, layers: list[str] | None = None) -> tuple[
     """(model folder, scale name): a real-width slice on a GPU, the tiny model on CPU."""
     out_root = Path(out_root)
     if on_gpu():
-        return build_slice_model(out_root / "slice"), f"real-width slice, {len(layers or SLICE_LAYERS)} layers"
+        layers = layers or SLICE_LAYERS
+        name = "slice-" + "".join({"linear_attention": "M", "moe": "E", "full_attention": "A", "mlp": "-"}[t] for t in layers)
+        return build_slice_model(out_root / name, layers), f"real-width slice {name[6:]}"
     from fastnemo.tiny import build_tiny_model
 
     path = out_root / "tiny"
@@ -97,12 +100,15 @@ def bench_model(out_root: str | Path, layers: list[str] | None = None) -> tuple[
 
 
 def versions() -> dict:
+    """Installed versions, read from package metadata: importing unsloth here would patch transformers in
+    the process that runs the baselines."""
+    from importlib.metadata import PackageNotFoundError, version
+
     out = {"python": platform.python_version(), "torch": torch.__version__}
     for name in ("transformers", "peft", "trl", "unsloth", "unsloth_zoo", "bitsandbytes", "mamba_ssm", "causal_conv1d"):
         try:
-            mod = __import__(name)
-            out[name] = getattr(mod, "__version__", "?")
-        except Exception:  # an absent optional package is a fact to print, not an error
+            out[name] = version(name)
+        except PackageNotFoundError:
             out[name] = "-"
     return out
 
@@ -174,6 +180,38 @@ def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:,.3f}" if abs(v) < 100 else f"{v:,.0f}"
     return str(v)
+
+
+def run_child(cmd: list[str], log_path: Path | None, timeout: float) -> tuple[int, str]:
+    """Run one variant in its own process (Unsloth patches transformers process-wide on import), streaming
+    its output to ``log_path`` so a timeout still leaves the log. Returns (rc, output)."""
+    import subprocess
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log_path = Path(log_path or f"/tmp/fastnemo-bench-{os.getpid()}.log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            rc = -9
+    return rc, log_path.read_text(errors="replace")
+
+
+def child_result(output: str) -> dict | None:
+    line = next((ln for ln in output.splitlines() if ln.startswith("RESULT ")), None)
+    return json.loads(line[len("RESULT "):]) if line else None
+
+
+def stamp(msg: str) -> None:
+    """A progress line with the time since the process started (logs show where the seconds go)."""
+    print(f"[{time.perf_counter() - _T0:7.1f}s] {msg}", flush=True)
+
+
+_T0 = time.perf_counter()
 
 
 def write_json(path: str | Path | None, payload: dict) -> None:

@@ -16,8 +16,6 @@ records which LoRA targets got a nonzero gradient (a target listed but not train
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -104,6 +102,7 @@ def run_steps(model, vocab: int, shapes, warmup: int, steps: int, lr: float = 1e
                     t0 = time.perf_counter()
                 loss = model(input_ids=ids, labels=ids).loss
                 loss.backward()
+                common.stamp(f"{batch}x{seq} step {i} loss {float(loss):.4f}")
                 if i == 1:  # after one update every LoRA A and B has a gradient path
                     grads = grad_report(model)
                 opt.step()
@@ -148,6 +147,7 @@ def run_trl(path: Path, targets: list[str], rank: int, shapes, warmup: int, step
         def on_step_end(self, args, state, control, **kw):
             common.sync()
             self.t1 = time.perf_counter()
+            common.stamp(f"trl step {state.global_step}")
 
     # TRL 1.15 refuses a LoRA on lm_head (it reads lm_head.weight directly for its log-probs): drop it here.
     targets = [t for t in targets if t != "lm_head"]
@@ -188,6 +188,7 @@ def one(variant: str, path: Path, targets, rank, shapes, warmup, steps) -> dict:
         return dict(variant=variant, load_s=time.perf_counter() - t0, rows=rows, note="targets without lm_head")
     model, tok = load_variant(variant, path, targets, rank, max(s for _, s in shapes))
     load_s = time.perf_counter() - t0
+    common.stamp(f"{variant} loaded in {load_s:.1f}s")
     weights = common.allocated_gib()
     vocab = min(len(tok), model.config.vocab_size)
     rows = run_steps(model, vocab, shapes, warmup, steps)
@@ -199,18 +200,20 @@ def one(variant: str, path: Path, targets, rank, shapes, warmup, steps) -> dict:
 
 @click.command()
 @click.option("--variants", default=None, help=f"Comma list; default {GPU_VARIANTS} on GPU, {CPU_VARIANTS} on CPU.")
-@click.option("--shapes", default=None, help="Comma list of BATCHxSEQ; default 4x2048,1x8192 (GPU), 1x64 (CPU).")
+@click.option("--shapes", default=None, help="Comma list of BATCHxSEQ; default 4x2048 (GPU), 1x64 (CPU).")
 @click.option("--targets", default="default", show_default=True, help="LoRA targets, comma list, or 'default'.")
 @click.option("--rank", default=32, show_default=True)
 @click.option("--warmup", default=2, show_default=True)
 @click.option("--steps", default=5, show_default=True)
 @click.option("--model-dir", default="/tmp/fastnemo-bench", show_default=True, help="Where the bench model is built.")
 @click.option("--json", "json_path", default=None, help="Write all results here.")
+@click.option("--log-dir", default=None, help="Write each variant's full log here.")
+@click.option("--timeout", default=240.0, show_default=True, help="Seconds per variant (load + steps).")
 @click.option("--one", "one_variant", default=None, hidden=True)
-def main(variants, shapes, targets, rank, warmup, steps, model_dir, json_path, one_variant):
+def main(variants, shapes, targets, rank, warmup, steps, model_dir, json_path, log_dir, timeout, one_variant):
     """Compare SFT step throughput and peak memory across backends in one run."""
     gpu = common.on_gpu()
-    shapes = _shapes(shapes or ("4x2048,1x8192" if gpu else "1x64"))
+    shapes = _shapes(shapes or ("4x2048" if gpu else "1x64"))
     tlist = _targets(targets)
     path, scale = common.bench_model(model_dir)
     if one_variant:
@@ -224,17 +227,19 @@ def main(variants, shapes, targets, rank, warmup, steps, model_dir, json_path, o
     console.print(common.header_table("sft_throughput", settings))
     results = []
     for v in (variants or (GPU_VARIANTS if gpu else CPU_VARIANTS)).split(","):
+        common.stamp(f"variant {v}")
         cmd = [sys.executable, __file__, "--one", v, "--shapes", ",".join(f"{b}x{s}" for b, s in shapes),
                "--targets", targets, "--rank", str(rank), "--warmup", str(warmup), "--steps", str(steps),
                "--model-dir", model_dir]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-        if line is None:
-            tail = (proc.stdout + proc.stderr)[-3000:]
-            console.print(f"[red]{v} failed (rc {proc.returncode})[/red]\n{tail}")
-            results.append(dict(variant=v, error=tail[-600:]))
+        log = Path(log_dir) / f"sft_{v}.log" if log_dir else None
+        rc, output = common.run_child(cmd, log, timeout)
+        res = common.child_result(output)
+        if res is None:
+            tail = output[-3000:]
+            console.print(f"[red]{v} failed (rc {rc})[/red]\n{tail}")
+            results.append(dict(variant=v, error=("timeout " if rc == -9 else "") + tail[-600:]))
             continue
-        results.append(json.loads(line[len("RESULT "):]))
+        results.append(res)
     rows = []
     base = {r["shape"]: r.get("tok_s") for res in results if res["variant"] == "trl" for r in res.get("rows", [])}
     for res in results:

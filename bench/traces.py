@@ -16,6 +16,7 @@ import argparse
 import collections
 import json
 import math
+import random
 import re
 import sys
 import tempfile
@@ -95,6 +96,7 @@ def main() -> int:
     ap.add_argument("--sft", type=Path, default=None, help="SFT JSONL to measure (default: build a small mix)")
     ap.add_argument("--n", type=int, default=1200, help="rows of the mix built without --sft")
     ap.add_argument("--vocab", type=int, default=1024, help="tiny tokenizer vocabulary size")
+    ap.add_argument("--sample", type=int, default=3000, help="measure a random sample of this many rows")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -104,6 +106,8 @@ def main() -> int:
     from puzzles import categories
 
     rows = _sft_rows(args)
+    if len(rows) > args.sample:
+        rows = random.Random(0).sample(rows, args.sample)
     if not rows:
         print("no rows to measure")
         return 1

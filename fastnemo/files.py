@@ -8,7 +8,17 @@ import json
 import os
 import shutil
 import tempfile
+import signal
 from pathlib import Path
+
+# Power loss mid-write, for the crash tests: a process whose FASTNEMO_CRASH_AT names a file kills itself
+# with SIGKILL after writing that file's temp copy and before the rename that would publish it.
+CRASH_AT = "FASTNEMO_CRASH_AT"
+
+
+def _maybe_crash(final: Path) -> None:
+    if os.environ.get(CRASH_AT) and os.environ[CRASH_AT] == final.name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fsync_dir(path: Path) -> None:
@@ -19,16 +29,25 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _clear_leftovers(final: Path) -> None:
+    """Remove temp copies of ``final`` left by a process killed mid-write (the run lock makes us the only
+    writer)."""
+    for stale in final.parent.glob(f".{final.name}.*"):
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+
+
 def write_atomic(path: str | Path, data: bytes | str) -> Path:
     """Write ``data`` to ``path`` through a temp file in the same folder, fsync, then rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _clear_leftovers(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
+        _maybe_crash(path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -50,6 +69,7 @@ def atomic_dir(final: str | Path):
     if final.exists():
         raise FileExistsError(f"{final} exists; refusing to overwrite it")
     final.parent.mkdir(parents=True, exist_ok=True)
+    _clear_leftovers(final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         yield tmp
@@ -57,6 +77,7 @@ def atomic_dir(final: str | Path):
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
+        _maybe_crash(final)
         tmp.rename(final)
         fsync_dir(final.parent)
     finally:

@@ -276,10 +276,12 @@ def prompt_rows(session, recipe: Recipe, prompts_path: Path | None, seed: int) -
 
 
 def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed: int = 0, log=None,
-                 rollouts: str = "auto", micro_batch: int | None = None, max_refills: int = MAX_REFILLS):
+                 rollouts: str = "auto", micro_batch: int | None = None, max_refills: int = MAX_REFILLS,
+                 rewards: tuple[list, list[float]] | None = None):
     """The DAPO trainer on ``session.model``. ``rollouts``: "trl" (TRL generates with the model), "engine"
     (``session.engine`` via rollout_func) or "auto" (engine unless it is the hf engine).
-    ``micro_batch``: completions per forward/backward (default: one group)."""
+    ``micro_batch``: completions per forward/backward (default: one group). ``rewards``: (functions,
+    weights) instead of those ``cfg`` selects."""
     from datasets import Dataset
     from transformers import PrinterCallback
 
@@ -294,7 +296,7 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
     if rows_per_step % micro:
         raise ValueError(f"grpo: batch_prompts x group_size = {rows_per_step} is not a multiple of the micro "
                          f"batch {micro}")
-    funcs, weights = reward_funcs(cfg, eos_token_ids=[session.tokenizer.eos_token_id])
+    funcs, weights = rewards or reward_funcs(cfg, eos_token_ids=[session.tokenizer.eos_token_id])
     on_gpu = torch.cuda.is_available()
     args = TRLGRPOConfig(
         output_dir=str(out_dir),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from pathlib import Path
 
 from fastnemo.config import MAX_LORA_RANK
@@ -53,7 +54,7 @@ def _read_zip(path: Path) -> tuple[dict, bytes]:
                 raise VerifyError(f"{path}: missing {missing} at the zip's root (has {sorted(names)})")
             config = json.loads(zf.read("adapter_config.json"))
             weights = zf.read("adapter_model.safetensors")
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # zlib: a corrupt deflate stream
         raise VerifyError(f"{path}: not a readable zip file ({e})") from e
     except json.JSONDecodeError as e:
         raise VerifyError(f"{path}: adapter_config.json is not valid JSON ({e})") from e
@@ -101,7 +102,9 @@ def check_weights(config: dict, weights: bytes, model_path: Path, load: bool) ->
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(model_config)
     leaf = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
-    unknown = [t for t in peft_config.target_modules if t not in leaf]
+    names = peft_config.target_modules
+    # a string is a regex for PEFT (matched on full module names): PEFT itself reports one that matches nothing
+    unknown = [] if isinstance(names, str) else [t for t in names if t not in leaf]
     if unknown:
         raise VerifyError(f"target modules {unknown} do not exist in {model_config.model_type} at {model_path}")
     try:

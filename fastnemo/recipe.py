@@ -77,7 +77,8 @@ class Context:
                 build_tiny_model(path, seed=self.recipe.seed)
             adapter = self.run.artifact(self.adapter_key, "adapter") if self.adapter_key else self.start_adapter()
             self.session = ModelSession.load(
-                path, self.recipe.model, self.recipe.lora, self.recipe.generation, adapter=adapter
+                path, self.recipe.model, self.recipe.lora, self.recipe.generation, adapter=adapter,
+                seed=self.recipe.seed,
             )
         return self.session
 

@@ -40,7 +40,7 @@ def check_targets(model, targets: list[str]) -> None:
         )
 
 
-def _load_hf(path: Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: Path | None):
+def _load_hf(path: Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: Path | None, seed: int):
     from peft import LoraConfig as PeftLoraConfig
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -65,6 +65,7 @@ def _load_hf(path: Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: 
         target_modules=list(lora_cfg.target_modules),
         task_type="CAUSAL_LM",
     )
+    torch.manual_seed(seed)  # the LoRA A matrices are drawn at random: a run must be reproducible
     return get_peft_model(model, peft_cfg), tokenizer
 
 
@@ -91,6 +92,7 @@ class ModelSession:
         lora_cfg: LoraConfig,
         gen_cfg: GenerationConfig | None = None,
         adapter: str | Path | None = None,
+        seed: int = 0,
     ) -> ModelSession:
         """Load the base model at ``path`` with a fresh LoRA (or ``adapter``, trainable) on the backend of
         ``model_cfg``."""
@@ -103,9 +105,9 @@ class ModelSession:
         if model_cfg.backend == "unsloth":
             from fastnemo import unsloth_backend
 
-            model, tokenizer = unsloth_backend.load(path, model_cfg, lora_cfg, adapter)
+            model, tokenizer = unsloth_backend.load(path, model_cfg, lora_cfg, adapter, seed=seed)
         else:
-            model, tokenizer = _load_hf(path, model_cfg, lora_cfg, adapter)
+            model, tokenizer = _load_hf(path, model_cfg, lora_cfg, adapter, seed)
         cls.loads += 1
         return cls(model, tokenizer, model_cfg, gen_cfg or GenerationConfig(), path)
 

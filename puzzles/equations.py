@@ -215,6 +215,8 @@ def analyze_numeric(puzzle: Puzzle) -> NumericAnalysis:
             revs &= {r.rev for r in rules}
         if any(_is_negative_text(y) for _, y in groups[g]) and rules:
             signs &= {r.sign for r in rules}
+    if revs == {False}:  # every real plain-world puzzle puts the sign before the digits
+        signs &= {"gpre"}
     q = puzzle.query[2]
     if q in fits:
         cands = [r for r in fits[q] if r.rev in revs and (r.sign in signs or not r.can_be_negative())]
@@ -226,13 +228,8 @@ def analyze_numeric(puzzle: Puzzle) -> NumericAnalysis:
 def _prior(glyph: str, rule: Rule, used_ops: set[str]) -> tuple:
     """Sort key (smaller = preferred) for guessing among rules that fit."""
     table = GLYPH_PRIOR.get(glyph, OP_PRIOR)
-    return (
-        rule.op in used_ops,
-        -table.get(rule.op, 0),
-        -OP_PRIOR.get(rule.op, 0),
-        rule.sign != "gpre",
-        rule.rev,
-    )
+    # Other glyphs' operations rarely repeat; 70 % of real puzzles read right to left.
+    return (rule.op in used_ops, not rule.rev, -table.get(rule.op, 0), rule.sign != "gpre")
 
 
 def solve_numeric(puzzle: Puzzle) -> Solution | None:

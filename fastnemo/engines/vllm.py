@@ -9,13 +9,14 @@ Two paths, picked by what the session loaded:
   GRPO trainer does exactly this before every rollout). ``sleep``/``wake`` are vLLM's sleep mode, which
   Unsloth enables with ``UNSLOTH_VLLM_STANDBY=1``.
 - Plain vLLM (anything else, CPU included): ``vllm.LLM`` loads the base model from ``session.path`` into its
-  own copy, and ``sync_weights`` pushes base + LoRA merged weights into it with ``load_weights``, the way
-  TRL's GRPO colocate mode does (trl/generation/vllm_generation.py ``sync_weights``). Unlike TRL we do not
-  ``merge_adapter()``/``unmerge_adapter()`` the training model: W + delta - delta is not W in bf16, and a
-  run syncs hundreds of times. We compute ``W + get_delta_weight()`` out of place, for the LoRA-targeted
-  weights only (the rest never change), then reset vLLM's prefix cache (its KV was computed with the old
-  weights). ``weight_sync="lora"`` instead writes the adapter to a per-version folder and serves it with a
-  ``LoRARequest``: vLLM's LoRA kernels, no merge, but a disk write per sync.
+  own copy. ``weight_sync="merge"`` (default) pushes the weights with the LoRA merged in, from memory, the
+  way TRL's GRPO colocate mode does (trl/generation/vllm_generation.py ``sync_weights``), with two changes:
+  the merge is computed out of place (``W + get_delta_weight()``), because TRL's in-place
+  ``merge_adapter()``/``unmerge_adapter()`` leaves W + delta - delta != W in bf16 after hundreds of syncs;
+  and the weights go through vLLM's in-place ``reload_weights`` rather than ``model.load_weights``, which
+  fails on the CPU backend once it has repacked the linear weights. Then vLLM's prefix cache is reset (its
+  KV was computed with the old weights). ``weight_sync="lora"`` instead writes the adapter to a per-version
+  folder and serves it with a ``LoRARequest``: vLLM's LoRA kernels, no merge, a small disk write per sync.
 
 Prompts are tokenized here with ``add_special_tokens=False`` (the chat template already wrote the special
 tokens) and completions decoded here, both with the session's tokenizer, exactly as the hf engine does, so
@@ -24,6 +25,7 @@ the two engines see and return the same tokens.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -36,10 +38,7 @@ WEIGHT_SYNCS = ("merge", "lora")
 
 def _unsloth_llm(model):
     """The vLLM engine Unsloth attached to the model (fast_inference=True), else None."""
-    try:
-        return getattr(model, "vllm_engine", None)
-    except AttributeError:  # PeftModel's __getattr__ chain raises rather than returning the default
-        return None
+    return getattr(model, "vllm_engine", None)  # PeftModel forwards the lookup to the wrapped model
 
 
 def merged_weights(model):
@@ -114,9 +113,14 @@ class VLLMEngine:
         cuda = torch.cuda.is_available()
         dtype = resolve_dtype(self.session.model_cfg.dtype)
         kwargs = {}
+        if not cuda and "VLLM_CPU_KVCACHE_SPACE" not in os.environ:
+            # The CPU worker sizes its KV cache as (memory share - this process's RSS), which is negative once
+            # the trainer (or a second engine) lives in the process: ask for a fixed, toy-model-sized cache.
+            kwargs["kv_cache_memory_bytes"] = 512 << 20
         if self.weight_sync == "lora":
             peft_cfg = self.session.model.peft_config["default"]
-            kwargs = dict(enable_lora=True, max_lora_rank=max(8, peft_cfg.r), max_loras=1)
+            max_rank = next(r for r in (8, 16, 32, 64) if r >= peft_cfg.r)  # the ranks vLLM accepts
+            kwargs.update(enable_lora=True, max_lora_rank=max_rank, max_loras=1)
         return LLM(
             model=str(self.session.path),
             dtype=str(dtype).removeprefix("torch."),
@@ -138,7 +142,12 @@ class VLLMEngine:
         self.version += 1
         if self.unsloth:
             # A fresh request id each call (load_lora counts them), so vLLM never serves a cached older copy.
-            self._lora_request = self.session.model.load_lora("fastnemo_lora", load_tensors=True)
+            load_lora = getattr(self.session.model, "load_lora", None)
+            if load_lora is None:  # an adapter resumed with PeftModel.from_pretrained has no bound helper
+                from unsloth_zoo.vllm_utils import load_lora as zoo_load_lora
+
+                load_lora = functools.partial(zoo_load_lora, self.session.model)
+            self._lora_request = load_lora("fastnemo_lora", load_tensors=True)
         elif self.weight_sync == "lora":
             self._lora_request = self._adapter_request()
         else:
@@ -147,7 +156,7 @@ class VLLMEngine:
             # vLLM's in-place reload restores the loaders, loads, and re-runs the repacking.
             self.llm.collective_rpc(
                 "reload_weights",
-                kwargs=dict(weights_iterator=merged_weights(self.session.model), is_checkpoint_format=True),
+                kwargs={"weights_iterator": merged_weights(self.session.model), "is_checkpoint_format": True},
             )
             self.llm.reset_prefix_cache()
 
@@ -157,7 +166,9 @@ class VLLMEngine:
         if self._lora_root is None:
             self._lora_root = Path(tempfile.mkdtemp(prefix="fastnemo-vllm-lora-"))
         out = self._lora_root / f"v{self.version}"
-        self.session.model.save_pretrained(out)
+        # Without save_embedding_layers=False PEFT also writes the whole embedding/lm_head when lm_head is
+        # a LoRA target: vLLM needs only the LoRA tensors.
+        self.session.model.save_pretrained(out, save_embedding_layers=False)
         if self._lora_request is not None:  # vLLM keeps the old adapter loaded until told otherwise
             self.llm.llm_engine.remove_lora(self._lora_request.lora_int_id)
             shutil.rmtree(self._lora_request.lora_path, ignore_errors=True)
@@ -168,8 +179,9 @@ class VLLMEngine:
     def sleep(self) -> None:
         """Hand vLLM's memory back to training (GPU only; a no-op on CPU, whose vLLM has no sleep mode)."""
         if self._can_sleep() and not self.llm.llm_engine.is_sleeping():
-            # Unsloth's shared weights belong to the trainer: level 1 drops only vLLM's KV cache there.
-            # Our own copy is level 2 (discarded): sync_weights re-pushes the weights after wake.
+            # Unsloth's shared weights belong to the trainer: level 1, and with UNSLOTH_VLLM_STANDBY its
+            # allocator leaves the weights in place and frees the KV cache. Our own copy goes at level 2
+            # (discarded, as TRL does): wake puts it back.
             self.llm.sleep(level=1 if self.unsloth else 2)
 
     def wake(self) -> None:
@@ -223,6 +235,8 @@ class VLLMEngine:
                 if ids and ids[-1] == eos:
                     ids = ids[:-1]
                 text = tok.decode(ids, skip_special_tokens=False)
-                completions.append(Completion(text=text, n_tokens=len(ids), finish_reason="stop" if stop else "length"))
+                completions.append(
+                    Completion(text=text, n_tokens=len(ids), finish_reason="stop" if stop else "length")
+                )
             results.append(completions)
         return results

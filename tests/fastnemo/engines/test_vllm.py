@@ -12,12 +12,12 @@ import pytest
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
-import torch  # noqa: E402
+import torch
 
-from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SamplingConfig  # noqa: E402
-from fastnemo.engines.hf import HFEngine  # noqa: E402
-from fastnemo.engines.vllm import VLLMEngine  # noqa: E402
-from fastnemo.session import ModelSession  # noqa: E402
+from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SamplingConfig
+from fastnemo.engines.hf import HFEngine
+from fastnemo.engines.vllm import VLLMEngine
+from fastnemo.session import ModelSession
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
 PUZZLES = ["In Alice's Wonderland, 0101 becomes 1010.", "Decrypt: xyz abc", "Convert 12.5 m to wonder units"]
@@ -32,10 +32,18 @@ def build_tiny_llama(out_dir):
     tok = train_tokenizer([_ALPHABET] + PUZZLES * 4, vocab_size=512)
     ids = tok.convert_tokens_to_ids
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=32,  # vLLM CPU rejects head_dim 16
-        max_position_embeddings=512, pad_token_id=ids("<pad>"), bos_token_id=ids("<s>"),
-        eos_token_id=ids("<|im_end|>"), tie_word_embeddings=False,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,  # vLLM CPU rejects head_dim 16
+        max_position_embeddings=512,
+        pad_token_id=ids("<pad>"),
+        bos_token_id=ids("<s>"),
+        eos_token_id=ids("<|im_end|>"),
+        tie_word_embeddings=False,
     )
     torch.manual_seed(0)
     AutoModelForCausalLM.from_config(cfg).save_pretrained(out_dir)
@@ -58,7 +66,9 @@ def set_lora_b(model, seed: int | None):
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3 if seed is not None else torch.zeros_like(p))
+                p.copy_(
+                    torch.randn(p.shape, generator=gen) * 0.3 if seed is not None else torch.zeros_like(p)
+                )
 
 
 def texts(results):
@@ -74,9 +84,7 @@ def test_greedy_matches_transformers(session):
     assert all(len(r) == 1 and r[0].n_tokens == 8 and r[0].finish_reason == "length" for r in got)
 
 
-@pytest.mark.parametrize("weight_sync", ["merge", "lora"])
-def test_sync_weights_pushes_the_current_lora(session, weight_sync):
-    engine = session.engine if weight_sync == "merge" else VLLMEngine(session, session.gen_cfg, weight_sync)
+def check_sync(session, engine):
     prompts = [session.chat_prompt(p) for p in PUZZLES]
     hf = HFEngine(session)
     base = engine.generate(prompts, GREEDY)
@@ -96,6 +104,11 @@ def test_sync_weights_pushes_the_current_lora(session, weight_sync):
     assert engine.generate(prompts, GREEDY) == base
 
 
+def test_sync_weights_merges_into_vllm(session):
+    assert session.engine.weight_sync == "merge"
+    check_sync(session, session.engine)
+
+
 def test_n_samples_seeded(session):
     prompts = [session.chat_prompt(p) for p in PUZZLES[:2]]
     sampling = SamplingConfig(n=4, temperature=1.0, top_p=0.95, max_tokens=10, seed=3)
@@ -108,3 +121,9 @@ def test_n_samples_seeded(session):
     assert session.engine.generate(prompts, sampling) == first  # same seed, same samples
     other = session.engine.generate(prompts, SamplingConfig(n=4, temperature=1.0, max_tokens=10, seed=4))
     assert texts(other) != texts(first)
+
+
+# Last in the file: a second LLM in the process re-initialises vLLM's process groups, and when it is
+# collected it tears them down, so the session's own engine is not usable after this test.
+def test_sync_weights_lora_request(session):
+    check_sync(session, VLLMEngine(session, session.gen_cfg, weight_sync="lora"))

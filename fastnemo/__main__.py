@@ -1,0 +1,3 @@
+from fastnemo.cli import main
+
+main()

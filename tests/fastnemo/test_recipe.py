@@ -1,0 +1,162 @@
+"""Running a recipe on the tiny model: data -> sft -> eval -> pack, then resuming it (nothing finished re-runs;
+an interrupted run continues from its last finished stage with that stage's adapter)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fastnemo import recipe as recipe_mod
+from fastnemo.config import Recipe, load_recipe
+from fastnemo.pack import verify
+from fastnemo.recipe import plan_keys, run_recipe
+from fastnemo.run import RunDir, RunLocked
+from fastnemo.session import ModelSession
+
+ROWS = [
+    {"id": f"r{i}", "category": "equations", "prompt": f"In Alice's Wonderland, {i} + {i} = ?",
+     "answer": str(2 * i), "completion": f"Add them.</think>\n\\boxed{{{2 * i}}}"}
+    for i in range(4)
+]
+
+
+def write_recipe(tmp_path: Path, model_dir: Path, stages: list[str]) -> Path:
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    text = f"""
+name = "test"
+run_dir = "run"
+stages = {json.dumps(stages)}
+
+[model]
+path = "{model_dir}"
+dtype = "float32"
+gradient_checkpointing = false
+
+[lora]
+rank = 4
+alpha = 8
+
+[generation]
+batch_size = 8
+
+[data]
+path = "sft.jsonl"
+
+[sft]
+learning_rate = 1e-3
+max_steps = 2
+batch_size = 4
+grad_accum = 1
+max_length = 256
+save_steps = 100
+logging_steps = 1
+
+[eval]
+n_generated = 6
+
+[eval.sampling]
+max_tokens = 2
+"""
+    p = tmp_path / "recipe.toml"
+    p.write_text(text)
+    return p
+
+
+@pytest.fixture()
+def entered(monkeypatch) -> list[str]:
+    """Stage keys whose stage function was entered (the real functions run)."""
+    calls = []
+    for stage, fn in list(recipe_mod.STAGE_FUNCS.items()):
+        def wrapped(ctx, key, _fn=fn):
+            calls.append(key)
+            return _fn(ctx, key)
+
+        monkeypatch.setitem(recipe_mod.STAGE_FUNCS, stage, wrapped)
+    return calls
+
+
+def test_plan_keys_name_rounds_and_evals():
+    r = Recipe(stages=["data", "sft", "eval", "distill", "grpo", "eval", "pack"], rounds=2)
+    keys = [k for _, _, k in plan_keys(r)]
+    assert keys == ["r1-data", "r1-sft", "r1-eval-sft", "r1-distill", "r1-grpo", "r1-eval-grpo",
+                    "r2-data", "r2-sft", "r2-eval-sft", "r2-distill", "r2-grpo", "r2-eval-grpo", "pack"]
+    assert [k for _, _, k in plan_keys(Recipe(stages=["eval", "pack"]))] == ["r1-eval-base", "pack"]
+    assert plan_keys(Recipe(stages=["data"]))[-1] == (1, "data", "r1-data")
+
+
+def test_recipe_runs_then_resumes_without_redoing_anything(tmp_path, tiny_model_dir, entered, capsys):
+    recipe = load_recipe(write_recipe(tmp_path, tiny_model_dir, ["data", "sft", "eval", "pack"]))
+    loads = ModelSession.loads
+    run = run_recipe(recipe)
+    assert entered == ["r1-data", "r1-sft", "r1-eval-sft", "pack"]
+    assert ModelSession.loads == loads + 1  # one model for the whole run
+    stages = run.manifest()["stages"]
+    assert list(stages) == ["r1-data", "r1-sft", "r1-eval-sft", "pack"]
+    assert stages["r1-data"]["summary"]["rows"] == len(ROWS)
+    assert stages["r1-sft"]["summary"]["steps"] == 2
+    assert stages["r1-eval-sft"]["summary"]["checkpoint"] == "r1-sft" and stages["r1-eval-sft"]["summary"]["n"] == 6
+    assert stages["pack"]["summary"]["checkpoint"] == "r1-sft"
+    zip_path = run.artifact("pack", "submission")
+    assert verify(zip_path, tiny_model_dir, recipe.model.base_model_name)["rank"] == 4
+    metrics = run.read_metrics()
+    assert any(m.get("stage") == "r1-sft" and "loss" in m for m in metrics)
+    assert any(m.get("stage") == "r1-eval-sft" and "eval_accuracy" in m for m in metrics)
+    assert (run.path / "recipe.toml").exists() and (run.path / "config.json").exists()
+
+    # run it again: every stage is skipped, no model is loaded, nothing on disk changes
+    manifest = (run.path / "manifest.json").read_bytes()
+    adapter = run.artifact("r1-sft", "adapter") / "adapter_model.safetensors"
+    mtimes = (adapter.stat().st_mtime_ns, zip_path.stat().st_mtime_ns)
+    capsys.readouterr()
+    entered.clear()
+    run_recipe(load_recipe(recipe.source))
+    assert entered == []
+    assert ModelSession.loads == loads + 1
+    assert (run.path / "manifest.json").read_bytes() == manifest
+    assert (adapter.stat().st_mtime_ns, zip_path.stat().st_mtime_ns) == mtimes
+    err = capsys.readouterr().err
+    for key in ("r1-data", "r1-sft", "r1-eval-sft", "pack"):
+        assert f"{key}: finished earlier, skipped" in err
+
+    # interrupted after SFT: eval and pack redo, SFT does not, and the model loads with SFT's adapter
+    m = json.loads(manifest)
+    del m["stages"]["r1-eval-sft"], m["stages"]["pack"]
+    (run.path / "manifest.json").write_text(json.dumps(m))
+    (run.path / "r1-eval-sft" / "results.partial.jsonl").write_text("")  # a partial eval from the crash
+    run_recipe(load_recipe(recipe.source))
+    assert entered == ["r1-eval-sft", "pack"]
+    assert ModelSession.loads == loads + 2
+    stages = run.manifest()["stages"]
+    assert stages["r1-sft"] == json.loads(manifest)["stages"]["r1-sft"]
+    assert stages["r1-eval-sft"]["summary"]["checkpoint"] == "r1-sft"
+
+
+def test_data_only_recipe_never_loads_the_model(tmp_path, tiny_model_dir, entered):
+    recipe = load_recipe(write_recipe(tmp_path, tiny_model_dir, ["data"]))
+    loads = ModelSession.loads
+    run = run_recipe(recipe)
+    run_recipe(recipe)
+    assert entered == ["r1-data"] and ModelSession.loads == loads
+    assert run.artifact("r1-data", "sft").read_text() == (tmp_path / "sft.jsonl").read_text()
+
+
+def test_changed_artifact_stops_the_resume(tmp_path, tiny_model_dir, entered):
+    recipe = load_recipe(write_recipe(tmp_path, tiny_model_dir, ["data"]))
+    run = run_recipe(recipe)
+    with open(run.artifact("r1-data", "sft"), "a") as f:
+        f.write("{}\n")
+    with pytest.raises(RuntimeError, match="changed"):
+        run_recipe(recipe)
+
+
+def test_locked_run_refuses(tmp_path, tiny_model_dir, entered):
+    recipe = load_recipe(write_recipe(tmp_path, tiny_model_dir, ["data"]))
+    holder = RunDir(tmp_path / "run").lock()
+    try:
+        with pytest.raises(RunLocked):
+            run_recipe(recipe)
+    finally:
+        holder.unlock()
+    assert entered == []

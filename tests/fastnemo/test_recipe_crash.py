@@ -1,0 +1,131 @@
+"""Crash safety: a recipe killed at any moment (SIGKILL mid-training, power loss mid-write) and run again
+finishes with the same artifacts as a run that was never interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+
+REPO = Path(__file__).resolve().parents[2]
+
+RECIPE = """
+name = "crash"
+run_dir = "run"
+seed = 0
+stages = ["data", "sft", "eval", "pack"]
+
+[model]
+path = "{model}"
+dtype = "float32"
+gradient_checkpointing = false
+
+[lora]
+rank = 4
+alpha = 8
+
+[generation]
+batch_size = 8
+
+[data]
+n = 24
+
+[sft]
+learning_rate = 1e-3
+max_steps = 6
+batch_size = 2
+grad_accum = 1
+max_length = 384
+save_steps = 2
+logging_steps = 1
+
+[eval]
+n_generated = 6
+
+[eval.sampling]
+max_tokens = 8
+"""
+
+
+def start(workdir: Path, **env) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "fastnemo", "recipe", str(workdir / "recipe.toml")],
+        cwd=REPO, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def finish(workdir: Path, **env) -> subprocess.CompletedProcess:
+    p = start(workdir, **env)
+    out, _ = p.communicate(timeout=900)
+    return subprocess.CompletedProcess(p.args, p.returncode, out)
+
+
+def kill_when(proc: subprocess.Popen, path: Path, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"process ended before {path} appeared:\n{proc.stdout.read()}"
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def adapter_tensors(run: Path) -> dict:
+    with zipfile.ZipFile(run / "pack" / "submission.zip") as zf:
+        return load_safetensors(zf.read("adapter_model.safetensors"))
+
+
+@pytest.fixture()
+def workdirs(tmp_path, tiny_model_dir):
+    dirs = []
+    for name in ("clean", "killed"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "recipe.toml").write_text(RECIPE.format(model=tiny_model_dir))
+        dirs.append(d)
+    return dirs
+
+
+def test_killed_during_sft_and_mid_pack_write_ends_like_an_uninterrupted_run(workdirs):
+    clean, killed = workdirs
+    assert finish(clean).returncode == 0
+
+    # 1. SIGKILL during SFT, right after its first checkpoint is complete
+    kill_when(start(killed), killed / "run" / "r1-sft" / "checkpoints" / "checkpoint-2" / "trainer_state.json")
+    manifest = json.loads((killed / "run" / "manifest.json").read_text())
+    assert list(manifest["stages"]) == ["r1-data"]
+
+    # 2. power loss while publishing submission.zip: the temp copy is written, the rename never happens
+    crashed = finish(killed, FASTNEMO_CRASH_AT="submission.zip")
+    assert crashed.returncode == -signal.SIGKILL
+    assert "r1-data: finished earlier" in crashed.stdout
+    assert not (killed / "run" / "pack" / "submission.zip").exists()
+    assert "pack" not in json.loads((killed / "run" / "manifest.json").read_text())["stages"]
+
+    # 3. the plain re-run finishes
+    done = finish(killed)
+    assert done.returncode == 0, done.stdout
+    assert "r1-sft: finished earlier" in done.stdout
+
+    a, b = (json.loads((d / "run" / "manifest.json").read_text())["stages"] for d in (clean, killed))
+    assert a.keys() == b.keys()
+    # data generation is deterministic: the same rows byte for byte
+    assert a["r1-data"]["artifacts"]["sft"]["sha256"] == b["r1-data"]["artifacts"]["sft"]["sha256"]
+    # training resumed from checkpoint-2 reaches the same step count and (up to float reordering) weights
+    assert a["r1-sft"]["summary"]["steps"] == b["r1-sft"]["summary"]["steps"] == 6
+    ta, tb = adapter_tensors(clean / "run"), adapter_tensors(killed / "run")
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        torch.testing.assert_close(ta[k], tb[k], rtol=1e-4, atol=1e-6)
+    # no half-written file was left or reused
+    leftovers = [p for p in (killed / "run").rglob(".*") if p.name != ".lock"]
+    assert leftovers == []
