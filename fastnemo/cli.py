@@ -44,7 +44,7 @@ def recipe(recipe_file, check):
     """
     from fastnemo.config import load_recipe, resolve
     from fastnemo.progress import console
-    from fastnemo.recipe import plan_keys, run_recipe
+    from fastnemo.recipe import plan_keys, preflight, run_recipe
 
     try:
         r = load_recipe(recipe_file)
@@ -60,13 +60,19 @@ def recipe(recipe_file, check):
             console.print(render(plan(r)))
         except ImportError:
             pass
+        try:
+            for note in preflight(r):
+                console.print(f"  {note}")
+        except RecipeError as e:
+            _fail(str(e))
+        console.print("[green]recipe ok")
         return
     from fastnemo.run import RunLocked
 
     try:
         run = run_recipe(r)
-    except (RunLocked, FileNotFoundError, FileExistsError, ValueError) as e:
-        _fail(str(e))
+    except (RunLocked, FileNotFoundError, FileExistsError, ValueError, OSError) as e:
+        _fail(f"{type(e).__name__}: {e}" if isinstance(e, OSError) and e.errno else str(e))
     sub = run.path / "pack" / "submission.zip"
     if sub.exists():
         console.print(f"[bold green]submission:[/] {sub}")

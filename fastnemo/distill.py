@@ -5,8 +5,8 @@
 1. Prompts: new generated puzzles (``puzzles.categories.generate``, round-robin over the categories) or the
    rows of ``recipe.distill.data`` (a competition CSV or a JSONL with id/prompt/answer).
 2. ``k`` candidates per prompt with ``session.generate`` (temperature ``recipe.distill.temperature``). Every
-   batch's candidates are appended to ``generations.jsonl`` and fsynced: a killed distill resumes where it
-   stopped (a torn last line is cut off first).
+   batch's verified rows and counts are appended to ``generations.jsonl`` and fsynced: a killed distill
+   resumes where it stopped (a torn last line is cut off first).
 3. Verification (``select``): a candidate is *correct* when the strict competition metric accepts it; it is
    a *trace* when it is also complete (ended by the model, not cut by max_tokens) and well formatted
    (reasoning closed once, then exactly one box). The ``keep`` shortest traces per prompt become SFT rows
@@ -136,8 +136,8 @@ def goldilocks(passrates: list[dict], low: float, high: float) -> list[dict]:
 # ----------------------------------------------------------------------------------------------- cache
 
 
-def read_cache(path: Path) -> dict[str, list[dict]]:
-    """Cached candidates by puzzle id. A last line cut by a kill is removed from the file (so the next
+def read_cache(path: Path) -> dict[str, dict]:
+    """Cached records (``cache_record``) by puzzle id. A last line cut by a kill is removed from the file (so the next
     append starts on a clean line) and its puzzle is generated again."""
     if not path.exists():
         return {}
@@ -149,7 +149,7 @@ def read_cache(path: Path) -> dict[str, list[dict]]:
             r = json.loads(line)
         except json.JSONDecodeError:  # cannot happen before the last newline unless the disk lied
             continue
-        done[r["id"]] = r["candidates"]
+        done[r["id"]] = r
     if len(good) != len(data):
         with open(path, "r+b") as f:
             f.truncate(len(good))
@@ -199,49 +199,56 @@ def run(session, recipe: Recipe, out_dir: Path, seed: int = 0, log=None) -> dict
     puzzles = load_prompts(recipe, seed)
     if not puzzles:
         raise ValueError("distill: no prompts (distill.prompts is 0 or distill.data is empty)")
+    position = {p.id: i for i, p in enumerate(puzzles)}
     cache_path = out_dir / CACHE
     done = read_cache(cache_path)
     todo = [p for p in puzzles if p.id not in done]
-    # The hf engine splits a call into batch_size // k prompts itself; vLLM wants as many sequences as it
-    # can schedule at once. Either way a call is also the unit of the cache.
-    per_call = session.gen_cfg.batch_size if session.gen_cfg.engine == "vllm" else max(
-        1, session.gen_cfg.batch_size // cfg.k)
+    # A call is the unit of the cache. The hf engine splits it into batch_size // k prompts itself; vLLM
+    # schedules batch_size sequences at a time and wants a deep queue, so stragglers don't idle the batch.
+    gen = session.gen_cfg
+    per_call = max(1, (8 if gen.engine == "vllm" else 1) * gen.batch_size // cfg.k)
     session.engine.wake()
-    t0, tokens = time.time(), 0
+    t0, tokens, n_done = time.time(), 0, len(puzzles) - len(todo)
     with task("distill", len(puzzles), unit="prompt") as advance:
-        advance(len(puzzles) - len(todo))
+        advance(n_done)
         for start in range(0, len(todo), per_call):
             batch = todo[start : start + per_call]
             # the seed follows the first puzzle, not the position in todo: a resume samples the same way
-            first = puzzles.index(batch[0])
             sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=1.0,
-                                      max_tokens=cfg.max_tokens, seed=seed * 1_000_003 + first)
+                                      max_tokens=cfg.max_tokens, seed=seed * 1_000_003 + position[batch[0].id])
             outputs = session.generate([p.prompt for p in batch], sampling)
-            records = [
-                {"id": p.id, "candidates": [
-                    {"text": c.text, "n_tokens": c.n_tokens, "finish_reason": c.finish_reason} for c in cands]}
-                for p, cands in zip(batch, outputs, strict=True)
-            ]
-            append_batch(cache_path, records)
-            for r in records:
-                done[r["id"]] = r["candidates"]
-                tokens += sum(c["n_tokens"] for c in r["candidates"])
-            rate = sum(score(c["text"], p.answer, strict=True) for p in batch for c in done[p.id]) / (
-                len(batch) * cfg.k)
+            records = []
+            for p, cands in zip(batch, outputs, strict=True):
+                cands = [{"text": c.text, "n_tokens": c.n_tokens, "finish_reason": c.finish_reason} for c in cands]
+                records.append(cache_record(p, cands, cfg.keep))
+                tokens += sum(c["n_tokens"] for c in cands)
+            append_batch(cache_path, records)  # only then is the batch done: a kill before it redoes it
+            done.update((r["id"], r) for r in records)
+            n_done += len(batch)
+            rate = sum(r["correct"] for r in records) / max(1, sum(r["k"] for r in records))
             advance(len(batch), info=f"batch pass {rate:.0%}")
             if log:
-                log({"distill/done": len(puzzles) - len(todo) + start + len(batch), "distill/batch_pass_rate": rate,
+                log({"distill/done": n_done, "distill/batch_pass_rate": rate,
                      "distill/tokens_per_s": tokens / max(1e-9, time.time() - t0)})
     return finish(puzzles, done, cfg, out_dir, seconds=time.time() - t0)
 
 
-def finish(puzzles: list[Puzzle], done: dict[str, list[dict]], cfg, out_dir: Path, seconds: float = 0.0) -> dict:
-    """Verify every cached candidate and write traces, pass rates, the Goldilocks set and the histogram."""
+def cache_record(puzzle: Puzzle, candidates: list[dict], keep: int) -> dict:
+    """What the cache keeps of one puzzle's candidates: the verified rows and the counts, not every text
+    (150k prompts x k long candidates would be gigabytes)."""
+    rows, stats = select(puzzle, candidates, keep)
+    return {"id": puzzle.id, "rows": rows, **{k: stats[k] for k in ("k", "correct", "truncated", "mean_tokens")}}
+
+
+def finish(puzzles: list[Puzzle], done: dict[str, dict], cfg, out_dir: Path, seconds: float = 0.0) -> dict:
+    """Write traces, pass rates, the Goldilocks set and the histogram from the cached records."""
     traces, passrates = [], []
     for p in puzzles:
-        rows, stats = select(p, done[p.id], cfg.keep)
-        traces += rows
-        passrates.append(stats)
+        r = done[p.id]
+        traces += r["rows"]
+        passrates.append({"id": p.id, "category": p.category, "prompt": p.prompt, "answer": p.answer,
+                          "k": r["k"], "correct": r["correct"], "pass_rate": r["correct"] / max(1, r["k"]),
+                          "kept": len(r["rows"]), "truncated": r["truncated"], "mean_tokens": r["mean_tokens"]})
     gold = goldilocks(passrates, cfg.goldilocks_low, cfg.goldilocks_high)
     write_jsonl(out_dir / "traces.jsonl", traces)
     write_jsonl(out_dir / "passrates.jsonl", passrates)

@@ -261,16 +261,22 @@ def engine_rollout(session, cfg: GRPOConfig, seed: int = 0):
 
 
 def prompt_rows(session, recipe: Recipe, prompts_path: Path | None, seed: int) -> list[dict]:
-    """Training prompts: the Goldilocks set of the distill stage when given, else new generated puzzles."""
+    """Training prompts: the Goldilocks set of the distill stage when given and not empty, else new
+    generated puzzles (dynamic sampling then skips the ones the policy always or never solves)."""
     from fastnemo.distill import generate_puzzles, read_puzzles
+    from fastnemo.progress import console
 
     cfg = recipe.grpo
-    puzzles = read_puzzles(prompts_path) if prompts_path else generate_puzzles(cfg.prompts, seed)
+    puzzles = read_puzzles(prompts_path) if prompts_path else []
+    if prompts_path and not puzzles:
+        console.print(f"[yellow]grpo: {prompts_path} holds no prompts (no pass rate fell in the Goldilocks "
+                      "band); training on new generated puzzles instead")
+    if not puzzles:
+        puzzles = generate_puzzles(cfg.prompts, seed)
     if cfg.prompts:
         puzzles = puzzles[: cfg.prompts]
     if not puzzles:
-        raise ValueError(f"grpo: no training prompts ({prompts_path or 'generated'}); the Goldilocks set "
-                         "may be empty: widen distill.goldilocks_low/high or raise distill.prompts")
+        raise ValueError("grpo: no training prompts (grpo.prompts is 0?)")
     return [{"prompt": session.chat_prompt(p.prompt), "answer": p.answer, "category": p.category, "id": p.id}
             for p in puzzles]
 

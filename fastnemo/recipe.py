@@ -16,7 +16,7 @@ import random
 from pathlib import Path
 
 from fastnemo import ledger
-from fastnemo.config import Recipe, resolve, to_dict
+from fastnemo.config import Recipe, RecipeError, resolve, to_dict
 from fastnemo.progress import console
 from fastnemo.run import RunDir
 from puzzles import Puzzle
@@ -249,6 +249,36 @@ STAGE_FUNCS = {
 }
 
 
+def preflight(recipe: Recipe) -> list[str]:
+    """Check everything a recipe reads before any work starts, so a bad path or a malformed CSV fails in
+    seconds, not after hours of training. Raises RecipeError naming the field; returns notes to print."""
+    from puzzles.dataset import DatasetError, read_csv
+
+    where, notes = recipe.source or "recipe", []
+    model = resolve(recipe, recipe.model.path)
+    if not (model / "config.json").exists():
+        if not recipe.model.tiny:
+            raise RecipeError(f"{where}: model.path {model} has no config.json (set model.tiny = true to build "
+                              "a tiny test model there)")
+        notes.append(f"model.path {model}: a tiny model will be built there")
+    elif not any(model.glob("*.safetensors")) and not any(model.glob("*.bin")):
+        raise RecipeError(f"{where}: model.path {model} has config.json but no weights (*.safetensors)")
+    csvs = {"eval.data": recipe.eval.data, "data.like": recipe.data.like}
+    for field, value in csvs.items():
+        if value:
+            try:
+                n = len(read_csv(resolve(recipe, value), require_answer=field == "eval.data").puzzles)
+            except DatasetError as e:
+                raise RecipeError(f"{where}: {field}: {e}") from None
+            if n == 0:
+                raise RecipeError(f"{where}: {field} {resolve(recipe, value)} has no rows")
+            notes.append(f"{field}: {n} puzzles")
+    for field, value in {"data.path": recipe.data.path, "start_from": recipe.start_from}.items():
+        if value and not resolve(recipe, value).exists():
+            raise RecipeError(f"{where}: {field} {resolve(recipe, value)} does not exist")
+    return notes
+
+
 def plateaued(run: RunDir, recipe: Recipe, rnd: int) -> bool:
     """True when the best score has not improved over the last ``until_plateau`` rounds."""
     n = recipe.until_plateau
@@ -265,6 +295,7 @@ def plateaued(run: RunDir, recipe: Recipe, rnd: int) -> bool:
 
 def run_recipe(recipe: Recipe) -> RunDir:
     """Run (or resume) every stage of ``recipe``; returns its run directory."""
+    preflight(recipe)
     run = RunDir(resolve(recipe, recipe.run_dir)).lock()
     try:
         run.write_config(recipe.source, to_dict(recipe))

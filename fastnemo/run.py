@@ -90,7 +90,9 @@ class RunDir:
             "summary": summary or {},
         }
         manifest["stages"][key] = entry
-        write_json(self.manifest_path, manifest)
+        # not write_json: its sorted keys would put "pack" first and "r10-" before "r2-"; the stages stay in
+        # the order they finished (the ledger's tie-break and the "newest stage" lookups read that order)
+        write_atomic(self.manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")
         return entry
 
     def stage_dir(self, key: str) -> Path:

@@ -111,13 +111,13 @@ def test_generate_puzzles_deterministic():
 def test_run_on_tiny_model_resumes_and_keeps_planted_trace(tiny_session, tmp_path):
     """A real distill on the tiny model. A random model never solves a puzzle, so one correct candidate is
     planted in the cache as if an earlier (killed) run had produced it: the run must reuse it, generate
-    only the rest, and keep exactly that trace."""
+    only the rest, and keep exactly that trace (the random model's own candidates are all rejected)."""
     recipe = Recipe(distill=DistillConfig(prompts=3, k=2, keep=1, temperature=1.0, max_tokens=4,
                                           goldilocks_low=0.5, goldilocks_high=0.5))
     puzzles = distill.load_prompts(recipe, seed=0)
     first = puzzles[0]
     planted = [cand(f"planted\n</think>\n\\boxed{{{first.answer}}}", 5), cand("noise", 4, "length")]
-    distill.append_batch(tmp_path / distill.CACHE, [{"id": first.id, "candidates": planted}])
+    distill.append_batch(tmp_path / distill.CACHE, [distill.cache_record(first, planted, keep=1)])
     with open(tmp_path / distill.CACHE, "a") as f:
         f.write('{"id": "torn')  # and the kill cut the next line
 
@@ -136,7 +136,7 @@ def test_run_on_tiny_model_resumes_and_keeps_planted_trace(tiny_session, tmp_pat
     assert summary["prompts"] == 3 and summary["traces"] == 1 and summary["candidates"] == 6
     cached = [json.loads(line) for line in (tmp_path / distill.CACHE).read_text().splitlines()]
     assert [r["id"] for r in cached] == [p.id for p in puzzles]
-    assert all(len(r["candidates"]) == 2 for r in cached)
+    assert all(r["k"] == 2 for r in cached)
 
 
 def test_distill_command(tiny_model_dir, tmp_path):

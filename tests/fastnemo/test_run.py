@@ -103,13 +103,14 @@ def test_changed_artifact_is_detected(tmp_path, change):
     assert "r1-sft" in str(e.value)
 
 
-def test_manifest_keeps_every_stage(tmp_path):
+def test_manifest_keeps_stages_in_the_order_they_finished(tmp_path):
     run = RunDir(tmp_path)
-    for key in ("r1-data", "r1-sft"):
+    order = ["r1-sft", "r1-grpo", "r2-sft", "r10-sft", "pack"]  # not alphabetical
+    for key in order:
         f = run.stage_dir(key) / "x"
         f.write_text(key)
         run.finish(key, {"x": f})
-    assert list(run.manifest()["stages"]) == ["r1-data", "r1-sft"]
+    assert list(RunDir(tmp_path).manifest()["stages"]) == order
     assert not list(tmp_path.glob(".manifest.json.*"))  # no temp file left behind
 
 
