@@ -20,27 +20,27 @@ from pathlib import Path
 import torch
 
 # Nemotron-3-Nano-30B-A3B's widths (config.json of nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16).
-REAL_WIDTHS = dict(
-    hidden_size=2688,
-    n_routed_experts=128,
-    num_experts_per_tok=6,
-    moe_intermediate_size=1856,
-    moe_shared_expert_intermediate_size=3712,
-    mamba_num_heads=64,
-    mamba_head_dim=64,
-    ssm_state_size=128,
-    n_groups=8,
-    conv_kernel=4,
-    chunk_size=128,
-    num_attention_heads=32,
-    num_key_value_heads=2,
-    head_dim=128,
-    vocab_size=131072,
-    intermediate_size=1856,
-    max_position_embeddings=8192,
-    tie_word_embeddings=False,
-    use_mamba_kernels=True,
-)
+REAL_WIDTHS = {
+    "hidden_size": 2688,
+    "n_routed_experts": 128,
+    "num_experts_per_tok": 6,
+    "moe_intermediate_size": 1856,
+    "moe_shared_expert_intermediate_size": 3712,
+    "mamba_num_heads": 64,
+    "mamba_head_dim": 64,
+    "ssm_state_size": 128,
+    "n_groups": 8,
+    "conv_kernel": 4,
+    "chunk_size": 128,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 2,
+    "head_dim": 128,
+    "vocab_size": 131072,
+    "intermediate_size": 1856,
+    "max_position_embeddings": 8192,
+    "tie_word_embeddings": False,
+    "use_mamba_kernels": True,
+}
 
 # Mamba, MoE and attention (the real model has 23 M, 23 E, 6 *): one of each kind plus a second MoE, so a
 # slice loads in seconds. Per-layer costs scale to 52 layers in fastnemo.plan.
@@ -55,6 +55,7 @@ def slice_config(layers: list[str] | None = None, **overrides):
     from transformers import NemotronHConfig
 
     kwargs = dict(REAL_WIDTHS, layers_block_type=list(layers or SLICE_LAYERS))
+    kwargs["use_mamba_kernels"] = on_gpu()  # the mamba_ssm kernels are CUDA-only
     kwargs.update(overrides)
     return NemotronHConfig(**kwargs)
 
@@ -84,13 +85,37 @@ def build_slice_model(out_dir: str | Path, layers: list[str] | None = None, seed
     return out_dir
 
 
-def bench_model(out_root: str | Path, layers: list[str] | None = None) -> tuple[Path, str]:
-    """(model folder, scale name): a real-width slice on a GPU, the tiny model on CPU."""
+LAYER_KINDS = {"M": "linear_attention", "E": "moe", "A": "full_attention", "*": "full_attention", "-": "mlp"}
+
+
+def slice_layers(spec: str) -> list[str]:
+    """``--slice`` -> layer kinds: N = the first N layers of the released 52-layer pattern, or a pattern of
+    M (Mamba), E (MoE), A or * (attention) letters, e.g. "MEAE" (the default slice)."""
+    from fastnemo.plan import NANO_PATTERN
+
+    spec = spec.strip().upper()
+    if spec.isdigit():
+        if not 1 <= int(spec) <= len(NANO_PATTERN):
+            raise ValueError(f"--slice {spec}: expected 1..{len(NANO_PATTERN)} layers")
+        spec = NANO_PATTERN[: int(spec)]
+    bad = sorted(set(spec) - set(LAYER_KINDS))
+    if not spec or bad:
+        raise ValueError(f"--slice {spec!r}: expected a layer count or a pattern of M/E/A/* letters")
+    return [LAYER_KINDS[c] for c in spec]
+
+
+def bench_model(out_root: str | Path, layers: list[str] | None = None, slice_spec: str = "auto") -> tuple[Path, str]:
+    """(model folder, scale name). ``slice_spec``: "auto" (a real-width slice on a GPU, the tiny model on
+    CPU), "tiny", or a ``--slice`` spec (see slice_layers). ``layers`` (a list of layer kinds) wins."""
     out_root = Path(out_root)
-    if on_gpu():
+    if layers is None and slice_spec not in ("auto", "tiny"):
+        layers = slice_layers(slice_spec)
+    if layers is not None or (slice_spec == "auto" and on_gpu()):
         layers = layers or SLICE_LAYERS
-        name = "slice-" + "".join({"linear_attention": "M", "moe": "E", "full_attention": "A", "mlp": "-"}[t] for t in layers)
-        return build_slice_model(out_root / name, layers), f"real-width slice {name[6:]}"
+        name = "slice-" + "".join(
+            {"linear_attention": "M", "moe": "E", "full_attention": "A", "mlp": "-"}[t] for t in layers
+        )
+        return build_slice_model(out_root / name, layers), f"real-width slice {name[6:]} ({len(layers)} layers)"
     from fastnemo.tiny import build_tiny_model
 
     path = out_root / "tiny"
@@ -99,13 +124,40 @@ def bench_model(out_root: str | Path, layers: list[str] | None = None) -> tuple[
     return path, "tiny nemotron_h (CPU smoke run)"
 
 
+def model_options(f):
+    """The model options every bench shares: where the bench model lives and which scale it is."""
+    import click
+
+    f = click.option(
+        "--slice",
+        "slice_spec",
+        default="auto",
+        show_default=True,
+        help="Model: 'auto' (real-width slice MEAE on a GPU, tiny on CPU), 'tiny', N (a random-weight "
+        "real-width slice: hidden 2688, 128 experts top-6, vocab 131072..., with the first N layers of "
+        "Nemotron-3-Nano's pattern) or a layer pattern of M/E/A letters such as MEAE.",
+    )(f)
+    return click.option(
+        "--model-dir", default="/tmp/fastnemo-bench", show_default=True, help="Where bench models are built."
+    )(f)
+
+
 def versions() -> dict:
     """Installed versions, read from package metadata: importing unsloth here would patch transformers in
     the process that runs the baselines."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("transformers", "peft", "trl", "unsloth", "unsloth_zoo", "bitsandbytes", "mamba_ssm", "causal_conv1d"):
+    for name in (
+        "transformers",
+        "peft",
+        "trl",
+        "unsloth",
+        "unsloth_zoo",
+        "bitsandbytes",
+        "mamba_ssm",
+        "causal_conv1d",
+    ):
         try:
             out[name] = version(name)
         except PackageNotFoundError:
@@ -116,8 +168,25 @@ def versions() -> dict:
 def hardware() -> dict:
     if on_gpu():
         p = torch.cuda.get_device_properties(0)
-        return {"device": p.name, "memory_gib": round(p.total_memory / 2**30, 1), "sms": p.multi_processor_count}
-    return {"device": f"CPU ({platform.processor() or platform.machine()})", "cores": os.cpu_count()}
+        return {
+            "device": p.name,
+            "memory_gib": round(p.total_memory / 2**30, 1),
+            "sms": p.multi_processor_count,
+        }
+    return {
+        "device": f"CPU ({platform.processor() or platform.machine()})",
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+    }
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load average: on a shared CPU machine it says how much the numbers mean."""
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "-"
 
 
 def sync() -> None:
@@ -125,18 +194,53 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
+# Memory: on a GPU, torch's allocator (max_memory_allocated); on CPU, the process's resident set (RSS). Linux
+# keeps the RSS high-water mark in /proc/self/status (VmHWM) and resets it on "5" > /proc/self/clear_refs,
+# so a CPU peak can be taken per phase too, like torch.cuda.reset_peak_memory_stats.
+
+
+def _proc_status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
 def reset_peak() -> None:
     if on_gpu():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux, or not permitted: the peak then covers the whole process
+        pass
 
 
 def peak_gib() -> float:
-    return torch.cuda.max_memory_allocated() / 2**30 if on_gpu() else 0.0
+    """Peak memory since the last reset_peak: GPU allocated bytes, or CPU peak RSS."""
+    if on_gpu():
+        return torch.cuda.max_memory_allocated() / 2**30
+    try:
+        return _proc_status_kib("VmHWM") / 2**20
+    except OSError:
+        return 0.0
 
 
 def allocated_gib() -> float:
-    return torch.cuda.memory_allocated() / 2**30 if on_gpu() else 0.0
+    """Memory in use now: GPU allocated bytes, or CPU RSS."""
+    if on_gpu():
+        return torch.cuda.memory_allocated() / 2**30
+    try:
+        return _proc_status_kib("VmRSS") / 2**20
+    except OSError:
+        return 0.0
+
+
+def memory_kind() -> str:
+    return "torch.cuda.max_memory_allocated" if on_gpu() else "process RSS (VmRSS / VmHWM)"
 
 
 @contextlib.contextmanager
@@ -160,7 +264,8 @@ def header_table(title: str, settings: dict):
     from rich.table import Table
 
     t = Table(title=title, show_header=False)
-    for k, v in {**hardware(), **versions(), **settings}.items():
+    info = {**hardware(), "load_average": load_average(), "memory": memory_kind(), **versions(), **settings}
+    for k, v in info.items():
         t.add_row(str(k), str(v))
     return t
 
@@ -203,7 +308,7 @@ def run_child(cmd: list[str], log_path: Path | None, timeout: float) -> tuple[in
 
 def child_result(output: str) -> dict | None:
     line = next((ln for ln in output.splitlines() if ln.startswith("RESULT ")), None)
-    return json.loads(line[len("RESULT "):]) if line else None
+    return json.loads(line[len("RESULT ") :]) if line else None
 
 
 def stamp(msg: str) -> None:
@@ -219,5 +324,87 @@ def write_json(path: str | Path | None, payload: dict) -> None:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"hardware": hardware(), "versions": versions(), "argv": sys.argv, **payload}
+    payload = {"hardware": hardware(), "load_average": load_average(), "versions": versions(), "argv": sys.argv,
+               **payload}
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+
+
+# ------------------------------------------------------------------------------------------ data and runs
+
+
+def puzzle_prompts(n: int, seed: int = 0) -> list[str]:
+    """``n`` generated puzzle texts, round-robin over the six categories (what the model is asked)."""
+    import random
+
+    from puzzles import categories
+
+    rng = random.Random(seed)
+    return [categories.generate(categories.CATEGORIES[i % len(categories.CATEGORIES)], rng).prompt for i in range(n)]
+
+
+def render_prompt(tokenizer, puzzle_text: str) -> str:
+    """What ``ModelSession.chat_prompt`` renders, written out as a plain transformers user would."""
+    from puzzles import PROMPT_SUFFIX
+
+    messages = [{"role": "user", "content": puzzle_text + PROMPT_SUFFIX}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
+
+
+def sft_rows(tokenizer, n: int, seq: int, seed: int = 0) -> list[dict]:
+    """``n`` rows {prompt: puzzle text, completion: solver trace} whose rendered prompt takes at most half of
+    ``seq`` tokens and whose prompt + completion exceeds ``seq``: truncated to max_length=seq, every row is then
+    exactly ``seq`` tokens and every variant trains on batch x seq tokens a step, with no padding."""
+    import random
+
+    from puzzles import categories
+
+    rng = random.Random(seed)
+    rows: list[dict] = []
+    for i in range(50 * n):
+        if len(rows) == n:
+            return rows
+        puzzle = categories.generate(categories.CATEGORIES[i % len(categories.CATEGORIES)], rng)
+        solution = categories.solve(puzzle)
+        if solution is None:
+            continue
+        n_prompt = len(tokenizer(render_prompt(tokenizer, puzzle.prompt), add_special_tokens=False)["input_ids"])
+        if n_prompt > seq // 2:
+            continue
+        completion = categories.trace(puzzle, solution)
+        while n_prompt + len(tokenizer(completion, add_special_tokens=False)["input_ids"]) < seq + 8:
+            completion += "\n" + categories.trace(puzzle, solution)
+        rows.append({"prompt": puzzle.prompt, "completion": completion})
+    raise ValueError(f"found only {len(rows)} puzzles whose prompt fits in half of {seq} tokens: raise seq_len")
+
+
+def ratio(value, base) -> float | str:
+    return value / base if isinstance(value, (int, float)) and isinstance(base, (int, float)) and base else ""
+
+
+def run_variant(script: str, variant: str, args: list[str], log_dir: str | None, timeout: float,
+                in_process=None) -> dict:
+    """One variant's result dict. By default in a child process (``script --one VARIANT *args``): Unsloth
+    patches transformers on import, and a fresh process gives each variant its own memory peak. With
+    ``in_process`` (a zero-argument function) it runs here: the tests' smoke mode, no isolation."""
+    stamp(f"variant {variant}")
+    if in_process is not None:
+        try:
+            return in_process()
+        except Exception as e:  # a failing variant is a row of the table, not the end of the bench
+            return {"variant": variant, "error": f"{type(e).__name__}: {e}"[:600]}
+    log = Path(log_dir) / f"{Path(script).stem}_{variant}.log" if log_dir else None
+    rc, output = run_child([sys.executable, script, "--one", variant, *args], log, timeout)
+    res = child_result(output)
+    if res is None:
+        return {"variant": variant, "error": ("timeout: " if rc == -9 else f"rc {rc}: ") + output[-600:]}
+    return res
+
+
+def vllm_python() -> str | None:
+    """A python that can import vllm: this one, else the vLLM lane's venv (tests/vllm_lane.sh), else None."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    venv = Path(os.environ.get("VLLM_VENV", "/tmp/fastnemo-vllm-venv")) / "bin" / "python"
+    return str(venv) if venv.exists() else None

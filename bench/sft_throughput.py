@@ -1,20 +1,27 @@
-"""SFT step throughput and peak memory: fastnemo's backends vs plain transformers + PEFT + TRL SFTTrainer.
+"""SFT throughput and peak memory: fastnemo's real SFT path vs a plain transformers + PEFT + TRL user, side by side.
 
-Variants (each in its own process, so Unsloth's import-time patches never touch the others' numbers):
-  hf         fastnemo session, backend "hf" (transformers + PEFT, grouped_mm experts, mamba kernels)
-  trl        plain transformers + PEFT + TRL SFTTrainer, same model, LoRA and batch
-  unsloth16  fastnemo session, backend "unsloth", 16-bit base
-  unsloth4   fastnemo session, backend "unsloth", bitsandbytes 4-bit base
-All train LoRA with gradient checkpointing on random token batches of each shape (batch x seq_len) and
-report tokens/s over the timed steps, weights in memory after load and the peak during the steps. It also
-records which LoRA targets got a nonzero gradient (a target listed but not trained is a silent bug).
+Variants (each in its own process by default, so Unsloth's import-time patches never touch the others' numbers
+and every variant has its own memory peak):
+  fastnemo   ``fastnemo.sft.train`` on a ``ModelSession`` (backend "hf"): TRL SFTTrainer with its fused LM
+             head, on the session's PEFT model (what ``fastnemo run`` trains with)
+  trl        the baseline: AutoModelForCausalLM.from_pretrained (defaults) + get_peft_model (same targets and
+             rank) + TRL SFTTrainer, same rows, batch, sequence length, schedule and checkpointing
+  unsloth16  ``fastnemo.sft.train`` on a ModelSession with backend "unsloth", 16-bit base  (GPU + unsloth)
+  unsloth4   the same with a bitsandbytes 4-bit base                                       (GPU + unsloth)
+Every variant trains on the same prompt/completion rows (puzzle + solver trace, truncated to exactly SEQ
+tokens: no padding), ``warmup`` untimed steps then ``steps`` timed ones. Tokens are counted at the embedding
+layer, time between the trainer's per-step logs. Memory: torch.cuda.max_memory_allocated on a GPU, the
+process's peak RSS on CPU (both reset after loading, so "peak" is the training peak, weights included).
+After training, one extra forward/backward records which LoRA targets get a nonzero gradient.
 
-  python bench/sft_throughput.py --json runs/bench/sft.json                 # GPU: real-width slice
-  python bench/sft_throughput.py --variants hf,trl --shapes 1x64 --steps 2  # CPU smoke run, tiny model
+  python bench/sft_throughput.py --json runs/bench/sft.json                    # GPU: real-width slice MEAE
+  python bench/sft_throughput.py --slice 6 --shapes 1x2048,4x2048               # GPU: the first 6 real layers
+  python bench/sft_throughput.py --shapes 2x256 --steps 4                       # CPU: tiny model
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 import time
@@ -24,10 +31,10 @@ import click
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
+from bench import common
 
-GPU_VARIANTS = "hf,trl,unsloth16,unsloth4"
-CPU_VARIANTS = "hf"  # TRL 1.15 SFTTrainer needs triton (its fused LM-head loss): no CPU run
+VARIANTS = ("fastnemo", "trl", "unsloth16", "unsloth4")
+BASELINE = "trl"
 
 
 def _shapes(text: str) -> list[tuple[int, int]]:
@@ -40,220 +47,216 @@ def _targets(text: str) -> list[str]:
     return list(DEFAULT_TARGETS) if text == "default" else text.split(",")
 
 
-def load_variant(variant: str, path: Path, targets: list[str], rank: int, max_len: int):
-    """(peft model, tokenizer) for a fastnemo backend variant."""
-    from fastnemo.config import LoraConfig, ModelConfig
-
-    model_cfg = ModelConfig(
-        path=str(path),
-        backend="unsloth" if variant.startswith("unsloth") else "hf",
-        load_in_4bit=variant == "unsloth4",
-        max_seq_length=max_len,
-        gradient_checkpointing=True,
-    )
-    lora_cfg = LoraConfig(rank=rank, alpha=rank, target_modules=targets)
-    if model_cfg.backend == "unsloth":
-        from fastnemo import unsloth_backend
-
-        model, tok = unsloth_backend.load(path, model_cfg, lora_cfg)
-    else:
-        from fastnemo.session import _load_hf
-
-        model, tok = _load_hf(path, model_cfg, lora_cfg, None)
-        # what fastnemo's SFT does for the hf backend: non-reentrant checkpointing of every block
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    return model, tok
+def skip_reason(variant: str) -> str | None:
+    if variant.startswith("unsloth"):
+        if not common.on_gpu():
+            return "skipped: Unsloth needs a CUDA GPU"
+        if importlib.util.find_spec("unsloth") is None:
+            return "skipped: unsloth is not importable (stage it: bench/README.md)"
+    return None
 
 
-def grad_report(model) -> dict:
-    """Per LoRA target: how many LoRA tensors exist and how many have a nonzero gradient."""
-    from fastnemo.unsloth_backend import _target_of
+class StepClock:
+    """Times steps (warmup, warmup + steps] from the trainer's per-step logs and counts the tokens those steps
+    feed the embedding layer (gradient checkpointing recomputes decoder blocks, never the embedding)."""
 
-    out: dict[str, list[int]] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad and "lora_" in name:
-            t = _target_of(name)
-            n = out.setdefault(t, [0, 0])
-            n[0] += 1
-            n[1] += int(p.grad is not None and bool(p.grad.abs().sum() > 0))
-    return {t: f"{nz}/{n}" for t, (n, nz) in sorted(out.items())}
+    def __init__(self, model, warmup: int, steps: int):
+        self.warmup, self.last = warmup, warmup + steps
+        self.t0 = self.t1 = None
+        self.tokens = 0
+        self.losses: list[float] = []
+        model.get_input_embeddings().register_forward_pre_hook(self._count)
 
+    def _count(self, module, args):
+        if self.t0 is not None and self.t1 is None:
+            self.tokens += args[0].numel()
 
-def run_steps(model, vocab: int, shapes, warmup: int, steps: int, lr: float = 1e-4) -> list[dict]:
-    import torch
-
-    device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr)
-    model.train()
-    rows = []
-    for batch, seq in shapes:
-        g = torch.Generator().manual_seed(0)
-        ids = torch.randint(8, vocab, (batch, seq), generator=g).to(device)
-        common.free_cuda()
-        common.reset_peak()
-        losses, grads = [], {}
-        t0 = 0.0
-        try:
-            for i in range(warmup + steps):
-                if i == warmup:
-                    common.sync()
-                    t0 = time.perf_counter()
-                loss = model(input_ids=ids, labels=ids).loss
-                loss.backward()
-                common.stamp(f"{batch}x{seq} step {i} loss {float(loss):.4f}")
-                if i == 1:  # after one update every LoRA A and B has a gradient path
-                    grads = grad_report(model)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(float(loss))
+    def on_log(self, record: dict) -> None:
+        if "loss" in record:
+            self.losses.append(float(record["loss"]))
+        step = record.get("step")
+        if step == self.warmup and self.t0 is None:
             common.sync()
-            dt = time.perf_counter() - t0
-            rows.append(dict(shape=f"{batch}x{seq}", tok_s=batch * seq * steps / dt, step_s=dt / steps,
-                             peak_gib=common.peak_gib(), loss_first=losses[0], loss_last=losses[-1], grads=grads))
-        except torch.OutOfMemoryError as e:
-            rows.append(dict(shape=f"{batch}x{seq}", error=f"OOM: {str(e)[:160]}", peak_gib=common.peak_gib()))
-            opt.zero_grad(set_to_none=True)
-    return rows
+            self.t0 = time.perf_counter()
+        elif step == self.last and self.t0 is not None and self.t1 is None:
+            common.sync()
+            self.t1 = time.perf_counter()
+        common.stamp(f"step {step} loss {record.get('loss', '')}")
 
 
-def run_trl(path: Path, targets: list[str], rank: int, shapes, warmup: int, steps: int) -> list[dict]:
-    """Plain transformers + PEFT + TRL SFTTrainer on the same model, LoRA and batches."""
+def sft_cfg(batch: int, seq: int, warmup: int, steps: int):
+    from fastnemo.config import SFTConfig
+
+    # no LR warm-up and no checkpoints: the steps are timed, not the schedule or the disk
+    return SFTConfig(learning_rate=1e-4, max_steps=warmup + steps, batch_size=batch, grad_accum=1,
+                     max_length=seq, warmup=0, save_steps=10**6, logging_steps=1)
+
+
+def train_fastnemo(variant, path, targets, rank, rows, cfg, clock_args, out_dir):
+    from fastnemo import sft
+    from fastnemo.config import LoraConfig, ModelConfig
+    from fastnemo.session import ModelSession
+
+    model_cfg = ModelConfig(path=str(path), backend="unsloth" if variant.startswith("unsloth") else "hf",
+                            load_in_4bit=variant == "unsloth4", max_seq_length=cfg.max_length,
+                            gradient_checkpointing=True)
+    session = ModelSession.load(path, model_cfg, LoraConfig(rank=rank, alpha=rank, target_modules=targets))
+    loaded = common.allocated_gib()
+    clock = StepClock(session.model, *clock_args)
+    common.reset_peak()
+    sft.train(session, rows, cfg, out_dir, log=clock.on_log)
+    return session.model, session.tokenizer, loaded, clock, {"experts": session.model.config._experts_implementation}
+
+
+def train_plain(path, targets, rank, rows, cfg, clock_args, out_dir):
+    """What a transformers + PEFT + TRL user writes: default loading, get_peft_model, SFTTrainer."""
     import torch
     from datasets import Dataset
-    from peft import LoraConfig
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     gpu = common.on_gpu()
+    notes = {}
+    if importlib.util.find_spec("triton") is None:
+        # TRL's fused LM-head kernel is Triton-only: without this plain-torch stand-in (fastnemo.trl_compat)
+        # no TRL trainer can take a step on the CPU wheel of torch.
+        from fastnemo.trl_compat import ensure_fused_lm_head
+
+        ensure_fused_lm_head()
+        notes["note"] = "no triton: TRL's fused LM head via fastnemo.trl_compat"
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=torch.bfloat16 if gpu else torch.float32,
-        experts_implementation="grouped_mm" if gpu else "eager", device_map="cuda" if gpu else None,
-    )
-    weights = common.allocated_gib()
-    rows = []
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if gpu else torch.float32,
+                                                 device_map="cuda" if gpu else None)
+    notes["experts"] = model.config._experts_implementation
+    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, task_type="CAUSAL_LM"))
+    loaded = common.allocated_gib()
+    clock = StepClock(model, *clock_args)
 
-    class Clock(TrainerCallback):
-        def __init__(self):
-            self.t0, self.t1 = 0.0, 0.0
+    class Log(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            clock.on_log({"step": state.global_step, **(logs or {})})
 
-        def on_step_begin(self, args, state, control, **kw):
-            if state.global_step == warmup:
-                common.sync()
-                self.t0 = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kw):
-            common.sync()
-            self.t1 = time.perf_counter()
-            common.stamp(f"trl step {state.global_step}")
-
-    # TRL 1.15 refuses a LoRA on lm_head (it reads lm_head.weight directly for its log-probs): drop it here.
-    targets = [t for t in targets if t != "lm_head"]
-    peft_cfg = LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, task_type="CAUSAL_LM")
-    for batch, seq in shapes:
-        g = torch.Generator().manual_seed(0)
-        ids = torch.randint(8, len(tok), (batch * (warmup + steps), seq), generator=g).tolist()
-        ds = Dataset.from_dict({"input_ids": ids})
-        args = SFTConfig(
-            output_dir="/tmp/fastnemo-bench-trl", per_device_train_batch_size=batch, max_length=seq,
-            max_steps=warmup + steps, gradient_checkpointing=True, bf16=gpu, use_cpu=not gpu, report_to=[],
-            logging_steps=1, save_strategy="no", learning_rate=1e-4, dataset_num_proc=None, packing=False,
-            lr_scheduler_type="constant", warmup_steps=0,
-        )
-        clock, trainer = Clock(), None
-        common.free_cuda()
-        common.reset_peak()
-        try:
-            trainer = SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok,
-                                 peft_config=peft_cfg, callbacks=[clock])
-            trainer.train()
-            dt = clock.t1 - clock.t0
-            losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-            rows.append(dict(shape=f"{batch}x{seq}", tok_s=batch * seq * steps / dt, step_s=dt / steps,
-                             peak_gib=common.peak_gib(), weights_gib=weights,
-                             loss_first=losses[0] if losses else None, loss_last=losses[-1] if losses else None))
-            model = trainer.model.unload() if hasattr(trainer.model, "unload") else trainer.model
-        except torch.OutOfMemoryError as e:
-            rows.append(dict(shape=f"{batch}x{seq}", error=f"OOM: {str(e)[:160]}", peak_gib=common.peak_gib()))
-        del trainer
-    return rows
+    ds = Dataset.from_list([{"prompt": common.render_prompt(tok, r["prompt"]), "completion": r["completion"]}
+                            for r in rows])
+    args = SFTConfig(output_dir=str(out_dir), learning_rate=cfg.learning_rate, max_steps=cfg.max_steps,
+                     per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=1,
+                     max_length=cfg.max_length, lr_scheduler_type="cosine", warmup_steps=0, logging_steps=1,
+                     save_strategy="no", bf16=gpu, use_cpu=not gpu, gradient_checkpointing=True,
+                     gradient_checkpointing_kwargs={"use_reentrant": False}, report_to="none",
+                     disable_tqdm=True, dataset_num_proc=1)
+    common.reset_peak()
+    SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Log()]).train()
+    return model, tok, loaded, clock, notes
 
 
-def one(variant: str, path: Path, targets, rank, shapes, warmup, steps) -> dict:
+def grad_report(model, vocab: int, seq: int) -> dict:
+    """Per LoRA target: LoRA tensors with a nonzero gradient after one forward/backward (nonzero/total)."""
+    import torch
+
+    from fastnemo.unsloth_backend import _target_of
+
+    model.train()
+    model.zero_grad(set_to_none=True)
+    ids = torch.randint(8, vocab, (1, min(seq, 128)), generator=torch.Generator().manual_seed(0))
+    model(input_ids=ids.to(next(model.parameters()).device), labels=ids.to(next(model.parameters()).device)).loss.backward()
+    out: dict[str, list[int]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad and "lora_" in name:
+            n = out.setdefault(_target_of(name), [0, 0])
+            n[0] += 1
+            n[1] += int(p.grad is not None and bool(p.grad.abs().sum() > 0))
+    model.zero_grad(set_to_none=True)
+    return {t: f"{nz}/{n}" for t, (n, nz) in sorted(out.items())}
+
+
+def measure(variant: str, path: Path, targets: list[str], rank: int, batch: int, seq: int, warmup: int,
+            steps: int) -> dict:
+    import tempfile
+
+    from transformers import AutoTokenizer
+
     t0 = time.perf_counter()
-    if variant == "trl":
-        rows = run_trl(path, targets, rank, shapes, warmup, steps)
-        return dict(variant=variant, load_s=time.perf_counter() - t0, rows=rows, note="targets without lm_head")
-    model, tok = load_variant(variant, path, targets, rank, max(s for _, s in shapes))
-    load_s = time.perf_counter() - t0
-    common.stamp(f"{variant} loaded in {load_s:.1f}s")
-    weights = common.allocated_gib()
-    vocab = min(len(tok), model.config.vocab_size)
-    rows = run_steps(model, vocab, shapes, warmup, steps)
-    for r in rows:
-        r["weights_gib"] = weights
+    rows = common.sft_rows(AutoTokenizer.from_pretrained(path), batch * (warmup + steps), seq)
+    cfg = sft_cfg(batch, seq, warmup, steps)
+    with tempfile.TemporaryDirectory(prefix=f"fastnemo-bench-sft-{variant}-") as out_dir:
+        if variant == BASELINE:
+            model, tok, loaded, clock, notes = train_plain(path, targets, rank, rows, cfg, (warmup, steps), out_dir)
+        else:
+            model, tok, loaded, clock, notes = train_fastnemo(variant, path, targets, rank, rows, cfg,
+                                                              (warmup, steps), Path(out_dir))
+    peak = common.peak_gib()
+    total_s = time.perf_counter() - t0
+    if clock.t1 is None:
+        raise RuntimeError(f"{variant}: the trainer logged no step {clock.last} (steps: {clock.losses})")
+    dt = clock.t1 - clock.t0
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return dict(variant=variant, load_s=load_s, trainable_params=trainable, rows=rows)
+    return {
+        "variant": variant, "shape": f"{batch}x{seq}", "tok_s": clock.tokens / dt, "step_s": dt / steps,
+        "tokens": clock.tokens, "loaded_gib": loaded, "peak_gib": peak, "total_s": total_s,
+        "loss_first": clock.losses[0] if clock.losses else None,
+        "loss_last": clock.losses[-1] if clock.losses else None, "trainable_params": trainable,
+        "grads": grad_report(model, min(len(tok), model.config.vocab_size), seq), **notes,
+    }
 
 
 @click.command()
-@click.option("--variants", default=None, help=f"Comma list; default {GPU_VARIANTS} on GPU, {CPU_VARIANTS} on CPU.")
-@click.option("--shapes", default=None, help="Comma list of BATCHxSEQ; default 4x2048 (GPU), 1x64 (CPU).")
+@click.option("--variants", default=",".join(VARIANTS), show_default=True,
+              help=f"Comma list of {', '.join(VARIANTS)}; unsloth ones are skipped (with a note) off GPU.")
+@click.option("--shapes", default=None, help="Comma list of BATCHxSEQ; default 4x2048 (GPU), 2x256 (CPU).")
 @click.option("--targets", default="default", show_default=True, help="LoRA targets, comma list, or 'default'.")
 @click.option("--rank", default=32, show_default=True)
-@click.option("--warmup", default=2, show_default=True)
-@click.option("--steps", default=5, show_default=True)
-@click.option("--model-dir", default="/tmp/fastnemo-bench", show_default=True, help="Where the bench model is built.")
+@click.option("--warmup", default=2, show_default=True, help="Untimed steps first (compilation, autotuning).")
+@click.option("--steps", default=5, show_default=True, help="Timed steps.")
+@common.model_options
 @click.option("--json", "json_path", default=None, help="Write all results here.")
 @click.option("--log-dir", default=None, help="Write each variant's full log here.")
-@click.option("--timeout", default=240.0, show_default=True, help="Seconds per variant (load + steps).")
+@click.option("--timeout", default=600.0, show_default=True, help="Seconds per variant and shape.")
+@click.option("--in-process", is_flag=True, help="Run the variants in this process (smoke tests: no isolation).")
 @click.option("--one", "one_variant", default=None, hidden=True)
-def main(variants, shapes, targets, rank, warmup, steps, model_dir, json_path, log_dir, timeout, one_variant):
-    """Compare SFT step throughput and peak memory across backends in one run."""
-    gpu = common.on_gpu()
-    shapes = _shapes(shapes or ("4x2048" if gpu else "1x64"))
+def main(variants, shapes, targets, rank, warmup, steps, slice_spec, model_dir, json_path, log_dir, timeout,
+         in_process, one_variant):
+    """SFT tokens/s and peak memory: fastnemo's SFT path vs plain transformers + PEFT + TRL, in one run."""
+    shapes = _shapes(shapes or ("4x2048" if common.on_gpu() else "2x256"))
     tlist = _targets(targets)
-    path, scale = common.bench_model(model_dir)
+    path, scale = common.bench_model(model_dir, slice_spec=slice_spec)
     if one_variant:
-        print("RESULT " + json.dumps(one(one_variant, path, tlist, rank, shapes, warmup, steps), default=str))
+        (b, s), = shapes
+        print("RESULT " + json.dumps(measure(one_variant, path, tlist, rank, b, s, warmup, steps), default=str))
         return
     from rich.console import Console
 
-    console = Console(width=160)
-    settings = dict(model=scale, shapes=",".join(f"{b}x{s}" for b, s in shapes), rank=rank, targets=",".join(tlist),
-                    warmup=warmup, steps=steps, gradient_checkpointing=True)
+    console = Console(width=170)
+    settings = {"model": scale, "shapes": ",".join(f"{b}x{s}" for b, s in shapes), "rank": rank,
+                "targets": ",".join(tlist), "warmup": warmup, "steps": steps, "gradient_checkpointing": True,
+                "in_process": in_process}
     console.print(common.header_table("sft_throughput", settings))
     results = []
-    for v in (variants or (GPU_VARIANTS if gpu else CPU_VARIANTS)).split(","):
-        common.stamp(f"variant {v}")
-        cmd = [sys.executable, __file__, "--one", v, "--shapes", ",".join(f"{b}x{s}" for b, s in shapes),
-               "--targets", targets, "--rank", str(rank), "--warmup", str(warmup), "--steps", str(steps),
-               "--model-dir", model_dir]
-        log = Path(log_dir) / f"sft_{v}.log" if log_dir else None
-        rc, output = common.run_child(cmd, log, timeout)
-        res = common.child_result(output)
-        if res is None:
-            tail = output[-3000:]
-            console.print(f"[red]{v} failed (rc {rc})[/red]\n{tail}")
-            results.append(dict(variant=v, error=("timeout " if rc == -9 else "") + tail[-600:]))
-            continue
-        results.append(res)
-    rows = []
-    base = {r["shape"]: r.get("tok_s") for res in results if res["variant"] == "trl" for r in res.get("rows", [])}
-    for res in results:
-        for r in res.get("rows", [dict(error=res.get("error", "")[-120:])]):
-            ref = base.get(r.get("shape"))
-            rows.append(dict(variant=res["variant"], **r, vs_trl=(r["tok_s"] / ref) if ref and r.get("tok_s") else ""))
-    cols = ["variant", "shape", "tok_s", "vs_trl", "step_s", "weights_gib", "peak_gib", "loss_first", "loss_last", "error"]
-    console.print(common.results_table("SFT step (LoRA, gradient checkpointing)", rows, cols))
-    grads = [dict(variant=r["variant"], shape=r["shape"], **r["grads"]) for r in rows if r.get("grads")]
+    for b, s in shapes:
+        for v in variants.split(","):
+            v = "fastnemo" if v == "hf" else v  # the old name of the fastnemo variant
+            if reason := skip_reason(v):
+                results.append({"variant": v, "shape": f"{b}x{s}", "note": reason})
+                continue
+            args = ["--shapes", f"{b}x{s}", "--targets", targets, "--rank", str(rank), "--warmup", str(warmup),
+                    "--steps", str(steps), "--model-dir", model_dir, "--slice", slice_spec]
+            here = (lambda v=v, b=b, s=s: measure(v, path, tlist, rank, b, s, warmup, steps)) if in_process else None
+            res = common.run_variant(__file__, v, args, log_dir, timeout, here)
+            results.append({"shape": f"{b}x{s}", **res})
+    base = {r["shape"]: r for r in results if r["variant"] == BASELINE and "tok_s" in r}
+    for r in results:
+        ref = base.get(r["shape"], {})
+        r["tok_s_vs_trl"] = common.ratio(r.get("tok_s"), ref.get("tok_s"))
+        r["peak_vs_trl"] = common.ratio(r.get("peak_gib"), ref.get("peak_gib"))
+    cols = ["variant", "shape", "tok_s", "tok_s_vs_trl", "step_s", "loaded_gib", "peak_gib", "peak_vs_trl",
+            "loss_first", "loss_last", "note", "error"]
+    console.print(common.results_table("SFT (LoRA, gradient checkpointing): tokens/s and peak memory", results, cols))
+    grads = [dict(variant=r["variant"], shape=r["shape"], **r["grads"]) for r in results if r.get("grads")]
     if grads:
         keys = sorted({k for g in grads for k in g} - {"variant", "shape"})
         console.print(common.results_table("LoRA tensors with a nonzero gradient (nonzero/total)", grads,
-                                           ["variant", "shape", *keys]))
-    common.write_json(json_path, dict(bench="sft_throughput", settings=settings, results=results))
+                                            ["variant", "shape", *keys]))
+    common.write_json(json_path, {"bench": "sft_throughput", "settings": settings, "results": results})
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from fastnemo.config import MAX_LORA_RANK, GenerationConfig, LoraConfig, ModelCo
 # Quiet transformers' kernel-fallback warnings and tqdm bars: rich bars and tables carry progress instead.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars follow it
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 
@@ -43,23 +44,24 @@ def recipe(recipe_file, check):
     gets the resolved config, manifest.json, metrics.jsonl, plots and, at the end, submission.zip.
     """
     from fastnemo.config import load_recipe, resolve
-    from fastnemo.progress import console
-    from fastnemo.recipe import plan_keys, preflight, run_recipe
 
     try:
         r = load_recipe(recipe_file)
     except RecipeError as e:
         _fail(str(e))
+    if r.model.backend == "unsloth" and not check:
+        from fastnemo.unsloth_backend import import_first
+
+        import_first()
+    from fastnemo.progress import console
+    from fastnemo.recipe import plan_keys, preflight, run_recipe
     if check:
         console.print(f"[bold]{r.name}[/]: run directory {resolve(r, r.run_dir)}")
         for rnd, stage, key in plan_keys(r):
             console.print(f"  round {rnd}  {stage:8s} -> {key}")
-        try:
-            from fastnemo.plan import plan, render
+        from fastnemo.plan import plan_recipe, plan_table
 
-            console.print(render(plan(r)))
-        except ImportError:
-            pass
+        console.print(plan_table(plan_recipe(r)))
         try:
             for note in preflight(r):
                 console.print(f"  {note}")
@@ -217,21 +219,15 @@ def best(run_dir):
     click.echo(json.dumps({**top, "adapter": str(run.artifact(top["checkpoint"], "adapter"))}))
 
 
-def _mount_optional():
-    """Commands owned by other modules: mounted when importable."""
-    try:
-        from puzzles.cli import data
+def _mount() -> None:
+    """Commands that live beside the module they drive."""
+    from fastnemo.distill import distill_command
+    from fastnemo.grpo import grpo_command
+    from fastnemo.plan import plan_command
+    from puzzles.cli import data
 
-        main.add_command(data)
-    except ImportError:
-        pass
-    for module, name in (("fastnemo.plan", "plan_command"), ("fastnemo.distill", "distill_command"),
-                         ("fastnemo.grpo", "grpo_command")):
-        try:
-            mod = __import__(module, fromlist=[name])
-            main.add_command(getattr(mod, name))
-        except (ImportError, AttributeError):
-            pass
+    for command in (data, distill_command, grpo_command, plan_command):
+        main.add_command(command)
 
 
-_mount_optional()
+_mount()

@@ -60,6 +60,10 @@ class LoraConfig:
     dropout: float = 0.0
     target_modules: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_TARGETS))
     """Module names to adapt; must exist in the model (checked at load)."""
+    train_experts: bool = False
+    """Also put LoRA on the fused MoE experts (PEFT target_parameters). Off by default: at rank 32 it adds
+    ~13 GiB of fp32 LoRA + Adam state on the full model, and the competition's vLLM serves expert LoRA only
+    as per-expert 2-D weights, so a stacked expert adapter would need converting before submission."""
 
 
 @dataclasses.dataclass
@@ -161,6 +165,11 @@ class GRPOConfig:
     """"mask" truncated completions out of the loss, or "penalty" (soft length penalty)."""
     dynamic_sampling: bool = True
     """Drop groups whose rewards are all equal, refill until the batch is full."""
+    updates_per_generation: int = 1
+    """Optimizer steps per rollout batch. At 1 every step is on-policy and the clip range never binds;
+    at 2+ the later steps are off-policy and DAPO's clip-higher takes effect."""
+    micro_batch: int = 0
+    """Completions per forward/backward (0 = one group). Lower it when a group of long completions OOMs."""
     format_reward: float = 0.0
     """Weight of the format reward (exactly one final box after the reasoning); 0 = off."""
     length_reward: str = "none"

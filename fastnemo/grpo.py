@@ -31,6 +31,7 @@ import math
 import random
 import resource
 import time
+import warnings
 from pathlib import Path
 
 import click
@@ -283,15 +284,17 @@ def prompt_rows(session, recipe: Recipe, prompts_path: Path | None, seed: int) -
 
 def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed: int = 0, log=None,
                  rollouts: str = "auto", micro_batch: int | None = None, max_refills: int = MAX_REFILLS,
-                 rewards: tuple[list, list[float]] | None = None):
+                 rewards: tuple[list, list[float]] | None = None, updates_per_generation: int = 1):
     """The DAPO trainer on ``session.model``. ``rollouts``: "trl" (TRL generates with the model), "engine"
     (``session.engine`` via rollout_func) or "auto" (engine unless it is the hf engine).
     ``micro_batch``: completions per forward/backward (default: one group). ``rewards``: (functions,
-    weights) instead of those ``cfg`` selects."""
+    weights) instead of those ``cfg`` selects. ``updates_per_generation``: optimizer steps taken on one
+    rollout batch (of that many times ``batch_prompts`` groups). At 1 every step is on-policy and the clip
+    range never binds (TRL then skips the old log-probs); DAPO's clip-higher acts from 2 on."""
     from datasets import Dataset
     from transformers import PrinterCallback
 
-    from fastnemo.progress import RichTrainerCallback
+    from fastnemo.callbacks import RichTrainerCallback
     from fastnemo.trl_compat import ensure_fused_lm_head
 
     ensure_fused_lm_head()
@@ -311,6 +314,7 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
         lr_scheduler_type="constant",
         per_device_train_batch_size=micro,
         gradient_accumulation_steps=rows_per_step // micro,
+        steps_per_generation=rows_per_step // micro * updates_per_generation,
         num_generations=G,
         max_completion_length=cfg.max_tokens,
         temperature=cfg.temperature,
@@ -335,19 +339,21 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
         use_cpu=not on_gpu,
     )
     use_engine = rollouts == "engine" or (rollouts == "auto" and session.gen_cfg.engine != "hf")
-    trainer = dapo_trainer_class()(
-        model=session.model,
-        reward_funcs=funcs,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=session.tokenizer,
-        callbacks=[RichTrainerCallback("grpo", on_log_fn=log)],
-        rollout_func=engine_rollout(session, cfg, seed) if use_engine else None,
-        refill_rows=rows if cfg.dynamic_sampling else None,
-        dynamic_sampling=cfg.dynamic_sampling,
-        max_refills=max_refills,
-        refill_seed=seed,
-    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You are using 'rollout_func'")  # experimental: on purpose
+        trainer = dapo_trainer_class()(
+            model=session.model,
+            reward_funcs=funcs,
+            args=args,
+            train_dataset=Dataset.from_list(rows),
+            processing_class=session.tokenizer,
+            callbacks=[RichTrainerCallback("grpo", on_log_fn=log)],
+            rollout_func=engine_rollout(session, cfg, seed) if use_engine else None,
+            refill_rows=rows if cfg.dynamic_sampling else None,
+            dynamic_sampling=cfg.dynamic_sampling,
+            max_refills=max_refills,
+            refill_seed=seed,
+        )
     trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl carry the logs
     return trainer
 
@@ -367,7 +373,8 @@ def train(session, recipe: Recipe, out_dir: Path, prompts_path: Path | None = No
         if log:
             log(rec)
 
-    trainer = make_trainer(session, recipe.grpo, rows, ckpt, seed=seed, log=log_and_keep)
+    trainer = make_trainer(session, recipe.grpo, rows, ckpt, seed=seed, log=log_and_keep,
+                           updates_per_generation=getattr(recipe.grpo, "updates_per_generation", 1))
     session.engine.wake()
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last_checkpoint(ckpt))

@@ -65,7 +65,8 @@ class RunDir:
         return json.loads(self.manifest_path.read_text())
 
     def done(self, key: str) -> dict | None:
-        """The manifest entry of a finished stage whose artifacts are all still intact, else None."""
+        """The manifest entry of a finished stage, None when it has none; raises when one of its artifacts is
+        missing or changed (silently redoing a stage would overwrite what later stages were built on)."""
         entry = self.manifest()["stages"].get(key)
         if entry is None:
             return None

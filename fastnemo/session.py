@@ -16,11 +16,16 @@ from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SamplingC
 from puzzles import PROMPT_SUFFIX
 
 
+# The fused 3-D MoE expert weights of nemotron_h, reachable only through PEFT's target_parameters.
+EXPERT_PARAMETERS = ("experts.up_proj", "experts.down_proj")
+
+
 @dataclasses.dataclass
 class Completion:
     text: str
     n_tokens: int
     finish_reason: str  # "stop" (end of turn) or "length" (hit max_tokens: truncated)
+    token_ids: list[int] | None = None  # the sampled tokens, where the engine reports them (RL needs them exact)
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -63,6 +68,7 @@ def _load_hf(path: Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: 
         lora_alpha=lora_cfg.alpha,
         lora_dropout=lora_cfg.dropout,
         target_modules=list(lora_cfg.target_modules),
+        target_parameters=list(EXPERT_PARAMETERS) if lora_cfg.train_experts else None,
         task_type="CAUSAL_LM",
     )
     torch.manual_seed(seed)  # the LoRA A matrices are drawn at random: a run must be reproducible

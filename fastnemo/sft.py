@@ -38,7 +38,7 @@ def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    from fastnemo.progress import RichTrainerCallback
+    from fastnemo.callbacks import RichTrainerCallback
     from fastnemo.trl_compat import ensure_fused_lm_head
 
     ensure_fused_lm_head()

@@ -125,6 +125,8 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024)
     out_dir = Path(out_dir)
     if (out_dir / "config.json").exists():
         raise FileExistsError(f"{out_dir} already holds a model; refusing to overwrite it")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):  # fail before the slow part
+        raise FileExistsError(f"{out_dir} exists and is not an empty folder; refusing to overwrite it")
     tokenizer = train_tokenizer(_corpus(seed=seed), vocab_size=vocab_size)
     ids = tokenizer.convert_tokens_to_ids
     config = tiny_config(

@@ -44,7 +44,9 @@ def check_available() -> None:
     runs out of memory at 4 x 2048 tokens on an 80 GB card with the real widths: better to stop here."""
     if not torch.cuda.is_available():
         raise BackendUnavailable("model.backend = 'unsloth' needs a CUDA GPU; use backend = 'hf' on CPU")
-    missing = [m for m in ("unsloth", "unsloth_zoo", "mamba_ssm", "causal_conv1d") if not importlib.util.find_spec(m)]
+    missing = [
+        m for m in ("unsloth", "unsloth_zoo", "mamba_ssm", "causal_conv1d") if not importlib.util.find_spec(m)
+    ]
     if missing:
         raise BackendUnavailable(f"model.backend = 'unsloth': missing {', '.join(missing)}. {INSTALL_HINT}")
 
@@ -57,7 +59,19 @@ def _dtype(model_cfg: ModelConfig):
     return {"auto": torch.bfloat16, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(model_cfg.dtype)
 
 
-def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: Path | None = None):
+def import_first() -> None:
+    """Import Unsloth before anything imports transformers: it patches transformers, PEFT and TRL on import
+    and warns that its optimisations may not apply otherwise. A no-op where it cannot run."""
+    try:
+        check_available()
+    except BackendUnavailable:
+        return
+    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    import unsloth  # noqa: F401
+
+
+def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: Path | None = None,
+         seed: int = 0):
     """Load the model at ``path`` through Unsloth with a fresh LoRA (or ``adapter``, trainable).
 
     Returns (peft_model, tokenizer) like the hf backend."""
@@ -91,7 +105,9 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
         target_modules=list(lora_cfg.target_modules),
         bias="none",
         use_gradient_checkpointing=gc,
-        random_state=3407,
+        random_state=seed,
+        # None lets Unsloth add the fused experts as target_parameters; [] keeps them frozen
+        target_parameters=None if lora_cfg.train_experts else [],
     )
     return model, tokenizer
 

@@ -30,7 +30,7 @@ from puzzles.base import Puzzle, PuzzleFormatError
 
 SFT_FIELDS = ("id", "category", "prompt", "answer", "completion", "source", "status", "features")
 SOURCES = ("solver", "teacher", "distill")
-STATUSES = ("deduced", "guessed")
+STATUSES = ("deduced", "guessed", "verified")  # verified: a model sample checked against gold
 
 # Real prompts are a few hundred characters; the default csv limit (128 KiB) is fine, but a malformed file
 # with an unclosed quote swallows the rest of the file into one field, so keep the limit and report it.

@@ -15,6 +15,7 @@ itself) before or after the digits.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import re
 import time
@@ -92,6 +93,7 @@ OPS = [
     Op("mod", "max(a, b) mod min(a, b)"),
 ]
 OP_BY_NAME = {op.name: op for op in OPS}
+_OP_NAMES = [op.name for op in OPS]
 # How a negative result is marked: the operator glyph ("g") before ("pre") or after ("post") the digits.
 # (Real puzzles never use a plain "-" for another glyph; "-pre"/"-post" stay renderable for completeness.)
 SIGNS = ("gpre", "gpost")
@@ -336,16 +338,18 @@ def _apply_text(rule: Rule, lhs: str) -> str:
     return body
 
 
+_NUMERIC_INTRO = (
+    "Each operator symbol hides one operation on the two 2-digit numbers around it. Numbers may be "
+    "read as written or right to left (then the result is also written right to left); a negative "
+    "result is marked with a sign. The same reading holds for the whole puzzle."
+)
+
+
 def trace_numeric(puzzle: Puzzle, solution: Solution) -> str:
     an = analyze_numeric(puzzle)
     q = puzzle.query[2]
     chosen: Rule = solution.steps["rule"]
-    lines = [
-        "Each operator symbol hides one operation on the two 2-digit numbers around it. Numbers may be "
-        "read as written or right to left (then the result is also written right to left); a negative "
-        "result is marked with a sign. The same reading holds for the whole puzzle.",
-        "",
-    ]
+    lines = [_NUMERIC_INTRO, ""]
     order = [q] + [g for g in an.fits if g != q] if q in an.fits else list(an.fits)
     for g in order:
         exs = [(x, y) for x, y in puzzle.examples if x[2] == g]
@@ -396,10 +400,6 @@ def trace(puzzle: Puzzle, solution: Solution) -> str:
     if solution.steps.get("family") == "numeric":
         return trace_numeric(puzzle, solution)
     return trace_symbolic(puzzle, solution)
-
-
-def trace_symbolic(puzzle: Puzzle, solution: Solution) -> str:  # replaced below once symbolic lands
-    return f"Answer: {solution.answer}"
 
 
 # ---------------------------------------------------------------- symbolic: glyphs stand for digits
@@ -453,30 +453,67 @@ def _unbind(st: SymbolicState, new: list[str]) -> None:
         del st.glyph[st.digit.pop(c)]
 
 
-def _match_result(st: SymbolicState, g: str, out: tuple[str, bool], text: str, new: list[str]):
-    """Bind ``text`` to the rendered result; yields once per way (sign styles) it can match."""
-    s, neg = out
-    if not neg:
-        if len(text) == len(s) and _bind(st, text, s, new):
-            yield None
-        return
-    if len(text) != len(s) + 1:
-        return
-    for marker, where in ((text[0], "pre"), (text[-1], "post")):
-        # Real puzzles mark a negative with the operator glyph itself (which for "-" is also a minus).
-        if marker != g or marker in st.digit:
-            continue
+@functools.lru_cache(maxsize=1 << 16)
+def _shape(s: str) -> tuple[int, ...]:
+    """Which positions hold the same character: the equality pattern an injective glyph -> digit map keeps
+    (glyph string and digit string must have the same shape)."""
+    first: dict[str, int] = {}
+    return tuple(first.setdefault(c, len(first)) for c in s)
+
+
+_TABLES: dict[tuple[str, bool], dict[tuple, list[str]]] = {}
+
+
+def _table(op: str, rev: bool) -> dict[tuple, list[str]]:
+    """Every operand pair under ``op`` in one world, indexed by (negative?, shape of operands + result
+    digits): value the digit strings ``x + y + result``. Built once per process (10,000 pairs, ~30 ms), so
+    matching an example is a lookup of the few digit strings of its glyph shape, not a 5,040-way loop."""
+    table = _TABLES.get((op, rev))
+    if table is None:
+        table = {}
+        for a in range(100):
+            for b in range(100):
+                dx, dy = f"{a:02d}", f"{b:02d}"
+                out = _raw(op, rev, dx, dy)
+                if out is not None:
+                    s = dx + dy + out[0]
+                    table.setdefault((out[1], _shape(s)), []).append(s)
+        _TABLES[(op, rev)] = table
+    return table
+
+
+_SUB: dict[tuple, dict[str, list[str]]] = {}
+
+
+def _candidates(st: SymbolicState, op: str, neg: bool, glyphs: str) -> list[str]:
+    """The digit strings for ``glyphs`` (operands + result) under ``op`` that agree with the glyphs already
+    decoded: the shape table, sub-indexed (lazily, cached) by the digits at the decoded glyphs' positions."""
+    shape = _shape(glyphs)
+    full = _table(op, st.rev).get((neg, shape))
+    if not full:
+        return []
+    pos = tuple(i for i, c in enumerate(glyphs) if shape[i] == max(shape[:i], default=-1) + 1 and c in st.digit)
+    if not pos:
+        return full
+    key = (op, st.rev, neg, shape, pos)
+    sub = _SUB.get(key)
+    if sub is None:
+        if len(_SUB) > 50_000:  # bound the memory of a long-lived worker
+            _SUB.clear()
+        sub = _SUB[key] = {}
+        for s in full:
+            sub.setdefault("".join(s[i] for i in pos), []).append(s)
+    return sub.get("".join(st.digit[glyphs[i]] for i in pos), [])
+
+
+def _readings(st: SymbolicState, g: str, text: str):
+    """The ways a result text can be read: (negative?, digit glyphs, sign style or None). A negative result
+    is marked by the operator glyph itself (for "-" also a minus) before or after the digits."""
+    yield False, text, None
+    for where, marker, body in (("pre", text[:1], text[1:]), ("post", text[-1:], text[:-1])):
         style = ("g", where)
-        if st.sign is not None and st.sign != style:
-            continue
-        body = text[1:] if where == "pre" else text[:-1]
-        mark = len(new)
-        if _bind(st, body, s, new):
-            old, st.sign = st.sign, style
-            yield None
-            st.sign = old
-        _unbind(st, new[mark:])
-        del new[mark:]
+        if body and marker == g and marker not in st.digit and st.sign in (None, style):
+            yield True, body, style
 
 
 def _free_assignments(st: SymbolicState, glyphs: str):
@@ -504,35 +541,58 @@ class _Timeout(Exception):
     pass
 
 
-def _search(st: SymbolicState, examples: list[tuple[str, str]], i: int, deadline: float):
-    """Depth-first over examples: yields each consistent full state (the state object, mutated)."""
-    if time.monotonic() > deadline:
-        raise _Timeout
-    if i == len(examples):
-        yield st
-        return
-    lhs, rhs = examples[i]
-    g = lhs[2]
-    x, y = lhs[:2], lhs[3:]
-    ops = [st.ops[g]] if g in st.ops else [op.name for op in OPS]
-    for op in ops:
-        fresh = g not in st.ops
-        if fresh:
-            st.ops[g] = op
+def _options(st: SymbolicState, lhs: str, rhs: str) -> list[tuple[str, str, tuple | None, list[str] | None]]:
+    """Every way one example can fit the partial decoding: (op, glyphs to bind, sign style, digit strings
+    for those glyphs); a join (cat / rcat) binds nothing and has None for both."""
+    g, x, y = lhs[2], lhs[:2], lhs[3:]
+    out = []
+    for op in [st.ops[g]] if g in st.ops else _OP_NAMES:
         if op in ("cat", "rcat"):
             # Joining copies glyphs: checked on glyphs alone, binding no digits (keeps the search small).
             if rhs == _glyph_cat(op, st.rev, x, y):
-                yield from _search(st, examples, i + 1, deadline)
+                out.append((op, "", None, None))
+            continue
+        for neg, body, style in _readings(st, g, rhs):
+            glyphs = x + y + body
+            cands = _candidates(st, op, neg, glyphs)
+            if cands:
+                out.append((op, glyphs, style, cands))
+    return out
+
+
+def _search(st: SymbolicState, examples: list[tuple[str, str]], todo: tuple[int, ...], deadline: float):
+    """Depth-first over examples: yields each consistent full state (the state object, mutated). The next
+    example is the one with the fewest ways to fit what is decoded so far (most constrained first)."""
+    if time.monotonic() > deadline:
+        raise _Timeout
+    if not todo:
+        yield st
+        return
+    best = None
+    for i in todo:
+        opts = _options(st, *examples[i])
+        size = sum(1 if c is None else len(c) for _, _, _, c in opts)
+        if best is None or size < best[0]:
+            best = (size, i, opts)
+            if not size:
+                return  # this example fits no extension of the partial decoding
+    _, i, opts = best
+    rest = tuple(j for j in todo if j != i)
+    g = examples[i][0][2]
+    for op, glyphs, style, cands in opts:
+        fresh = g not in st.ops
+        if fresh:
+            st.ops[g] = op
+        if cands is None:
+            yield from _search(st, examples, rest, deadline)
         else:
-            for _ in _free_assignments(st, x + y):
-                dx = st.digit[x[0]] + st.digit[x[1]]
-                dy = st.digit[y[0]] + st.digit[y[1]]
-                out = _raw(op, st.rev, dx, dy)
-                if out is None:
-                    continue
+            for digits in cands:
                 new: list[str] = []
-                for _ in _match_result(st, g, out, rhs, new):
-                    yield from _search(st, examples, i + 1, deadline)
+                if _bind(st, glyphs, digits, new):
+                    old = st.sign
+                    st.sign = style or old
+                    yield from _search(st, examples, rest, deadline)
+                    st.sign = old
                 _unbind(st, new)
         if fresh:
             del st.ops[g]
@@ -581,16 +641,25 @@ def _encode(st: SymbolicState, q: str, out: tuple[str, bool]) -> list[str]:
 
 @dataclasses.dataclass
 class SymbolicResult:
-    answers: dict[str, int]  # answer -> number of consistent decodings giving it
+    answers: dict[str, float]  # answer -> weighted number of consistent decodings giving it
     complete: bool  # the search finished inside its time cap
     ambiguous: bool  # some decoding left the query open (unseen operator / glyph / sign style / digit)
     example: dict | None  # one decoding giving the top answer: digit map, ops, world, sign
 
 
+def _op_weight(q: str, op: str, ops: dict[str, str]) -> float:
+    """How much one decoding counts for the vote: 1 when the examples fix the operator, else the prior
+    (an operation another glyph already uses is rare)."""
+    if q in ops:
+        return 1.0
+    table = GLYPH_PRIOR.get(q, OP_PRIOR)
+    return (table.get(op, 0) + 1) / 100 * (0.1 if op in ops.values() else 1.0)
+
+
 def analyze_symbolic(puzzle: Puzzle, time_cap: float = 2.0, max_solutions: int = 20000) -> SymbolicResult:
     deadline = time.monotonic() + time_cap
     q, qx, qy = puzzle.query[2], puzzle.query[:2], puzzle.query[3:]
-    answers: dict[str, int] = {}
+    answers: dict[str, float] = {}
     first: dict[str, dict] = {}
     ambiguous = False
     complete = True
@@ -598,8 +667,7 @@ def analyze_symbolic(puzzle: Puzzle, time_cap: float = 2.0, max_solutions: int =
     examples = _order(puzzle.examples)
     try:
         for rev in (False, True):
-            st = SymbolicState(rev, {}, {}, {})
-            for st in _search(st, examples, 0, deadline):
+            for st in _search(SymbolicState(rev, {}, {}, {}), examples, tuple(range(len(examples))), deadline):
                 n += 1
                 if n > max_solutions:
                     raise _Timeout
@@ -611,9 +679,10 @@ def analyze_symbolic(puzzle: Puzzle, time_cap: float = 2.0, max_solutions: int =
                 cat_ops = [op for op in ops if op in ("cat", "rcat")]
                 for op in cat_ops:
                     a = _glyph_cat(op, st.rev, qx, qy)
-                    answers[a] = answers.get(a, 0) + 1
-                    first.setdefault(a, {"rev": st.rev, "digit": dict(st.digit), "ops": {**st.ops, q: op},
-                                         "sign": st.sign})
+                    answers[a] = answers.get(a, 0) + _op_weight(q, op, st.ops)
+                    first.setdefault(
+                        a, {"rev": st.rev, "digit": dict(st.digit), "ops": {**st.ops, q: op}, "sign": st.sign}
+                    )
                 ops = [op for op in ops if op not in cat_ops]
                 if not ops:
                     continue
@@ -628,7 +697,7 @@ def analyze_symbolic(puzzle: Puzzle, time_cap: float = 2.0, max_solutions: int =
                         if not encoded or len(encoded) > 1:
                             ambiguous = True
                         for a in encoded:
-                            answers[a] = answers.get(a, 0) + 1
+                            answers[a] = answers.get(a, 0) + _op_weight(q, op, st.ops)
                             if a not in first:
                                 first[a] = {
                                     "rev": st.rev,
@@ -742,8 +811,15 @@ def generate(rng: random.Random, difficulty: dict | None = None) -> Puzzle:
     query, answer = line(qg)
     features = {"family": family, "rev": rev, "ops": dict(zip(glyphs, ops)), "query_seen": seen}
     prompt = render(examples, query)
-    return Puzzle(id="", category=CATEGORY, prompt=prompt, examples=examples, query=query, answer=answer,
-                  features=features)
+    return Puzzle(
+        id="",
+        category=CATEGORY,
+        prompt=prompt,
+        examples=examples,
+        query=query,
+        answer=answer,
+        features=features,
+    )
 
 
 # ---------------------------------------------------------------- symbolic traces
@@ -753,17 +829,28 @@ def _decode_text(lhs: str, digit: dict[str, str]) -> str:
     return ", ".join(f"{c}={digit[c]}" for c in dict.fromkeys(lhs[:2] + lhs[3:]) if c in digit)
 
 
+_SYMBOLIC_INTRO = (
+    "Each symbol stands for one digit (different symbols, different digits); the middle symbol is "
+    "the operator, hiding one operation. Numbers may be read right to left (then results are also "
+    "written right to left); a negative result carries a sign mark."
+)
+
+
 def trace_symbolic(puzzle: Puzzle, solution: Solution) -> str:
     dec = solution.steps.get("decoding")
     if not dec:
         return f"No decoding of the symbols fits every example; best guess.\nAnswer: {solution.answer}"
     digit, ops, rev, sign = dec["digit"], dec["ops"], dec["rev"], dec["sign"]
     q = puzzle.query[2]
-    lines = ["Each symbol stands for one digit (different symbols, different digits); the middle symbol is "
-             "the operator, hiding one operation. Numbers may be read right to left (then results are also "
-             "written right to left); a negative result carries a sign mark.", ""]
-    lines.append(f"Decoding that fits every example: numbers {_world_text(rev)}; " + "; ".join(
-        f"'{g}' is {OP_BY_NAME[o].text}" for g, o in ops.items() if g != q or q in {x[2] for x, _ in puzzle.examples}))
+    lines = [_SYMBOLIC_INTRO, ""]
+    lines.append(
+        f"Decoding that fits every example: numbers {_world_text(rev)}; "
+        + "; ".join(
+            f"'{g}' is {OP_BY_NAME[o].text}"
+            for g, o in ops.items()
+            if g != q or q in {x[2] for x, _ in puzzle.examples}
+        )
+    )
     if sign:
         marker = "the operator symbol" if sign[0] == "g" else "'-'"
         lines.append(f"Negative results put {marker} {'before' if sign[1] == 'pre' else 'after'} the digits.")
@@ -773,15 +860,21 @@ def trace_symbolic(puzzle: Puzzle, solution: Solution) -> str:
         g, x, y = lhs[2], lhs[:2], lhs[3:]
         op = ops[g]
         if op in ("cat", "rcat"):
-            lines.append(f"  {lhs} = {rhs}: {OP_BY_NAME[op].text} copies symbols -> {_glyph_cat(op, rev, x, y)} ok")
+            lines.append(
+                f"  {lhs} = {rhs}: {OP_BY_NAME[op].text} copies symbols -> {_glyph_cat(op, rev, x, y)} ok"
+            )
             continue
         dx, dy = "".join(digit[c] for c in x), "".join(digit[c] for c in y)
         new = [c for c in dict.fromkeys(x + y + rhs) if c in digit and c not in known]
         known.update({c: digit[c] for c in new})
         num = f"{dx}{g}{dy}"
-        lines.append(f"  {lhs} = {rhs}: {_decode_text(lhs, digit)} so {num}; {_apply_text(Rule(rev, op, _sign_rule(sign)), num)}"
-                     f"; result symbols " + " ".join(f"{c}={digit[c]}" for c in rhs if c in digit) + " ok")
-    lines.append("Digits so far: " + ", ".join(f"{c}={d}" for c, d in sorted(known.items(), key=lambda t: t[1])))
+        lines.append(
+            f"  {lhs} = {rhs}: {_decode_text(lhs, digit)} so {num}; {_apply_text(Rule(rev, op, _sign_rule(sign)), num)}"
+            f"; result symbols " + " ".join(f"{c}={digit[c]}" for c in rhs if c in digit) + " ok"
+        )
+    lines.append(
+        "Digits so far: " + ", ".join(f"{c}={d}" for c, d in sorted(known.items(), key=lambda t: t[1]))
+    )
     lhs = puzzle.query
     op = ops.get(q)
     if q not in {x[2] for x, _ in puzzle.examples}:
@@ -793,8 +886,10 @@ def trace_symbolic(puzzle: Puzzle, solution: Solution) -> str:
         dy = "".join(digit[c] for c in lhs[3:])
         num = f"{dx}{q}{dy}"
         inverse = {d: c for c, d in digit.items()}
-        lines.append(f"Query {lhs}: {_decode_text(lhs, digit)} so {num}; "
-                     f"{_apply_text(Rule(rev, op, _sign_rule(sign)), num)}")
+        lines.append(
+            f"Query {lhs}: {_decode_text(lhs, digit)} so {num}; "
+            f"{_apply_text(Rule(rev, op, _sign_rule(sign)), num)}"
+        )
         res = Rule(rev, op, _sign_rule(sign)).apply(num) or ""
         lines.append("Back to symbols: " + " ".join(f"{d}={inverse.get(d, d)}" for d in res))
     lines.append(f"Answer: {solution.answer}")

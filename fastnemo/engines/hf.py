@@ -62,7 +62,8 @@ class HFEngine:
                     ids = ids[: ids.index(eos)] if stop else [t for t in ids if t != tok.pad_token_id]
                     text = tok.decode(ids, skip_special_tokens=False)
                     results[idx[row // sampling.n]].append(
-                        Completion(text=text, n_tokens=len(ids), finish_reason="stop" if stop else "length")
+                        Completion(text=text, n_tokens=len(ids), finish_reason="stop" if stop else "length",
+                                   token_ids=ids)
                     )
         finally:
             model.train(was_training)

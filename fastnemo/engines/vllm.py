@@ -236,7 +236,8 @@ class VLLMEngine:
                     ids = ids[:-1]
                 text = tok.decode(ids, skip_special_tokens=False)
                 completions.append(
-                    Completion(text=text, n_tokens=len(ids), finish_reason="stop" if stop else "length")
+                    Completion(text=text, n_tokens=len(ids), finish_reason="stop" if stop else "length",
+                               token_ids=ids)
                 )
             results.append(completions)
         return results

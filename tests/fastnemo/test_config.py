@@ -142,7 +142,7 @@ def test_cross_field_checks(tmp_path, text, key):
 def test_relative_paths_resolve_against_the_recipe_file(tmp_path, monkeypatch):
     sub = tmp_path / "recipes"
     sub.mkdir()
-    p = write(sub, 'run_dir = "../runs/x"\n[model]\npath = "../models/m"\n[eval]\ndata = "val.csv"\n')
+    write(sub, 'run_dir = "../runs/x"\n[model]\npath = "../models/m"\n[eval]\ndata = "val.csv"\n')
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the working directory must not matter

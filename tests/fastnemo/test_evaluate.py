@@ -50,7 +50,9 @@ def test_summarize_empty():
 
 
 def render(t) -> str:
-    c = Console(width=120, record=True, file=open("/dev/null", "w"))
+    import io
+
+    c = Console(width=120, record=True, file=io.StringIO())
     c.print(t)
     return c.export_text()
 

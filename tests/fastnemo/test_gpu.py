@@ -62,8 +62,11 @@ def test_unsloth_lora_trains_every_target(slice_dir, four_bit, tmp_path):
         loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         if step == 1:  # after one update both A and B have a gradient path
-            dead = [n for n, p in model.named_parameters() if p.requires_grad and "lora_" in n
-                    and (p.grad is None or not p.grad.abs().sum() > 0)]
+            dead = [
+                n
+                for n, p in model.named_parameters()
+                if p.requires_grad and "lora_" in n and (p.grad is None or not p.grad.abs().sum() > 0)
+            ]
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss))
@@ -84,4 +87,3 @@ def test_unsloth_lora_trains_every_target(slice_dir, four_bit, tmp_path):
     with torch.no_grad():
         out = again(input_ids=ids[:1, :64]).logits.float()
     assert torch.allclose(out, ref, atol=1e-3, rtol=1e-3), (out - ref).abs().max()
-

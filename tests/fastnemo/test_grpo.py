@@ -113,8 +113,9 @@ def test_dapo_steps_train_the_one_session_model(tiny_session, tmp_path):
     before = lora_state(model)
     records = []
     rows = rows_for(tiny_session, 4, False, "sig")
+    # two optimizer steps on one rollout batch: the second is off-policy, so the clip range is exercised
     trainer = grpo.make_trainer(tiny_session, small_cfg(batch_prompts=1), rows, tmp_path, log=records.append,
-                                rewards=([planted_reward()], [1.0]))
+                                rewards=([planted_reward()], [1.0]), updates_per_generation=2)
     assert trainer.model is model  # TRL wraps the session's model itself: no copy, no second model
     trainer.train()
 
@@ -124,13 +125,15 @@ def test_dapo_steps_train_the_one_session_model(tiny_session, tmp_path):
     with torch.no_grad():
         after_logits = tiny_session.model(**probe).logits
     assert not torch.allclose(before_logits, after_logits)  # what the engine generates with next
-    steps = [r for r in records if "reward" in r]
+    steps = [r for r in records if "loss" in r]
     assert len(steps) == 2
-    for key in ("dynamic/dropped_share", "completions/length_mean", "completions/length_p95", "entropy",
-                "clip_ratio/region_mean", "time/generate_s", "time/train_s", "memory/peak_gb"):
-        assert key in steps[-1], key
-    assert any(k.startswith("reward/") and k.endswith("/mean") for k in steps[-1])
-    assert steps[-1]["dynamic/dropped_share"] == 0.0
+    for key in ("reward", "dynamic/dropped_share", "completions/length_mean", "completions/length_p95",
+                "entropy", "clip_ratio/region_mean", "time/generate_s", "time/train_s", "memory/peak_gb"):
+        assert key in steps[0], key
+    assert any(k.startswith("reward/") and k.endswith("/mean") for k in steps[0])
+    assert steps[0]["dynamic/dropped_share"] == 0.0
+    assert "clip_ratio/region_mean" in steps[1]  # the off-policy update logs its clipping too
+    assert steps[0]["time/generate_s"] > 0 and steps[1]["time/generate_s"] == 0  # one rollout, two updates
 
 
 def test_engine_rollouts(tiny_session, tmp_path):

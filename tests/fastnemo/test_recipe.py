@@ -160,3 +160,21 @@ def test_locked_run_refuses(tmp_path, tiny_model_dir, entered):
     finally:
         holder.unlock()
     assert entered == []
+
+
+def test_ledger_best_prefers_the_earlier_checkpoint_on_a_tie(tmp_path):
+    from fastnemo import ledger
+
+    run = RunDir(tmp_path)
+    scores = [("r1-eval-sft", "r1-sft", 0.5), ("r1-eval-grpo", "r1-grpo", 0.5), ("r2-eval-sft", "r2-sft", 0.4)]
+    for key, ckpt, acc in scores:
+        f = run.stage_dir(key) / "results.jsonl"
+        f.write_text("")
+        run.finish(key, {"results": f}, {"checkpoint": ckpt, "accuracy": acc,
+                                          "per_category": {"cipher": {"accuracy": acc}}})
+    assert [e["stage"] for e in ledger.entries(run)] == [k for k, _, _ in scores]
+    assert ledger.best(run)["checkpoint"] == "r1-sft"  # same score, less training
+    f = run.stage_dir("r2-eval-grpo") / "results.jsonl"
+    f.write_text("")
+    run.finish("r2-eval-grpo", {"results": f}, {"checkpoint": "r2-grpo", "accuracy": 0.6, "per_category": {}})
+    assert ledger.best(run)["checkpoint"] == "r2-grpo"

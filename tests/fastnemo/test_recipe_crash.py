@@ -129,3 +129,63 @@ def test_killed_during_sft_and_mid_pack_write_ends_like_an_uninterrupted_run(wor
     # no half-written file was left or reused
     leftovers = [p for p in (killed / "run").rglob(".*") if p.name != ".lock"]
     assert leftovers == []
+
+
+DISTILL_RECIPE = """
+name = "crash-distill"
+run_dir = "run"
+seed = 3
+stages = ["distill"]
+
+[model]
+path = "{model}"
+dtype = "float32"
+
+[lora]
+rank = 4
+alpha = 8
+
+[generation]
+batch_size = 4
+
+[distill]
+prompts = 16
+k = 2
+max_tokens = 24
+temperature = 1.0
+"""
+
+
+def wait_for_lines(proc: subprocess.Popen, path: Path, n: int, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while not (path.exists() and path.read_text().count("\n") >= n):
+        assert proc.poll() is None, f"process ended before {path} had {n} lines:\n{proc.stdout.read()}"
+        assert time.time() < deadline, f"{path} never reached {n} lines"
+        time.sleep(0.1)
+
+
+def test_killed_during_distillation_resumes_to_the_same_samples(tmp_path, tiny_model_dir):
+    dirs = []
+    for name in ("clean", "killed"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "recipe.toml").write_text(DISTILL_RECIPE.format(model=tiny_model_dir))
+        dirs.append(d)
+    clean, killed = dirs
+    assert finish(clean).returncode == 0
+
+    proc = start(killed)
+    cache = killed / "run" / "r1-distill" / "generations.jsonl"
+    wait_for_lines(proc, cache, 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = cache.read_text().count("\n")
+    assert done_before < 8, "the kill came after distillation finished: nothing was resumed"
+
+    rerun = finish(killed)
+    assert rerun.returncode == 0, rerun.stdout
+    for name in ("passrates.jsonl", "traces.jsonl", "goldilocks.jsonl"):
+        a = (clean / "run" / "r1-distill" / name).read_text()
+        b = (killed / "run" / "r1-distill" / name).read_text()
+        assert a == b, f"{name} differs after the resume"
+    assert len((clean / "run" / "r1-distill" / "passrates.jsonl").read_text().splitlines()) == 16

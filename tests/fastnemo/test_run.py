@@ -31,7 +31,7 @@ _TRY_LOCK = textwrap.dedent(
 
 def try_lock_in_subprocess(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", _TRY_LOCK, str(path)], capture_output=True, text=True,
-                          cwd=REPO, timeout=60)
+                          cwd=REPO, timeout=60, check=False)
 
 
 def test_lock_refuses_a_second_process_and_is_released(tmp_path):

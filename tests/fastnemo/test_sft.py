@@ -18,8 +18,8 @@ ROWS = [
 
 
 def cfg(**kw) -> SFTConfig:
-    base = dict(learning_rate=1e-2, max_steps=4, batch_size=4, grad_accum=1, max_length=256, warmup=0.0,
-                save_steps=100, logging_steps=1)
+    base = {"learning_rate": 1e-2, "max_steps": 4, "batch_size": 4, "grad_accum": 1, "max_length": 256,
+            "warmup": 0.0, "save_steps": 100, "logging_steps": 1}
     return SFTConfig(**{**base, **kw})
 
 

@@ -38,7 +38,9 @@ def test_numeric_each_operation_is_deduced_correctly(op):
     rng = random.Random(op)
     deduced = 0
     for _ in range(15):
-        p = E.generate(rng, {"family": "numeric", "ops": (op,), "n_ops": 1, "n_examples": 4, "query_seen": 1.0})
+        p = E.generate(
+            rng, {"family": "numeric", "ops": (op,), "n_ops": 1, "n_examples": 4, "query_seen": 1.0}
+        )
         sol, right = _deduced_and_right(p)
         assert sol is not None
         assert right is not False, (p.prompt, p.answer, sol)
@@ -51,7 +53,9 @@ def test_symbolic_each_operation_never_wrong(op):
     rng = random.Random(op)
     deduced = 0
     for _ in range(6):
-        p = E.generate(rng, {"family": "symbolic", "ops": (op,), "n_ops": 1, "n_examples": 5, "query_seen": 1.0})
+        p = E.generate(
+            rng, {"family": "symbolic", "ops": (op,), "n_ops": 1, "n_examples": 5, "query_seen": 1.0}
+        )
         sol, right = _deduced_and_right(p, time_cap=0.5)
         assert right is not False, (p.prompt, p.answer, sol)
         deduced += right is True

@@ -1,0 +1,268 @@
+"""Memory plan: will this recipe's model, LoRA, batch and generation settings fit one 80 GB card?
+
+An estimate from the model's config (parameter counts per layer kind), not a measurement. Terms:
+- weights: every parameter at its storage width. bitsandbytes 4-bit packs only 2-D ``nn.Linear`` weights
+  (attention, Mamba in_proj, shared experts) at ~0.56 bytes/param; the fused 3-D MoE experts (~93% of
+  Nemotron-3-Nano), embeddings, lm_head and the Mamba out_proj stay bf16 (see fastnemo.unsloth_backend).
+- LoRA + optimizer: adapter params in fp32 (PEFT upcasts them) with fp32 grad and AdamW's two moments.
+- activations (training): with gradient checkpointing, one bf16 hidden state per layer per token plus one
+  layer's recomputed working set; the loss head computes log-probs in chunks (TRL's fused LM head).
+- generation: the KV cache of the attention layers and the Mamba conv + SSM state per sequence.
+- headroom: CUDA context, allocator fragmentation and kernels' workspaces.
+Validation against measured peaks on the H100 is still open (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+GIB = 2**30
+CARD_GIB = 79.2  # what torch reports for an H100 80GB HBM3
+HEADROOM_GIB = 3.0
+# the released Nemotron-3-Nano-30B-A3B layout (hybrid_override_pattern): 23 Mamba, 23 MoE, 6 attention
+NANO_PATTERN = "MEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEM*EMEMEMEM*EMEMEMEME"
+NANO_LAYERS = [{"M": "linear_attention", "E": "moe", "*": "full_attention"}[c] for c in NANO_PATTERN]
+# Its sizes, for planning before the model is downloaded (the plan reads config.json when it is there).
+NANO_CONFIG = {
+    "hidden_size": 2688, "vocab_size": 131072, "layers_block_type": NANO_LAYERS,
+    "n_routed_experts": 128, "num_experts_per_tok": 6, "moe_intermediate_size": 1856,
+    "moe_shared_expert_intermediate_size": 3712, "mamba_num_heads": 64, "mamba_head_dim": 64,
+    "ssm_state_size": 128, "n_groups": 8, "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 128,
+}
+
+
+@dataclasses.dataclass
+class MemoryPlan:
+    weights_gib: float
+    lora_optimizer_gib: float
+    activations_gib: float
+    generation_gib: float
+    headroom_gib: float
+    card_gib: float = CARD_GIB
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def total_gib(self) -> float:
+        return (
+            self.weights_gib
+            + self.lora_optimizer_gib
+            + max(self.activations_gib, self.generation_gib)
+            + self.headroom_gib
+        )
+
+    @property
+    def fits(self) -> bool:
+        return self.total_gib <= self.card_gib
+
+
+def _get(cfg, key, default=None):
+    return cfg.get(key, default) if isinstance(cfg, dict) else getattr(cfg, key, default)
+
+
+def layer_params(cfg) -> dict[str, dict[str, int]]:
+    """Parameters per layer kind, split into 'linear2d' (4-bit-able), 'experts3d' and 'other' (bf16 always)."""
+    h = _get(cfg, "hidden_size")
+    mh, md, ng, ns = (
+        _get(cfg, k) for k in ("mamba_num_heads", "mamba_head_dim", "n_groups", "ssm_state_size")
+    )
+    inner = mh * md
+    conv_dim = inner + 2 * ng * ns
+    qh, kvh, hd = (_get(cfg, k) for k in ("num_attention_heads", "num_key_value_heads", "head_dim"))
+    e, mi, si = (
+        _get(cfg, k)
+        for k in ("n_routed_experts", "moe_intermediate_size", "moe_shared_expert_intermediate_size")
+    )
+    return {
+        "linear_attention": {
+            "linear2d": h * (inner + conv_dim + mh),
+            "other": inner * h + conv_dim * 4 + 3 * mh + inner + h,
+        },
+        "full_attention": {"linear2d": h * (qh * hd + 2 * kvh * hd) + qh * hd * h, "other": h},
+        "moe": {"experts3d": 2 * e * mi * h, "linear2d": 2 * si * h, "other": e * h + e + h},
+        "mlp": {"linear2d": 2 * (_get(cfg, "intermediate_size") or 0) * h, "other": h},
+    }
+
+
+def lora_params(cfg, layers: list[str], rank: int, targets: list[str], experts: bool) -> int:
+    """LoRA A+B parameters for the targeted nn.Linear leaves (and the stacked expert LoRA if ``experts``)."""
+    h = _get(cfg, "hidden_size")
+    inner = _get(cfg, "mamba_num_heads") * _get(cfg, "mamba_head_dim")
+    conv_dim = inner + 2 * _get(cfg, "n_groups") * _get(cfg, "ssm_state_size")
+    qd, kvd = (
+        _get(cfg, "num_attention_heads") * _get(cfg, "head_dim"),
+        _get(cfg, "num_key_value_heads") * _get(cfg, "head_dim"),
+    )
+    si, e, mi = (
+        _get(cfg, "moe_shared_expert_intermediate_size"),
+        _get(cfg, "n_routed_experts"),
+        _get(cfg, "moe_intermediate_size"),
+    )
+    shapes = {  # leaf -> (in, out) per layer kind
+        "linear_attention": {
+            "in_proj": (h, inner + conv_dim + _get(cfg, "mamba_num_heads")),
+            "out_proj": (inner, h),
+        },
+        "full_attention": {"q_proj": (h, qd), "k_proj": (h, kvd), "v_proj": (h, kvd), "o_proj": (qd, h)},
+        "moe": {"up_proj": (h, si), "down_proj": (si, h)},
+    }
+    n = 0
+    for kind in layers:
+        for leaf, (i, o) in shapes.get(kind, {}).items():
+            if leaf in targets:
+                n += rank * (i + o)
+        if kind == "moe" and experts:
+            n += sum(e * rank * (h + mi) for leaf in ("up_proj", "down_proj") if leaf in targets)
+    if "lm_head" in targets:
+        n += rank * (h + _get(cfg, "vocab_size"))
+    return n
+
+
+def plan(
+    model_cfg_json: dict,
+    *,
+    backend: str = "hf",
+    load_in_4bit: bool = False,
+    rank: int = 32,
+    targets: list[str] | None = None,
+    batch: int = 1,
+    seq_len: int = 8192,
+    gradient_checkpointing: bool = True,
+    gen_seqs: int = 64,
+    gen_len: int = 8192,
+    card_gib: float = CARD_GIB,
+    train_experts: bool = False,
+) -> MemoryPlan:
+    """Estimate the peak memory of LoRA SFT / generation for the model described by ``model_cfg_json``."""
+    from fastnemo.config import DEFAULT_TARGETS
+
+    cfg = model_cfg_json
+    targets = list(targets or DEFAULT_TARGETS)
+    layers = list(_get(cfg, "layers_block_type") or _get(cfg, "layer_types"))
+    per = layer_params(cfg)
+    h, v = _get(cfg, "hidden_size"), _get(cfg, "vocab_size")
+    lin = sum(per[k].get("linear2d", 0) for k in layers)
+    exp = sum(per[k].get("experts3d", 0) for k in layers)
+    other = sum(per[k].get("other", 0) for k in layers) + 2 * v * h  # + embeddings and lm_head
+    weights = (lin * (0.5625 if load_in_4bit else 2) + (exp + other) * 2) / GIB
+    notes = []
+    if load_in_4bit:
+        notes.append(
+            f"4-bit packs only {lin / (lin + exp + other):.0%} of the weights; the 3-D experts stay bf16"
+        )
+    n_lora = lora_params(cfg, layers, rank, targets, train_experts)
+    lora = n_lora * 16 / GIB  # fp32 param + grad + two AdamW moments
+    tokens = batch * seq_len
+    if gradient_checkpointing:
+        # saved layer inputs + one layer's recompute (the MoE layer: top-k expert activations dominate)
+        work = max(
+            tokens * _get(cfg, "num_experts_per_tok") * _get(cfg, "moe_intermediate_size") * 2 * 3,
+            tokens * (2 * _get(cfg, "mamba_num_heads") * _get(cfg, "mamba_head_dim") * 2) * 3,
+        )
+        act = (len(layers) * tokens * h * 2 + work) / GIB
+    else:
+        act = len(layers) * tokens * h * 2 * 12 / GIB
+        notes.append("no gradient checkpointing: ~12 hidden-size tensors kept per layer per token")
+    act += tokens * h * 4 * 2 / GIB  # fused LM head: fp32 hidden states and their grad
+    n_attn = layers.count("full_attention")
+    n_mamba = layers.count("linear_attention")
+    kv = n_attn * 2 * _get(cfg, "num_key_value_heads") * _get(cfg, "head_dim") * 2 * gen_len * gen_seqs
+    inner = _get(cfg, "mamba_num_heads") * _get(cfg, "mamba_head_dim")
+    ssm = (
+        n_mamba
+        * gen_seqs
+        * (
+            inner * _get(cfg, "ssm_state_size") * 2
+            + (inner + 2 * _get(cfg, "n_groups") * _get(cfg, "ssm_state_size")) * 4 * 2
+        )
+    )
+    logits = gen_seqs * v * 4 * 2  # one step's fp32 logits + sampling copy
+    gen = (kv + ssm + logits) / GIB
+    p = MemoryPlan(weights, lora, act, gen, HEADROOM_GIB, card_gib, notes)
+    if not p.fits:
+        p.notes.append(suggest(p, batch, seq_len, load_in_4bit))
+    return p
+
+
+def suggest(p: MemoryPlan, batch: int, seq_len: int, load_in_4bit: bool) -> str:
+    over = p.total_gib - p.card_gib
+    if p.weights_gib + p.lora_optimizer_gib + p.headroom_gib > p.card_gib:
+        return f"over by {over:.1f} GiB: the weights alone do not fit this card; 4-bit barely helps (experts stay bf16)"
+    if batch > 1:
+        return f"over by {over:.1f} GiB: lower sft.batch_size to 1 and raise sft.grad_accum by {batch}x"
+    return f"over by {over:.1f} GiB: lower max_length below {seq_len} or enable gradient_checkpointing"
+
+
+def plan_table(p: MemoryPlan, title: str = "memory plan (estimate)"):
+    from rich.table import Table
+
+    t = Table(title=title)
+    t.add_column("term")
+    t.add_column("GiB", justify="right")
+    for name, val in [
+        ("weights", p.weights_gib),
+        ("LoRA + optimizer", p.lora_optimizer_gib),
+        ("activations (training)", p.activations_gib),
+        ("generation (KV + Mamba state)", p.generation_gib),
+        ("headroom", p.headroom_gib),
+        ("peak (training or generation)", p.total_gib),
+        ("card", p.card_gib),
+    ]:
+        t.add_row(name, f"{val:.1f}")
+    t.add_row("fits", "[green]yes[/green]" if p.fits else "[red]no[/red]")
+    return t
+
+
+def plan_recipe(recipe) -> MemoryPlan:
+    """The plan for a loaded ``Recipe`` (model config.json read from model.path)."""
+    from fastnemo.config import resolve
+
+    path = resolve(recipe, recipe.model.path) / "config.json"
+    cfg = json.loads(path.read_text()) if path.exists() else NANO_CONFIG
+    p = plan(
+        cfg,
+        backend=recipe.model.backend,
+        load_in_4bit=recipe.model.load_in_4bit,
+        rank=recipe.lora.rank,
+        targets=list(recipe.lora.target_modules),
+        batch=recipe.sft.batch_size,
+        seq_len=recipe.sft.max_length,
+        gradient_checkpointing=recipe.model.gradient_checkpointing,
+        gen_seqs=recipe.generation.batch_size,
+        gen_len=recipe.generation.max_model_len,
+        train_experts=recipe.lora.train_experts,
+    )
+    if not path.exists():
+        p.notes.insert(0, f"{path} not found: planned for the released Nemotron-3-Nano-30B-A3B sizes")
+    return p
+
+
+def plan_command_main(recipe_path: str) -> int:  # noqa: D401
+    """Body of ``fastnemo plan RECIPE``: print the table; exit code 1 when it does not fit."""
+    from rich.console import Console
+
+    from fastnemo.config import load_recipe
+
+    p = plan_recipe(load_recipe(Path(recipe_path)))
+    console = Console()
+    console.print(plan_table(p))
+    for n in p.notes:
+        console.print(f"- {n}")
+    return 0 if p.fits else 1
+
+
+def _plan_click():
+    import click
+
+    @click.command("plan")
+    @click.argument("recipe_file", type=click.Path(exists=True, dir_okay=False))
+    def plan_command(recipe_file):
+        """Estimate a recipe's peak GPU memory (weights, LoRA + optimizer, activations, generation) on an
+        80 GB card; exit 1 when it does not fit, with a suggested change."""
+        raise SystemExit(plan_command_main(recipe_file))
+
+    return plan_command
+
+
+plan_command = _plan_click()

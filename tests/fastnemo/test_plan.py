@@ -1,0 +1,65 @@
+"""The memory plan's arithmetic on the real Nemotron-3-Nano widths (CPU only, no model loaded)."""
+
+from __future__ import annotations
+
+from fastnemo import plan as P
+
+REAL = {
+    "hidden_size": 2688,
+    "n_routed_experts": 128,
+    "num_experts_per_tok": 6,
+    "moe_intermediate_size": 1856,
+    "moe_shared_expert_intermediate_size": 3712,
+    "mamba_num_heads": 64,
+    "mamba_head_dim": 64,
+    "ssm_state_size": 128,
+    "n_groups": 8,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 2,
+    "head_dim": 128,
+    "vocab_size": 131072,
+    "intermediate_size": 1856,
+    "layers_block_type": P.NANO_LAYERS,
+}
+
+
+def test_nano_layout_counts():
+    assert (
+        P.NANO_LAYERS.count("linear_attention"),
+        P.NANO_LAYERS.count("moe"),
+        P.NANO_LAYERS.count("full_attention"),
+    ) == (23, 23, 6)
+
+
+def test_weights_match_the_published_size():
+    # Nemotron-3-Nano-30B-A3B has ~31.6B parameters: ~59 GiB in bf16
+    p = P.plan(REAL)
+    assert 55 < p.weights_gib < 62, p.weights_gib
+
+
+def test_4bit_saves_little_because_experts_stay_bf16():
+    full, q4 = P.plan(REAL), P.plan(REAL, load_in_4bit=True)
+    assert q4.weights_gib < full.weights_gib
+    assert full.weights_gib - q4.weights_gib < 0.15 * full.weights_gib
+    assert any("experts stay bf16" in n for n in q4.notes)
+
+
+def test_expert_lora_counts_only_on_unsloth():
+    hf = P.plan(REAL, backend="hf")
+    un = P.plan(REAL, backend="unsloth")
+    assert un.lora_optimizer_gib > 2 * hf.lora_optimizer_gib
+
+
+def test_activations_grow_with_tokens_and_overflow_is_refused():
+    small = P.plan(REAL, batch=1, seq_len=2048)
+    big = P.plan(REAL, batch=16, seq_len=8192, gradient_checkpointing=False)
+    assert big.activations_gib > 8 * small.activations_gib
+    assert small.fits and not big.fits
+    assert any("batch_size" in n for n in big.notes)
+
+
+def test_slice_scales_per_layer():
+    one = P.plan(dict(REAL, layers_block_type=["moe"]), targets=[])
+    two = P.plan(dict(REAL, layers_block_type=["moe", "moe"]), targets=[])
+    emb = 2 * 131072 * 2688 * 2 / P.GIB
+    assert abs((two.weights_gib - emb) - 2 * (one.weights_gib - emb)) < 0.01
