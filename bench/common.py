@@ -107,6 +107,8 @@ def slice_layers(spec: str) -> list[str]:
 def bench_model(out_root: str | Path, layers: list[str] | None = None, slice_spec: str = "auto") -> tuple[Path, str]:
     """(model folder, scale name). ``slice_spec``: "auto" (a real-width slice on a GPU, the tiny model on
     CPU), "tiny", or a ``--slice`` spec (see slice_layers). ``layers`` (a list of layer kinds) wins."""
+    # bench models are local folders: never let PEFT or a loader look up the hub (the H100 has no network)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     out_root = Path(out_root)
     if layers is None and slice_spec not in ("auto", "tiny"):
         layers = slice_layers(slice_spec)
@@ -351,8 +353,8 @@ def render_prompt(tokenizer, puzzle_text: str) -> str:
 
 
 def sft_rows(tokenizer, n: int, seq: int, seed: int = 0) -> list[dict]:
-    """``n`` rows {prompt: puzzle text, completion: solver trace} whose rendered prompt takes at most half of
-    ``seq`` tokens and whose prompt + completion exceeds ``seq``: truncated to max_length=seq, every row is then
+    """``n`` rows {prompt: puzzle text, completion: solver trace} whose rendered prompt leaves at least 32 of
+    ``seq`` tokens to the completion and whose prompt + completion exceeds ``seq``: truncated to max_length=seq, every row is then
     exactly ``seq`` tokens and every variant trains on batch x seq tokens a step, with no padding."""
     import random
 
@@ -368,13 +370,13 @@ def sft_rows(tokenizer, n: int, seq: int, seed: int = 0) -> list[dict]:
         if solution is None:
             continue
         n_prompt = len(tokenizer(render_prompt(tokenizer, puzzle.prompt), add_special_tokens=False)["input_ids"])
-        if n_prompt > seq // 2:
+        if n_prompt > seq - 32:
             continue
         completion = categories.trace(puzzle, solution)
         while n_prompt + len(tokenizer(completion, add_special_tokens=False)["input_ids"]) < seq + 8:
             completion += "\n" + categories.trace(puzzle, solution)
         rows.append({"prompt": puzzle.prompt, "completion": completion})
-    raise ValueError(f"found only {len(rows)} puzzles whose prompt fits in half of {seq} tokens: raise seq_len")
+    raise ValueError(f"found only {len(rows)} puzzles whose prompt fits in {seq} - 32 tokens: raise the sequence length")
 
 
 def ratio(value, base) -> float | str:
@@ -394,10 +396,16 @@ def run_variant(script: str, variant: str, args: list[str], log_dir: str | None,
             return {"variant": variant, "error": f"{type(e).__name__}: {e}"[:600]}
     log = Path(log_dir) / f"{Path(script).stem}_{variant}.log" if log_dir else None
     rc, output = run_child([sys.executable, script, "--one", variant, *args], log, timeout)
-    res = child_result(output)
-    if res is None:
-        return {"variant": variant, "error": ("timeout: " if rc == -9 else f"rc {rc}: ") + output[-600:]}
-    return res
+    return child_result(output) or {"variant": variant, "error": child_error(rc, output)}
+
+
+def child_error(rc: int, output: str) -> str:
+    """The line that says why a child failed (its last exception line), for the table; the log has the rest."""
+    if rc == -9:
+        return "timeout"
+    lines = [ln.strip() for ln in output.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "Error" in ln or "Exception" in ln]
+    return f"rc {rc}: " + (errors[-1] if errors else " | ".join(lines[-3:]))[-300:]
 
 
 def vllm_python() -> str | None:
@@ -408,3 +416,28 @@ def vllm_python() -> str | None:
         return sys.executable
     venv = Path(os.environ.get("VLLM_VENV", "/tmp/fastnemo-vllm-venv")) / "bin" / "python"
     return str(venv) if venv.exists() else None
+
+
+def interleaved(variants: list[str], rounds: int, run_one) -> dict[str, dict]:
+    """``run_one(variant)`` for every variant, ``rounds`` times, alternating (A B A B ...): on a shared
+    machine a burst of someone else's load then hits every variant alike. Returns, per variant, the median of
+    each numeric field over its rounds (a failed round is dropped; all failed: the last error)."""
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for _ in range(rounds):
+        for v in variants:
+            runs[v].append(run_one(v))
+    return {v: median_merge(rs) for v, rs in runs.items()}
+
+
+def median_merge(results: list[dict]) -> dict:
+    import statistics
+
+    ok = [r for r in results if "error" not in r] or results[-1:]
+    out = dict(ok[-1])
+    for key, value in ok[-1].items():
+        if isinstance(value, float):
+            out[key] = statistics.median(r[key] for r in ok)
+        elif key == "rows" and all(len(r.get("rows", [])) == len(value) for r in ok):  # per-setting rows
+            out[key] = [median_merge(list(rows)) for rows in zip(*(r["rows"] for r in ok))]
+    out["rounds"] = f"{len(ok)}/{len(results)}"
+    return out

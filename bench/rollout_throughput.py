@@ -9,8 +9,8 @@ Variants (each in its own process by default: its own memory peak, and vLLM live
   vllm          the same ``session.generate`` on a ModelSession with the vllm engine (in-process vLLM, LoRA
                 synced from the training model); run with a python that has vllm: this one, or the vLLM
                 lane's venv (/tmp/fastnemo-vllm-venv, see tests/vllm_lane.sh); skipped with a note otherwise
-For each group size G: one untimed warm-up call, then ``--prompts`` puzzles x G completions of at most
-``--max-tokens`` tokens. Generated tokens/s counts the tokens each completion really has (up to its end of
+For each group size G: one untimed warm-up call, then ``--repeats`` timed calls (the median tokens/s is
+shown, with the range), each ``--prompts`` puzzles x G completions of at most ``--max-tokens`` tokens. Generated tokens/s counts the tokens each completion really has (up to its end of
 turn), not the padded slots. Memory: torch.cuda.max_memory_allocated on a GPU, peak RSS on CPU, reset after
 loading.
 
@@ -21,6 +21,7 @@ loading.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -95,7 +96,7 @@ def plain_generator(path: Path, rank: int, batch_size: int):
 
 
 def measure(variant: str, path: Path, rank: int, groups: list[int], prompts: int, max_tokens: int,
-            batch_size: int) -> dict:
+            batch_size: int, repeats: int = 1) -> dict:
     t0 = time.perf_counter()
     if variant == BASELINE:
         generate, model = plain_generator(path, rank, batch_size)
@@ -107,16 +108,20 @@ def measure(variant: str, path: Path, rank: int, groups: list[int], prompts: int
     rows = []
     for g in groups:
         generate(puzzles[:1], g, min(8, max_tokens), seed=123)  # warm-up: allocator, kernels, graph capture
+        runs = []
         common.reset_peak()
-        common.sync()
-        t = time.perf_counter()
-        counts = generate(puzzles, g, max_tokens, seed=0)
-        common.sync()
-        dt = time.perf_counter() - t
-        common.stamp(f"{variant} G={g}: {sum(counts)} tokens in {dt:.2f}s")
-        rows.append({"group": g, "completions": len(counts), "tokens": sum(counts), "gen_s": dt,
-                     "tok_s": sum(counts) / dt, "full_length": sum(c == max_tokens for c in counts) / len(counts),
-                     "peak_gib": common.peak_gib()})
+        for rep in range(repeats):  # a shared machine's load comes and goes: the median of a few calls
+            common.sync()
+            t = time.perf_counter()
+            counts = generate(puzzles, g, max_tokens, seed=rep)
+            common.sync()
+            runs.append((sum(counts) / (time.perf_counter() - t), counts))
+            common.stamp(f"{variant} G={g}: {sum(counts)} tokens, {runs[-1][0]:.1f} tok/s")
+        tok_s = sorted(r for r, _ in runs)
+        counts = runs[0][1]
+        rows.append({"group": g, "completions": len(counts), "tokens": sum(counts), "tok_s": statistics.median(tok_s),
+                     "tok_s_range": f"{tok_s[0]:.4g}-{tok_s[-1]:.4g}",
+                     "full_length": sum(c == max_tokens for c in counts) / len(counts), "peak_gib": common.peak_gib()})
     return {"variant": variant, "load_s": load_s, "loaded_gib": loaded,
             "experts": getattr(model.config, "_experts_implementation", ""), "rows": rows}
 
@@ -133,6 +138,9 @@ def skip_reason(variant: str, python: str | None) -> str | None:
 @click.option("--prompts", default=None, type=int, help="Puzzles per call; default 16 (GPU), 4 (CPU).")
 @click.option("--max-tokens", default=None, type=int, help="Max new tokens; default 1024 (GPU), 64 (CPU).")
 @click.option("--batch-size", default=64, show_default=True, help="Completions per generate call (max_num_seqs).")
+@click.option("--repeats", default=3, show_default=True, help="Timed calls per group size (the median is shown).")
+@click.option("--rounds", default=None, type=int,
+              help="Processes per variant, alternating variants (median shown); default 1 (GPU), 2 (CPU).")
 @click.option("--rank", default=32, show_default=True, help="LoRA rank (the policy being sampled carries a LoRA).")
 @common.model_options
 @click.option("--vllm-python", default=None, help="Python to run the vllm variant with (default: found).")
@@ -141,16 +149,17 @@ def skip_reason(variant: str, python: str | None) -> str | None:
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds per variant.")
 @click.option("--in-process", is_flag=True, help="Run the variants in this process (smoke tests: no isolation).")
 @click.option("--one", "one_variant", default=None, hidden=True)
-def main(variants, groups, prompts, max_tokens, batch_size, rank, slice_spec, model_dir, vllm_python, json_path,
+def main(variants, groups, prompts, max_tokens, batch_size, repeats, rounds, rank, slice_spec, model_dir, vllm_python, json_path,
          log_dir, timeout, in_process, one_variant):
     """Generated tokens/s at DAPO group sizes: fastnemo's engines vs plain transformers generate, in one run."""
     gpu = common.on_gpu()
     groups = _ints(groups)
     prompts = prompts or (16 if gpu else 4)
     max_tokens = max_tokens or (1024 if gpu else 64)
+    rounds = rounds or (1 if gpu else 2)
     path, scale = common.bench_model(model_dir, slice_spec=slice_spec)
     if one_variant:
-        res = measure(one_variant, path, rank, groups, prompts, max_tokens, batch_size)
+        res = measure(one_variant, path, rank, groups, prompts, max_tokens, batch_size, repeats)
         print("RESULT " + json.dumps(res, default=str))
         return
     from rich.console import Console
@@ -158,24 +167,25 @@ def main(variants, groups, prompts, max_tokens, batch_size, rank, slice_spec, mo
     console = Console(width=170)
     vllm_py = vllm_python or common.vllm_python()
     settings = {"model": scale, "groups": groups, "prompts": prompts, "max_tokens": max_tokens,
-                "batch_size": batch_size, "rank": rank, "temperature": 1.0, "top_p": 1.0,
+                "batch_size": batch_size, "repeats": repeats, "rounds": rounds, "rank": rank, "temperature": 1.0, "top_p": 1.0,
                 "vllm_python": vllm_py or "-", "in_process": in_process}
     console.print(common.header_table("rollout_throughput", settings))
-    results = []
-    for v in variants.split(","):
+    args = ["--groups", ",".join(map(str, groups)), "--prompts", str(prompts), "--max-tokens", str(max_tokens),
+            "--batch-size", str(batch_size), "--repeats", str(repeats), "--rank", str(rank), "--model-dir", model_dir,
+            "--slice", slice_spec]
+
+    def run_one(v: str) -> dict:
         if reason := skip_reason(v, vllm_py):
-            results.append({"variant": v, "note": reason})
-            continue
-        args = ["--groups", ",".join(map(str, groups)), "--prompts", str(prompts), "--max-tokens", str(max_tokens),
-                "--batch-size", str(batch_size), "--rank", str(rank), "--model-dir", model_dir, "--slice", slice_spec]
+            return {"variant": v, "note": reason}
         if v == "vllm" and vllm_py != sys.executable:  # the vLLM venv runs this script itself
-            rc, out = common.run_child([vllm_py, __file__, "--one", v, *args],
-                                       Path(log_dir) / "rollout_vllm.log" if log_dir else None, timeout)
-            res = common.child_result(out) or {"variant": v, "error": f"rc {rc}: " + out[-600:]}
-        else:
-            here = (lambda v=v: measure(v, path, rank, groups, prompts, max_tokens, batch_size)) if in_process else None
-            res = common.run_variant(__file__, v, args, log_dir, timeout, here)
-        results.append(res)
+            log = Path(log_dir) / "rollout_throughput_vllm.log" if log_dir else None
+            rc, out = common.run_child([vllm_py, __file__, "--one", v, *args], log, timeout)
+            return common.child_result(out) or {"variant": v, "error": common.child_error(rc, out)}
+        here = (lambda: measure(v, path, rank, groups, prompts, max_tokens, batch_size, repeats)) if in_process else None
+        return common.run_variant(__file__, v, args, log_dir, timeout, here)
+
+    # the variants' processes alternate round by round: a burst of load on a shared machine hits them alike
+    results = list(common.interleaved(variants.split(","), rounds, run_one).values())
     base = {r["group"]: r for res in results if res["variant"] == BASELINE for r in res.get("rows", [])}
     rows = []
     for res in results:
@@ -184,7 +194,7 @@ def main(variants, groups, prompts, max_tokens, batch_size, rank, slice_spec, mo
             rows.append({"variant": res["variant"], **r, "tok_s_vs_transformers": common.ratio(r.get("tok_s"), ref.get("tok_s")),
                          "peak_vs_transformers": common.ratio(r.get("peak_gib"), ref.get("peak_gib")),
                          "load_s": res.get("load_s", ""), "loaded_gib": res.get("loaded_gib", "")})
-    cols = ["variant", "group", "completions", "tokens", "tok_s", "tok_s_vs_transformers", "gen_s", "full_length",
+    cols = ["variant", "group", "completions", "tokens", "tok_s", "tok_s_vs_transformers", "rounds", "full_length",
             "loaded_gib", "peak_gib", "peak_vs_transformers", "load_s", "note", "error"]
     console.print(common.results_table("Rollouts (temperature 1.0): generated tokens/s", rows, cols))
     common.write_json(json_path, {"bench": "rollout_throughput", "settings": settings, "results": results})

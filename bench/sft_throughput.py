@@ -10,7 +10,8 @@ and every variant has its own memory peak):
   unsloth4   the same with a bitsandbytes 4-bit base                                       (GPU + unsloth)
 Every variant trains on the same prompt/completion rows (puzzle + solver trace, truncated to exactly SEQ
 tokens: no padding), ``warmup`` untimed steps then ``steps`` timed ones. Tokens are counted at the embedding
-layer, time between the trainer's per-step logs. Memory: torch.cuda.max_memory_allocated on a GPU, the
+layer, time between the trainer's per-step logs; tokens/s is from the median step (tok_s_mean: from the
+mean). On CPU the variants' processes alternate for ``--rounds`` rounds and the medians are shown. Memory: torch.cuda.max_memory_allocated on a GPU, the
 process's peak RSS on CPU (both reset after loading, so "peak" is the training peak, weights included).
 After training, one extra forward/backward records which LoRA targets get a nonzero gradient.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -63,6 +65,7 @@ class StepClock:
     def __init__(self, model, warmup: int, steps: int):
         self.warmup, self.last = warmup, warmup + steps
         self.t0 = self.t1 = None
+        self.stamps: list[float] = []  # end of steps warmup .. warmup + steps
         self.tokens = 0
         self.losses: list[float] = []
         model.get_input_embeddings().register_forward_pre_hook(self._count)
@@ -75,12 +78,11 @@ class StepClock:
         if "loss" in record:
             self.losses.append(float(record["loss"]))
         step = record.get("step")
-        if step == self.warmup and self.t0 is None:
+        if step is not None and self.warmup <= step <= self.last and len(self.stamps) == step - self.warmup:
             common.sync()
-            self.t0 = time.perf_counter()
-        elif step == self.last and self.t0 is not None and self.t1 is None:
-            common.sync()
-            self.t1 = time.perf_counter()
+            self.stamps.append(time.perf_counter())
+            self.t0 = self.stamps[0]
+            self.t1 = self.stamps[-1] if step == self.last else None
         common.stamp(f"step {step} loss {record.get('loss', '')}")
 
 
@@ -189,10 +191,12 @@ def measure(variant: str, path: Path, targets: list[str], rank: int, batch: int,
     total_s = time.perf_counter() - t0
     if clock.t1 is None:
         raise RuntimeError(f"{variant}: the trainer logged no step {clock.last} (steps: {clock.losses})")
-    dt = clock.t1 - clock.t0
+    # the median step, not the mean: a shared machine stalls now and then
+    step_s = statistics.median(b - a for a, b in zip(clock.stamps, clock.stamps[1:]))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
-        "variant": variant, "shape": f"{batch}x{seq}", "tok_s": clock.tokens / dt, "step_s": dt / steps,
+        "variant": variant, "shape": f"{batch}x{seq}", "tok_s": clock.tokens / steps / step_s, "step_s": step_s,
+        "tok_s_mean": clock.tokens / (clock.t1 - clock.t0),
         "tokens": clock.tokens, "loaded_gib": loaded, "peak_gib": peak, "total_s": total_s,
         "loss_first": clock.losses[0] if clock.losses else None,
         "loss_last": clock.losses[-1] if clock.losses else None, "trainable_params": trainable,
@@ -212,13 +216,16 @@ def measure(variant: str, path: Path, targets: list[str], rank: int, batch: int,
 @click.option("--json", "json_path", default=None, help="Write all results here.")
 @click.option("--log-dir", default=None, help="Write each variant's full log here.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds per variant and shape.")
+@click.option("--rounds", default=None, type=int,
+              help="Processes per variant and shape, alternating variants (median shown); default 1 GPU, 2 CPU.")
 @click.option("--in-process", is_flag=True, help="Run the variants in this process (smoke tests: no isolation).")
 @click.option("--one", "one_variant", default=None, hidden=True)
 def main(variants, shapes, targets, rank, warmup, steps, slice_spec, model_dir, json_path, log_dir, timeout,
-         in_process, one_variant):
+         rounds, in_process, one_variant):
     """SFT tokens/s and peak memory: fastnemo's SFT path vs plain transformers + PEFT + TRL, in one run."""
     shapes = _shapes(shapes or ("4x2048" if common.on_gpu() else "2x256"))
     tlist = _targets(targets)
+    rounds = rounds or (1 if common.on_gpu() else 2)
     path, scale = common.bench_model(model_dir, slice_spec=slice_spec)
     if one_variant:
         (b, s), = shapes
@@ -229,27 +236,29 @@ def main(variants, shapes, targets, rank, warmup, steps, slice_spec, model_dir, 
     console = Console(width=170)
     settings = {"model": scale, "shapes": ",".join(f"{b}x{s}" for b, s in shapes), "rank": rank,
                 "targets": ",".join(tlist), "warmup": warmup, "steps": steps, "gradient_checkpointing": True,
-                "in_process": in_process}
+                "rounds": rounds, "in_process": in_process}
     console.print(common.header_table("sft_throughput", settings))
     results = []
     for b, s in shapes:
-        for v in variants.split(","):
-            v = "fastnemo" if v == "hf" else v  # the old name of the fastnemo variant
+        args = ["--shapes", f"{b}x{s}", "--targets", targets, "--rank", str(rank), "--warmup", str(warmup),
+                "--steps", str(steps), "--model-dir", model_dir, "--slice", slice_spec]
+
+        def run_one(v: str, b=b, s=s, args=args) -> dict:
             if reason := skip_reason(v):
-                results.append({"variant": v, "shape": f"{b}x{s}", "note": reason})
-                continue
-            args = ["--shapes", f"{b}x{s}", "--targets", targets, "--rank", str(rank), "--warmup", str(warmup),
-                    "--steps", str(steps), "--model-dir", model_dir, "--slice", slice_spec]
-            here = (lambda v=v, b=b, s=s: measure(v, path, tlist, rank, b, s, warmup, steps)) if in_process else None
-            res = common.run_variant(__file__, v, args, log_dir, timeout, here)
-            results.append({"shape": f"{b}x{s}", **res})
+                return {"variant": v, "note": reason}
+            here = (lambda: measure(v, path, tlist, rank, b, s, warmup, steps)) if in_process else None
+            return common.run_variant(__file__, v, args, log_dir, timeout, here)
+
+        names = ["fastnemo" if v == "hf" else v for v in variants.split(",")]  # "hf": the old name
+        merged = common.interleaved(names, rounds, run_one)
+        results += [{**r, "shape": f"{b}x{s}"} for r in merged.values()]
     base = {r["shape"]: r for r in results if r["variant"] == BASELINE and "tok_s" in r}
     for r in results:
         ref = base.get(r["shape"], {})
         r["tok_s_vs_trl"] = common.ratio(r.get("tok_s"), ref.get("tok_s"))
         r["peak_vs_trl"] = common.ratio(r.get("peak_gib"), ref.get("peak_gib"))
-    cols = ["variant", "shape", "tok_s", "tok_s_vs_trl", "step_s", "loaded_gib", "peak_gib", "peak_vs_trl",
-            "loss_first", "loss_last", "note", "error"]
+    cols = ["variant", "shape", "tok_s", "tok_s_vs_trl", "tok_s_mean", "step_s", "loaded_gib", "peak_gib",
+            "peak_vs_trl", "experts", "rounds", "note", "error"]
     console.print(common.results_table("SFT (LoRA, gradient checkpointing): tokens/s and peak memory", results, cols))
     grads = [dict(variant=r["variant"], shape=r["shape"], **r["grads"]) for r in results if r.get("grads")]
     if grads:

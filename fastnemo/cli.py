@@ -9,7 +9,14 @@ from pathlib import Path
 
 import click
 
-from fastnemo.config import MAX_LORA_RANK, GenerationConfig, LoraConfig, ModelConfig, RecipeError, SamplingConfig
+from fastnemo.config import (
+    MAX_LORA_RANK,
+    GenerationConfig,
+    LoraConfig,
+    ModelConfig,
+    RecipeError,
+    SamplingConfig,
+)
 
 # Quiet transformers' kernel-fallback warnings and tqdm bars: rich bars and tables carry progress instead.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -7,8 +7,8 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import signal
+import tempfile
 from pathlib import Path
 
 # Power loss mid-write, for the crash tests: a process whose FASTNEMO_CRASH_AT names a file kills itself

@@ -14,7 +14,6 @@ from rich.table import Table
 from fastnemo.files import write_atomic
 from puzzles import CATEGORIES
 
-
 SHORT = {"bit_manipulation": "bits", "cipher": "cipher", "numeral_system": "numeral",
          "unit_conversion": "units", "gravity": "gravity", "equations": "equations"}
 

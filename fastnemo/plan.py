@@ -238,7 +238,7 @@ def plan_recipe(recipe) -> MemoryPlan:
     return p
 
 
-def plan_command_main(recipe_path: str) -> int:  # noqa: D401
+def plan_command_main(recipe_path: str) -> int:
     """Body of ``fastnemo plan RECIPE``: print the table; exit code 1 when it does not fit."""
     from rich.console import Console
 

@@ -142,7 +142,8 @@ def stage_data(ctx: Context, key: str):
             MixConfig(n=recipe.data.n, out=str(out), like=like, floor=recipe.data.floor,
                       seed=recipe.seed + 1000 * ctx.round, workers=1, progress=True)
         )
-    rows = sum(1 for _ in open(out))
+    with open(out) as f:
+        rows = sum(1 for _ in f)
     if rows == 0:
         raise ValueError(f"{key}: the SFT data is empty after filtering ({out}); nothing to train on")
     return {"sft": out}, {"rows": rows, **{k: v for k, v in stats.items() if k in ("source", "kept", "seconds")}}
@@ -171,9 +172,8 @@ def validation_set(ctx: Context) -> list[Puzzle]:
     apart from the training seeds)."""
     recipe = ctx.recipe
     if recipe.eval.data:
-        from puzzles.dataset import load_csv
-
         from fastnemo.evaluate import stratified
+        from puzzles.dataset import load_csv
 
         return stratified(load_csv(resolve(recipe, recipe.eval.data), require_answer=True), recipe.eval.limit,
                           seed=recipe.seed)

@@ -15,7 +15,6 @@ import torch
 from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SamplingConfig
 from puzzles import PROMPT_SUFFIX
 
-
 # The fused 3-D MoE expert weights of nemotron_h, reachable only through PEFT's target_parameters.
 EXPERT_PARAMETERS = ("experts.up_proj", "experts.down_proj")
 
@@ -36,6 +35,11 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 def check_targets(model, targets: list[str]) -> None:
     """Every LoRA target must name a module of the model: a typo would otherwise train nothing there."""
+    if "lm_head" in targets:
+        raise ValueError(
+            "lora.target_modules: 'lm_head' cannot be trained here: TRL's trainers compute log-probs from "
+            "lm_head.weight directly (fused LM head), so its LoRA would never receive a gradient"
+        )
     leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [t for t in targets if t not in leaf_names]
     if missing:

@@ -261,10 +261,15 @@ def _rule_name(r: Rule) -> str:
     return f"{'reversed' if r.rev else 'plain'} {OP_BY_NAME[r.op].text} sign={r.sign}"
 
 
-def solve(puzzle: Puzzle, time_cap: float = 2.0) -> Solution | None:
+def solve(puzzle: Puzzle, time_cap: float = 2.0, deduce_only: bool = False) -> Solution | None:
+    """The answer, deduced (one answer fits every decoding of the examples) or guessed (a prior-weighted
+    vote); None when nothing fits. ``time_cap`` bounds the symbolic search (seconds); with ``deduce_only``
+    a guess is returned as None, and the symbolic search stops as soon as the answer is open (fast: the
+    mix builder keeps only deduced rows of generated puzzles)."""
     if puzzle.features.get("family", "numeric") == "numeric" and _is_numeric(puzzle.query):
-        return solve_numeric(puzzle)
-    return solve_symbolic(puzzle, time_cap)
+        sol = solve_numeric(puzzle)
+        return None if deduce_only and sol is not None and sol.status != "deduced" else sol
+    return solve_symbolic(puzzle, time_cap, deduce_only)
 
 
 # ---------------------------------------------------------------- numeric traces
@@ -453,7 +458,6 @@ def _unbind(st: SymbolicState, new: list[str]) -> None:
         del st.glyph[st.digit.pop(c)]
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def _shape(s: str) -> tuple[int, ...]:
     """Which positions hold the same character: the equality pattern an injective glyph -> digit map keeps
     (glyph string and digit string must have the same shape)."""
@@ -461,12 +465,19 @@ def _shape(s: str) -> tuple[int, ...]:
     return tuple(first.setdefault(c, len(first)) for c in s)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _layout(glyphs: str) -> tuple[tuple[int, ...], tuple[tuple[int, str], ...]]:
+    """A glyph string's shape and the (position, glyph) of each glyph's first occurrence."""
+    firsts = tuple((i, c) for i, c in enumerate(glyphs) if glyphs.index(c) == i)
+    return _shape(glyphs), firsts
+
+
 _TABLES: dict[tuple[str, bool], dict[tuple, list[str]]] = {}
 
 
 def _table(op: str, rev: bool) -> dict[tuple, list[str]]:
     """Every operand pair under ``op`` in one world, indexed by (negative?, shape of operands + result
-    digits): value the digit strings ``x + y + result``. Built once per process (10,000 pairs, ~30 ms), so
+    digits): value the digit strings ``x + y + result``. Built once per process (10,000 pairs, ~50 ms), so
     matching an example is a lookup of the few digit strings of its glyph shape, not a 5,040-way loop."""
     table = _TABLES.get((op, rev))
     if table is None:
@@ -483,16 +494,18 @@ def _table(op: str, rev: bool) -> dict[tuple, list[str]]:
 
 
 _SUB: dict[tuple, dict[str, list[str]]] = {}
+_NONE: list[str] = []
 
 
 def _candidates(st: SymbolicState, op: str, neg: bool, glyphs: str) -> list[str]:
     """The digit strings for ``glyphs`` (operands + result) under ``op`` that agree with the glyphs already
     decoded: the shape table, sub-indexed (lazily, cached) by the digits at the decoded glyphs' positions."""
-    shape = _shape(glyphs)
-    full = _table(op, st.rev).get((neg, shape))
+    shape, firsts = _layout(glyphs)
+    full = (_TABLES.get((op, st.rev)) or _table(op, st.rev)).get((neg, shape))
     if not full:
-        return []
-    pos = tuple(i for i, c in enumerate(glyphs) if shape[i] == max(shape[:i], default=-1) + 1 and c in st.digit)
+        return _NONE
+    digit = st.digit
+    pos = tuple(i for i, c in firsts if c in digit)
     if not pos:
         return full
     key = (op, st.rev, neg, shape, pos)
@@ -502,18 +515,20 @@ def _candidates(st: SymbolicState, op: str, neg: bool, glyphs: str) -> list[str]
             _SUB.clear()
         sub = _SUB[key] = {}
         for s in full:
-            sub.setdefault("".join(s[i] for i in pos), []).append(s)
-    return sub.get("".join(st.digit[glyphs[i]] for i in pos), [])
+            sub.setdefault("".join([s[i] for i in pos]), []).append(s)
+    return sub.get("".join([digit[glyphs[i]] for i in pos]), _NONE)
 
 
-def _readings(st: SymbolicState, g: str, text: str):
+def _readings(st: SymbolicState, g: str, text: str) -> list[tuple[bool, str, tuple[str, str] | None]]:
     """The ways a result text can be read: (negative?, digit glyphs, sign style or None). A negative result
     is marked by the operator glyph itself (for "-" also a minus) before or after the digits."""
-    yield False, text, None
-    for where, marker, body in (("pre", text[:1], text[1:]), ("post", text[-1:], text[:-1])):
-        style = ("g", where)
-        if body and marker == g and marker not in st.digit and st.sign in (None, style):
-            yield True, body, style
+    out = [(False, text, None)]
+    if g in text and g not in st.digit:
+        if text[0] == g and len(text) > 1 and st.sign in (None, ("g", "pre")):
+            out.append((True, text[1:], ("g", "pre")))
+        if text[-1] == g and len(text) > 1 and st.sign in (None, ("g", "post")):
+            out.append((True, text[:-1], ("g", "post")))
+    return out
 
 
 def _free_assignments(st: SymbolicState, glyphs: str):
@@ -656,7 +671,12 @@ def _op_weight(q: str, op: str, ops: dict[str, str]) -> float:
     return (table.get(op, 0) + 1) / 100 * (0.1 if op in ops.values() else 1.0)
 
 
-def analyze_symbolic(puzzle: Puzzle, time_cap: float = 2.0, max_solutions: int = 20000) -> SymbolicResult:
+def analyze_symbolic(
+    puzzle: Puzzle, time_cap: float = 2.0, max_solutions: int = 20000, deduce_only: bool = False
+) -> SymbolicResult:
+    """Every decoding that fits the examples (both worlds), and the query answers they give. With
+    ``deduce_only`` the search stops (incomplete) as soon as the answer is open: two answers, or a decoding
+    that leaves the query undetermined; the mix builder needs no vote among guesses."""
     deadline = time.monotonic() + time_cap
     q, qx, qy = puzzle.query[2], puzzle.query[:2], puzzle.query[3:]
     answers: dict[str, float] = {}
@@ -676,6 +696,8 @@ def analyze_symbolic(puzzle: Puzzle, time_cap: float = 2.0, max_solutions: int =
                 # a single answer is still deduced); an operator they never show is only ever a guess.
                 if q not in st.ops:
                     ambiguous = True
+                    if deduce_only:
+                        raise _Timeout
                 cat_ops = [op for op in ops if op in ("cat", "rcat")]
                 for op in cat_ops:
                     a = _glyph_cat(op, st.rev, qx, qy)
@@ -683,6 +705,8 @@ def analyze_symbolic(puzzle: Puzzle, time_cap: float = 2.0, max_solutions: int =
                     first.setdefault(
                         a, {"rev": st.rev, "digit": dict(st.digit), "ops": {**st.ops, q: op}, "sign": st.sign}
                     )
+                    if deduce_only and len(answers) > 1:
+                        raise _Timeout
                 ops = [op for op in ops if op not in cat_ops]
                 if not ops:
                     continue
@@ -696,6 +720,8 @@ def analyze_symbolic(puzzle: Puzzle, time_cap: float = 2.0, max_solutions: int =
                         encoded = _encode(st, q, out)
                         if not encoded or len(encoded) > 1:
                             ambiguous = True
+                        if deduce_only and (ambiguous or len(answers.keys() | set(encoded)) > 1):
+                            raise _Timeout
                         for a in encoded:
                             answers[a] = answers.get(a, 0) + _op_weight(q, op, st.ops)
                             if a not in first:
@@ -711,12 +737,14 @@ def analyze_symbolic(puzzle: Puzzle, time_cap: float = 2.0, max_solutions: int =
     return SymbolicResult(answers, complete, ambiguous, first.get(top))
 
 
-def solve_symbolic(puzzle: Puzzle, time_cap: float = 2.0) -> Solution | None:
-    res = analyze_symbolic(puzzle, time_cap)
+def solve_symbolic(puzzle: Puzzle, time_cap: float = 2.0, deduce_only: bool = False) -> Solution | None:
+    res = analyze_symbolic(puzzle, time_cap, deduce_only=deduce_only)
     if not res.answers:
         return None
     top = max(res.answers, key=res.answers.get)
     deduced = res.complete and not res.ambiguous and len(res.answers) == 1
+    if deduce_only and not deduced:
+        return None
     return Solution(
         top,
         "deduced" if deduced else "guessed",

@@ -5,12 +5,17 @@
 1. Measures the reference file (when given): category shares, and per category the joint distribution of
    the difficulty features its parser reports (``n_examples`` always; e.g. ``family`` numeric/symbolic for
    equations). Without a reference, categories are equal and generators use their own defaults.
-2. Allocates ``n`` rows over categories by share, with at least ``floor`` rows each.
+2. Allocates ``n`` rows over categories by share, with at least ``floor`` rows each; a category with a
+   stratum feature (``strata``: equations by ``family``) splits its rows over that feature's values by the
+   reference shares, since solvers keep some values far more often than others (numeric equations are
+   deduced about twice as often as symbolic ones) and the mix would drift toward the easy ones.
 3. Generates in shards (in ``workers`` processes): each puzzle's difficulty dict is a reference puzzle's
    feature vector drawn at random, so the mix matches the reference distribution. Each generated prompt is
    parsed back from its TEXT and solved, exactly as a real puzzle would be; rows the solver abstains on,
    gets wrong (not exactly the generator's answer), only guesses (unless allowed), or whose prompt
-   appears in the reference file (validation leakage) are dropped and counted.
+   appears in the reference file (validation leakage) are dropped and counted. A solver that takes
+   ``deduce_only`` gets it when its category keeps only deduced rows: it may then stop as soon as the
+   answer is open instead of finishing the search a guess would need (symbolic equations: ~5x faster).
 4. Merges shards, dedupes prompts across shards, tops up categories that came short, writes the JSONL
    atomically with a ``.stats.json`` beside it.
 
@@ -43,7 +48,11 @@ class MixConfig:
 
     n: rows in the output. like: reference CSV whose category shares and difficulty features to match
     (None: equal shares, generator defaults). floor: minimum rows per category. statuses: solver statuses
-    kept ("deduced" only by default: a guessed trace teaches guessing). shard_size: rows per work unit
+    kept ("deduced" only by default: a guessed trace teaches guessing). keep_guessed: categories whose
+    guessed rows are kept too (e.g. unit_conversion, gravity: their rounded examples leave the last digit
+    open, the guess is within the metric's tolerance, and a kept row's answer equals the generator's
+    exactly, so its trace is right). strata: per category, a reference feature whose value shares the mix
+    matches exactly (see the module doc). shard_size: rows per work unit
     (the resume granularity). max_attempts: generated puzzles tried per kept row before a shard gives up.
     max_minutes: wall-clock budget; when it runs out, unfinished shards stop and the mix is written short
     (slow solvers, e.g. symbolic equations, otherwise decide the build time).
@@ -56,6 +65,8 @@ class MixConfig:
     seed: int = 0
     workers: int = 2
     statuses: tuple[str, ...] = ("deduced",)
+    keep_guessed: tuple[str, ...] = ()
+    strata: dict[str, str] = dataclasses.field(default_factory=lambda: {"equations": "family"})
     categories: tuple[str, ...] = CATEGORIES
     shard_size: int = 500
     max_attempts: int = 20
@@ -142,10 +153,24 @@ class Shard:
     statuses: tuple[str, ...]
     max_attempts: int
     deadline: float | None = None  # time.time() after which the shard stops (and is not saved: partial)
+    stratum: str | None = None  # the stratum value its profiles share (in the name, so shards stay unique)
 
     @property
     def name(self) -> str:
-        return f"{self.category}-r{self.round}-{self.index:05d}"
+        part = f"-{self.stratum}" if self.stratum is not None else ""
+        return f"{self.category}-r{self.round}{part}-{self.index:05d}"
+
+
+def _solve(puzzle: Puzzle, statuses: tuple[str, ...]):
+    """The category's solver; told ``deduce_only`` (where it takes it) when guesses would be dropped anyway."""
+    import inspect
+
+    from puzzles import categories
+
+    solve = categories.module(puzzle.category).solve
+    if "guessed" not in statuses and "deduce_only" in inspect.signature(solve).parameters:
+        return solve(puzzle, deduce_only=True)
+    return solve(puzzle)
 
 
 def make_row(generated: Puzzle, statuses: tuple[str, ...]) -> tuple[dict | None, str, str]:
@@ -158,7 +183,7 @@ def make_row(generated: Puzzle, statuses: tuple[str, ...]) -> tuple[dict | None,
         return None, "unparseable", f"{type(e).__name__}: {e}"
     puzzle.answer = None  # the solver sees only what a real puzzle shows
     try:
-        sol = categories.solve(puzzle)
+        sol = _solve(puzzle, statuses)
     except Exception as e:  # noqa: BLE001 -- counted and reported, never fatal
         return None, "solver_error", f"{type(e).__name__}: {e}"
     if sol is None:
@@ -191,7 +216,9 @@ def run_shard(shard: Shard) -> tuple[str, list[dict], dict]:
     absent from the reference. Stats: counts per outcome, plus ``examples`` of notable failures."""
     from puzzles import categories
 
-    rng = random.Random(f"{shard.seed}:{shard.category}:{shard.round}:{shard.index}")
+    part = f":{shard.stratum}" if shard.stratum is not None else ""
+    rng = random.Random(f"{shard.seed}:{shard.category}:{shard.round}{part}:{shard.index}")
+    t0 = time.time()
     rows, seen, stats, examples = [], set(), collections.Counter(), []
     for _ in range(shard.count * shard.max_attempts):
         if len(rows) >= shard.count:
@@ -226,32 +253,50 @@ def run_shard(shard: Shard) -> tuple[str, list[dict], dict]:
         if row is not None:
             seen.add(key)
             rows.append(row)
-    return shard.name, rows, {"counts": dict(stats), "examples": examples}
+    return shard.name, rows, {"counts": dict(stats), "examples": examples, "seconds": time.time() - t0}
 
 
 # ----------------------------------------------------------------------------------------------- build
 
 
+Cell = tuple[str, Any]  # (category, stratum value or None): the unit that gets a quota
+
+
+def _cells(cfg: MixConfig, ref: Reference | None, quotas: dict[str, int]) -> dict[Cell, int]:
+    """Split each category's quota over its stratum values by their reference shares (largest remainder);
+    unstratified categories (or no reference) are one cell with stratum None."""
+    cells: dict[Cell, int] = {}
+    for cat, quota in quotas.items():
+        feature = cfg.strata.get(cat)
+        profiles = ref.profiles.get(cat) if ref else None
+        values = collections.Counter(d.get(feature) for d in profiles or ()) if feature else None
+        if not values or None in values:
+            cells[(cat, None)] = quota
+            continue
+        for value, count in allocate(quota, {v: values[v] / len(profiles) for v in sorted(values, key=str)}).items():
+            cells[(cat, value)] = count
+    return cells
+
+
+def _row_cell(cfg: MixConfig, cells: dict[Cell, int], row: dict) -> Cell:
+    cat = row["category"]
+    feature = cfg.strata.get(cat)
+    return (cat, row["features"].get(feature)) if (cat, None) not in cells else (cat, None)
+
+
 def _shards(
-    cfg: MixConfig, ref: Reference | None, need: dict[str, int], rnd: int, deadline: float | None
+    cfg: MixConfig, ref: Reference | None, need: dict[Cell, int], rnd: int, deadline: float | None
 ) -> list[Shard]:
     shards = []
-    for cat, count in need.items():
+    for (cat, value), count in need.items():
         profiles = ref.profiles.get(cat) if ref else None
+        if value is not None:
+            profiles = [d for d in profiles if d.get(cfg.strata[cat]) == value]
+        statuses = tuple(dict.fromkeys(cfg.statuses + (("guessed",) if cat in cfg.keep_guessed else ())))
         for i, start in enumerate(range(0, count, cfg.shard_size)):
-            shards.append(
-                Shard(
-                    cat,
-                    rnd,
-                    i,
-                    min(cfg.shard_size, count - start),
-                    cfg.seed,
-                    profiles,
-                    cfg.statuses,
-                    cfg.max_attempts,
-                    deadline,
-                )
-            )
+            n = min(cfg.shard_size, count - start)
+            stratum = None if value is None else str(value)
+            shards.append(Shard(cat, rnd, i, n, cfg.seed, profiles, statuses, cfg.max_attempts, deadline, stratum))
     # Cheap categories first, interleaved: under a deadline they finish and only the slow solvers'
     # categories (symbolic equations take seconds a puzzle) come short; a slow shard never stalls the rest.
     return sorted(shards, key=lambda s: (s.category in SLOW, s.index))
@@ -304,6 +349,7 @@ def build_mix(cfg: MixConfig) -> dict:
     ref = measure_reference(dataset.load_csv(cfg.like, skip_bad=True), cfg.categories) if cfg.like else None
     shares = {c: ref.shares[c] for c in cfg.categories} if ref else {c: 1.0 for c in cfg.categories}
     quotas = allocate(cfg.n, shares, cfg.floor)
+    cells = _cells(cfg, ref, quotas)
     _REF_KEYS = ref.keys if ref else set()
 
     out = Path(cfg.out)
@@ -319,9 +365,10 @@ def build_mix(cfg: MixConfig) -> dict:
             f.unlink()
     _atomic_write(cfg_path, lambda f: json.dump(ident, f))
 
-    kept: dict[str, list[dict]] = {c: [] for c in cfg.categories}
+    kept: dict[Cell, list[dict]] = {cell: [] for cell in cells}
     keys: set[str] = set()
     funnel: dict[str, collections.Counter] = {c: collections.Counter() for c in cfg.categories}
+    cpu: collections.Counter = collections.Counter()  # worker seconds per category
     notable: dict[str, list] = {c: [] for c in cfg.categories}
     columns = (
         TextColumn("[bold]{task.description}"),
@@ -335,9 +382,9 @@ def build_mix(cfg: MixConfig) -> dict:
     with Progress(*columns, disable=not cfg.progress) as progress:
         task = progress.add_task("building mix", total=cfg.n, rate=0.0)
         for rnd in range(cfg.max_rounds):
-            # Top up only categories that made progress: a broken generator is reported, not retried.
-            need = {c: quotas[c] - len(kept[c]) for c in cfg.categories
-                    if quotas[c] > len(kept[c]) and (rnd == 0 or kept[c])}
+            # Top up only cells that made progress: a broken generator is reported, not retried.
+            need = {cell: q - len(kept[cell]) for cell, q in cells.items()
+                    if q > len(kept[cell]) and (rnd == 0 or kept[cell])}
             if not need or (deadline is not None and time.time() > deadline):
                 break
             if rnd:  # a top-up round: the bar re-counts only the rows still missing
@@ -349,17 +396,21 @@ def build_mix(cfg: MixConfig) -> dict:
                 rows, shard_stats = results[name]
                 cat = name.split("-r")[0]
                 funnel[cat].update(shard_stats["counts"])
+                cpu[cat] += shard_stats.get("seconds", 0.0)
                 notable[cat].extend(shard_stats["examples"][: max(0, 6 - len(notable[cat]))])
                 for row in rows:
-                    key = prompt_key(row["prompt"])
+                    key, cell = prompt_key(row["prompt"]), _row_cell(cfg, cells, row)
                     if key in keys:
                         funnel[cat]["duplicate_across_shards"] += 1
-                    elif len(kept[cat]) < quotas[cat]:
+                    elif cell not in cells:
+                        funnel[cat]["off_stratum"] += 1  # a generator that ignored the stratum it was given
+                    elif len(kept[cell]) < cells[cell]:
                         keys.add(key)
-                        kept[cat].append(row)
+                        kept[cell].append(row)
         progress.update(task, completed=sum(len(v) for v in kept.values()))
 
-    rows = [r for c in cfg.categories for r in kept[c]]
+    rows = [r for cell in cells for r in kept[cell]]
+    by_cat = {c: sum(len(kept[cell]) for cell in cells if cell[0] == c) for c in cfg.categories}
     random.Random(cfg.seed).shuffle(rows)
     write_jsonl(out, rows)
     seconds = time.time() - t0
@@ -370,8 +421,13 @@ def build_mix(cfg: MixConfig) -> dict:
         "rows_per_second": round(len(rows) / seconds, 1) if seconds else None,
         "workers": cfg.workers,
         "quotas": quotas,
-        "kept": {c: len(kept[c]) for c in cfg.categories},
-        "short": {c: quotas[c] - len(kept[c]) for c in cfg.categories if len(kept[c]) < quotas[c]},
+        "kept": by_cat,
+        "short": {c: quotas[c] - by_cat[c] for c in cfg.categories if by_cat[c] < quotas[c]},
+        "strata": {f"{c}/{v}": {"quota": q, "kept": len(kept[(c, v)])} for (c, v), q in cells.items()
+                   if v is not None},
+        "statuses": {c: dict(collections.Counter(r["status"] for cell in cells if cell[0] == c
+                                                 for r in kept[cell])) for c in cfg.categories},
+        "worker_seconds": {c: round(cpu[c], 1) for c in cfg.categories},
         "shares_reference": ref.shares if ref else None,
         "funnel": {c: dict(sorted(f.items())) for c, f in funnel.items()},
         "wrong_deduced": sum(f["wrong_deduced"] for f in funnel.values()),

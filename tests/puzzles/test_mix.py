@@ -131,3 +131,62 @@ def test_deadline_writes_a_short_mix_and_saves_no_partial_shard(tmp_path):
     # Only whole shards are saved for resume; the one the deadline cut is redone.
     saved = list((tmp_path / "t.jsonl.shards").glob("cipher-*[0-9].jsonl"))
     assert all(len(read_jsonl(f)) == 1000 for f in saved) and len(saved) < 3
+
+
+def _write_ref(path, prompts):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "prompt", "answer"])
+        for i, (prompt, answer) in enumerate(prompts):
+            w.writerow([f"r{i}", prompt, answer])
+
+
+def test_equations_family_split_follows_the_reference(tmp_path):
+    # The solver keeps numeric puzzles about twice as often as symbolic ones; the mix must still carry the
+    # reference's 1 : 3 split (each family is its own quota cell), not drift toward the easy family.
+    rng = random.Random(4)
+    ref = [categories.generate("equations", rng, {"family": fam, "n_examples": 4})
+           for fam in ["numeric"] * 3 + ["symbolic"] * 9]
+    _write_ref(tmp_path / "ref.csv", [(p.prompt, p.answer) for p in ref])
+    s = build_mix(MixConfig(n=40, out=str(tmp_path / "e.jsonl"), like=str(tmp_path / "ref.csv"),
+                            categories=("equations",), workers=1, shard_size=20, progress=False))
+    rows = read_jsonl(tmp_path / "e.jsonl")
+    families = collections.Counter(r["features"]["family"] for r in rows)
+    assert families == {"numeric": 10, "symbolic": 30} and s["short"] == {}
+    assert s["strata"] == {"equations/numeric": {"quota": 10, "kept": 10},
+                           "equations/symbolic": {"quota": 30, "kept": 30}}
+    assert all(r["status"] == "deduced" for r in rows)
+    assert s["funnel"]["equations"]["abstained"] > 0  # guesses are dropped (as abstentions: deduce_only)
+
+
+def test_guessed_rows_only_where_allowed_and_only_when_exact():
+    # An unseen operator: the equations solver can only guess. Deduced-only statuses: it abstains fast;
+    # with guesses allowed the row is kept when the guess is exactly the generator's answer, else "wrong".
+    rng = random.Random(2)
+    outcomes = {("deduced",): collections.Counter(), ("deduced", "guessed"): collections.Counter()}
+    for _ in range(30):
+        p = categories.generate("equations", rng, {"family": "numeric", "n_ops": 2, "query_seen": 0.0})
+        if p.features["query_seen"]:
+            continue
+        for statuses, counter in outcomes.items():
+            row, why, _ = mix.make_row(p, statuses)
+            counter[why] += 1
+            assert (row is not None) == (why == "kept")
+            if row is not None:
+                assert row["status"] == "guessed" and row["answer"] == p.answer
+    assert set(outcomes[("deduced",)]) == {"abstained"}
+    assert outcomes[("deduced", "guessed")]["kept"] > 0
+    assert set(outcomes[("deduced", "guessed")]) <= {"kept", "wrong_guessed"}
+
+
+def test_keep_guessed_per_category(tmp_path):
+    s = build_mix(MixConfig(n=200, out=str(tmp_path / "g.jsonl"), categories=("unit_conversion", "gravity"),
+                            keep_guessed=("unit_conversion",), workers=1, shard_size=50, progress=False))
+    rows = read_jsonl(tmp_path / "g.jsonl")
+    status = {c: collections.Counter(r["status"] for r in rows if r["category"] == c) for c in s["quotas"]}
+    assert status["unit_conversion"]["guessed"] > 10 and set(status["gravity"]) == {"deduced"}
+    assert s["statuses"] == {c: dict(v) for c, v in status.items()}
+    assert "dropped_guessed" not in s["funnel"]["unit_conversion"]
+    assert s["funnel"]["gravity"]["dropped_guessed"] > 0
+    for r in rows:  # a kept guess is exactly the generator's answer, and its trace ends on it
+        assert check_sft_row(r) is None and r["completion"].endswith(f"\\boxed{{{r['answer']}}}")
