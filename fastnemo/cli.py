@@ -66,9 +66,10 @@ def recipe(recipe_file, check):
         console.print(f"[bold]{r.name}[/]: run directory {resolve(r, r.run_dir)}")
         for rnd, stage, key in plan_keys(r):
             console.print(f"  round {rnd}  {stage:8s} -> {key}")
-        from fastnemo.plan import plan_recipe, plan_table
+        from fastnemo.plan import plan_recipe, plan_table, time_table
 
         console.print(plan_table(plan_recipe(r)))
+        console.print(time_table(r))
         try:
             for note in preflight(r):
                 console.print(f"  {note}")

@@ -5,10 +5,11 @@
 1. Measures the reference file (when given): category shares, and per category the joint distribution of
    the difficulty features its parser reports (``n_examples`` always; e.g. ``family`` numeric/symbolic for
    equations). Without a reference, categories are equal and generators use their own defaults.
-2. Allocates ``n`` rows over categories by share, with at least ``floor`` rows each; a category with a
-   stratum feature (``strata``: equations by ``family``) splits its rows over that feature's values by the
-   reference shares, since solvers keep some values far more often than others (numeric equations are
-   deduced about twice as often as symbolic ones) and the mix would drift toward the easy ones.
+2. Allocates ``n`` rows over categories by share, with at least ``floor`` rows each, and splits each
+   category's rows over its stratum features' values (``strata``: ``n_examples`` everywhere, equations also
+   by ``family``) by the reference shares. Drawing difficulty vectors at random is not enough: solvers
+   deduce some strata far more often than others (numeric equations ~70 %, symbolic ~45 %; 3-example
+   symbolic ones least), and keeping only deduced rows would drift the mix toward the easy strata.
 3. Generates in shards (in ``workers`` processes): each puzzle's difficulty dict is a reference puzzle's
    feature vector drawn at random, so the mix matches the reference distribution. Each generated prompt is
    parsed back from its TEXT and solved, exactly as a real puzzle would be; rows the solver abstains on,
@@ -51,8 +52,8 @@ class MixConfig:
     kept ("deduced" only by default: a guessed trace teaches guessing). keep_guessed: categories whose
     guessed rows are kept too (e.g. unit_conversion, gravity: their rounded examples leave the last digit
     open, the guess is within the metric's tolerance, and a kept row's answer equals the generator's
-    exactly, so its trace is right). strata: per category, a reference feature whose value shares the mix
-    matches exactly (see the module doc). shard_size: rows per work unit
+    exactly, so its trace is right). strata: per category, reference features whose joint value shares the
+    mix matches exactly (see the module doc). shard_size: rows per work unit
     (the resume granularity). max_attempts: generated puzzles tried per kept row before a shard gives up.
     max_minutes: wall-clock budget; when it runs out, unfinished shards stop and the mix is written short
     (slow solvers, e.g. symbolic equations, otherwise decide the build time).
@@ -66,7 +67,10 @@ class MixConfig:
     workers: int = 2
     statuses: tuple[str, ...] = ("deduced",)
     keep_guessed: tuple[str, ...] = ()
-    strata: dict[str, str] = dataclasses.field(default_factory=lambda: {"equations": "family"})
+    strata: dict[str, tuple[str, ...]] = dataclasses.field(
+        default_factory=lambda: {c: ("family", "n_examples") if c == "equations" else ("n_examples",)
+                                 for c in CATEGORIES}
+    )
     categories: tuple[str, ...] = CATEGORIES
     shard_size: int = 500
     max_attempts: int = 20
@@ -153,11 +157,11 @@ class Shard:
     statuses: tuple[str, ...]
     max_attempts: int
     deadline: float | None = None  # time.time() after which the shard stops (and is not saved: partial)
-    stratum: str | None = None  # the stratum value its profiles share (in the name, so shards stay unique)
+    stratum: dict[str, Any] | None = None  # feature values every kept row must have (the shard's cell)
 
     @property
     def name(self) -> str:
-        part = f"-{self.stratum}" if self.stratum is not None else ""
+        part = "".join(f"-{v}" for v in self.stratum.values()) if self.stratum else ""
         return f"{self.category}-r{self.round}{part}-{self.index:05d}"
 
 
@@ -216,7 +220,7 @@ def run_shard(shard: Shard) -> tuple[str, list[dict], dict]:
     absent from the reference. Stats: counts per outcome, plus ``examples`` of notable failures."""
     from puzzles import categories
 
-    part = f":{shard.stratum}" if shard.stratum is not None else ""
+    part = "".join(f":{v}" for v in shard.stratum.values()) if shard.stratum else ""
     rng = random.Random(f"{shard.seed}:{shard.category}:{shard.round}{part}:{shard.index}")
     t0 = time.time()
     rows, seen, stats, examples = [], set(), collections.Counter(), []
@@ -247,6 +251,8 @@ def run_shard(shard: Shard) -> tuple[str, list[dict], dict]:
             stats["duplicate"] += 1
             continue
         row, why, detail = make_row(generated, shard.statuses)
+        if row is not None and shard.stratum and any(row["features"].get(k) != v for k, v in shard.stratum.items()):
+            row, why = None, "off_stratum"  # e.g. an unseen query operator drops an example line
         stats[why] += 1
         if why in NOTABLE and stats[why] <= 3:
             examples.append({"reason": why, "detail": detail, "prompt": generated.prompt})
@@ -259,47 +265,43 @@ def run_shard(shard: Shard) -> tuple[str, list[dict], dict]:
 # ----------------------------------------------------------------------------------------------- build
 
 
-Cell = tuple[str, Any]  # (category, stratum value or None): the unit that gets a quota
+Cell = tuple[str, tuple | None]  # (category, stratum feature values or None): the unit that gets a quota
 
 
 def _cells(cfg: MixConfig, ref: Reference | None, quotas: dict[str, int]) -> dict[Cell, int]:
-    """Split each category's quota over its stratum values by their reference shares (largest remainder);
+    """Split each category's quota over its strata by their reference shares (largest remainder);
     unstratified categories (or no reference) are one cell with stratum None."""
     cells: dict[Cell, int] = {}
     for cat, quota in quotas.items():
-        feature = cfg.strata.get(cat)
-        profiles = ref.profiles.get(cat) if ref else None
-        values = collections.Counter(d.get(feature) for d in profiles or ()) if feature else None
-        if not values or None in values:
+        features = cfg.strata.get(cat, ())
+        profiles = (ref.profiles.get(cat) if ref else None) or []
+        values = collections.Counter(tuple(d.get(f) for f in features) for d in profiles)
+        if not features or not values or any(None in v for v in values):
             cells[(cat, None)] = quota
             continue
-        for value, count in allocate(quota, {v: values[v] / len(profiles) for v in sorted(values, key=str)}).items():
+        shares = {v: values[v] / len(profiles) for v in sorted(values, key=str)}
+        for value, count in allocate(quota, shares).items():
             cells[(cat, value)] = count
     return cells
 
 
-def _row_cell(cfg: MixConfig, cells: dict[Cell, int], row: dict) -> Cell:
-    cat = row["category"]
-    feature = cfg.strata.get(cat)
-    return (cat, row["features"].get(feature)) if (cat, None) not in cells else (cat, None)
-
-
 def _shards(
     cfg: MixConfig, ref: Reference | None, need: dict[Cell, int], rnd: int, deadline: float | None
-) -> list[Shard]:
+) -> list[tuple[Shard, Cell]]:
     shards = []
     for (cat, value), count in need.items():
         profiles = ref.profiles.get(cat) if ref else None
-        if value is not None:
-            profiles = [d for d in profiles if d.get(cfg.strata[cat]) == value]
+        stratum = dict(zip(cfg.strata[cat], value)) if value is not None else None
+        if stratum:
+            profiles = [d for d in profiles if all(d.get(k) == v for k, v in stratum.items())]
         statuses = tuple(dict.fromkeys(cfg.statuses + (("guessed",) if cat in cfg.keep_guessed else ())))
         for i, start in enumerate(range(0, count, cfg.shard_size)):
             n = min(cfg.shard_size, count - start)
-            stratum = None if value is None else str(value)
-            shards.append(Shard(cat, rnd, i, n, cfg.seed, profiles, statuses, cfg.max_attempts, deadline, stratum))
+            shard = Shard(cat, rnd, i, n, cfg.seed, profiles, statuses, cfg.max_attempts, deadline, stratum)
+            shards.append((shard, (cat, value)))
     # Cheap categories first, interleaved: under a deadline they finish and only the slow solvers'
     # categories (symbolic equations take seconds a puzzle) come short; a slow shard never stalls the rest.
-    return sorted(shards, key=lambda s: (s.category in SLOW, s.index))
+    return sorted(shards, key=lambda sc: (sc[0].category in SLOW, sc[0].index))
 
 
 def _run_shards(cfg: MixConfig, shards: list[Shard], shard_dir: Path, progress, task) -> dict[str, tuple]:
@@ -389,21 +391,20 @@ def build_mix(cfg: MixConfig) -> dict:
                 break
             if rnd:  # a top-up round: the bar re-counts only the rows still missing
                 progress.update(task, completed=sum(len(v) for v in kept.values()))
-            results = _run_shards(
-                cfg, _shards(cfg, ref, need, rnd, deadline), shard_dir, _RateProgress(progress, t0), task
-            )
+            shards = _shards(cfg, ref, need, rnd, deadline)
+            cell_of = {s.name: cell for s, cell in shards}
+            results = _run_shards(cfg, [s for s, _ in shards], shard_dir, _RateProgress(progress, t0), task)
             for name in sorted(results):
                 rows, shard_stats = results[name]
-                cat = name.split("-r")[0]
+                cell = cell_of[name]
+                cat = cell[0]
                 funnel[cat].update(shard_stats["counts"])
                 cpu[cat] += shard_stats.get("seconds", 0.0)
                 notable[cat].extend(shard_stats["examples"][: max(0, 6 - len(notable[cat]))])
                 for row in rows:
-                    key, cell = prompt_key(row["prompt"]), _row_cell(cfg, cells, row)
+                    key = prompt_key(row["prompt"])
                     if key in keys:
                         funnel[cat]["duplicate_across_shards"] += 1
-                    elif cell not in cells:
-                        funnel[cat]["off_stratum"] += 1  # a generator that ignored the stratum it was given
                     elif len(kept[cell]) < cells[cell]:
                         keys.add(key)
                         kept[cell].append(row)
@@ -423,8 +424,8 @@ def build_mix(cfg: MixConfig) -> dict:
         "quotas": quotas,
         "kept": by_cat,
         "short": {c: quotas[c] - by_cat[c] for c in cfg.categories if by_cat[c] < quotas[c]},
-        "strata": {f"{c}/{v}": {"quota": q, "kept": len(kept[(c, v)])} for (c, v), q in cells.items()
-                   if v is not None},
+        "strata": {f"{c}/" + "/".join(map(str, v)): {"quota": q, "kept": len(kept[(c, v)])}
+                   for (c, v), q in cells.items() if v is not None},
         "statuses": {c: dict(collections.Counter(r["status"] for cell in cells if cell[0] == c
                                                  for r in kept[cell])) for c in cfg.categories},
         "worker_seconds": {c: round(cpu[c], 1) for c in cfg.categories},

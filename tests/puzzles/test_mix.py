@@ -145,7 +145,7 @@ def test_equations_family_split_follows_the_reference(tmp_path):
     # The solver keeps numeric puzzles about twice as often as symbolic ones; the mix must still carry the
     # reference's 1 : 3 split (each family is its own quota cell), not drift toward the easy family.
     rng = random.Random(4)
-    ref = [categories.generate("equations", rng, {"family": fam, "n_examples": 4})
+    ref = [categories.generate("equations", rng, {"family": fam, "n_examples": 4, "query_seen": 1.0})
            for fam in ["numeric"] * 3 + ["symbolic"] * 9]
     _write_ref(tmp_path / "ref.csv", [(p.prompt, p.answer) for p in ref])
     s = build_mix(MixConfig(n=40, out=str(tmp_path / "e.jsonl"), like=str(tmp_path / "ref.csv"),
@@ -153,9 +153,9 @@ def test_equations_family_split_follows_the_reference(tmp_path):
     rows = read_jsonl(tmp_path / "e.jsonl")
     families = collections.Counter(r["features"]["family"] for r in rows)
     assert families == {"numeric": 10, "symbolic": 30} and s["short"] == {}
-    assert s["strata"] == {"equations/numeric": {"quota": 10, "kept": 10},
-                           "equations/symbolic": {"quota": 30, "kept": 30}}
-    assert all(r["status"] == "deduced" for r in rows)
+    assert s["strata"] == {"equations/numeric/4": {"quota": 10, "kept": 10},
+                           "equations/symbolic/4": {"quota": 30, "kept": 30}}
+    assert all(r["status"] == "deduced" and r["features"]["n_examples"] == 4 for r in rows)
     assert s["funnel"]["equations"]["abstained"] > 0  # guesses are dropped (as abstentions: deduce_only)
 
 

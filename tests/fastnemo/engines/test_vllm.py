@@ -19,7 +19,7 @@ from fastnemo.engines.hf import HFEngine
 from fastnemo.engines.vllm import VLLMEngine
 from fastnemo.session import ModelSession
 
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"]
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PUZZLES = ["In Alice's Wonderland, 0101 becomes 1010.", "Decrypt: xyz abc", "Convert 12.5 m to wonder units"]
 GREEDY = SamplingConfig(n=1, temperature=0.0, max_tokens=8)
 
