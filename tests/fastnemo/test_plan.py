@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from fastnemo import plan as P
 
 REAL = {
@@ -64,3 +68,15 @@ def test_slice_scales_per_layer():
     two = P.plan(dict(REAL, layers_block_type=["moe", "moe"]), targets=[])
     emb = 2 * 131072 * 2688 * 2 / P.GIB
     assert abs((two.weights_gib - emb) - 2 * (one.weights_gib - emb)) < 0.01
+
+
+def test_time_plan_scales_with_the_work_and_the_engine():
+    from fastnemo.config import load_recipe
+
+    r = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "round2.toml")
+    hours = {s: h for s, h, _ in P.time_plan(r)}
+    r.distill.k *= 2
+    assert {s: h for s, h, _ in P.time_plan(r)}["distill"] == pytest.approx(2 * hours["distill"])
+    r.generation.engine = "hf"
+    assert {s: h for s, h, _ in P.time_plan(r)}["distill"] > 5 * hours["distill"]
+    assert [s for s, _, _ in P.time_plan(r)] == ["distill", "data", "sft", "eval", "grpo"]
