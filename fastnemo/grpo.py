@@ -295,6 +295,7 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
     from transformers import PrinterCallback
 
     from fastnemo.callbacks import RichTrainerCallback
+    from fastnemo.sft import common_args
     from fastnemo.trl_compat import ensure_fused_lm_head
 
     ensure_fused_lm_head()
@@ -306,7 +307,6 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
         raise ValueError(f"grpo: batch_prompts x group_size = {rows_per_step} is not a multiple of the micro "
                          f"batch {micro}")
     funcs, weights = rewards or reward_funcs(cfg, eos_token_ids=[session.tokenizer.eos_token_id])
-    on_gpu = torch.cuda.is_available()
     args = TRLGRPOConfig(
         output_dir=str(out_dir),
         learning_rate=cfg.learning_rate,
@@ -326,17 +326,7 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
         mask_truncated_completions=cfg.overlong == "mask",
         reward_weights=weights,
         logging_steps=1,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        seed=seed,
-        data_seed=seed,
-        bf16=on_gpu and session.model.dtype == torch.bfloat16,
-        gradient_checkpointing=session.model_cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        report_to="none",
-        disable_tqdm=True,
-        use_cpu=not on_gpu,
+        **common_args(session, seed, cfg.save_steps),
     )
     use_engine = rollouts == "engine" or (rollouts == "auto" and session.gen_cfg.engine != "hf")
     with warnings.catch_warnings():
@@ -374,7 +364,8 @@ def train(session, recipe: Recipe, out_dir: Path, prompts_path: Path | None = No
             log(rec)
 
     trainer = make_trainer(session, recipe.grpo, rows, ckpt, seed=seed, log=log_and_keep,
-                           updates_per_generation=getattr(recipe.grpo, "updates_per_generation", 1))
+                           micro_batch=recipe.grpo.micro_batch or None,
+                           updates_per_generation=recipe.grpo.updates_per_generation)
     session.engine.wake()
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last_checkpoint(ckpt))

@@ -273,12 +273,12 @@ plan_command = _plan_click()
 # ------------------------------------------------------------------------------------------ wall-clock
 # Rates behind the time plan, each with where it comes from. Replace them with bench/ numbers from your card.
 RATES = {
-    "train_tok_s": (7_700, "SFT tokens/s, full model: 50k tok/s measured on an 8-layer real-width slice "
-                           "(hf, grouped_mm, Mamba kernels), scaled by 8/52 layers"),
-    "vllm_tok_s": (3_500, "vLLM decode tokens/s at 64 sequences: H100 bandwidth / ~58 GB of weights read per "
-                          "step (64 x top-6 routing touches nearly every expert); an estimate, unmeasured"),
-    "hf_tok_s": (350, "transformers generate tokens/s (no paged KV cache, no CUDA graphs): ~10x below vLLM, "
-                      "an estimate"),
+    "train_tok_s": (7_700, ("SFT tokens/s, full model: 50k tok/s measured on an 8-layer real-width slice "
+                           "(hf, grouped_mm, Mamba kernels), scaled by 8/52 layers")),
+    "vllm_tok_s": (3_500, ("vLLM decode tokens/s at 64 sequences: H100 bandwidth / ~58 GB of weights read per "
+                          "step (64 x top-6 routing touches nearly every expert); an estimate, unmeasured")),
+    "hf_tok_s": (350, ("transformers generate tokens/s (no paged KV cache, no CUDA graphs): ~10x below vLLM, "
+                      "an estimate")),
     "build_rows_s": (250, "data build rows/s on 2 CPU cores (bench: puzzles/mix.py)"),
 }
 SFT_ROW_TOKENS = 900  # prompt + solver trace, mean over the reference mix (bench/traces.py, tiny tokenizer)

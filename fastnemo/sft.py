@@ -25,6 +25,25 @@ def to_dataset(session, rows: list[dict]):
     )
 
 
+def common_args(session, seed: int, save_steps: int) -> dict:
+    """TrainingArguments every fastnemo trainer shares (SFT and DAPO): checkpoints for resume, seeds,
+    precision, checkpointing, and no tqdm or external loggers (rich bars and metrics.jsonl instead)."""
+    on_gpu = torch.cuda.is_available()
+    return {
+        "save_strategy": "steps",
+        "save_steps": save_steps,
+        "save_total_limit": 2,
+        "seed": seed,
+        "data_seed": seed,
+        "bf16": on_gpu and session.model.dtype == torch.bfloat16,
+        "gradient_checkpointing": session.model_cfg.gradient_checkpointing,
+        "gradient_checkpointing_kwargs": {"use_reentrant": False},
+        "report_to": "none",
+        "disable_tqdm": True,
+        "use_cpu": not on_gpu,
+    }
+
+
 def last_checkpoint(out_dir: Path) -> str | None:
     ckpts = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     # a checkpoint folder is complete once the trainer state is written (the Trainer writes it last)
@@ -43,7 +62,6 @@ def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 
 
     ensure_fused_lm_head()
 
-    on_gpu = torch.cuda.is_available()
     args = TRLSFTConfig(
         output_dir=str(out_dir),
         learning_rate=cfg.learning_rate,
@@ -55,18 +73,8 @@ def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 
         warmup_steps=cfg.warmup,
         lr_scheduler_type="cosine",
         logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        seed=seed,
-        data_seed=seed,
-        bf16=on_gpu and session.model.dtype == torch.bfloat16,
-        gradient_checkpointing=session.model_cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        report_to="none",
-        disable_tqdm=True,
         dataset_num_proc=1,
-        use_cpu=not on_gpu,
+        **common_args(session, seed, cfg.save_steps),
     )
     trainer = SFTTrainer(
         model=session.model,

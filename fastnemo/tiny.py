@@ -81,31 +81,31 @@ def tiny_config(vocab_size: int, **overrides):
     """A NemotronHConfig with Mamba, attention and MoE layers at toy sizes (fast on 2 CPU cores)."""
     from transformers import NemotronHConfig
 
-    kwargs = dict(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        layers_block_type=["linear_attention", "moe", "full_attention", "moe"],
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        mamba_num_heads=8,
-        mamba_head_dim=16,
-        ssm_state_size=16,
-        n_groups=2,
-        conv_kernel=4,
-        chunk_size=32,
-        n_routed_experts=4,
-        num_experts_per_tok=2,
-        moe_intermediate_size=64,
-        moe_shared_expert_intermediate_size=64,
-        intermediate_size=128,
-        max_position_embeddings=8192,
-        use_mamba_kernels=False,
-        pad_token_id=3,
-        bos_token_id=1,
-        eos_token_id=5,
-        tie_word_embeddings=False,
-    )
+    kwargs = {
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "layers_block_type": ["linear_attention", "moe", "full_attention", "moe"],
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 32,
+        "mamba_num_heads": 8,
+        "mamba_head_dim": 16,
+        "ssm_state_size": 16,
+        "n_groups": 2,
+        "conv_kernel": 4,
+        "chunk_size": 32,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 64,
+        "moe_shared_expert_intermediate_size": 64,
+        "intermediate_size": 128,
+        "max_position_embeddings": 8192,
+        "use_mamba_kernels": False,
+        "pad_token_id": 3,
+        "bos_token_id": 1,
+        "eos_token_id": 5,
+        "tie_word_embeddings": False,
+    }
     kwargs.update(overrides)
     return NemotronHConfig(**kwargs)
 

@@ -21,7 +21,7 @@ import re
 from decimal import Decimal
 
 from puzzles.base import PROMPT_SUFFIX, Puzzle, PuzzleFormatError, Solution
-from puzzles.units import HALF_CENT, fmt, round2, shortest_decimal, span
+from puzzles.units import HALF_CENT, fmt, round2, shortest_decimal, span, times
 
 CATEGORY = "gravity"
 HEADER = (
@@ -116,17 +116,6 @@ def solve(puzzle: Puzzle) -> Solution | None:
     )
 
 
-def _times(a: Decimal, b: Decimal) -> str:
-    """``a * b`` split at ``a``'s decimal point so each partial product is short."""
-    whole, frac = Decimal(int(a)), a - int(a)
-    if whole == 0 or frac == 0:
-        return f"{fmt(a)} * {fmt(b)} = {fmt(a * b)}"
-    return (
-        f"{fmt(a)} * {fmt(b)} = {fmt(whole)} * {fmt(b)} + {fmt(frac)} * {fmt(b)} = "
-        f"{fmt(whole * b)} + {fmt(frac * b)} = {fmt(a * b)}"
-    )
-
-
 def trace(puzzle: Puzzle, solution: Solution) -> str:
     g = solution.steps["g"]
     out = [
@@ -137,7 +126,7 @@ def trace(puzzle: Puzzle, solution: Solution) -> str:
         t2 = Decimal(t) * Decimal(t)
         est = (2 * Decimal(d) / t2).quantize(Decimal("0.001"))
         out.append(
-            f"t = {t}: t^2 = {_times(Decimal(t), Decimal(t))}; g = 2 * {d} / {fmt(t2)} = "
+            f"t = {t}: t^2 = {times(Decimal(t), Decimal(t))}; g = 2 * {d} / {fmt(t2)} = "
             f"{fmt(2 * Decimal(d))} / {fmt(t2)} = {fmt(est)}"
         )
     out += [
@@ -150,14 +139,14 @@ def trace(puzzle: Puzzle, solution: Solution) -> str:
     for t, d in puzzle.examples:
         t2 = Decimal(t) * Decimal(t)
         out.append(
-            f"t = {t}: {_times(t2, HALF * g)} -> {answer_str(round2(t2 * HALF * g))}, given {d}, matches."
+            f"t = {t}: {times(t2, HALF * g)} -> {answer_str(round2(t2 * HALF * g))}, given {d}, matches."
         )
     t = Decimal(puzzle.query)
     out += [
         "",
         f"Step 3: the query t = {puzzle.query}s.",
-        f"t^2 = {_times(t, t)}",
-        f"d = 0.5 * g * t^2 = {_times(t * t, HALF * g)}",
+        f"t^2 = {times(t, t)}",
+        f"d = 0.5 * g * t^2 = {times(t * t, HALF * g)}",
         f"Rounded to 2 decimals: {solution.answer}",
         "",
         f"The falling distance is {solution.answer} m.",

@@ -144,8 +144,9 @@ def solve(puzzle: Puzzle) -> Solution | None:
     )
 
 
-def _times(a: Decimal, b: Decimal) -> str:
-    """``a * b`` written as integer part plus fractional part, so each partial product is easy."""
+def times(a: Decimal, b: Decimal) -> str:
+    """``a * b`` split at ``a``'s decimal point (integer part plus fraction), so each partial product is
+    short: the step a model must take in a trace (also used by puzzles.gravity)."""
     whole, frac = Decimal(int(a)), a - int(a)
     if whole == 0 or frac == 0:
         return f"{fmt(a)} * {fmt(b)} = {fmt(a * b)}"
@@ -167,12 +168,12 @@ def trace(puzzle: Puzzle, solution: Solution) -> str:
     out += ["", f"Step 2: the ratios agree; f = {fmt(f)} fits every example after rounding. Check:"]
     for x, y in puzzle.examples:
         prod = Decimal(x) * f
-        out.append(f"{_times(Decimal(x), f)} -> {round2(prod):.2f}, given {y}, matches.")
+        out.append(f"{times(Decimal(x), f)} -> {round2(prod):.2f}, given {y}, matches.")
     q = Decimal(puzzle.query)
     out += [
         "",
         f"Step 3: convert the query {puzzle.query} m.",
-        _times(q, f),
+        times(q, f),
         f"Rounded to 2 decimals: {solution.answer}",
         "",
         f"The converted measurement is {solution.answer}.",
