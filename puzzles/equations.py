@@ -687,7 +687,9 @@ def analyze_symbolic(
     examples = _order(puzzle.examples)
     try:
         for rev in (False, True):
-            for st in _search(SymbolicState(rev, {}, {}, {}), examples, tuple(range(len(examples))), deadline):
+            for st in _search(
+                SymbolicState(rev, {}, {}, {}), examples, tuple(range(len(examples))), deadline
+            ):
                 n += 1
                 if n > max_solutions:
                     raise _Timeout
@@ -896,8 +898,9 @@ def trace_symbolic(puzzle: Puzzle, solution: Solution) -> str:
         new = [c for c in dict.fromkeys(x + y + rhs) if c in digit and c not in known]
         known.update({c: digit[c] for c in new})
         num = f"{dx}{g}{dy}"
+        applied = _apply_text(Rule(rev, op, _sign_rule(sign)), num)
         lines.append(
-            f"  {lhs} = {rhs}: {_decode_text(lhs, digit)} so {num}; {_apply_text(Rule(rev, op, _sign_rule(sign)), num)}"
+            f"  {lhs} = {rhs}: {_decode_text(lhs, digit)} so {num}; {applied}"
             f"; result symbols " + " ".join(f"{c}={digit[c]}" for c in rhs if c in digit) + " ok"
         )
     lines.append(

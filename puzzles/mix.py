@@ -166,7 +166,7 @@ class Shard:
 
 
 def _solve(puzzle: Puzzle, statuses: tuple[str, ...]):
-    """The category's solver; told ``deduce_only`` (where it takes it) when guesses would be dropped anyway."""
+    """The category's solver, told ``deduce_only`` (where it takes it) when guesses are dropped anyway."""
     import inspect
 
     from puzzles import categories
@@ -193,7 +193,8 @@ def make_row(generated: Puzzle, statuses: tuple[str, ...]) -> tuple[dict | None,
     if sol is None:
         return None, "abstained", ""
     if sol.answer.strip() != generated.answer.strip():
-        return None, f"wrong_{sol.status}", f"solver {sol.answer!r} ({sol.rule}) != generator {generated.answer!r}"
+        detail = f"solver {sol.answer!r} ({sol.rule}) != generator {generated.answer!r}"
+        return None, f"wrong_{sol.status}", detail
     if sol.status not in statuses:
         return None, f"dropped_{sol.status}", ""
     try:
@@ -251,7 +252,8 @@ def run_shard(shard: Shard) -> tuple[str, list[dict], dict]:
             stats["duplicate"] += 1
             continue
         row, why, detail = make_row(generated, shard.statuses)
-        if row is not None and shard.stratum and any(row["features"].get(k) != v for k, v in shard.stratum.items()):
+        stratum = shard.stratum or {}
+        if row is not None and any(row["features"].get(k) != v for k, v in stratum.items()):
             row, why = None, "off_stratum"  # e.g. an unseen query operator drops an example line
         stats[why] += 1
         if why in NOTABLE and stats[why] <= 3:
