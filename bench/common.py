@@ -104,7 +104,9 @@ def slice_layers(spec: str) -> list[str]:
     return [LAYER_KINDS[c] for c in spec]
 
 
-def bench_model(out_root: str | Path, layers: list[str] | None = None, slice_spec: str = "auto") -> tuple[Path, str]:
+def bench_model(
+    out_root: str | Path, layers: list[str] | None = None, slice_spec: str = "auto"
+) -> tuple[Path, str]:
     """(model folder, scale name). ``slice_spec``: "auto" (a real-width slice on a GPU, the tiny model on
     CPU), "tiny", or a ``--slice`` spec (see slice_layers). ``layers`` (a list of layer kinds) wins."""
     # bench models are local folders: never let PEFT or a loader look up the hub (the H100 has no network)
@@ -117,7 +119,9 @@ def bench_model(out_root: str | Path, layers: list[str] | None = None, slice_spe
         name = "slice-" + "".join(
             {"linear_attention": "M", "moe": "E", "full_attention": "A", "mlp": "-"}[t] for t in layers
         )
-        return build_slice_model(out_root / name, layers), f"real-width slice {name[6:]} ({len(layers)} layers)"
+        return build_slice_model(
+            out_root / name, layers
+        ), f"real-width slice {name[6:]} ({len(layers)} layers)"
     from fastnemo.tiny import build_tiny_model
 
     path = out_root / "tiny"
@@ -326,8 +330,13 @@ def write_json(path: str | Path | None, payload: dict) -> None:
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"hardware": hardware(), "load_average": load_average(), "versions": versions(), "argv": sys.argv,
-               **payload}
+    payload = {
+        "hardware": hardware(),
+        "load_average": load_average(),
+        "versions": versions(),
+        "argv": sys.argv,
+        **payload,
+    }
     path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
 
 
@@ -341,7 +350,10 @@ def puzzle_prompts(n: int, seed: int = 0) -> list[str]:
     from puzzles import categories
 
     rng = random.Random(seed)
-    return [categories.generate(categories.CATEGORIES[i % len(categories.CATEGORIES)], rng).prompt for i in range(n)]
+    return [
+        categories.generate(categories.CATEGORIES[i % len(categories.CATEGORIES)], rng).prompt
+        for i in range(n)
+    ]
 
 
 def render_prompt(tokenizer, puzzle_text: str) -> str:
@@ -349,7 +361,9 @@ def render_prompt(tokenizer, puzzle_text: str) -> str:
     from puzzles import PROMPT_SUFFIX
 
     messages = [{"role": "user", "content": puzzle_text + PROMPT_SUFFIX}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
+    return tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=True
+    )
 
 
 def sft_rows(tokenizer, n: int, seq: int, seed: int = 0) -> list[dict]:
@@ -369,22 +383,27 @@ def sft_rows(tokenizer, n: int, seq: int, seed: int = 0) -> list[dict]:
         solution = categories.solve(puzzle)
         if solution is None:
             continue
-        n_prompt = len(tokenizer(render_prompt(tokenizer, puzzle.prompt), add_special_tokens=False)["input_ids"])
+        n_prompt = len(
+            tokenizer(render_prompt(tokenizer, puzzle.prompt), add_special_tokens=False)["input_ids"]
+        )
         if n_prompt > seq - 32:
             continue
         completion = categories.trace(puzzle, solution)
         while n_prompt + len(tokenizer(completion, add_special_tokens=False)["input_ids"]) < seq + 8:
             completion += "\n" + categories.trace(puzzle, solution)
         rows.append({"prompt": puzzle.prompt, "completion": completion})
-    raise ValueError(f"found only {len(rows)} puzzles whose prompt fits in {seq} - 32 tokens: raise the sequence length")
+    raise ValueError(
+        f"found only {len(rows)} puzzles whose prompt fits in {seq} - 32 tokens: raise the sequence length"
+    )
 
 
 def ratio(value, base) -> float | str:
     return value / base if isinstance(value, (int, float)) and isinstance(base, (int, float)) and base else ""
 
 
-def run_variant(script: str, variant: str, args: list[str], log_dir: str | None, timeout: float,
-                in_process=None) -> dict:
+def run_variant(
+    script: str, variant: str, args: list[str], log_dir: str | None, timeout: float, in_process=None
+) -> dict:
     """One variant's result dict. By default in a child process (``script --one VARIANT *args``): Unsloth
     patches transformers on import, and a fresh process gives each variant its own memory peak. With
     ``in_process`` (a zero-argument function) it runs here: the tests' smoke mode, no isolation."""
@@ -392,7 +411,7 @@ def run_variant(script: str, variant: str, args: list[str], log_dir: str | None,
     if in_process is not None:
         try:
             return in_process()
-        except Exception as e:  # a failing variant is a row of the table, not the end of the bench
+        except Exception as e:  # noqa: BLE001 (a failing variant is a row of the table, not the end of the bench)
             return {"variant": variant, "error": f"{type(e).__name__}: {e}"[:600]}
     log = Path(log_dir) / f"{Path(script).stem}_{variant}.log" if log_dir else None
     rc, output = run_child([sys.executable, script, "--one", variant, *args], log, timeout)
@@ -418,26 +437,25 @@ def vllm_python() -> str | None:
     return str(venv) if venv.exists() else None
 
 
-def interleaved(variants: list[str], rounds: int, run_one) -> dict[str, dict]:
+def interleaved(variants: list[str], rounds: int, run_one, key: str) -> dict[str, dict]:
     """``run_one(variant)`` for every variant, ``rounds`` times, alternating (A B A B ...): on a shared
-    machine a burst of someone else's load then hits every variant alike. Returns, per variant, the median of
-    each numeric field over its rounds (a failed round is dropped; all failed: the last error)."""
+    machine a burst of someone else's load then hits every variant alike. Returns, per variant, its median
+    round by ``key`` (a whole round, so a row's numbers stay consistent; failed rounds are dropped)."""
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for _ in range(rounds):
         for v in variants:
             runs[v].append(run_one(v))
-    return {v: median_merge(rs) for v, rs in runs.items()}
+    return {v: median_round(rs, key) for v, rs in runs.items()}
 
 
-def median_merge(results: list[dict]) -> dict:
-    import statistics
-
-    ok = [r for r in results if "error" not in r] or results[-1:]
-    out = dict(ok[-1])
-    for key, value in ok[-1].items():
-        if isinstance(value, float):
-            out[key] = statistics.median(r[key] for r in ok)
-        elif key == "rows" and all(len(r.get("rows", [])) == len(value) for r in ok):  # per-setting rows
-            out[key] = [median_merge(list(rows)) for rows in zip(*(r["rows"] for r in ok))]
-    out["rounds"] = f"{len(ok)}/{len(results)}"
+def median_round(results: list[dict], key: str) -> dict:
+    """The round whose ``key`` is the (lower) median; nested per-setting ``rows`` are picked the same way."""
+    ok = [r for r in results if "error" not in r and "note" not in r] or results[-1:]
+    if all(key in r for r in ok):
+        out = dict(sorted(ok, key=lambda r: r[key])[(len(ok) - 1) // 2])
+    else:
+        out = dict(ok[-1])
+        if all(len(r.get("rows", [])) == len(out.get("rows", [])) > 0 for r in ok):
+            out["rows"] = [median_round(list(rows), key) for rows in zip(*(r["rows"] for r in ok))]
+    out["rounds"] = f"{len([r for r in results if 'error' not in r])}/{len(results)}"
     return out

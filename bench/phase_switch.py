@@ -48,13 +48,33 @@ def configs(path: Path, rank: int, engine: str, batch: int, seq: int, steps: int
     model_cfg = ModelConfig(path=str(path), max_seq_length=seq, gradient_checkpointing=True)
     lora_cfg = LoraConfig(rank=rank, alpha=rank)
     gen_cfg = GenerationConfig(engine=engine, batch_size=64)
-    sft_cfg = SFTConfig(learning_rate=1e-4, max_steps=steps, batch_size=batch, grad_accum=1, max_length=seq,
-                        warmup=0, save_steps=10**6, logging_steps=steps)
+    sft_cfg = SFTConfig(
+        learning_rate=1e-4,
+        max_steps=steps,
+        batch_size=batch,
+        grad_accum=1,
+        max_length=seq,
+        warmup=0,
+        save_steps=10**6,
+        logging_steps=steps,
+    )
     return model_cfg, lora_cfg, gen_cfg, sft_cfg
 
 
-def measure(variant: str, path: Path, rank: int, engine: str, batch: int, seq: int, steps: int, cycles: int,
-            prompts: int, group: int, max_tokens: int, repeats: int = 1) -> dict:
+def measure(
+    variant: str,
+    path: Path,
+    rank: int,
+    engine: str,
+    batch: int,
+    seq: int,
+    steps: int,
+    cycles: int,
+    prompts: int,
+    group: int,
+    max_tokens: int,
+    repeats: int = 1,
+) -> dict:
     from transformers import AutoTokenizer
 
     from fastnemo import sft
@@ -68,13 +88,15 @@ def measure(variant: str, path: Path, rank: int, engine: str, batch: int, seq: i
     secs = dict.fromkeys(PHASES, 0.0)
     tmp = Path(tempfile.mkdtemp(prefix=f"fastnemo-bench-phase-{variant}-"))
 
-    def timed(phase: str, fn):
+    def timed(phase: str, fn, *args):
         common.sync()
         t = time.perf_counter()
-        out = fn()
+        out = fn(*args)
         common.sync()
         secs[phase] += time.perf_counter() - t
-        common.stamp(f"{variant} {phase} {time.perf_counter() - t:.2f}s, memory {common.allocated_gib():.3f} GiB")
+        common.stamp(
+            f"{variant} {phase} {time.perf_counter() - t:.2f}s, memory {common.allocated_gib():.3f} GiB"
+        )
         return out
 
     def load(adapter=None):
@@ -84,6 +106,12 @@ def measure(variant: str, path: Path, rank: int, engine: str, batch: int, seq: i
         nonlocal session
         session = None
         common.free_cuda()
+
+    def reload_after(adapter: Path):
+        """The reload path's switch: save the adapter, free the model, load base model + adapter again."""
+        session.save_adapter(adapter)
+        free()
+        return load(adapter)
 
     runs = iter(range(10**6))
 
@@ -99,6 +127,7 @@ def measure(variant: str, path: Path, rank: int, engine: str, batch: int, seq: i
     sft.train(session, rows[: batch * steps], dataclasses.replace(sft_cfg, max_steps=1), tmp / "warmup")
     session.generate(puzzles[:1], sampling)
     free()
+
     def one_pass() -> dict:
         nonlocal session
         for k in secs:
@@ -107,39 +136,35 @@ def measure(variant: str, path: Path, rank: int, engine: str, batch: int, seq: i
         session = timed("load", load)
         loaded = common.allocated_gib()
         common.reset_peak()
-        losses = [timed("train", lambda: train(0))]
+        losses = [timed("train", train, 0)]
         tokens = 0
         for c in range(cycles):
             if variant == "shared":
-                timed("to_generate", lambda: session.engine.wake())
+                timed("to_generate", session.engine.wake)
             else:
-                adapter = tmp / f"adapter{next(runs)}"
-
-                def to_generate():
-                    session.save_adapter(adapter)
-                    free()
-                    return load(adapter)
-
-                session = timed("to_generate", to_generate)
-            out = timed("generate", lambda: session.generate(puzzles, sampling))
+                session = timed("to_generate", reload_after, tmp / f"adapter{next(runs)}")
+            out = timed("generate", session.generate, puzzles, sampling)
             tokens += sum(comp.n_tokens for group_out in out for comp in group_out)
             if variant == "shared":
-                timed("to_train", lambda: session.engine.sleep())
+                timed("to_train", session.engine.sleep)
             else:
-
-                def to_train():
-                    free()
-                    return load(adapter)
-
-                session = timed("to_train", to_train)
-            losses.append(timed("train", lambda c=c: train(c + 1)))
+                session = timed("to_train", reload_after, tmp / f"adapter{next(runs)}")
+            losses.append(timed("train", train, c + 1))
         end = common.allocated_gib()
         peak = common.peak_gib()
         free()
-        return {**{f"{k}_s": v for k, v in secs.items()}, "switch_s": secs["to_generate"] + secs["to_train"],
-                "total_s": sum(secs.values()), "gen_tokens": tokens, "loaded_gib": loaded, "end_gib": end,
-                "delta_gib": end - loaded, "peak_gib": peak, "loads": ModelSession.loads - loads0,
-                "losses": losses}
+        return {
+            **{f"{k}_s": v for k, v in secs.items()},
+            "switch_s": secs["to_generate"] + secs["to_train"],
+            "total_s": sum(secs.values()),
+            "gen_tokens": tokens,
+            "loaded_gib": loaded,
+            "end_gib": end,
+            "delta_gib": end - loaded,
+            "peak_gib": peak,
+            "loads": ModelSession.loads - loads0,
+            "losses": losses,
+        }
 
     passes = [one_pass() for _ in range(repeats)]
     shutil.rmtree(tmp, ignore_errors=True)
@@ -153,25 +178,57 @@ def measure(variant: str, path: Path, rank: int, engine: str, batch: int, seq: i
 
 @click.command()
 @click.option("--variants", default=",".join(VARIANTS), show_default=True, help="Comma list.")
-@click.option("--engine", default="hf", show_default=True, type=click.Choice(["hf", "vllm"]),
-              help="The session's generation engine (both variants).")
-@click.option("--cycles", default=2, show_default=True, help="Generate/train switches: train, [generate, train] x N.")
+@click.option(
+    "--engine",
+    default="hf",
+    show_default=True,
+    type=click.Choice(["hf", "vllm"]),
+    help="The session's generation engine (both variants).",
+)
+@click.option(
+    "--cycles", default=2, show_default=True, help="Generate/train switches: train, [generate, train] x N."
+)
 @click.option("--steps", default=None, type=int, help="SFT steps per train phase; default 4 (GPU), 2 (CPU).")
 @click.option("--shape", default=None, help="SFT BATCHxSEQ; default 2x1024 (GPU), 2x256 (CPU).")
-@click.option("--prompts", default=None, type=int, help="Puzzles per generate phase; default 8 (GPU), 2 (CPU).")
+@click.option(
+    "--prompts", default=None, type=int, help="Puzzles per generate phase; default 8 (GPU), 2 (CPU)."
+)
 @click.option("--group", default=4, show_default=True, help="Completions per puzzle.")
 @click.option("--max-tokens", default=None, type=int, help="Max new tokens; default 256 (GPU), 16 (CPU).")
-@click.option("--repeats", default=3, show_default=True,
-              help="Passes per variant, each in a fresh process, alternating variants (the median is shown).")
+@click.option(
+    "--repeats",
+    default=3,
+    show_default=True,
+    help="Passes per variant, each in a fresh process, alternating variants (the median is shown).",
+)
 @click.option("--rank", default=32, show_default=True)
 @common.model_options
 @click.option("--json", "json_path", default=None, help="Write all results here.")
 @click.option("--log-dir", default=None, help="Write each variant's full log here.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds per variant.")
-@click.option("--in-process", is_flag=True, help="Run the variants in this process (smoke tests: no isolation).")
+@click.option(
+    "--in-process", is_flag=True, help="Run the variants in this process (smoke tests: no isolation)."
+)
 @click.option("--one", "one_variant", default=None, hidden=True)
-def main(variants, engine, cycles, steps, shape, prompts, group, max_tokens, repeats, rank, slice_spec, model_dir, json_path,
-         log_dir, timeout, in_process, one_variant):
+def main(
+    variants,
+    engine,
+    cycles,
+    steps,
+    shape,
+    prompts,
+    group,
+    max_tokens,
+    repeats,
+    rank,
+    slice_spec,
+    model_dir,
+    json_path,
+    log_dir,
+    timeout,
+    in_process,
+    one_variant,
+):
     """Seconds and memory to go train -> generate -> train: one shared model vs reloading, in one run."""
     gpu = common.on_gpu()
     steps = steps or (4 if gpu else 2)
@@ -186,27 +243,73 @@ def main(variants, engine, cycles, steps, shape, prompts, group, max_tokens, rep
     from rich.console import Console
 
     console = Console(width=170)
-    settings = {"model": scale, "engine": engine, "cycles": cycles, "sft_steps": steps, "shape": f"{batch}x{seq}",
-                "prompts": prompts, "group": group, "max_tokens": max_tokens, "repeats": repeats, "rank": rank, "in_process": in_process}
+    settings = {
+        "model": scale,
+        "engine": engine,
+        "cycles": cycles,
+        "sft_steps": steps,
+        "shape": f"{batch}x{seq}",
+        "prompts": prompts,
+        "group": group,
+        "max_tokens": max_tokens,
+        "repeats": repeats,
+        "rank": rank,
+        "in_process": in_process,
+    }
     console.print(common.header_table("phase_switch", settings))
-    args = ["--engine", engine, "--cycles", str(cycles), "--steps", str(steps), "--shape", f"{batch}x{seq}",
-            "--prompts", str(prompts), "--group", str(group), "--max-tokens", str(max_tokens), "--repeats", "1",
-            "--rank", str(rank), "--model-dir", model_dir, "--slice", slice_spec]
+    args = [
+        "--engine",
+        engine,
+        "--cycles",
+        str(cycles),
+        "--steps",
+        str(steps),
+        "--shape",
+        f"{batch}x{seq}",
+        "--prompts",
+        str(prompts),
+        "--group",
+        str(group),
+        "--max-tokens",
+        str(max_tokens),
+        "--repeats",
+        "1",
+        "--rank",
+        str(rank),
+        "--model-dir",
+        model_dir,
+        "--slice",
+        slice_spec,
+    ]
 
     def run_one(v: str) -> dict:
         here = (lambda: measure(v, *run[:-1], 1)) if in_process else None
         return common.run_variant(__file__, v, args, log_dir, timeout, here)
 
     # one pass per process, the variants' processes alternating: both see the same bursts of machine load
-    results = list(common.interleaved(variants.split(","), repeats, run_one).values())
+    results = list(common.interleaved(variants.split(","), repeats, run_one, "total_s").values())
     base = next((r for r in results if r["variant"] == BASELINE and "total_s" in r), {})
     for r in results:
         r["switch_vs_reload"] = common.ratio(r.get("switch_s"), base.get("switch_s"))
         r["total_vs_reload"] = common.ratio(r.get("total_s"), base.get("total_s"))
         r["peak_vs_reload"] = common.ratio(r.get("peak_gib"), base.get("peak_gib"))
-    cols = ["variant", "load_s", "train_s", "to_generate_s", "generate_s", "to_train_s", "switch_s", "switch_vs_reload",
-            "total_s", "total_vs_reload", "rounds", "error"]
-    console.print(common.results_table("train -> generate -> train: seconds (summed over the cycles)", results, cols))
+    cols = [
+        "variant",
+        "load_s",
+        "train_s",
+        "to_generate_s",
+        "generate_s",
+        "to_train_s",
+        "switch_s",
+        "switch_vs_reload",
+        "total_s",
+        "total_vs_reload",
+        "rounds",
+        "error",
+    ]
+    console.print(
+        common.results_table("train -> generate -> train: seconds (summed over the cycles)", results, cols)
+    )
     cols = ["variant", "loaded_gib", "end_gib", "delta_gib", "peak_gib", "peak_vs_reload", "loads"]
     console.print(common.results_table("memory (GiB)", results, cols))
     common.write_json(json_path, {"bench": "phase_switch", "settings": settings, "results": results})

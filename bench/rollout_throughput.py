@@ -55,8 +55,9 @@ def session_generator(engine: str, path: Path, rank: int, batch_size: int):
     session = ModelSession.load(path, ModelConfig(path=str(path)), lora_cfg(rank), gen_cfg)
 
     def generate(puzzles: list[str], n: int, max_tokens: int, seed: int) -> list[int]:
-        out = session.generate(puzzles, SamplingConfig(n=n, temperature=1.0, top_p=1.0, max_tokens=max_tokens,
-                                                       seed=seed))
+        out = session.generate(
+            puzzles, SamplingConfig(n=n, temperature=1.0, top_p=1.0, max_tokens=max_tokens, seed=seed)
+        )
         return [c.n_tokens for group in out for c in group]
 
     return generate, session.model
@@ -70,11 +71,16 @@ def plain_generator(path: Path, rank: int, batch_size: int):
 
     gpu = common.on_gpu()
     tok = AutoTokenizer.from_pretrained(path, padding_side="left")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if gpu else torch.float32,
-                                                 device_map="cuda" if gpu else None)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.bfloat16 if gpu else torch.float32, device_map="cuda" if gpu else None
+    )
     cfg = lora_cfg(rank)
-    model = get_peft_model(model, LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, target_modules=cfg.target_modules,
-                                             task_type="CAUSAL_LM")).eval()
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=cfg.rank, lora_alpha=cfg.alpha, target_modules=cfg.target_modules, task_type="CAUSAL_LM"
+        ),
+    ).eval()
     eos, pad = tok.eos_token_id, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     @torch.no_grad()
@@ -85,9 +91,17 @@ def plain_generator(path: Path, rank: int, batch_size: int):
             texts = [common.render_prompt(tok, p) for p in puzzles[start : start + per_call]]
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             torch.manual_seed(seed + start)
-            out = model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=None,
-                                 num_return_sequences=n, max_new_tokens=max_tokens, pad_token_id=pad,
-                                 eos_token_id=eos)
+            out = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=None,
+                num_return_sequences=n,
+                max_new_tokens=max_tokens,
+                pad_token_id=pad,
+                eos_token_id=eos,
+            )
             for ids in out[:, enc["input_ids"].shape[1] :].tolist():
                 counts.append(ids.index(eos) if eos in ids else sum(t != pad for t in ids))
         return counts
@@ -95,8 +109,16 @@ def plain_generator(path: Path, rank: int, batch_size: int):
     return generate, model
 
 
-def measure(variant: str, path: Path, rank: int, groups: list[int], prompts: int, max_tokens: int,
-            batch_size: int, repeats: int = 1) -> dict:
+def measure(
+    variant: str,
+    path: Path,
+    rank: int,
+    groups: list[int],
+    prompts: int,
+    max_tokens: int,
+    batch_size: int,
+    repeats: int = 1,
+) -> dict:
     t0 = time.perf_counter()
     if variant == BASELINE:
         generate, model = plain_generator(path, rank, batch_size)
@@ -119,11 +141,24 @@ def measure(variant: str, path: Path, rank: int, groups: list[int], prompts: int
             common.stamp(f"{variant} G={g}: {sum(counts)} tokens, {runs[-1][0]:.1f} tok/s")
         tok_s = sorted(r for r, _ in runs)
         counts = runs[0][1]
-        rows.append({"group": g, "completions": len(counts), "tokens": sum(counts), "tok_s": statistics.median(tok_s),
-                     "tok_s_range": f"{tok_s[0]:.4g}-{tok_s[-1]:.4g}",
-                     "full_length": sum(c == max_tokens for c in counts) / len(counts), "peak_gib": common.peak_gib()})
-    return {"variant": variant, "load_s": load_s, "loaded_gib": loaded,
-            "experts": getattr(model.config, "_experts_implementation", ""), "rows": rows}
+        rows.append(
+            {
+                "group": g,
+                "completions": len(counts),
+                "tokens": sum(counts),
+                "tok_s": statistics.median(tok_s),
+                "tok_s_range": f"{tok_s[0]:.4g}-{tok_s[-1]:.4g}",
+                "full_length": sum(c == max_tokens for c in counts) / len(counts),
+                "peak_gib": common.peak_gib(),
+            }
+        )
+    return {
+        "variant": variant,
+        "load_s": load_s,
+        "loaded_gib": loaded,
+        "experts": getattr(model.config, "_experts_implementation", ""),
+        "rows": rows,
+    }
 
 
 def skip_reason(variant: str, python: str | None) -> str | None:
@@ -134,23 +169,53 @@ def skip_reason(variant: str, python: str | None) -> str | None:
 
 @click.command()
 @click.option("--variants", default=",".join(VARIANTS), show_default=True, help="Comma list.")
-@click.option("--groups", default="2,4,8", show_default=True, help="DAPO group sizes G (completions per prompt).")
+@click.option(
+    "--groups", default="2,4,8", show_default=True, help="DAPO group sizes G (completions per prompt)."
+)
 @click.option("--prompts", default=None, type=int, help="Puzzles per call; default 16 (GPU), 4 (CPU).")
 @click.option("--max-tokens", default=None, type=int, help="Max new tokens; default 1024 (GPU), 64 (CPU).")
-@click.option("--batch-size", default=64, show_default=True, help="Completions per generate call (max_num_seqs).")
-@click.option("--repeats", default=3, show_default=True, help="Timed calls per group size (the median is shown).")
-@click.option("--rounds", default=None, type=int,
-              help="Processes per variant, alternating variants (median shown); default 1 (GPU), 2 (CPU).")
-@click.option("--rank", default=32, show_default=True, help="LoRA rank (the policy being sampled carries a LoRA).")
+@click.option(
+    "--batch-size", default=64, show_default=True, help="Completions per generate call (max_num_seqs)."
+)
+@click.option(
+    "--repeats", default=3, show_default=True, help="Timed calls per group size (the median is shown)."
+)
+@click.option(
+    "--rounds",
+    default=None,
+    type=int,
+    help="Processes per variant, alternating variants (median shown); default 1 (GPU), 2 (CPU).",
+)
+@click.option(
+    "--rank", default=32, show_default=True, help="LoRA rank (the policy being sampled carries a LoRA)."
+)
 @common.model_options
 @click.option("--vllm-python", default=None, help="Python to run the vllm variant with (default: found).")
 @click.option("--json", "json_path", default=None, help="Write all results here.")
 @click.option("--log-dir", default=None, help="Write each variant's full log here.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds per variant.")
-@click.option("--in-process", is_flag=True, help="Run the variants in this process (smoke tests: no isolation).")
+@click.option(
+    "--in-process", is_flag=True, help="Run the variants in this process (smoke tests: no isolation)."
+)
 @click.option("--one", "one_variant", default=None, hidden=True)
-def main(variants, groups, prompts, max_tokens, batch_size, repeats, rounds, rank, slice_spec, model_dir, vllm_python, json_path,
-         log_dir, timeout, in_process, one_variant):
+def main(
+    variants,
+    groups,
+    prompts,
+    max_tokens,
+    batch_size,
+    repeats,
+    rounds,
+    rank,
+    slice_spec,
+    model_dir,
+    vllm_python,
+    json_path,
+    log_dir,
+    timeout,
+    in_process,
+    one_variant,
+):
     """Generated tokens/s at DAPO group sizes: fastnemo's engines vs plain transformers generate, in one run."""
     gpu = common.on_gpu()
     groups = _ints(groups)
@@ -166,13 +231,39 @@ def main(variants, groups, prompts, max_tokens, batch_size, repeats, rounds, ran
 
     console = Console(width=170)
     vllm_py = vllm_python or common.vllm_python()
-    settings = {"model": scale, "groups": groups, "prompts": prompts, "max_tokens": max_tokens,
-                "batch_size": batch_size, "repeats": repeats, "rounds": rounds, "rank": rank, "temperature": 1.0, "top_p": 1.0,
-                "vllm_python": vllm_py or "-", "in_process": in_process}
+    settings = {
+        "model": scale,
+        "groups": groups,
+        "prompts": prompts,
+        "max_tokens": max_tokens,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "rounds": rounds,
+        "rank": rank,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "vllm_python": vllm_py or "-",
+        "in_process": in_process,
+    }
     console.print(common.header_table("rollout_throughput", settings))
-    args = ["--groups", ",".join(map(str, groups)), "--prompts", str(prompts), "--max-tokens", str(max_tokens),
-            "--batch-size", str(batch_size), "--repeats", str(repeats), "--rank", str(rank), "--model-dir", model_dir,
-            "--slice", slice_spec]
+    args = [
+        "--groups",
+        ",".join(map(str, groups)),
+        "--prompts",
+        str(prompts),
+        "--max-tokens",
+        str(max_tokens),
+        "--batch-size",
+        str(batch_size),
+        "--repeats",
+        str(repeats),
+        "--rank",
+        str(rank),
+        "--model-dir",
+        model_dir,
+        "--slice",
+        slice_spec,
+    ]
 
     def run_one(v: str) -> dict:
         if reason := skip_reason(v, vllm_py):
@@ -181,21 +272,46 @@ def main(variants, groups, prompts, max_tokens, batch_size, repeats, rounds, ran
             log = Path(log_dir) / "rollout_throughput_vllm.log" if log_dir else None
             rc, out = common.run_child([vllm_py, __file__, "--one", v, *args], log, timeout)
             return common.child_result(out) or {"variant": v, "error": common.child_error(rc, out)}
-        here = (lambda: measure(v, path, rank, groups, prompts, max_tokens, batch_size, repeats)) if in_process else None
+        here = (
+            (lambda: measure(v, path, rank, groups, prompts, max_tokens, batch_size, repeats))
+            if in_process
+            else None
+        )
         return common.run_variant(__file__, v, args, log_dir, timeout, here)
 
     # the variants' processes alternate round by round: a burst of load on a shared machine hits them alike
-    results = list(common.interleaved(variants.split(","), rounds, run_one).values())
+    results = list(common.interleaved(variants.split(","), rounds, run_one, "tok_s").values())
     base = {r["group"]: r for res in results if res["variant"] == BASELINE for r in res.get("rows", [])}
     rows = []
     for res in results:
         for r in res.get("rows") or [{"note": res.get("note", ""), "error": res.get("error", "")[-300:]}]:
             ref = base.get(r.get("group"), {})
-            rows.append({"variant": res["variant"], **r, "tok_s_vs_transformers": common.ratio(r.get("tok_s"), ref.get("tok_s")),
-                         "peak_vs_transformers": common.ratio(r.get("peak_gib"), ref.get("peak_gib")),
-                         "load_s": res.get("load_s", ""), "loaded_gib": res.get("loaded_gib", "")})
-    cols = ["variant", "group", "completions", "tokens", "tok_s", "tok_s_vs_transformers", "rounds", "full_length",
-            "loaded_gib", "peak_gib", "peak_vs_transformers", "load_s", "note", "error"]
+            rows.append(
+                {
+                    "variant": res["variant"],
+                    **r,
+                    "tok_s_vs_transformers": common.ratio(r.get("tok_s"), ref.get("tok_s")),
+                    "peak_vs_transformers": common.ratio(r.get("peak_gib"), ref.get("peak_gib")),
+                    "load_s": res.get("load_s", ""),
+                    "loaded_gib": res.get("loaded_gib", ""),
+                }
+            )
+    cols = [
+        "variant",
+        "group",
+        "completions",
+        "tokens",
+        "tok_s",
+        "tok_s_vs_transformers",
+        "rounds",
+        "full_length",
+        "loaded_gib",
+        "peak_gib",
+        "peak_vs_transformers",
+        "load_s",
+        "note",
+        "error",
+    ]
     console.print(common.results_table("Rollouts (temperature 1.0): generated tokens/s", rows, cols))
     common.write_json(json_path, {"bench": "rollout_throughput", "settings": settings, "results": results})
 

@@ -90,8 +90,16 @@ def sft_cfg(batch: int, seq: int, warmup: int, steps: int):
     from fastnemo.config import SFTConfig
 
     # no LR warm-up and no checkpoints: the steps are timed, not the schedule or the disk
-    return SFTConfig(learning_rate=1e-4, max_steps=warmup + steps, batch_size=batch, grad_accum=1,
-                     max_length=seq, warmup=0, save_steps=10**6, logging_steps=1)
+    return SFTConfig(
+        learning_rate=1e-4,
+        max_steps=warmup + steps,
+        batch_size=batch,
+        grad_accum=1,
+        max_length=seq,
+        warmup=0,
+        save_steps=10**6,
+        logging_steps=1,
+    )
 
 
 def train_fastnemo(variant, path, targets, rank, rows, cfg, clock_args, out_dir):
@@ -99,15 +107,25 @@ def train_fastnemo(variant, path, targets, rank, rows, cfg, clock_args, out_dir)
     from fastnemo.config import LoraConfig, ModelConfig
     from fastnemo.session import ModelSession
 
-    model_cfg = ModelConfig(path=str(path), backend="unsloth" if variant.startswith("unsloth") else "hf",
-                            load_in_4bit=variant == "unsloth4", max_seq_length=cfg.max_length,
-                            gradient_checkpointing=True)
+    model_cfg = ModelConfig(
+        path=str(path),
+        backend="unsloth" if variant.startswith("unsloth") else "hf",
+        load_in_4bit=variant == "unsloth4",
+        max_seq_length=cfg.max_length,
+        gradient_checkpointing=True,
+    )
     session = ModelSession.load(path, model_cfg, LoraConfig(rank=rank, alpha=rank, target_modules=targets))
     loaded = common.allocated_gib()
     clock = StepClock(session.model, *clock_args)
     common.reset_peak()
     sft.train(session, rows, cfg, out_dir, log=clock.on_log)
-    return session.model, session.tokenizer, loaded, clock, {"experts": session.model.config._experts_implementation}
+    return (
+        session.model,
+        session.tokenizer,
+        loaded,
+        clock,
+        {"experts": session.model.config._experts_implementation},
+    )
 
 
 def train_plain(path, targets, rank, rows, cfg, clock_args, out_dir):
@@ -128,10 +146,13 @@ def train_plain(path, targets, rank, rows, cfg, clock_args, out_dir):
         ensure_fused_lm_head()
         notes["note"] = "no triton: TRL's fused LM head via fastnemo.trl_compat"
     tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16 if gpu else torch.float32,
-                                                 device_map="cuda" if gpu else None)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=torch.bfloat16 if gpu else torch.float32, device_map="cuda" if gpu else None
+    )
     notes["experts"] = model.config._experts_implementation
-    model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, task_type="CAUSAL_LM"))
+    model = get_peft_model(
+        model, LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, task_type="CAUSAL_LM")
+    )
     loaded = common.allocated_gib()
     clock = StepClock(model, *clock_args)
 
@@ -139,14 +160,28 @@ def train_plain(path, targets, rank, rows, cfg, clock_args, out_dir):
         def on_log(self, args, state, control, logs=None, **kw):
             clock.on_log({"step": state.global_step, **(logs or {})})
 
-    ds = Dataset.from_list([{"prompt": common.render_prompt(tok, r["prompt"]), "completion": r["completion"]}
-                            for r in rows])
-    args = SFTConfig(output_dir=str(out_dir), learning_rate=cfg.learning_rate, max_steps=cfg.max_steps,
-                     per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=1,
-                     max_length=cfg.max_length, lr_scheduler_type="cosine", warmup_steps=0, logging_steps=1,
-                     save_strategy="no", bf16=gpu, use_cpu=not gpu, gradient_checkpointing=True,
-                     gradient_checkpointing_kwargs={"use_reentrant": False}, report_to="none",
-                     disable_tqdm=True, dataset_num_proc=1)
+    ds = Dataset.from_list(
+        [{"prompt": common.render_prompt(tok, r["prompt"]), "completion": r["completion"]} for r in rows]
+    )
+    args = SFTConfig(
+        output_dir=str(out_dir),
+        learning_rate=cfg.learning_rate,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=1,
+        max_length=cfg.max_length,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        logging_steps=1,
+        save_strategy="no",
+        bf16=gpu,
+        use_cpu=not gpu,
+        gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        report_to="none",
+        disable_tqdm=True,
+        dataset_num_proc=1,
+    )
     common.reset_peak()
     SFTTrainer(model=model, args=args, train_dataset=ds, processing_class=tok, callbacks=[Log()]).train()
     return model, tok, loaded, clock, notes
@@ -161,7 +196,9 @@ def grad_report(model, vocab: int, seq: int) -> dict:
     model.train()
     model.zero_grad(set_to_none=True)
     ids = torch.randint(8, vocab, (1, min(seq, 128)), generator=torch.Generator().manual_seed(0))
-    model(input_ids=ids.to(next(model.parameters()).device), labels=ids.to(next(model.parameters()).device)).loss.backward()
+    model(
+        input_ids=ids.to(next(model.parameters()).device), labels=ids.to(next(model.parameters()).device)
+    ).loss.backward()
     out: dict[str, list[int]] = {}
     for name, p in model.named_parameters():
         if p.requires_grad and "lora_" in name:
@@ -172,8 +209,9 @@ def grad_report(model, vocab: int, seq: int) -> dict:
     return {t: f"{nz}/{n}" for t, (n, nz) in sorted(out.items())}
 
 
-def measure(variant: str, path: Path, targets: list[str], rank: int, batch: int, seq: int, warmup: int,
-            steps: int) -> dict:
+def measure(
+    variant: str, path: Path, targets: list[str], rank: int, batch: int, seq: int, warmup: int, steps: int
+) -> dict:
     import tempfile
 
     from transformers import AutoTokenizer
@@ -183,10 +221,13 @@ def measure(variant: str, path: Path, targets: list[str], rank: int, batch: int,
     cfg = sft_cfg(batch, seq, warmup, steps)
     with tempfile.TemporaryDirectory(prefix=f"fastnemo-bench-sft-{variant}-") as out_dir:
         if variant == BASELINE:
-            model, tok, loaded, clock, notes = train_plain(path, targets, rank, rows, cfg, (warmup, steps), out_dir)
+            model, tok, loaded, clock, notes = train_plain(
+                path, targets, rank, rows, cfg, (warmup, steps), out_dir
+            )
         else:
-            model, tok, loaded, clock, notes = train_fastnemo(variant, path, targets, rank, rows, cfg,
-                                                              (warmup, steps), Path(out_dir))
+            model, tok, loaded, clock, notes = train_fastnemo(
+                variant, path, targets, rank, rows, cfg, (warmup, steps), Path(out_dir)
+            )
     peak = common.peak_gib()
     total_s = time.perf_counter() - t0
     if clock.t1 is None:
@@ -195,20 +236,34 @@ def measure(variant: str, path: Path, targets: list[str], rank: int, batch: int,
     step_s = statistics.median(b - a for a, b in zip(clock.stamps, clock.stamps[1:]))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {
-        "variant": variant, "shape": f"{batch}x{seq}", "tok_s": clock.tokens / steps / step_s, "step_s": step_s,
+        "variant": variant,
+        "shape": f"{batch}x{seq}",
+        "tok_s": clock.tokens / steps / step_s,
+        "step_s": step_s,
         "tok_s_mean": clock.tokens / (clock.t1 - clock.t0),
-        "tokens": clock.tokens, "loaded_gib": loaded, "peak_gib": peak, "total_s": total_s,
+        "tokens": clock.tokens,
+        "loaded_gib": loaded,
+        "peak_gib": peak,
+        "total_s": total_s,
         "loss_first": clock.losses[0] if clock.losses else None,
-        "loss_last": clock.losses[-1] if clock.losses else None, "trainable_params": trainable,
-        "grads": grad_report(model, min(len(tok), model.config.vocab_size), seq), **notes,
+        "loss_last": clock.losses[-1] if clock.losses else None,
+        "trainable_params": trainable,
+        "grads": grad_report(model, min(len(tok), model.config.vocab_size), seq),
+        **notes,
     }
 
 
 @click.command()
-@click.option("--variants", default=",".join(VARIANTS), show_default=True,
-              help=f"Comma list of {', '.join(VARIANTS)}; unsloth ones are skipped (with a note) off GPU.")
+@click.option(
+    "--variants",
+    default=",".join(VARIANTS),
+    show_default=True,
+    help=f"Comma list of {', '.join(VARIANTS)}; unsloth ones are skipped (with a note) off GPU.",
+)
 @click.option("--shapes", default=None, help="Comma list of BATCHxSEQ; default 4x2048 (GPU), 2x256 (CPU).")
-@click.option("--targets", default="default", show_default=True, help="LoRA targets, comma list, or 'default'.")
+@click.option(
+    "--targets", default="default", show_default=True, help="LoRA targets, comma list, or 'default'."
+)
 @click.option("--rank", default=32, show_default=True)
 @click.option("--warmup", default=2, show_default=True, help="Untimed steps first (compilation, autotuning).")
 @click.option("--steps", default=5, show_default=True, help="Timed steps.")
@@ -216,32 +271,76 @@ def measure(variant: str, path: Path, targets: list[str], rank: int, batch: int,
 @click.option("--json", "json_path", default=None, help="Write all results here.")
 @click.option("--log-dir", default=None, help="Write each variant's full log here.")
 @click.option("--timeout", default=600.0, show_default=True, help="Seconds per variant and shape.")
-@click.option("--rounds", default=None, type=int,
-              help="Processes per variant and shape, alternating variants (median shown); default 1 GPU, 2 CPU.")
-@click.option("--in-process", is_flag=True, help="Run the variants in this process (smoke tests: no isolation).")
+@click.option(
+    "--rounds",
+    default=None,
+    type=int,
+    help="Processes per variant and shape, alternating variants (median shown); default 1 GPU, 2 CPU.",
+)
+@click.option(
+    "--in-process", is_flag=True, help="Run the variants in this process (smoke tests: no isolation)."
+)
 @click.option("--one", "one_variant", default=None, hidden=True)
-def main(variants, shapes, targets, rank, warmup, steps, slice_spec, model_dir, json_path, log_dir, timeout,
-         rounds, in_process, one_variant):
+def main(
+    variants,
+    shapes,
+    targets,
+    rank,
+    warmup,
+    steps,
+    slice_spec,
+    model_dir,
+    json_path,
+    log_dir,
+    timeout,
+    rounds,
+    in_process,
+    one_variant,
+):
     """SFT tokens/s and peak memory: fastnemo's SFT path vs plain transformers + PEFT + TRL, in one run."""
     shapes = _shapes(shapes or ("4x2048" if common.on_gpu() else "2x256"))
     tlist = _targets(targets)
     rounds = rounds or (1 if common.on_gpu() else 2)
     path, scale = common.bench_model(model_dir, slice_spec=slice_spec)
     if one_variant:
-        (b, s), = shapes
-        print("RESULT " + json.dumps(measure(one_variant, path, tlist, rank, b, s, warmup, steps), default=str))
+        ((b, s),) = shapes
+        print(
+            "RESULT " + json.dumps(measure(one_variant, path, tlist, rank, b, s, warmup, steps), default=str)
+        )
         return
     from rich.console import Console
 
     console = Console(width=170)
-    settings = {"model": scale, "shapes": ",".join(f"{b}x{s}" for b, s in shapes), "rank": rank,
-                "targets": ",".join(tlist), "warmup": warmup, "steps": steps, "gradient_checkpointing": True,
-                "rounds": rounds, "in_process": in_process}
+    settings = {
+        "model": scale,
+        "shapes": ",".join(f"{b}x{s}" for b, s in shapes),
+        "rank": rank,
+        "targets": ",".join(tlist),
+        "warmup": warmup,
+        "steps": steps,
+        "gradient_checkpointing": True,
+        "rounds": rounds,
+        "in_process": in_process,
+    }
     console.print(common.header_table("sft_throughput", settings))
     results = []
     for b, s in shapes:
-        args = ["--shapes", f"{b}x{s}", "--targets", targets, "--rank", str(rank), "--warmup", str(warmup),
-                "--steps", str(steps), "--model-dir", model_dir, "--slice", slice_spec]
+        args = [
+            "--shapes",
+            f"{b}x{s}",
+            "--targets",
+            targets,
+            "--rank",
+            str(rank),
+            "--warmup",
+            str(warmup),
+            "--steps",
+            str(steps),
+            "--model-dir",
+            model_dir,
+            "--slice",
+            slice_spec,
+        ]
 
         def run_one(v: str, b=b, s=s, args=args) -> dict:
             if reason := skip_reason(v):
@@ -250,21 +349,39 @@ def main(variants, shapes, targets, rank, warmup, steps, slice_spec, model_dir, 
             return common.run_variant(__file__, v, args, log_dir, timeout, here)
 
         names = ["fastnemo" if v == "hf" else v for v in variants.split(",")]  # "hf": the old name
-        merged = common.interleaved(names, rounds, run_one)
+        merged = common.interleaved(names, rounds, run_one, "tok_s")
         results += [{**r, "shape": f"{b}x{s}"} for r in merged.values()]
     base = {r["shape"]: r for r in results if r["variant"] == BASELINE and "tok_s" in r}
     for r in results:
         ref = base.get(r["shape"], {})
         r["tok_s_vs_trl"] = common.ratio(r.get("tok_s"), ref.get("tok_s"))
         r["peak_vs_trl"] = common.ratio(r.get("peak_gib"), ref.get("peak_gib"))
-    cols = ["variant", "shape", "tok_s", "tok_s_vs_trl", "tok_s_mean", "step_s", "loaded_gib", "peak_gib",
-            "peak_vs_trl", "experts", "rounds", "note", "error"]
-    console.print(common.results_table("SFT (LoRA, gradient checkpointing): tokens/s and peak memory", results, cols))
+    cols = [
+        "variant",
+        "shape",
+        "tok_s",
+        "tok_s_vs_trl",
+        "tok_s_mean",
+        "step_s",
+        "loaded_gib",
+        "peak_gib",
+        "peak_vs_trl",
+        "experts",
+        "rounds",
+        "note",
+        "error",
+    ]
+    console.print(
+        common.results_table("SFT (LoRA, gradient checkpointing): tokens/s and peak memory", results, cols)
+    )
     grads = [dict(variant=r["variant"], shape=r["shape"], **r["grads"]) for r in results if r.get("grads")]
     if grads:
         keys = sorted({k for g in grads for k in g} - {"variant", "shape"})
-        console.print(common.results_table("LoRA tensors with a nonzero gradient (nonzero/total)", grads,
-                                            ["variant", "shape", *keys]))
+        console.print(
+            common.results_table(
+                "LoRA tensors with a nonzero gradient (nonzero/total)", grads, ["variant", "shape", *keys]
+            )
+        )
     common.write_json(json_path, {"bench": "sft_throughput", "settings": settings, "results": results})
 
 

@@ -96,6 +96,11 @@ class DataConfig:
     """Reference CSV whose category shares and difficulty the mix matches ("" = uniform)."""
     floor: int = 0
     """Minimum rows per category."""
+    keep_guessed: list[str] = dataclasses.field(default_factory=lambda: ["unit_conversion", "gravity"])
+    """Categories whose guessed solver rows are kept when exactly the generator's answer: their rounded
+    examples leave only the last digit open; dropping them would skew the mix toward small answers."""
+    workers: int = 2
+    """Processes for the mix build."""
     path: str = ""
     """Use this existing SFT JSONL instead of generating ("" = generate)."""
 

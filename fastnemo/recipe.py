@@ -140,7 +140,8 @@ def stage_data(ctx: Context, key: str):
         like = str(resolve(recipe, recipe.data.like)) if recipe.data.like else None
         stats = build_mix(
             MixConfig(n=recipe.data.n, out=str(out), like=like, floor=recipe.data.floor,
-                      seed=recipe.seed + 1000 * ctx.round, workers=1, progress=True)
+                      seed=recipe.seed + 1000 * ctx.round, workers=recipe.data.workers,
+                      keep_guessed=tuple(recipe.data.keep_guessed), progress=True)
         )
     with open(out) as f:
         rows = sum(1 for _ in f)

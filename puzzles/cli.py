@@ -57,24 +57,29 @@ def data() -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Processes.")
 @click.option("--include-guessed", is_flag=True,
               help="Also keep rows the solver only guessed (right). Default: deduced rows only.")
+@click.option("--keep-guessed", "keep_guessed", multiple=True, type=click.Choice(CATEGORIES),
+              help="Categories whose guessed rows are kept when exactly right (repeatable). Default: "
+                   "unit_conversion and gravity, whose guesses only leave the last digit open.")
 @click.option("--category", "categories", multiple=True, type=click.Choice(CATEGORIES),
               help="Build only these categories (repeatable). Default: all six.")
 @click.option("--shard-size", type=click.IntRange(min=1), default=500, show_default=True,
               help="Rows per work unit; an interrupted build rerun with the same arguments resumes per shard.")
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Wall-clock budget: stop generating then and write what is done (reported as short).")
-def build(n, out, like, floor, seed, workers, include_guessed, categories, shard_size, max_minutes) -> None:
+def build(n, out, like, floor, seed, workers, include_guessed, keep_guessed, categories, shard_size,
+          max_minutes) -> None:
     """Generate, solve and trace N puzzles into an SFT JSONL mix.
 
     Each generated prompt is parsed back from its text and solved like a real puzzle; rows the solver
     abstains on or gets wrong are dropped and counted (see OUT.stats.json)."""
-    from puzzles.mix import MixConfig, build_mix
+    from puzzles.mix import KEEP_GUESSED, MixConfig, build_mix
 
     cats = tuple(categories) or CATEGORIES
     if floor * len(cats) > n:
         raise click.ClickException(f"--floor {floor} x {len(cats)} categories exceeds --n {n}")
     cfg = MixConfig(n=n, out=str(out), like=str(like) if like else None, floor=floor, seed=seed,
                     workers=workers, statuses=("deduced", "guessed") if include_guessed else ("deduced",),
+                    keep_guessed=tuple(keep_guessed) or KEEP_GUESSED,
                     categories=cats, shard_size=shard_size, max_minutes=max_minutes,
                     progress=sys.stderr.isatty())
     try:

@@ -8,8 +8,8 @@
 2. Allocates ``n`` rows over categories by share, with at least ``floor`` rows each, and splits each
    category's rows over its stratum features' values (``strata``: ``n_examples`` everywhere, equations also
    by ``family``) by the reference shares. Drawing difficulty vectors at random is not enough: solvers
-   deduce some strata far more often than others (numeric equations ~70 %, symbolic ~45 %; 3-example
-   symbolic ones least), and keeping only deduced rows would drift the mix toward the easy strata.
+   deduce some strata far more often than others (generated numeric equations ~80 %, symbolic ~50 %,
+   3-example symbolic ones least), and keeping only deduced rows would drift the mix toward the easy strata.
 3. Generates in shards (in ``workers`` processes): each puzzle's difficulty dict is a reference puzzle's
    feature vector drawn at random, so the mix matches the reference distribution. Each generated prompt is
    parsed back from its TEXT and solved, exactly as a real puzzle would be; rows the solver abstains on,
@@ -17,7 +17,7 @@
    appears in the reference file (validation leakage) are dropped and counted. A solver that takes
    ``deduce_only`` gets it when its category keeps only deduced rows: it may then stop as soon as the
    answer is open instead of finishing the search a guess would need (symbolic equations: ~5x faster).
-4. Merges shards, dedupes prompts across shards, tops up categories that came short, writes the JSONL
+4. Merges shards, dedupes prompts across shards, tops up cells that came short, writes the JSONL
    atomically with a ``.stats.json`` beside it.
 
 Shards live in ``<out>.shards/`` until the build succeeds, so an interrupted build resumes where it
@@ -43,6 +43,11 @@ from puzzles.traces import completion
 MAX_FEATURE_VALUES = 24  # a feature with more distinct values (a rule text) is not a difficulty knob
 
 
+# Measured on 10k-row builds: deduced-only units/gravity rows skew toward small answers (median 24.6 vs the
+# reference's 29.4 for units, 33.6 vs 55.8 for gravity); keeping their exactly-right guesses restores it.
+KEEP_GUESSED = ("unit_conversion", "gravity")
+
+
 @dataclasses.dataclass
 class MixConfig:
     """One mix build.
@@ -56,7 +61,7 @@ class MixConfig:
     mix matches exactly (see the module doc). shard_size: rows per work unit
     (the resume granularity). max_attempts: generated puzzles tried per kept row before a shard gives up.
     max_minutes: wall-clock budget; when it runs out, unfinished shards stop and the mix is written short
-    (slow solvers, e.g. symbolic equations, otherwise decide the build time).
+    (a slow solver would otherwise decide the build time).
     """
 
     n: int
@@ -66,7 +71,7 @@ class MixConfig:
     seed: int = 0
     workers: int = 2
     statuses: tuple[str, ...] = ("deduced",)
-    keep_guessed: tuple[str, ...] = ()
+    keep_guessed: tuple[str, ...] = KEEP_GUESSED
     strata: dict[str, tuple[str, ...]] = dataclasses.field(
         default_factory=lambda: {c: ("family", "n_examples") if c == "equations" else ("n_examples",)
                                  for c in CATEGORIES}
@@ -209,7 +214,7 @@ def make_row(generated: Puzzle, statuses: tuple[str, ...]) -> tuple[dict | None,
     return row, "kept", ""
 
 
-# Categories whose solvers take tens of ms to seconds a puzzle (see bench/solvers.py): scheduled last.
+# Categories whose solvers take milliseconds to seconds a puzzle (see bench/solvers.py): scheduled last.
 SLOW = ("bit_manipulation", "equations")
 
 # Failures worth a module owner's attention; a few examples of each are kept in the build stats.
@@ -302,7 +307,7 @@ def _shards(
             shard = Shard(cat, rnd, i, n, cfg.seed, profiles, statuses, cfg.max_attempts, deadline, stratum)
             shards.append((shard, (cat, value)))
     # Cheap categories first, interleaved: under a deadline they finish and only the slow solvers'
-    # categories (symbolic equations take seconds a puzzle) come short; a slow shard never stalls the rest.
+    # categories come short; a slow shard never stalls the rest.
     return sorted(shards, key=lambda sc: (sc[0].category in SLOW, sc[0].index))
 
 
