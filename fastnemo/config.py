@@ -45,7 +45,8 @@ class ModelConfig:
     load_in_4bit: bool = False
     """Quantize the base weights with bitsandbytes (GPU only)."""
     experts_implementation: str = "auto"
-    """MoE experts kernel: "auto" (grouped_mm on GPU, eager on CPU), "grouped_mm" or "eager"."""
+    """MoE experts kernel: "auto" (transformers' choice: grouped_mm where it can dispatch, else eager),
+    "grouped_mm" (4x eager on the H100, measured) or "eager"; "batched_mm" ran out of memory there."""
     max_seq_length: int = 8192
     """Longest prompt + completion, in tokens (the competition's max_model_len is 8192)."""
     gradient_checkpointing: bool = True

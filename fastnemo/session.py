@@ -54,9 +54,8 @@ def _load_hf(path: Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: 
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    experts = model_cfg.experts_implementation
-    if experts == "auto":
-        experts = "grouped_mm" if torch.cuda.is_available() else "eager"
+    # "auto": transformers' own choice, grouped_mm wherever it can dispatch (CPU included), else eager
+    experts = None if model_cfg.experts_implementation == "auto" else model_cfg.experts_implementation
     model = AutoModelForCausalLM.from_pretrained(
         path,
         dtype=resolve_dtype(model_cfg.dtype),
