@@ -81,7 +81,7 @@ def recipe(recipe_file, check):
 
     try:
         run = run_recipe(r)
-    except (RunLocked, FileNotFoundError, FileExistsError, ValueError, OSError) as e:
+    except (RunLocked, RecipeError, RuntimeError, FileNotFoundError, FileExistsError, ValueError, OSError) as e:
         _fail(f"{type(e).__name__}: {e}" if isinstance(e, OSError) and e.errno else str(e))
     sub = run.path / "pack" / "submission.zip"
     if sub.exists():

@@ -255,6 +255,37 @@ def validate(recipe: Recipe, where: str) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise RecipeError(f"{where}: {key} must be one of {allowed}, got {value!r}")
+    more = {
+        "model.dtype": (recipe.model.dtype, ("auto", "bfloat16", "float16", "float32")),
+        "model.experts_implementation": (recipe.model.experts_implementation, ("auto", "grouped_mm", "eager")),
+    }
+    for key, (value, allowed) in more.items():
+        if value not in allowed:
+            raise RecipeError(f"{where}: {key} must be one of {allowed}, got {value!r}")
+    if "lm_head" in recipe.lora.target_modules:
+        raise RecipeError(f"{where}: lora.target_modules: 'lm_head' cannot be trained (TRL's trainers compute "
+                          "log-probs from lm_head.weight directly; its LoRA would never get a gradient)")
+    d = recipe.distill
+    if not 0 <= d.goldilocks_low <= d.goldilocks_high <= 1:
+        raise RecipeError(f"{where}: distill.goldilocks_low/high must satisfy 0 <= low <= high <= 1, "
+                          f"got {d.goldilocks_low}, {d.goldilocks_high}")
+    g = recipe.grpo
+    if g.micro_batch and (g.batch_prompts * g.group_size) % g.micro_batch:
+        raise RecipeError(f"{where}: grpo.micro_batch {g.micro_batch} must divide batch_prompts x group_size "
+                          f"= {g.batch_prompts * g.group_size}")
+    trained = "base"
+    seen = set()
+    for stage in recipe.stages:  # an evaluation needs something new to score
+        if stage == "eval":
+            if trained in seen:
+                raise RecipeError(f"{where}: stages: two 'eval' after the same training stage ({trained!r})")
+            seen.add(trained)
+        elif stage in ("sft", "grpo"):
+            trained = stage
+    if len([s for s in recipe.stages if s in ("sft", "grpo", "data", "distill")]) != len(
+        {s for s in recipe.stages if s in ("sft", "grpo", "data", "distill")}
+    ):
+        raise RecipeError(f"{where}: stages: data, sft, distill and grpo may each appear once per round")
     if not 2 <= recipe.grpo.group_size <= 16:
         raise RecipeError(f"{where}: grpo.group_size must be in 2..16, got {recipe.grpo.group_size}")
     if recipe.rounds < 1:

@@ -242,10 +242,14 @@ def plan_command_main(recipe_path: str) -> int:
     """Body of ``fastnemo plan RECIPE``: print the table; exit code 1 when it does not fit."""
     from rich.console import Console
 
-    from fastnemo.config import load_recipe
+    from fastnemo.config import RecipeError, load_recipe
 
-    p = plan_recipe(load_recipe(Path(recipe_path)))
-    recipe = load_recipe(Path(recipe_path))
+    try:
+        recipe = load_recipe(Path(recipe_path))
+    except RecipeError as e:
+        Console(stderr=True).print(f"[red]{e}")
+        return 2
+    p = plan_recipe(recipe)
     console = Console()
     console.print(plan_table(p))
     console.print(time_table(recipe))

@@ -115,7 +115,8 @@ def stage_data(ctx: Context, key: str):
     """SFT rows. When a distill stage has finished (this round or earlier), its verified traces mixed with
     part of the previous SFT data (this run's, else the start_from run's); otherwise the recipe's data file
     or a fresh solver-trace mix."""
-    recipe, d = ctx.recipe, ctx.run.stage_dir(key)
+    recipe, d = ctx.recipe, ctx.run.path / key
+    d.mkdir(exist_ok=True)  # not cleaned: the mix builder's shards inside it make a killed build resume
     out = d / "sft.jsonl"
     distilled = ctx.finished("distill")
     previous = ctx.finished("data")
@@ -130,9 +131,15 @@ def stage_data(ctx: Context, key: str):
         stats = mix_next(ctx.run.artifact(distilled, "traces"), prev_sft, out,
                          carry_share=recipe.distill.carry_share, seed=recipe.seed + ctx.round)
     elif recipe.data.path:
-        import shutil
+        from fastnemo.files import write_atomic
+        from puzzles.dataset import read_jsonl
 
-        shutil.copyfile(resolve(recipe, recipe.data.path), out)
+        source = resolve(recipe, recipe.data.path)
+        for i, row in enumerate(read_jsonl(source), start=1):  # what SFT reads: fail now, not after loading
+            bad = [k for k in ("prompt", "completion") if not isinstance(row.get(k), str) or not row[k].strip()]
+            if bad:
+                raise ValueError(f"data.path {source}: line {i}: missing or empty {bad} (SFT needs both)")
+        write_atomic(out, source.read_bytes())
         stats = {"source": recipe.data.path}
     else:
         from puzzles.mix import MixConfig, build_mix
@@ -163,9 +170,20 @@ def stage_sft(ctx: Context, key: str):
     session = ctx.get_session()
     summary = sft.train(session, rows, ctx.recipe.sft, d / "checkpoints", seed=ctx.recipe.seed,
                         log=lambda rec: ctx.run.log({"stage": key, **rec}))
-    adapter = session.save_adapter(d / "adapter")
+    adapter = save_adapter(session, d)
     ctx.adapter_key = key
     return {"adapter": adapter}, summary
+
+
+def save_adapter(session, stage_dir: Path) -> Path:
+    """Save the stage's adapter. One left by a try that died before its manifest entry is no finished
+    artifact: it is replaced (the trainer has just resumed to the same weights)."""
+    import shutil
+
+    target = stage_dir / "adapter"
+    if target.exists():
+        shutil.rmtree(target)
+    return session.save_adapter(target)
 
 
 def validation_set(ctx: Context) -> list[Puzzle]:
@@ -176,8 +194,8 @@ def validation_set(ctx: Context) -> list[Puzzle]:
         from fastnemo.evaluate import stratified
         from puzzles.dataset import load_csv
 
-        return stratified(load_csv(resolve(recipe, recipe.eval.data), require_answer=True), recipe.eval.limit,
-                          seed=recipe.seed)
+        # a fixed subset (seed 0, not the recipe's): every run and round is scored on the same puzzles
+        return stratified(load_csv(resolve(recipe, recipe.eval.data), require_answer=True), recipe.eval.limit)
     from puzzles import categories
 
     rng = random.Random(10_000_019 + recipe.seed)
@@ -223,7 +241,7 @@ def stage_grpo(ctx: Context, key: str):
     session = ctx.get_session()
     summary = grpo.train(session, ctx.recipe, d, prompts_path=prompts, seed=ctx.recipe.seed + ctx.round,
                          log=lambda rec: ctx.run.log({"stage": key, **rec}))
-    adapter = session.save_adapter(d / "adapter")
+    adapter = save_adapter(session, d)
     ctx.adapter_key = key
     return {"adapter": adapter}, summary
 
@@ -305,7 +323,7 @@ def run_recipe(recipe: Recipe) -> RunDir:
         for rnd, stage, key in plan_keys(recipe):
             if stopped_after is not None and stage != "pack":
                 continue
-            if rnd != ctx.round and plateaued(run, recipe, ctx.round):
+            if stopped_after is None and rnd != ctx.round and plateaued(run, recipe, ctx.round):
                 console.print(f"[yellow]no improvement for {recipe.until_plateau} rounds: stopping after round {ctx.round}")
                 stopped_after = ctx.round
                 continue

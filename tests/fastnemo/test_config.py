@@ -163,3 +163,22 @@ def test_repo_recipes_all_load():
     for f in files:
         r = load_recipe(f)
         assert r.stages and r.lora.rank <= MAX_LORA_RANK, f
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('[model]\ndtype = "bf16"', "model.dtype"),
+        ('[model]\nexperts_implementation = "fast"', "model.experts_implementation"),
+        ('[lora]\ntarget_modules = ["q_proj", "lm_head"]', "lm_head"),
+        ("[distill]\ngoldilocks_low = 0.9\ngoldilocks_high = 0.1", "goldilocks"),
+        ("[grpo]\nmicro_batch = 3", "micro_batch"),
+        ('stages = ["data", "sft", "eval", "eval"]', "two 'eval'"),
+        ('stages = ["data", "sft", "sft"]', "once per round"),
+    ],
+)
+def test_cross_field_values_are_checked_before_any_work(tmp_path, text, needle):
+    path = tmp_path / "r.toml"
+    path.write_text(text + "\n")
+    with pytest.raises(RecipeError, match=needle):
+        load_recipe(path)

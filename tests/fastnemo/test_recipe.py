@@ -178,3 +178,27 @@ def test_ledger_best_prefers_the_earlier_checkpoint_on_a_tie(tmp_path):
     f.write_text("")
     run.finish("r2-eval-grpo", {"results": f}, {"checkpoint": "r2-grpo", "accuracy": 0.6, "per_category": {}})
     assert ledger.best(run)["checkpoint"] == "r2-grpo"
+
+
+def test_a_plateau_stops_the_rounds_and_still_packs(tmp_path, tiny_model_dir):
+    path = write_recipe(tmp_path, tiny_model_dir, ["data", "sft", "eval", "pack"])
+    path.write_text(path.read_text().replace('stages =', 'rounds = 4\nuntil_plateau = 1\nstages =', 1))
+    run = run_recipe(load_recipe(path))
+    stages = list(run.manifest()["stages"])
+    # round 2 scored no better than round 1 (a random model scores 0 everywhere): stop there, then pack
+    assert stages == ["r1-data", "r1-sft", "r1-eval-sft", "r2-data", "r2-sft", "r2-eval-sft", "pack"]
+    assert run.manifest()["stages"]["pack"]["summary"]["checkpoint"] == "r1-sft"
+    assert (run.path / "pack" / "submission.zip").exists()
+
+
+def test_an_adapter_saved_just_before_a_crash_does_not_block_the_resume(tmp_path, tiny_model_dir):
+    path = write_recipe(tmp_path, tiny_model_dir, ["data", "sft"])
+    run = run_recipe(load_recipe(path))
+    # the crash came after the adapter was written but before the manifest entry
+    manifest = run.manifest()
+    del manifest["stages"]["r1-sft"]
+    (run.path / "manifest.json").write_text(json.dumps(manifest))
+    assert (run.path / "r1-sft" / "adapter" / "adapter_config.json").exists()
+    run = run_recipe(load_recipe(path))
+    assert "r1-sft" in run.manifest()["stages"]
+    assert run.done("r1-sft")
