@@ -59,7 +59,7 @@ def recipe(recipe_file, check):
     if r.model.backend == "unsloth" and not check:
         from fastnemo.unsloth_backend import import_first
 
-        import_first()
+        import_first(vllm_engine=r.generation.engine == "vllm")
     from fastnemo.progress import console
     from fastnemo.recipe import plan_keys, preflight, run_recipe
     if check:

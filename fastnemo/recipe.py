@@ -292,6 +292,16 @@ def preflight(recipe: Recipe) -> list[str]:
             if n == 0:
                 raise RecipeError(f"{where}: {field} {resolve(recipe, value)} has no rows")
             notes.append(f"{field}: {n} puzzles")
+    if recipe.generation.engine == "vllm" and recipe.model.backend == "hf":
+        from fastnemo.plan import CARD_GIB, plan_recipe
+
+        weights = plan_recipe(recipe).weights_gib
+        if 2 * weights > CARD_GIB * 0.9:
+            raise RecipeError(
+                f"{where}: generation.engine = 'vllm' with model.backend = 'hf' loads the {weights:.0f} GiB of "
+                "weights twice (trainer + vLLM); use backend = 'unsloth' (vLLM shares its weights) or "
+                "engine = 'hf'"
+            )
     for field, value in {"data.path": recipe.data.path, "start_from": recipe.start_from}.items():
         if value and not resolve(recipe, value).exists():
             raise RecipeError(f"{where}: {field} {resolve(recipe, value)} does not exist")

@@ -82,8 +82,6 @@ class ModelSession:
     loads = 0  # models loaded by this process (see the module docstring)
 
     def __init__(self, model, tokenizer, model_cfg: ModelConfig, gen_cfg: GenerationConfig, path: Path):
-        from fastnemo.engines import make_engine
-
         self.model = model
         self.tokenizer = tokenizer
         self.model_cfg = model_cfg
@@ -91,7 +89,21 @@ class ModelSession:
         self.path = path
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        self.engine = make_engine(gen_cfg.engine, self)
+        self._engine = None
+
+    @property
+    def started_engine(self):
+        """The engine if something has generated already, else None (then it has nothing to sync or free)."""
+        return self._engine
+
+    @property
+    def engine(self):
+        """The generation engine, built on first use (an SFT-only run never starts vLLM)."""
+        if self._engine is None:
+            from fastnemo.engines import make_engine
+
+            self._engine = make_engine(self.gen_cfg.engine, self)
+        return self._engine
 
     @classmethod
     def load(
@@ -114,11 +126,22 @@ class ModelSession:
         if model_cfg.backend == "unsloth":
             from fastnemo import unsloth_backend
 
-            model, tokenizer = unsloth_backend.load(path, model_cfg, lora_cfg, adapter, seed=seed)
+            model, tokenizer = unsloth_backend.load(path, model_cfg, lora_cfg, adapter, seed=seed, gen_cfg=gen_cfg)
         else:
             model, tokenizer = _load_hf(path, model_cfg, lora_cfg, adapter, seed)
         cls.loads += 1
         return cls(model, tokenizer, model_cfg, gen_cfg or GenerationConfig(), path)
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Every id that ends the assistant turn: the tokenizer's and the generation config's (Nemotron-3-Nano
+        lists several), the tokenizer's first."""
+        ids = [self.tokenizer.eos_token_id]
+        extra = getattr(self.model.generation_config, "eos_token_id", None)
+        for i in [extra] if isinstance(extra, int) else (extra or []):
+            if i not in ids:
+                ids.append(i)
+        return ids
 
     @property
     def device(self) -> torch.device:

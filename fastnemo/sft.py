@@ -86,8 +86,11 @@ def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl carry the logs
-    session.engine.sleep()  # a colocated vLLM hands its memory back while the trainer runs
+    engine = session.started_engine
+    if engine:
+        engine.sleep()  # a colocated vLLM hands its memory back while the trainer runs
     result = trainer.train(resume_from_checkpoint=last_checkpoint(out_dir))
-    session.engine.wake()
-    session.engine.sync_weights()
+    if engine:
+        engine.wake()
+        engine.sync_weights()
     return {"train_loss": result.training_loss, "steps": result.global_step, "rows": len(rows)}

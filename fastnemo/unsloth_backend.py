@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from fastnemo.config import LoraConfig, ModelConfig
+from fastnemo.config import MAX_LORA_RANK, GenerationConfig, LoraConfig, ModelConfig
 
 INSTALL_HINT = (
     "pip install 'fastnemo[gpu]' (unsloth, unsloth_zoo, bitsandbytes, mamba-ssm, causal-conv1d); on the H100 "
@@ -59,23 +59,30 @@ def _dtype(model_cfg: ModelConfig):
     return {"auto": torch.bfloat16, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(model_cfg.dtype)
 
 
-def import_first() -> None:
+def import_first(vllm_engine: bool = False) -> None:
     """Import Unsloth before anything imports transformers: it patches transformers, PEFT and TRL on import
-    and warns that its optimisations may not apply otherwise. A no-op where it cannot run."""
+    and warns that its optimisations may not apply otherwise. With the vLLM engine, standby mode (vLLM's
+    sleep/wake around training) must be chosen before that import. A no-op where it cannot run."""
     try:
         check_available()
     except BackendUnavailable:
         return
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
+    if vllm_engine:
+        os.environ.setdefault("UNSLOTH_VLLM_STANDBY", "1")
     import unsloth  # noqa: F401
 
 
 def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: Path | None = None,
-         seed: int = 0):
+         seed: int = 0, gen_cfg: GenerationConfig | None = None):
     """Load the model at ``path`` through Unsloth with a fresh LoRA (or ``adapter``, trainable).
 
-    Returns (peft_model, tokenizer) like the hf backend."""
+    With ``gen_cfg.engine == "vllm"`` Unsloth's ``fast_inference`` builds the in-process vLLM on the SAME
+    weights (``model.vllm_engine``), which ``fastnemo.engines.vllm`` then drives: one copy of the 30B
+    weights, not two. Returns (peft_model, tokenizer) like the hf backend."""
     check_available()
+    fast_inference = gen_cfg is not None and gen_cfg.engine == "vllm"
+    import_first(vllm_engine=fast_inference)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a local folder: never let a loader reach for the hub
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     import unsloth  # noqa: F401  (patches transformers / peft / trl on import)
@@ -92,11 +99,21 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
         use_gradient_checkpointing=gc,
         local_files_only=True,
         experts_implementation=experts_implementation(model_cfg),
+        **(
+            dict(fast_inference=True, gpu_memory_utilization=gen_cfg.gpu_memory_utilization,
+                 max_lora_rank=MAX_LORA_RANK)
+            if fast_inference else {}
+        ),
     )
     if adapter is not None:
-        from peft import PeftModel
+        # Unsloth's own LoRA setup (its kernels, its gradient checkpointing) with the adapter's shape, then
+        # the adapter's weights: a plain PeftModel.from_pretrained would skip Unsloth's patches.
+        from peft import LoraConfig as PeftLoraConfig
 
-        return PeftModel.from_pretrained(model, str(adapter), is_trainable=True), tokenizer
+        saved = PeftLoraConfig.from_pretrained(str(adapter))
+        lora_cfg = LoraConfig(rank=saved.r, alpha=saved.lora_alpha, dropout=saved.lora_dropout,
+                              target_modules=sorted(saved.target_modules),
+                              train_experts=bool(saved.target_parameters))
     model = FastLanguageModel.get_peft_model(
         model,
         r=lora_cfg.rank,
@@ -109,6 +126,13 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
         # None lets Unsloth add the fused experts as target_parameters; [] keeps them frozen
         target_parameters=None if lora_cfg.train_experts else [],
     )
+    if adapter is not None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        result = set_peft_model_state_dict(model, load_file(str(Path(adapter) / "adapter_model.safetensors")))
+        if result.unexpected_keys:
+            raise ValueError(f"adapter {adapter}: weights the LoRA does not have: {result.unexpected_keys[:3]}")
     return model, tokenizer
 
 

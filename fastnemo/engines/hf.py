@@ -35,7 +35,7 @@ class HFEngine:
         was_training = model.training
         model.eval()
         tok.padding_side = "left"
-        eos = tok.eos_token_id
+        eos = self.session.eos_token_ids
         try:
             for start in range(0, len(order), batch_size):
                 idx = order[start : start + batch_size]
@@ -58,8 +58,9 @@ class HFEngine:
                 new = out[:, enc["input_ids"].shape[1] :]
                 for row, tokens in enumerate(new):
                     ids = tokens.tolist()
-                    stop = eos in ids
-                    ids = ids[: ids.index(eos)] if stop else [t for t in ids if t != tok.pad_token_id]
+                    ends = [i for i, t in enumerate(ids) if t in eos]
+                    stop = bool(ends)
+                    ids = ids[: ends[0]] if stop else [t for t in ids if t != tok.pad_token_id]
                     text = tok.decode(ids, skip_special_tokens=False)
                     results[idx[row // sampling.n]].append(
                         Completion(text=text, n_tokens=len(ids), finish_reason="stop" if stop else "length",

@@ -225,14 +225,14 @@ class VLLMEngine:
         outputs = self.llm.generate(
             prompts, self.sampling_params(sampling), lora_request=self._lora_request, use_tqdm=False
         )
-        eos = tok.eos_token_id
+        eos = set(self.session.eos_token_ids)
         results = []
         for out in outputs:
             completions = []
             for c in out.outputs:
                 ids = list(c.token_ids)
                 stop = c.finish_reason != "length"
-                if ids and ids[-1] == eos:
+                if ids and ids[-1] in eos:
                     ids = ids[:-1]
                 text = tok.decode(ids, skip_special_tokens=False)
                 completions.append(
