@@ -138,6 +138,8 @@ def sft(model_path, adapter, backend, data, out, rank, lr, epochs, max_steps, ba
     from fastnemo.config import SFTConfig
     from puzzles.dataset import read_jsonl
 
+    if (Path(out) / "adapter").exists():  # before loading the model, not after training
+        _fail(f"{Path(out) / 'adapter'} exists; refusing to overwrite it (choose another --out)")
     session = _session(model_path, adapter, backend, rank)
     cfg = SFTConfig(learning_rate=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
                     grad_accum=grad_accum, max_length=max_length)

@@ -413,7 +413,8 @@ def train(session, recipe: Recipe, out_dir: Path, prompts_path: Path | None = No
               show_default=True)
 @click.option("--format-reward", default=0.0, show_default=True, help="Weight of the format reward (0: off).")
 @click.option("--no-dynamic-sampling", is_flag=True, help="Keep groups whose rewards are all equal.")
-@click.option("--rank", default=32, show_default=True)
+@click.option("--rank", default=32, show_default=True, type=click.IntRange(1, 32),
+              help="LoRA rank of a fresh adapter (the competition accepts at most 32).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--out", required=True, type=click.Path(file_okay=False),
               help="Output folder (adapter/, checkpoints/, metrics.jsonl). Re-running resumes.")

@@ -194,8 +194,8 @@ def _ask(
 def to_row(puzzle: Puzzle, rec: dict) -> dict:
     """The SFT row of a passing reply: the teacher's reasoning (or, without one, its whole content)."""
     text = rec["reasoning"] or rec["content"]
-    # "deduced": the answer is verified against gold; the reasoning itself is the teacher's responsibility.
-    return sft_row(puzzle, completion(text, puzzle.answer), "teacher", "deduced", teacher_model=rec["model"])
+    # "verified": a model's answer checked against gold (the reasoning itself is the teacher's)
+    return sft_row(puzzle, completion(text, puzzle.answer), "teacher", "verified", teacher_model=rec["model"])
 
 
 def load_cache(path: Path, model: str) -> dict[str, list[dict]]:
