@@ -19,23 +19,14 @@ from pathlib import Path
 
 import torch
 
-# Nemotron-3-Nano-30B-A3B's widths (config.json of nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16).
+from fastnemo.plan import NANO_CONFIG
+
+# Nemotron-3-Nano-30B-A3B's widths (fastnemo.plan keeps them; the layer pattern comes from --slice) plus
+# what a random-weight slice needs to build.
 REAL_WIDTHS = {
-    "hidden_size": 2688,
-    "n_routed_experts": 128,
-    "num_experts_per_tok": 6,
-    "moe_intermediate_size": 1856,
-    "moe_shared_expert_intermediate_size": 3712,
-    "mamba_num_heads": 64,
-    "mamba_head_dim": 64,
-    "ssm_state_size": 128,
-    "n_groups": 8,
+    **{k: v for k, v in NANO_CONFIG.items() if k != "layers_block_type"},
     "conv_kernel": 4,
     "chunk_size": 128,
-    "num_attention_heads": 32,
-    "num_key_value_heads": 2,
-    "head_dim": 128,
-    "vocab_size": 131072,
     "intermediate_size": 1856,
     "max_position_embeddings": 8192,
     "tie_word_embeddings": False,
