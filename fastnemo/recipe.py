@@ -21,7 +21,7 @@ from fastnemo.progress import console
 from fastnemo.run import RunDir
 from puzzles import Puzzle
 
-TRAINING_STAGES = ("sft", "grpo")
+TRAINING_STAGES = ("sft", "grpo", "start")  # stages that leave an adapter (start: the start_from one)
 
 
 @dataclasses.dataclass
@@ -84,13 +84,21 @@ class Context:
 
 
 def plan_keys(recipe: Recipe) -> list[tuple[int, str, str]]:
-    """(round, stage, key) for every stage the recipe runs, in order."""
+    """(round, stage, key) for every stage the recipe runs, in order. With ``start_from`` the run first
+    takes in the starting adapter (``start``) and, when it evaluates at all, scores it (``r0-eval-start``):
+    it competes for the submission like any checkpoint of this run."""
     out = []
+    if recipe.start_from:
+        out.append((1, "start", "start"))
+        if "eval" in recipe.stages:
+            out.append((1, "eval", "r0-eval-start"))
     for r in range(1, recipe.rounds + 1):
         last_training = "base"
         for stage in recipe.stages:
             if stage == "pack":
                 continue
+            if stage == "eval" and r == 1 and last_training == "base" and recipe.start_from:
+                continue  # the start adapter is scored once, as r0-eval-start
             if stage == "eval":
                 key = f"r{r}-eval-{last_training}"
             else:
@@ -186,6 +194,16 @@ def save_adapter(session, stage_dir: Path) -> Path:
     return session.save_adapter(target)
 
 
+def stage_start(ctx: Context, key: str):
+    """A copy of the start_from adapter in this run: its own artifact, so the ledger can ship it."""
+    import shutil
+
+    d = ctx.run.stage_dir(key)
+    shutil.copytree(ctx.start_adapter(), d / "adapter")
+    ctx.adapter_key = key
+    return {"adapter": d / "adapter"}, {"from": str(resolve(ctx.recipe, ctx.recipe.start_from))}
+
+
 def validation_set(ctx: Context) -> list[Puzzle]:
     """The user's train.csv when the recipe names one, else a held-out generated set (fixed seed, kept
     apart from the training seeds)."""
@@ -263,7 +281,7 @@ def stage_pack(ctx: Context, key: str):
 
 
 STAGE_FUNCS = {
-    "data": stage_data, "sft": stage_sft, "eval": stage_eval,
+    "start": stage_start, "data": stage_data, "sft": stage_sft, "eval": stage_eval,
     "distill": stage_distill, "grpo": stage_grpo, "pack": stage_pack,
 }
 

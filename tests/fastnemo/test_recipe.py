@@ -202,3 +202,20 @@ def test_an_adapter_saved_just_before_a_crash_does_not_block_the_resume(tmp_path
     run = run_recipe(load_recipe(path))
     assert "r1-sft" in run.manifest()["stages"]
     assert run.done("r1-sft")
+
+
+def test_start_from_a_run_scores_its_best_adapter_and_can_ship_it(tmp_path, tiny_model_dir):
+    first = tmp_path / "first"
+    first.mkdir()
+    run1 = run_recipe(load_recipe(write_recipe(first, tiny_model_dir, ["data", "sft"])))
+    second = tmp_path / "second"
+    second.mkdir()
+    path = write_recipe(second, tiny_model_dir, ["eval", "pack"])
+    path.write_text(f'start_from = "{run1.path}"\n' + path.read_text())
+    recipe = load_recipe(path)
+    assert [k for _, _, k in plan_keys(recipe)] == ["start", "r0-eval-start", "pack"]
+    run2 = run_recipe(recipe)
+    stages = run2.manifest()["stages"]
+    assert stages["start"]["artifacts"]["adapter"]["sha256"] == run1.manifest()["stages"]["r1-sft"]["artifacts"]["adapter"]["sha256"]
+    assert stages["r0-eval-start"]["summary"]["checkpoint"] == "start"
+    assert stages["pack"]["summary"]["checkpoint"] == "start"
