@@ -139,20 +139,18 @@ def goldilocks(passrates: list[dict], low: float, high: float) -> list[dict]:
 def read_cache(path: Path) -> dict[str, dict]:
     """Cached records (``cache_record``) by puzzle id. A last line cut by a kill is removed from the file (so the next
     append starts on a clean line) and its puzzle is generated again."""
+    from puzzles.dataset import drop_torn_tail
+
     if not path.exists():
         return {}
-    data = path.read_bytes()
-    good = data[: data.rfind(b"\n") + 1]
+    drop_torn_tail(path)
     done = {}
-    for line in good.decode().splitlines():
+    for line in path.read_text().splitlines():
         try:
             r = json.loads(line)
         except json.JSONDecodeError:  # cannot happen before the last newline unless the disk lied
             continue
         done[r["id"]] = r
-    if len(good) != len(data):
-        with open(path, "r+b") as f:
-            f.truncate(len(good))
     return done
 
 

@@ -11,6 +11,8 @@ import signal
 import tempfile
 from pathlib import Path
 
+from puzzles.dataset import drop_torn_tail  # noqa: F401  (one implementation, shared with puzzles/)
+
 # Power loss mid-write, for the crash tests: a process whose FASTNEMO_CRASH_AT names a file kills itself
 # with SIGKILL after writing that file's temp copy and before the rename that would publish it.
 CRASH_AT = "FASTNEMO_CRASH_AT"
@@ -82,20 +84,6 @@ def atomic_dir(final: str | Path):
         fsync_dir(final.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def drop_torn_tail(path: str | Path) -> None:
-    """Cut a JSONL file back to its last complete line: a line a crash cut short would otherwise swallow
-    the next appended record (no newline between them)."""
-    path = Path(path)
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with open(path, "rb+") as f:
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) == b"\n":
-            return
-        f.seek(0)
-        f.truncate(f.read().rfind(b"\n") + 1)
 
 
 def sha256(path: str | Path) -> str:

@@ -100,8 +100,8 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
         local_files_only=True,
         experts_implementation=experts_implementation(model_cfg),
         **(
-            dict(fast_inference=True, gpu_memory_utilization=gen_cfg.gpu_memory_utilization,
-                 max_lora_rank=MAX_LORA_RANK)
+            {"fast_inference": True, "gpu_memory_utilization": gen_cfg.gpu_memory_utilization,
+                 "max_lora_rank": MAX_LORA_RANK}
             if fast_inference else {}
         ),
     )

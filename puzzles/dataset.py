@@ -201,6 +201,20 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
     return n
 
 
+def drop_torn_tail(path: str | Path) -> None:
+    """Cut a JSONL file back to its last complete line: a line a crash cut short would otherwise swallow
+    the next appended record (no newline between them)."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        f.truncate(f.read().rfind(b"\n") + 1)
+
+
 def append_jsonl(f: io.TextIOBase, row: dict) -> None:
     """Append one row to an open file and fsync: a cache that survives a kill mid-run."""
     f.write(_dumps(row) + "\n")

@@ -28,7 +28,7 @@ import urllib.request
 from pathlib import Path
 
 from puzzles.base import PROMPT_SUFFIX, Puzzle
-from puzzles.dataset import append_jsonl, read_jsonl, sft_row
+from puzzles.dataset import append_jsonl, drop_torn_tail, read_jsonl, sft_row
 from puzzles.metric import extract_answer, is_correct
 from puzzles.traces import completion
 
@@ -208,16 +208,6 @@ def load_cache(path: Path, model: str) -> dict[str, list[dict]]:
     return by
 
 
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a last line without its newline (a kill mid-append), so new appends start on a fresh line."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        with open(path, "r+b") as f:
-            f.truncate(data.rfind(b"\n") + 1)
-
-
 def fill(
     puzzles: list[Puzzle], cfg: TeacherConfig, cache_path: str | Path, progress: bool = True
 ) -> tuple[list[dict], dict]:
@@ -232,7 +222,7 @@ def fill(
         )
     cache_path = Path(cache_path)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    _drop_torn_tail(cache_path)
+    drop_torn_tail(cache_path)
     cache = load_cache(cache_path, cfg.model)
     key = os.environ.get(cfg.api_key_env) or None
     limiter, counter, lock = RateLimiter(cfg.rps), Counter(), threading.Lock()
