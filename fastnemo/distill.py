@@ -21,7 +21,6 @@
 from __future__ import annotations
 
 import collections
-import io
 import json
 import math
 import os
@@ -166,13 +165,9 @@ def append_batch(path: Path, records: list[dict]) -> None:
 
 def histogram(passrates: list[dict], k: int, out: Path) -> Path:
     """Pass-rate histogram, stacked by category (one bin per possible count of correct candidates)."""
-    import matplotlib
+    from fastnemo.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from fastnemo.files import write_atomic
-
+    plt = pyplot()
     cats = [c for c in CATEGORIES if any(r["category"] == c for r in passrates)]
     data = [[r["pass_rate"] for r in passrates if r["category"] == c] for c in cats]
     bins = [(i - 0.5) / k for i in range(k + 2)]
@@ -184,10 +179,7 @@ def histogram(passrates: list[dict], k: int, out: Path) -> Path:
     ax.set_ylabel("prompts")
     ax.set_title("self-distillation pass rates")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return write_atomic(out, buf.getvalue())
+    return save_png(fig, out)
 
 
 def run(session, recipe: Recipe, out_dir: Path, seed: int = 0, log=None) -> dict:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 from rich.table import Table
 
-from fastnemo.files import write_atomic
 from puzzles import CATEGORIES
 
 SHORT = {"bit_manipulation": "bits", "cipher": "cipher", "numeral_system": "numeral",
@@ -58,11 +57,9 @@ def plot(run, out: Path) -> Path | None:
     rows = entries(run)
     if not rows:
         return None
-    import matplotlib
+    from fastnemo.plots import pyplot, save_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 3), 4.5))
     x = range(len(rows))
     for c in CATEGORIES:
@@ -78,12 +75,7 @@ def plot(run, out: Path) -> Path | None:
     ax.set_title("validation score by stage")
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return write_atomic(out, buf.getvalue())
+    return save_png(fig, out)
 
 
 def write_report(run) -> None:

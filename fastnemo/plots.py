@@ -11,6 +11,24 @@ from fastnemo.files import write_atomic
 CURVES = ("loss", "reward", "learning_rate", "grad_norm")
 
 
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display on servers and CI)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_png(fig, out: Path) -> Path:
+    """Write ``fig`` to ``out`` atomically and free it."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    pyplot().close(fig)
+    return write_atomic(out, buf.getvalue())
+
+
 def training_curves(run, out: Path) -> Path | None:
     """One panel per logged quantity (loss, reward, ...), one line per stage."""
     series = collections.defaultdict(lambda: collections.defaultdict(list))
@@ -20,11 +38,7 @@ def training_curves(run, out: Path) -> Path | None:
                 series[name][rec.get("stage", "?")].append((rec["step"], rec[name]))
     if not series:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     names = [n for n in CURVES if n in series]
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names):
@@ -35,7 +49,4 @@ def training_curves(run, out: Path) -> Path | None:
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    return write_atomic(out, buf.getvalue())
+    return save_png(fig, out)
