@@ -139,6 +139,22 @@ def model_options(f):
     )(f)
 
 
+def runner_options(f):
+    """The options every bench's runner shares: outputs, per-variant limits, process isolation."""
+    import click
+
+    for decorator in reversed([
+        click.option("--json", "json_path", default=None, help="Write all results here."),
+        click.option("--log-dir", default=None, help="Write each variant's full log here."),
+        click.option("--timeout", default=600.0, show_default=True, help="Seconds per variant (and shape)."),
+        click.option("--in-process", is_flag=True,
+                     help="Run the variants in this process (smoke tests: no isolation)."),
+        click.option("--one", "one_variant", default=None, hidden=True),
+    ]):
+        f = decorator(f)
+    return f
+
+
 def versions() -> dict:
     """Installed versions, read from package metadata: importing unsloth here would patch transformers in
     the process that runs the baselines."""
@@ -216,24 +232,23 @@ def reset_peak() -> None:
         pass
 
 
-def peak_gib() -> float:
-    """Peak memory since the last reset_peak: GPU allocated bytes, or CPU peak RSS."""
+def _memory_gib(cuda_bytes, status_key: str) -> float:
     if on_gpu():
-        return torch.cuda.max_memory_allocated() / 2**30
+        return cuda_bytes() / 2**30
     try:
-        return _proc_status_kib("VmHWM") / 2**20
+        return _proc_status_kib(status_key) / 2**20
     except OSError:
         return 0.0
+
+
+def peak_gib() -> float:
+    """Peak memory since the last reset_peak: GPU allocated bytes, or CPU peak RSS."""
+    return _memory_gib(torch.cuda.max_memory_allocated, "VmHWM")
 
 
 def allocated_gib() -> float:
     """Memory in use now: GPU allocated bytes, or CPU RSS."""
-    if on_gpu():
-        return torch.cuda.memory_allocated() / 2**30
-    try:
-        return _proc_status_kib("VmRSS") / 2**20
-    except OSError:
-        return 0.0
+    return _memory_gib(torch.cuda.memory_allocated, "VmRSS")
 
 
 def memory_kind() -> str:

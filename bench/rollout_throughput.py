@@ -191,13 +191,7 @@ def skip_reason(variant: str, python: str | None) -> str | None:
 )
 @common.model_options
 @click.option("--vllm-python", default=None, help="Python to run the vllm variant with (default: found).")
-@click.option("--json", "json_path", default=None, help="Write all results here.")
-@click.option("--log-dir", default=None, help="Write each variant's full log here.")
-@click.option("--timeout", default=600.0, show_default=True, help="Seconds per variant.")
-@click.option(
-    "--in-process", is_flag=True, help="Run the variants in this process (smoke tests: no isolation)."
-)
-@click.option("--one", "one_variant", default=None, hidden=True)
+@common.runner_options
 def main(
     variants,
     groups,

@@ -268,19 +268,13 @@ def measure(
 @click.option("--warmup", default=2, show_default=True, help="Untimed steps first (compilation, autotuning).")
 @click.option("--steps", default=5, show_default=True, help="Timed steps.")
 @common.model_options
-@click.option("--json", "json_path", default=None, help="Write all results here.")
-@click.option("--log-dir", default=None, help="Write each variant's full log here.")
-@click.option("--timeout", default=600.0, show_default=True, help="Seconds per variant and shape.")
 @click.option(
     "--rounds",
     default=None,
     type=int,
     help="Processes per variant and shape, alternating variants (median shown); default 1 GPU, 2 CPU.",
 )
-@click.option(
-    "--in-process", is_flag=True, help="Run the variants in this process (smoke tests: no isolation)."
-)
-@click.option("--one", "one_variant", default=None, hidden=True)
+@common.runner_options
 def main(
     variants,
     shapes,
