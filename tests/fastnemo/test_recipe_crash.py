@@ -12,7 +12,6 @@ import time
 import zipfile
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
@@ -69,12 +68,13 @@ def finish(workdir: Path, **env) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(p.args, p.returncode, out)
 
 
-def kill_when(proc: subprocess.Popen, path: Path, timeout: float = 600) -> None:
+def kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 600) -> None:
+    """SIGKILL ``proc`` as soon as ``ready()`` holds (it must still be running then)."""
     deadline = time.time() + timeout
-    while not path.exists():
-        assert proc.poll() is None, f"process ended before {path} appeared:\n{proc.stdout.read()}"
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.2)
+    while not ready():
+        assert proc.poll() is None, f"process ended before {what}:\n{proc.stdout.read()}"
+        assert time.time() < deadline, f"never saw {what}"
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
 
@@ -84,23 +84,24 @@ def adapter_tensors(run: Path) -> dict:
         return load_safetensors(zf.read("adapter_model.safetensors"))
 
 
-@pytest.fixture()
-def workdirs(tmp_path, tiny_model_dir):
+def workdirs(tmp_path: Path, recipe: str, model_dir: Path) -> tuple[Path, Path]:
+    """Two run folders with the same recipe: one runs uninterrupted, the other is killed and resumed."""
     dirs = []
     for name in ("clean", "killed"):
         d = tmp_path / name
         d.mkdir()
-        (d / "recipe.toml").write_text(RECIPE.format(model=tiny_model_dir))
+        (d / "recipe.toml").write_text(recipe.format(model=model_dir))
         dirs.append(d)
-    return dirs
+    return dirs[0], dirs[1]
 
 
-def test_killed_during_sft_and_mid_pack_write_ends_like_an_uninterrupted_run(workdirs):
-    clean, killed = workdirs
+def test_killed_during_sft_and_mid_pack_write_ends_like_an_uninterrupted_run(tmp_path, tiny_model_dir):
+    clean, killed = workdirs(tmp_path, RECIPE, tiny_model_dir)
     assert finish(clean).returncode == 0
 
     # 1. SIGKILL during SFT, right after its first checkpoint is complete
-    kill_when(start(killed), killed / "run" / "r1-sft" / "checkpoints" / "checkpoint-2" / "trainer_state.json")
+    ckpt = killed / "run" / "r1-sft" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    kill_when(start(killed), ckpt.exists, f"{ckpt}")
     manifest = json.loads((killed / "run" / "manifest.json").read_text())
     assert list(manifest["stages"]) == ["r1-data"]
 
@@ -156,29 +157,12 @@ temperature = 1.0
 """
 
 
-def wait_for_lines(proc: subprocess.Popen, path: Path, n: int, timeout: float = 600) -> None:
-    deadline = time.time() + timeout
-    while not (path.exists() and path.read_text().count("\n") >= n):
-        assert proc.poll() is None, f"process ended before {path} had {n} lines:\n{proc.stdout.read()}"
-        assert time.time() < deadline, f"{path} never reached {n} lines"
-        time.sleep(0.1)
-
-
 def test_killed_during_distillation_resumes_to_the_same_samples(tmp_path, tiny_model_dir):
-    dirs = []
-    for name in ("clean", "killed"):
-        d = tmp_path / name
-        d.mkdir()
-        (d / "recipe.toml").write_text(DISTILL_RECIPE.format(model=tiny_model_dir))
-        dirs.append(d)
-    clean, killed = dirs
+    clean, killed = workdirs(tmp_path, DISTILL_RECIPE, tiny_model_dir)
     assert finish(clean).returncode == 0
 
-    proc = start(killed)
     cache = killed / "run" / "r1-distill" / "generations.jsonl"
-    wait_for_lines(proc, cache, 2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_when(start(killed), lambda: cache.exists() and cache.read_text().count("\n") >= 2, f"2 lines in {cache}")
     done_before = cache.read_text().count("\n")
     assert done_before < 8, "the kill came after distillation finished: nothing was resumed"
 
