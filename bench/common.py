@@ -251,6 +251,16 @@ def allocated_gib() -> float:
     return _memory_gib(torch.cuda.memory_allocated, "VmRSS")
 
 
+def planned_train_gib(path: Path, batch: int, seq: int, rank: int, targets: list[str], four_bit=False) -> float:
+    """fastnemo.plan's training estimate for this model folder and shape, without its headroom term (the
+    CUDA context and fragmentation that max_memory_allocated does not count): what a peak should match."""
+    from fastnemo import plan
+
+    p = plan.plan(json.loads((Path(path) / "config.json").read_text()), load_in_4bit=four_bit, rank=rank,
+                  targets=targets, batch=batch, seq_len=seq)
+    return p.weights_gib + p.lora_optimizer_gib + p.activations_gib
+
+
 def memory_kind() -> str:
     return "torch.cuda.max_memory_allocated" if on_gpu() else "process RSS (VmRSS / VmHWM)"
 

@@ -235,6 +235,7 @@ def measure(
     # the median step, not the mean: a shared machine stalls now and then
     step_s = statistics.median(b - a for a, b in zip(clock.stamps, clock.stamps[1:]))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    plan_gib = common.planned_train_gib(path, batch, seq, rank, targets, four_bit=variant == "unsloth4")
     return {
         "variant": variant,
         "shape": f"{batch}x{seq}",
@@ -244,6 +245,8 @@ def measure(
         "tokens": clock.tokens,
         "loaded_gib": loaded,
         "peak_gib": peak,
+        "plan_gib": plan_gib,
+        "plan_vs_peak": plan_gib / peak if peak else None,
         "total_s": total_s,
         "loss_first": clock.losses[0] if clock.losses else None,
         "loss_last": clock.losses[-1] if clock.losses else None,
@@ -360,6 +363,7 @@ def main(
         "loaded_gib",
         "peak_gib",
         "peak_vs_trl",
+        "plan_gib",
         "experts",
         "rounds",
         "note",

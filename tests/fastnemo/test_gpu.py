@@ -87,3 +87,51 @@ def test_unsloth_lora_trains_every_target(slice_dir, four_bit, tmp_path):
     with torch.no_grad():
         out = again(input_ids=ids[:1, :64]).logits.float()
     assert torch.allclose(out, ref, atol=1e-3, rtol=1e-3), (out - ref).abs().max()
+
+
+def test_dapo_steps_on_the_unsloth_session(slice_dir, tmp_path):
+    """A few DAPO steps (TRL's GRPOTrainer as Unsloth patches it, rollouts by the hf engine = generate on the
+    training model itself) on the one loaded real-width model: the LoRA moves, no second model is loaded,
+    and each step reports its generation/training time split and peak memory."""
+    import json
+    import os
+
+    from fastnemo import grpo
+    from fastnemo.config import GenerationConfig, GRPOConfig, LoraConfig, ModelConfig
+    from fastnemo.distill import generate_puzzles
+    from fastnemo.session import ModelSession
+
+    model_cfg = ModelConfig(path=str(slice_dir), backend="unsloth", max_seq_length=1024)
+    session = ModelSession.load(slice_dir, model_cfg, LoraConfig(rank=16, alpha=16), GenerationConfig(engine="hf"))
+    loads = ModelSession.loads
+    G = 4
+    rows = [{"prompt": session.chat_prompt(p.prompt), "answer": p.answer, "category": p.category, "id": p.id}
+            for p in generate_puzzles(8, seed=0)]
+
+    def planted(prompts, completions, **kwargs):  # random weights solve nothing: a reward with a signal
+        return [float(i % G) / G for i in range(len(prompts))]
+
+    cfg = GRPOConfig(group_size=G, batch_prompts=2, max_tokens=128, learning_rate=1e-3, max_steps=3,
+                     save_steps=100, overlong="penalty")
+    records = []
+    before = {n: p.detach().clone() for n, p in session.model.named_parameters() if "lora_B" in n}
+    torch.cuda.reset_peak_memory_stats()
+    trainer = grpo.make_trainer(session, cfg, rows, tmp_path, log=records.append,
+                                rewards=([planted], [1.0]), updates_per_generation=1)
+    assert trainer.model is session.model
+    trainer.train()
+
+    moved = [n for n, p in session.model.named_parameters() if n in before and not torch.equal(before[n], p)]
+    assert moved, "DAPO steps left every LoRA B matrix unchanged"
+    assert ModelSession.loads == loads
+    steps = [r for r in records if "loss" in r]
+    assert len(steps) == cfg.max_steps
+    report = [{k: r.get(k) for k in ("step", "loss", "reward", "time/generate_s", "time/train_s",
+                                      "memory/peak_gb", "completions/length_mean", "entropy")} for r in steps]
+    print("DAPO steps (G=4, 2 groups/step, <=128 new tokens):")
+    for r in report:
+        print("  ", json.dumps(r, default=float))
+    if out := os.environ.get("FASTNEMO_GPU_REPORT"):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "dapo_gpu.json").write_text(json.dumps(report, indent=1, default=float))
+    assert all(r["time/generate_s"] > 0 and r["time/train_s"] > 0 for r in report)

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The GPU lane on the H100 test machine, run in the background so that it keeps the GPU busy between the
+# device calls that watch it (a call may last 10 minutes; the machine stays warm 30 s after each one).
+#
+#   bash bench/device/lane.sh start [STEP ...]   # after staging (bench/README.md); returns at once
+#   bash bench/device/lane.sh wait SECONDS       # until the lane ends or SECONDS pass; results -> $OUT
+#
+# Steps run one after another from a copy of the repo (the next call's checkout may replace this one), each
+# under its own time limit; every step's log and JSON lands in /tmp/lane, and `wait` packs them into
+# $OUT/lane.tgz with a one-line status per step. Default steps: probe gpu-tests sft gpu-4bit rollout phase
+# sft-long.
+set -uo pipefail
+L=/tmp/lane
+cmd="${1:?usage: lane.sh start [STEP...] | wait SECONDS}"
+shift
+
+run_step() {  # name, seconds, command...
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS
+  echo "$(date +%T) start $name" >>"$L/STATUS"
+  timeout -k 10 "$limit" "$@" >"$L/$name.log" 2>&1
+  echo "$(date +%T) end   $name rc=$? $((SECONDS - t0))s" >>"$L/STATUS"
+}
+
+step() {
+  case "$1" in
+    probe) run_step probe 420 python3 bench/device/probe.py --shapes 2x256,2x1024,4x2048 --json "$L/probe.json" ;;
+    gpu-tests) run_step gpu-tests 600 python3 -m pytest -m gpu tests/fastnemo/test_gpu.py -q -s -k "not 4bit" ;;
+    gpu-4bit) run_step gpu-4bit 400 python3 -m pytest -m gpu tests/fastnemo/test_gpu.py -q -s -k 4bit ;;
+    sft) run_step sft 900 python3 bench/sft_throughput.py --shapes 2x1024 --warmup 1 --steps 3 --timeout 280 \
+      --json "$L/sft.json" --log-dir "$L/sft-logs" ;;
+    rollout) run_step rollout 600 python3 bench/rollout_throughput.py --groups 4,8 --prompts 8 --max-tokens 256 \
+      --repeats 2 --timeout 280 --json "$L/rollout.json" --log-dir "$L/rollout-logs" ;;
+    phase) run_step phase 600 python3 bench/phase_switch.py --cycles 1 --steps 2 --prompts 4 --max-tokens 128 \
+      --repeats 1 --timeout 280 --json "$L/phase.json" --log-dir "$L/phase-logs" ;;
+    sft-long) run_step sft-long 900 python3 bench/sft_throughput.py --shapes 4x2048 --warmup 1 --steps 3 \
+      --timeout 280 --variants fastnemo,trl,unsloth16,unsloth4 --json "$L/sft-long.json" --log-dir "$L/sft-long-logs" ;;
+    *) echo "unknown step $1" >>"$L/STATUS" ;;
+  esac
+}
+
+case "$cmd" in
+  start)
+    rm -rf "$L" && mkdir -p "$L" && cp -r . "$L/repo"
+    cd "$L/repo" || exit 1
+    export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 FASTNEMO_GPU_REPORT=$L
+    # mamba_ssm autotunes ~200 Triton configs on its first call; keep the winners on disk so that every
+    # later process (each bench variant is one) reuses them instead of tuning again
+    export TRITON_CACHE_AUTOTUNING=1
+    steps=("$@")
+    [ ${#steps[@]} -eq 0 ] && steps=(probe gpu-tests sft gpu-4bit rollout phase sft-long)
+    setsid nohup bash bench/device/lane.sh steps "${steps[@]}" >"$L/lane.log" 2>&1 </dev/null &
+    echo "lane started: ${steps[*]}"
+    ;;
+  steps)
+    for s in "$@"; do step "$s"; done
+    echo "$(date +%T) lane done" >>"$L/STATUS"
+    ;;
+  wait)
+    limit="${1:?seconds}"
+    t0=$SECONDS
+    while ((SECONDS - t0 < limit)) && ! grep -q "lane done" "$L/STATUS" 2>/dev/null; do sleep 5; done
+    cat "$L/STATUS"
+    last=$(ls -t "$L"/*.log 2>/dev/null | head -1)
+    [ -n "$last" ] && { echo "--- tail of $last"; tail -n 25 "$last"; }
+    nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader 2>/dev/null
+    tar -czf "${OUT:-/tmp}/lane.tgz" -C "$L" --exclude repo . 2>/dev/null
+    ;;
+esac
