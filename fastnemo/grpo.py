@@ -67,15 +67,62 @@ _LEFT = {"prompt_ids": "pad", "prompt_mask": 0}
 _RIGHT = {"completion_ids": "pad", "completion_mask": 0, "tool_mask": 1, "old_per_token_logps": 0.0,
           "sampling_per_token_logps": 0.0, "ref_per_token_logps": 0.0, "importance_sampling_ratio": 1.0}
 
+# Unsloth's GRPO (unsloth_zoo rl_replacements) scores a row with its padding moved to the right and keeps
+# the last completion-width + max_left_pad positions, max_left_pad being the batch's largest prompt left
+# padding (the batch carries it as "max_left_pad"). So in its old/ref log-probs a row's completion starts at
+# column max_left_pad - (that row's left padding). Rows joined from batches padded differently must be
+# re-placed for the joined batch's padding, or the ratio pi/pi_old would pair tokens with other tokens.
+_UNSLOTH_WINDOWED = ("old_per_token_logps", "ref_per_token_logps")
+
+
+def _completion_columns(prompt_mask: torch.Tensor, width: int, max_left_pad: int) -> torch.Tensor:
+    left = (prompt_mask == 0).sum(1)
+    return (max_left_pad - left)[:, None] + torch.arange(width, device=prompt_mask.device)
+
+
+def _unwindow(batch: dict) -> dict:
+    """Unsloth's windowed log-probs -> TRL's layout (column j = completion token j)."""
+    out = dict(batch)
+    mlp, width = int(batch["max_left_pad"].max()), batch["completion_ids"].shape[1]
+    cols = _completion_columns(batch["prompt_mask"], width, mlp)
+    for key in _UNSLOTH_WINDOWED:
+        if batch.get(key) is not None:
+            if batch[key].shape[1] != width + mlp:
+                raise NotImplementedError(f"dynamic sampling: Unsloth's {key} is {batch[key].shape[1]} wide, "
+                                          f"expected completions + max_left_pad = {width + mlp}")
+            out[key] = batch[key].gather(1, cols.to(batch[key].device))
+    return out
+
+
+def _rewindow(batch: dict) -> dict:
+    """TRL's layout -> Unsloth's window, for the joined batch's own prompt padding."""
+    left = (batch["prompt_mask"] == 0).sum(1)
+    mlp, width = int(left.max()), batch["completion_ids"].shape[1]
+    cols = _completion_columns(batch["prompt_mask"], width, mlp)
+    for key in _UNSLOTH_WINDOWED:
+        if batch.get(key) is not None:
+            t = batch[key]
+            batch[key] = t.new_zeros(t.shape[0], width + mlp).scatter_(1, cols.to(t.device), t)
+    batch["max_left_pad"] = torch.full((len(left), 1), mlp)
+    return batch
+
 
 def join_batches(parts: list[tuple[dict, list[int]]], pad_id: int) -> dict:
     """Rows ``idx`` of each scored batch, stacked into one (prompts left-padded, completions right-padded)."""
-    keys = set(parts[0][0])
+    unsloth = "max_left_pad" in parts[0][0]
+    if unsloth:
+        parts = [(_unwindow(b), idx) for b, idx in parts]
     out = {}
-    for key in keys:
-        if key == "num_items_in_batch":
+    for key in parts[0][0]:
+        if key in ("num_items_in_batch", "max_left_pad"):
             continue
-        tensors = [b[key][idx] for b, idx in parts]
+        values = [b[key] for b, _ in parts]
+        if all(v is None for v in values):  # e.g. no old log-probs when every update is on-policy
+            out[key] = None
+            continue
+        if any(v is None for v in values):
+            raise NotImplementedError(f"dynamic sampling: batch field {key!r} is missing in some batches only")
+        tensors = [v[idx] for v, (_, idx) in zip(values, parts, strict=True)]
         if key == "advantages":
             out[key] = torch.cat(tensors)
             continue
@@ -89,9 +136,9 @@ def join_batches(parts: list[tuple[dict, list[int]]], pad_id: int) -> dict:
             extra = t.new_full((t.shape[0], width - t.shape[1]), fill)
             padded.append(torch.cat([extra, t] if side == "left" else [t, extra], dim=1))
         out[key] = torch.cat(padded)
-    mask = out["completion_mask"] * out["tool_mask"] if "tool_mask" in out else out["completion_mask"]
+    mask = out["completion_mask"] * out["tool_mask"] if out.get("tool_mask") is not None else out["completion_mask"]
     out["num_items_in_batch"] = mask.sum()  # the DAPO token normaliser of the joined batch
-    return out
+    return _rewindow(out) if unsloth else out
 
 
 def dapo_trainer_class():

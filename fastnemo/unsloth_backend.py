@@ -108,12 +108,7 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
     if adapter is not None:
         # Unsloth's own LoRA setup (its kernels, its gradient checkpointing) with the adapter's shape, then
         # the adapter's weights: a plain PeftModel.from_pretrained would skip Unsloth's patches.
-        from peft import LoraConfig as PeftLoraConfig
-
-        saved = PeftLoraConfig.from_pretrained(str(adapter))
-        lora_cfg = LoraConfig(rank=saved.r, alpha=saved.lora_alpha, dropout=saved.lora_dropout,
-                              target_modules=sorted(saved.target_modules),
-                              train_experts=bool(saved.target_parameters))
+        lora_cfg = saved_lora_config(adapter)
     model = FastLanguageModel.get_peft_model(
         model,
         r=lora_cfg.rank,
@@ -134,6 +129,20 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
         if result.unexpected_keys:
             raise ValueError(f"adapter {adapter}: weights the LoRA does not have: {result.unexpected_keys[:3]}")
     return model, tokenizer
+
+
+def saved_lora_config(adapter: str | Path) -> LoraConfig:
+    """The LoRA shape of a saved adapter. Its targets are read from the weights' names (exactly the modules
+    that carry a LoRA), not from adapter_config.json: Unsloth saves target_modules as its own regex."""
+    from peft import LoraConfig as PeftLoraConfig
+    from safetensors import safe_open
+
+    saved = PeftLoraConfig.from_pretrained(str(adapter))
+    with safe_open(str(Path(adapter) / "adapter_model.safetensors"), "pt") as f:
+        names = {_target_of(k) for k in f.keys()}
+    return LoraConfig(rank=saved.r, alpha=saved.lora_alpha, dropout=saved.lora_dropout,
+                      target_modules=sorted(n for n in names if not n.startswith("experts")),
+                      train_experts=any(n.startswith("experts") for n in names))
 
 
 def lora_parameter_groups(model) -> dict[str, int]:

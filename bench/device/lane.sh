@@ -20,7 +20,8 @@ run_step() {  # name, seconds, command...
   local t0=$SECONDS
   echo "$(date +%T) start $name" >>"$L/STATUS"
   timeout -k 10 "$limit" "$@" >"$L/$name.log" 2>&1
-  echo "$(date +%T) end   $name rc=$? $((SECONDS - t0))s" >>"$L/STATUS"
+  local rc=$?  # before any $(...) below resets $?
+  echo "$(date +%T) end   $name rc=$rc $((SECONDS - t0))s" >>"$L/STATUS"
 }
 
 step() {

@@ -60,6 +60,44 @@ def test_join_batches_pads_and_renormalizes():
     assert out["num_items_in_batch"].item() == 2  # the DAPO token count of the rows kept
 
 
+def unsloth_window(batch: dict, pad_id: int) -> torch.Tensor:
+    """The token ids in the window Unsloth's GRPO scores (unsloth_zoo rl_replacements, as read there): prompt
+    + completion with every pad moved to the right, the last completion-width + max_left_pad columns."""
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    packed = torch.gather(ids, 1, torch.argsort(ids != pad_id, dim=1, descending=True, stable=True))
+    return packed[:, -(batch["completion_ids"].shape[1] + int(batch["max_left_pad"].max())):]
+
+
+def unsloth_batch(prompts: list[list[int]], completions: list[list[int]], pad_id: int = 0) -> dict:
+    """A scored batch in Unsloth's layout whose "log-probs" are the window's token ids, so that alignment is
+    visible: after a join, each completion token must still sit on its own log-prob."""
+    P, C = max(map(len, prompts)), max(map(len, completions))
+    b = {"prompt_ids": torch.tensor([[pad_id] * (P - len(p)) + p for p in prompts]),
+         "prompt_mask": torch.tensor([[0] * (P - len(p)) + [1] * len(p) for p in prompts]),
+         "completion_ids": torch.tensor([c + [pad_id] * (C - len(c)) for c in completions]),
+         "completion_mask": torch.tensor([[1] * len(c) + [0] * (C - len(c)) for c in completions]),
+         "advantages": torch.arange(len(prompts), dtype=torch.float), "sampling_per_token_logps": None,
+         "max_left_pad": torch.full((len(prompts), 1), P - min(map(len, prompts)))}
+    b["old_per_token_logps"] = unsloth_window(b, pad_id).float()
+    return b
+
+
+def test_join_batches_keeps_unsloth_logprobs_on_their_tokens():
+    a = unsloth_batch([[5, 6, 7], [8]], [[11, 12], [13, 14, 15, 16]])
+    b = unsloth_batch([[9, 9, 9, 9, 9], [21, 22]], [[31], [41, 42]])
+    out = grpo.join_batches([(a, [1]), (b, [0, 1])], pad_id=0)
+    window = unsloth_window(out, pad_id=0)
+    assert out["old_per_token_logps"].shape == window.shape  # completions + the joined max_left_pad
+    assert out["max_left_pad"].flatten().tolist() == [4, 4, 4]  # prompt [8] padded to 5 columns
+    # Unsloth's completion mask over the window: from column max_left_pad - left padding on, pads excluded
+    left = (out["prompt_mask"] == 0).sum(1, keepdim=True)
+    completion = (torch.arange(window.shape[1]) >= 4 - left) & (window != 0)
+    assert completion.sum() == out["completion_mask"].sum()
+    assert torch.equal(out["old_per_token_logps"][completion], window[completion].float())
+    assert out["sampling_per_token_logps"] is None
+    assert out["advantages"].tolist() == [1.0, 0.0, 1.0]
+
+
 def test_dynamic_sampling_drops_flat_groups_and_refills(tiny_session, tmp_path):
     flat = rows_for(tiny_session, 2, True, "flat")
     signal = rows_for(tiny_session, 3, False, "sig")
