@@ -139,7 +139,7 @@ def saved_lora_config(adapter: str | Path) -> LoraConfig:
 
     saved = PeftLoraConfig.from_pretrained(str(adapter))
     with safe_open(str(Path(adapter) / "adapter_model.safetensors"), "pt") as f:
-        names = {_target_of(k) for k in f.keys()}
+        names = {_target_of(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     return LoraConfig(rank=saved.r, alpha=saved.lora_alpha, dropout=saved.lora_dropout,
                       target_modules=sorted(n for n in names if not n.startswith("experts")),
                       train_experts=any(n.startswith("experts") for n in names))
