@@ -6,10 +6,13 @@ An estimate from the model's config (parameter counts per layer kind), not a mea
   Nemotron-3-Nano), embeddings, lm_head and the Mamba out_proj stay bf16 (see fastnemo.unsloth_backend).
 - LoRA + optimizer: adapter params in fp32 (PEFT upcasts them) with fp32 grad and AdamW's two moments.
 - activations (training): with gradient checkpointing, one bf16 hidden state per layer per token plus one
-  layer's recomputed working set; the loss head computes log-probs in chunks (TRL's fused LM head).
-- generation: the KV cache of the attention layers and the Mamba conv + SSM state per sequence.
+  layer's recomputed working set (the MoE layer's routed copies and their gradients); the loss head computes
+  log-probs in chunks (TRL's fused LM head).
+- generation: the KV cache of the attention layers and the Mamba conv + SSM state per sequence, plus, for
+  the hf engine, the prefill of a whole batch of prompts at once (vLLM prefills in bounded chunks).
 - headroom: CUDA context, allocator fragmentation and kernels' workspaces.
-Validation against measured peaks on the H100 is still open (see bench/README.md).
+Checked against torch.cuda.max_memory_allocated on real-width slices (bench/README.md, "GPU results"):
+training within 10 % of the measured peak at 2k-8k tokens, hf-engine generation calibrated on it.
 """
 
 from __future__ import annotations
@@ -85,6 +88,17 @@ def layer_params(cfg) -> dict[str, dict[str, int]]:
     }
 
 
+def moe_token_bytes(cfg) -> int:
+    """bf16 bytes of one token's routed copies in an MoE layer: its input, expert up-projection, activation
+    and down-projection outputs, once per chosen expert."""
+    return _get(cfg, "num_experts_per_tok") * 2 * (_get(cfg, "hidden_size") + _get(cfg, "moe_intermediate_size")) * 2
+
+
+# transformers' generate prefills every prompt of a batch at once: measured 472 KB per prompt token on the
+# real widths (64 prompts, H200, bench/rollout_throughput.py), 4.3x one MoE layer's routed copies.
+HF_PREFILL_COPIES = 4.3
+
+
 def lora_params(cfg, layers: list[str], rank: int, targets: list[str], experts: bool) -> int:
     """LoRA A+B parameters for the targeted nn.Linear leaves (and the stacked expert LoRA if ``experts``)."""
     h = _get(cfg, "hidden_size")
@@ -133,6 +147,8 @@ def plan(
     gen_len: int = 8192,
     card_gib: float = CARD_GIB,
     train_experts: bool = False,
+    engine: str = "hf",
+    prompt_tokens: int = 512,
 ) -> MemoryPlan:
     """Estimate the peak memory of LoRA SFT / generation for the model described by ``model_cfg_json``."""
     from fastnemo.config import DEFAULT_TARGETS
@@ -155,9 +171,9 @@ def plan(
     lora = n_lora * 16 / GIB  # fp32 param + grad + two AdamW moments
     tokens = batch * seq_len
     if gradient_checkpointing:
-        # saved layer inputs + one layer's recompute (the MoE layer: top-k expert activations dominate)
+        # saved layer inputs + one layer's recompute (the MoE layer: routed copies and their gradients)
         work = max(
-            tokens * _get(cfg, "num_experts_per_tok") * _get(cfg, "moe_intermediate_size") * 2 * 3,
+            tokens * moe_token_bytes(cfg) * 2,
             tokens * (2 * _get(cfg, "mamba_num_heads") * _get(cfg, "mamba_head_dim") * 2) * 3,
         )
         act = (len(layers) * tokens * h * 2 + work) / GIB
@@ -178,17 +194,21 @@ def plan(
         )
     )
     logits = gen_seqs * v * 4 * 2  # one step's fp32 logits + sampling copy
-    gen = (kv + ssm + logits) / GIB
+    prefill = gen_seqs * prompt_tokens * HF_PREFILL_COPIES * moe_token_bytes(cfg) if engine == "hf" else 0
+    gen = (kv + ssm + logits + prefill) / GIB
     p = MemoryPlan(weights, lora, act, gen, HEADROOM_GIB, card_gib, notes)
     if not p.fits:
-        p.notes.append(suggest(p, batch, seq_len, load_in_4bit))
+        p.notes.append(suggest(p, batch, seq_len, gen_seqs))
     return p
 
 
-def suggest(p: MemoryPlan, batch: int, seq_len: int, load_in_4bit: bool) -> str:
+def suggest(p: MemoryPlan, batch: int, seq_len: int, gen_seqs: int) -> str:
     over = p.total_gib - p.card_gib
     if p.weights_gib + p.lora_optimizer_gib + p.headroom_gib > p.card_gib:
         return f"over by {over:.1f} GiB: the weights alone do not fit this card; 4-bit barely helps (experts stay bf16)"
+    if p.generation_gib > p.activations_gib:
+        fits = int(gen_seqs * (p.generation_gib - over) / p.generation_gib)
+        return f"over by {over:.1f} GiB in generation: lower generation.batch_size from {gen_seqs} to {max(fits, 1)}"
     if batch > 1:
         return f"over by {over:.1f} GiB: lower sft.batch_size to 1 and raise sft.grad_accum by {batch}x"
     return f"over by {over:.1f} GiB: lower max_length below {seq_len} or enable gradient_checkpointing"
@@ -204,7 +224,7 @@ def plan_table(p: MemoryPlan, title: str = "memory plan (estimate)"):
         ("weights", p.weights_gib),
         ("LoRA + optimizer", p.lora_optimizer_gib),
         ("activations (training)", p.activations_gib),
-        ("generation (KV + Mamba state)", p.generation_gib),
+        ("generation (KV, Mamba state, hf prefill)", p.generation_gib),
         ("headroom", p.headroom_gib),
         ("peak (training or generation)", p.total_gib),
         ("card", p.card_gib),
@@ -232,6 +252,7 @@ def plan_recipe(recipe) -> MemoryPlan:
         gen_seqs=recipe.generation.batch_size,
         gen_len=recipe.generation.max_model_len,
         train_experts=recipe.lora.train_experts,
+        engine=recipe.generation.engine,
     )
     if not path.exists():
         p.notes.insert(0, f"{path} not found: planned for the released Nemotron-3-Nano-30B-A3B sizes")
@@ -276,13 +297,16 @@ plan_command = _plan_click()
 
 # ------------------------------------------------------------------------------------------ wall-clock
 # Rates behind the time plan, each with where it comes from. Replace them with bench/ numbers from your card.
+# "Measured" = on the H200 test machine (bench/README.md, GPU results) on a real-width 4-layer slice (M E A E),
+# scaled to the 52 layers by 4/52; an H100 has the same compute and ~70 % of the H200's memory bandwidth.
 RATES = {
-    "train_tok_s": (7_700, ("SFT tokens/s, full model: 50k tok/s measured on an 8-layer real-width slice "
-                           "(hf, grouped_mm, Mamba kernels), scaled by 8/52 layers")),
+    "train_tok_s_hf": (6_500, ("SFT tokens/s, full model, hf backend (transformers + PEFT, grouped_mm, Mamba "
+                              "kernels, TRL fused LM head): 85k measured on the slice at 8k tokens a step")),
+    "train_tok_s_unsloth": (8_800, "the same with the unsloth backend (16-bit): 114k measured on the slice"),
     "vllm_tok_s": (3_500, ("vLLM decode tokens/s at 64 sequences: H100 bandwidth / ~58 GB of weights read per "
                           "step (64 x top-6 routing touches nearly every expert); an estimate, unmeasured")),
-    "hf_tok_s": (350, ("transformers generate tokens/s (no paged KV cache, no CUDA graphs): ~10x below vLLM, "
-                      "an estimate")),
+    "hf_tok_s": (230, ("transformers generate tokens/s at 64 sequences: 2,977 measured on the slice (21.5 ms a "
+                      "decode step, launch-bound, so it grows with the layers)")),
     "build_rows_s": (250, "data build rows/s on 2 CPU cores (bench: puzzles/mix.py)"),
 }
 SFT_ROW_TOKENS = 900  # prompt + solver trace, mean over the reference mix (bench/traces.py, tiny tokenizer)
@@ -292,7 +316,7 @@ GEN_TOKENS = 1_000  # mean completion of a trained model (traces are ~200-2,000 
 def time_plan(recipe) -> list[tuple[str, float, str]]:
     """(stage, hours, how) for one round of ``recipe``'s stages, from RATES."""
     gen_rate = RATES["vllm_tok_s" if recipe.generation.engine == "vllm" else "hf_tok_s"][0]
-    train_rate = RATES["train_tok_s"][0]
+    train_rate = RATES[f"train_tok_s_{recipe.model.backend}"][0]
     distills = "distill" in recipe.stages
     if distills:  # verified traces (~half the prompts at a mid-training pass rate) + the carried share
         rows = recipe.distill.prompts * 0.5 * recipe.distill.keep * (1 + recipe.distill.carry_share)
