@@ -8,6 +8,7 @@ process, so a test can assert that a whole recipe loaded the model exactly once.
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import torch
@@ -123,6 +124,9 @@ class ModelSession:
         if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
             raise FileNotFoundError(f"model.path {path}: config.json but no weights (*.safetensors)")
         adapter = Path(adapter) if adapter else None
+        # mamba_ssm autotunes ~200 Triton kernel configs on a process's first step (81 s measured on the
+        # test GPU); Triton can keep the winners in its on-disk cache so the next run starts at once
+        os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
         if model_cfg.backend == "unsloth":
             from fastnemo import unsloth_backend
 
