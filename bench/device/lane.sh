@@ -7,8 +7,8 @@
 #
 # Steps run one after another from a copy of the repo (the next call's checkout may replace this one), each
 # under its own time limit; every step's log and JSON lands in /tmp/lane, and `wait` packs them into
-# $OUT/lane.tgz with a one-line status per step. Default steps: probe gpu-tests sft gpu-4bit rollout phase
-# sft-long.
+# $OUT/lane.tgz with a one-line status per step. Default steps, the must-pass tests first: gpu-tests probe
+# sft-long gpu-4bit rollout phase sft-8k sft.
 set -uo pipefail
 L=/tmp/lane
 cmd="${1:?usage: lane.sh start [STEP...] | wait SECONDS}"
@@ -35,6 +35,8 @@ step() {
       --repeats 2 --timeout 280 --json "$L/rollout.json" --log-dir "$L/rollout-logs" ;;
     phase) run_step phase 600 python3 bench/phase_switch.py --cycles 1 --steps 2 --prompts 4 --max-tokens 128 \
       --repeats 1 --timeout 280 --json "$L/phase.json" --log-dir "$L/phase-logs" ;;
+    sft-8k) run_step sft-8k 900 python3 bench/sft_throughput.py --shapes 1x8192 --warmup 1 --steps 3 \
+      --timeout 280 --json "$L/sft-8k.json" --log-dir "$L/sft-8k-logs" ;;
     sft-long) run_step sft-long 900 python3 bench/sft_throughput.py --shapes 4x2048 --warmup 1 --steps 3 \
       --timeout 280 --variants fastnemo,trl,unsloth16,unsloth4 --json "$L/sft-long.json" --log-dir "$L/sft-long-logs" ;;
     *) echo "unknown step $1" >>"$L/STATUS" ;;
@@ -50,7 +52,7 @@ case "$cmd" in
     # later process (each bench variant is one) reuses them instead of tuning again
     export TRITON_CACHE_AUTOTUNING=1
     steps=("$@")
-    [ ${#steps[@]} -eq 0 ] && steps=(probe gpu-tests sft gpu-4bit rollout phase sft-long)
+    [ ${#steps[@]} -eq 0 ] && steps=(gpu-tests probe sft-long gpu-4bit rollout phase sft-8k sft)
     setsid nohup bash bench/device/lane.sh steps "${steps[@]}" >"$L/lane.log" 2>&1 </dev/null &
     echo "lane started: ${steps[*]}"
     ;;
