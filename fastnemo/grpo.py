@@ -123,7 +123,7 @@ def join_batches(parts: list[tuple[dict, list[int]]], pad_id: int) -> dict:
         if any(v is None for v in values):
             raise NotImplementedError(f"dynamic sampling: batch field {key!r} is missing in some batches only")
         tensors = [v[idx] for v, (_, idx) in zip(values, parts, strict=True)]
-        if key == "advantages":
+        if tensors[0].ndim == 1:  # one value per row: advantages, Unsloth's per-row flags
             out[key] = torch.cat(tensors)
             continue
         if key not in _LEFT and key not in _RIGHT:

@@ -85,6 +85,8 @@ def unsloth_batch(prompts: list[list[int]], completions: list[list[int]], pad_id
 def test_join_batches_keeps_unsloth_logprobs_on_their_tokens():
     a = unsloth_batch([[5, 6, 7], [8]], [[11, 12], [13, 14, 15, 16]])
     b = unsloth_batch([[9, 9, 9, 9, 9], [21, 22]], [[31], [41, 42]])
+    for batch in (a, b):  # Unsloth's per-row flag when rollout log-probs serve as the old ones
+        batch["unsloth_rollout_logps_as_old"] = torch.ones(2, dtype=torch.bool)
     out = grpo.join_batches([(a, [1]), (b, [0, 1])], pad_id=0)
     window = unsloth_window(out, pad_id=0)
     assert out["old_per_token_logps"].shape == window.shape  # completions + the joined max_left_pad
@@ -96,6 +98,7 @@ def test_join_batches_keeps_unsloth_logprobs_on_their_tokens():
     assert torch.equal(out["old_per_token_logps"][completion], window[completion].float())
     assert out["sampling_per_token_logps"] is None
     assert out["advantages"].tolist() == [1.0, 0.0, 1.0]
+    assert out["unsloth_rollout_logps_as_old"].tolist() == [True, True, True]
 
 
 def test_dynamic_sampling_drops_flat_groups_and_refills(tiny_session, tmp_path):
