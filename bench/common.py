@@ -309,6 +309,11 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def child_args(**options) -> list[str]:
+    """A variant process's command-line options: child_args(max_tokens=64) -> ["--max-tokens", "64"]."""
+    return [a for k, v in options.items() for a in ("--" + k.replace("_", "-"), str(v))]
+
+
 def run_child(cmd: list[str], log_path: Path | None, timeout: float) -> tuple[int, str]:
     """Run one variant in its own process (Unsloth patches transformers process-wide on import), streaming
     its output to ``log_path`` so a timeout still leaves the log. Returns (rc, output)."""

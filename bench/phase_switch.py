@@ -251,30 +251,9 @@ def main(
         "in_process": in_process,
     }
     console.print(common.header_table("phase_switch", settings))
-    args = [
-        "--engine",
-        engine,
-        "--cycles",
-        str(cycles),
-        "--steps",
-        str(steps),
-        "--shape",
-        f"{batch}x{seq}",
-        "--prompts",
-        str(prompts),
-        "--group",
-        str(group),
-        "--max-tokens",
-        str(max_tokens),
-        "--repeats",
-        "1",
-        "--rank",
-        str(rank),
-        "--model-dir",
-        model_dir,
-        "--slice",
-        slice_spec,
-    ]
+    args = common.child_args(engine=engine, cycles=cycles, steps=steps, shape=f"{batch}x{seq}", prompts=prompts,
+                             group=group, max_tokens=max_tokens, repeats=1, rank=rank, model_dir=model_dir,
+                             slice=slice_spec)
 
     def run_one(v: str) -> dict:
         here = (lambda: measure(v, *run[:-1], 1)) if in_process else None

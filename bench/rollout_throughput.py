@@ -240,24 +240,9 @@ def main(
         "in_process": in_process,
     }
     console.print(common.header_table("rollout_throughput", settings))
-    args = [
-        "--groups",
-        ",".join(map(str, groups)),
-        "--prompts",
-        str(prompts),
-        "--max-tokens",
-        str(max_tokens),
-        "--batch-size",
-        str(batch_size),
-        "--repeats",
-        str(repeats),
-        "--rank",
-        str(rank),
-        "--model-dir",
-        model_dir,
-        "--slice",
-        slice_spec,
-    ]
+    args = common.child_args(groups=",".join(map(str, groups)), prompts=prompts, max_tokens=max_tokens,
+                             batch_size=batch_size, repeats=repeats, rank=rank, model_dir=model_dir,
+                             slice=slice_spec)
 
     def run_one(v: str) -> dict:
         if reason := skip_reason(v, vllm_py):

@@ -322,22 +322,8 @@ def main(
     console.print(common.header_table("sft_throughput", settings))
     results = []
     for b, s in shapes:
-        args = [
-            "--shapes",
-            f"{b}x{s}",
-            "--targets",
-            targets,
-            "--rank",
-            str(rank),
-            "--warmup",
-            str(warmup),
-            "--steps",
-            str(steps),
-            "--model-dir",
-            model_dir,
-            "--slice",
-            slice_spec,
-        ]
+        args = common.child_args(shapes=f"{b}x{s}", targets=targets, rank=rank, warmup=warmup, steps=steps,
+                                 model_dir=model_dir, slice=slice_spec)
 
         def run_one(v: str, b=b, s=s, args=args) -> dict:
             if reason := skip_reason(v):
