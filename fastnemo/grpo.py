@@ -17,7 +17,8 @@ What this module adds (``DAPOTrainer``, a thin subclass):
   engine samples, ``sync_weights`` first whenever an optimizer step changed the LoRA. With the hf engine
   TRL generates with ``session.model`` itself, which is the same thing without a detour.
 - Per-step metrics (to ``log`` -> metrics.jsonl): reward mean/std per category, dropped share, completion
-  length mean/p95, generation vs training seconds, peak memory; TRL adds clip ratios and entropy.
+  length mean/p95, generation vs training seconds, peak memory; TRL adds clip ratios, and entropy where its
+  own loss runs (hf backend; Unsloth's GRPO loss, scored from hidden states in chunks, does not log it).
 
 The trainer wraps ``session.model`` (no copy, no second model), so generation right after training uses
 the updated LoRA. An interrupted run resumes from the last trainer checkpoint (every ``save_steps``).

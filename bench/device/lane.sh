@@ -7,8 +7,9 @@
 #
 # Steps run one after another from a copy of the repo (the next call's checkout may replace this one), each
 # under its own time limit; every step's log and JSON lands in /tmp/lane, and `wait` packs them into
-# $OUT/lane.tgz with a one-line status per step. Default steps, the must-pass tests first: gpu-tests probe
-# sft-long gpu-4bit rollout phase sft-8k sft.
+# $OUT/lane.tgz with a one-line status per step. Default steps (~15 min, the must-pass tests first, so
+# that they fit one 30-minute session with staging): gpu-all probe sft-long rollout phase. Also: gpu-tests,
+# gpu-4bit, sft-8k, sft.
 set -uo pipefail
 L=/tmp/lane
 cmd="${1:?usage: lane.sh start [STEP...] | wait SECONDS}"
@@ -27,6 +28,7 @@ run_step() {  # name, seconds, command...
 step() {
   case "$1" in
     probe) run_step probe 420 python3 bench/device/probe.py --shapes 2x256,2x1024,4x2048 --json "$L/probe.json" ;;
+    gpu-all) run_step gpu-all 600 python3 -m pytest -m gpu tests -q -s ;;
     gpu-tests) run_step gpu-tests 600 python3 -m pytest -m gpu tests/fastnemo/test_gpu.py -q -s -k "not 4bit" ;;
     gpu-4bit) run_step gpu-4bit 400 python3 -m pytest -m gpu tests/fastnemo/test_gpu.py -q -s -k 4bit ;;
     sft) run_step sft 900 python3 bench/sft_throughput.py --shapes 2x1024 --warmup 1 --steps 3 --timeout 280 \
@@ -52,7 +54,7 @@ case "$cmd" in
     # later process (each bench variant is one) reuses them instead of tuning again
     export TRITON_CACHE_AUTOTUNING=1
     steps=("$@")
-    [ ${#steps[@]} -eq 0 ] && steps=(gpu-tests probe sft-long gpu-4bit rollout phase sft-8k sft)
+    [ ${#steps[@]} -eq 0 ] && steps=(gpu-all probe sft-long rollout phase)
     setsid nohup bash bench/device/lane.sh steps "${steps[@]}" >"$L/lane.log" 2>&1 </dev/null &
     echo "lane started: ${steps[*]}"
     ;;

@@ -5,6 +5,7 @@ MoE, attention). Run on the H100 test machine (see bench/README.md): ``PYTHONPAT
 from __future__ import annotations
 
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -82,11 +83,25 @@ def test_unsloth_lora_trains_every_target(slice_dir, four_bit, tmp_path):
     model.save_pretrained(tmp_path / "adapter")
     del model, opt, params
     torch.cuda.empty_cache()
-    again, _ = _load(slice_dir, False, adapter=tmp_path / "adapter")
+
+    # the submission path: pack -> verify (key for key, shape for shape against this architecture) -> reload
+    # from what the zip holds
+    from fastnemo.pack import pack, verify
+
+    report = verify(pack(tmp_path / "adapter", tmp_path / "submission.zip"), slice_dir, None)
+    print("verify:", report)
+    unzipped = tmp_path / "unzipped"
+    with zipfile.ZipFile(tmp_path / "submission.zip") as zf:
+        zf.extractall(unzipped)
+    again, _ = _load(slice_dir, False, adapter=unzipped)
     again.eval()
     with torch.no_grad():
         out = again(input_ids=ids[:1, :64]).logits.float()
-    assert torch.allclose(out, ref, atol=1e-3, rtol=1e-3), (out - ref).abs().max()
+    err = (out - ref).abs().max()
+    print(f"reload: max |logit difference| {float(err):.4f} (logits up to {float(ref.abs().max()):.2f})")
+    # bf16 logits from a freshly compiled model: equal to a few bf16 ulps (2**-7 relative), while an adapter
+    # that failed to load would be off by what 8 steps of training moved (the loss fell by > 3 nats)
+    assert torch.allclose(out, ref, atol=2e-2, rtol=2e-2), err
 
 
 def test_dapo_steps_on_the_unsloth_session(slice_dir, tmp_path):
@@ -128,6 +143,7 @@ def test_dapo_steps_on_the_unsloth_session(slice_dir, tmp_path):
     assert len(steps) == cfg.max_steps
     report = [{k: r.get(k) for k in ("step", "loss", "reward", "time/generate_s", "time/train_s",
                                       "memory/peak_gb", "completions/length_mean", "entropy")} for r in steps]
+    print("logged per step:", sorted(steps[-1]))
     print("DAPO steps (G=4, 2 groups/step, <=128 new tokens):")
     for r in report:
         print("  ", json.dumps(r, default=float))
