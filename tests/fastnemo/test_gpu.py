@@ -46,7 +46,7 @@ def _batch(vocab: int, n: int = 2, length: int = 256):
 @pytest.mark.parametrize("four_bit", [False, True], ids=["16bit", "4bit"])
 def test_unsloth_lora_trains_every_target(slice_dir, four_bit, tmp_path):
     """Every targeted LoRA tensor gets a nonzero gradient, the loss falls on a fixed batch, and the saved
-    adapter reloads to identical logits."""
+    adapter passes pack -> verify and reloads from the zip to the same logits."""
     from fastnemo.unsloth_backend import _target_of, lora_parameter_groups
 
     model, tok = _load(slice_dir, four_bit)
