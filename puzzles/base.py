@@ -70,3 +70,19 @@ def detect_category(prompt: str) -> str:
         if marker in head:
             return category
     raise PuzzleFormatError(f"cannot place prompt in any of {CATEGORIES}: {prompt[:80]!r}")
+
+
+@dataclasses.dataclass
+class AuditStep:
+    """One line of a trace as the static auditor (``puzzles.audit``) judged it. ``kind`` names the step
+    (e.g. "arithmetic", "bit_op", "table_lookup", "substitution", "recall", "verify"); ``derived`` is True
+    when the auditor re-computed the line's claim from the prompt and earlier lines, False for a leap.
+
+    A category module may expose ``audit(puzzle: Puzzle, reasoning: str) -> list[AuditStep]`` for its own
+    step kinds; ``puzzles.audit`` calls it and adds the generic checks (metric, referential integrity,
+    length)."""
+
+    line: int
+    kind: str
+    derived: bool
+    text: str = ""
