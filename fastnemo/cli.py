@@ -1,7 +1,14 @@
-"""The ``fastnemo`` command line. Each command is a thin layer over one module; ``recipe`` runs them all."""
+"""The ``fastnemo`` command line. Each command is a thin layer over one module; ``recipe`` runs them all.
+
+The options of the stage commands (``sft``, ``eval``, ``distill``, ``grpo``) are the recipe's own keys: each
+takes ``--model/--adapter/--data/--out`` and ``KEY=VALUE`` overrides, checked by the config dataclasses
+(``fastnemo.config``) exactly like a key in a recipe file, before any model loads. Nothing here imports
+torch at import time: the commands import their modules when they run, so ``fastnemo --help`` is instant.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -9,14 +16,8 @@ from pathlib import Path
 
 import click
 
-from fastnemo.config import (
-    MAX_LORA_RANK,
-    GenerationConfig,
-    LoraConfig,
-    ModelConfig,
-    RecipeError,
-    SamplingConfig,
-)
+from fastnemo import config
+from fastnemo.config import ModelConfig, Recipe, RecipeError
 
 # Quiet transformers' kernel-fallback warnings and tqdm bars: rich bars and tables carry progress instead.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -29,7 +30,26 @@ def _fail(msg: str):
     raise click.ClickException(msg)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+# Commands defined beside the module they drive, imported only when they are asked for.
+LAZY_COMMANDS = {"data": "puzzles.cli:data", "plan": "fastnemo.plan:plan_command"}
+
+
+class LazyGroup(click.Group):
+    """A click group whose ``LAZY_COMMANDS`` are imported on first use (their modules import no torch)."""
+
+    def list_commands(self, ctx):
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx, name):
+        if name in LAZY_COMMANDS and name not in self.commands:
+            import importlib
+
+            module, attr = LAZY_COMMANDS[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="fastnemo")
 def main():
     """fastnemo: a LoRA for Nemotron-3-Nano that solves the Wonderland puzzles, on one H100.
@@ -38,28 +58,30 @@ def main():
     Start here:
       fastnemo recipe recipes/smoke.toml      tiny model, CPU, minutes: data -> SFT -> eval -> zip
       fastnemo recipe --check recipes/round1.toml   validate a recipe, print its plan and memory plan
+      fastnemo recipe recipes/smoke.toml sft.max_steps=3 lora.rank=16   the same, with keys overridden
     """
 
 
 @main.command()
 @click.argument("recipe_file", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--check", is_flag=True, help="Validate the recipe and print the resolved plan; run nothing.")
-def recipe(recipe_file, check):
+def recipe(recipe_file, overrides, check):
     """Run (or resume) every stage of RECIPE_FILE in its run directory.
 
-    Re-running the same command skips finished stages and resumes an interrupted one. The run directory
-    gets the resolved config, manifest.json, metrics.jsonl, plots and, at the end, submission.zip.
+    KEY=VALUE pairs override the file's keys (e.g. sft.max_steps=5 lora.rank=16); each value is read as
+    TOML and checked exactly like the key in the file. Re-running the same command skips finished stages
+    and resumes an interrupted one. The run directory gets the resolved config, manifest.json,
+    metrics.jsonl, plots and, at the end, submission.zip. `fastnemo recipe-keys` lists every key.
     """
     from fastnemo.config import load_recipe, resolve
 
     try:
-        r = load_recipe(recipe_file)
+        r = load_recipe(recipe_file, overrides)
     except RecipeError as e:
         _fail(str(e))
-    if r.model.backend == "unsloth" and not check:
-        from fastnemo.unsloth_backend import import_first
-
-        import_first(vllm_engine=r.generation.engine == "vllm")
+    if not check:
+        _import_backend_first(r)
     from fastnemo.progress import console
     from fastnemo.recipe import plan_keys, preflight, run_recipe
     if check:
@@ -104,46 +126,90 @@ def tiny_model(out_dir, seed, vocab_size):
     click.echo(f"tiny nemotron_h model written to {path}")
 
 
-def _model_options(f):
-    f = click.option("--model", "model_path", required=True, type=click.Path(exists=True, file_okay=False),
-                     help="Base model folder (config.json, weights, tokenizer).")(f)
-    f = click.option("--adapter", type=click.Path(exists=True, file_okay=False),
-                     help="Start from this LoRA adapter folder instead of a fresh LoRA.")(f)
-    f = click.option("--backend", type=click.Choice(["hf", "unsloth"]), default="hf", show_default=True)(f)
-    return f
+# ------------------------------------------------------------------------------------------ stage commands
 
 
-def _session(model_path, adapter, backend, rank=32, engine="hf"):
+def _import_backend_first(r: Recipe) -> None:
+    """Unsloth patches transformers and TRL on import: it must come first (fastnemo.unsloth_backend)."""
+    if r.model.backend == "unsloth":
+        from fastnemo.unsloth_backend import import_first
+
+        import_first(vllm_engine=r.generation.engine == "vllm")
+
+
+def qualify(section: str, item: str) -> str:
+    """A stage command's override with its section added when it names one of the section's own keys:
+    ``max_steps=3`` for ``sft`` is ``sft.max_steps=3``, ``sampling.max_tokens=48`` for ``eval`` is
+    ``eval.sampling.max_tokens=48``; ``lora.rank=8`` or ``seed=1`` stay as they are (recipe keys)."""
+    name = item.partition("=")[0].strip()
+    head, _, rest = name.partition(".")
+    cls = config._hints(Recipe)[section]
+    fields = {f.name: config._hints(cls)[f.name] for f in dataclasses.fields(cls)}
+    if head in fields and (not rest or dataclasses.is_dataclass(fields[head])):
+        return f"{section}.{item.strip()}"
+    return item
+
+
+def stage_recipe(section: str, model_path: str, overrides, **table) -> Recipe:
+    """The Recipe a stage command runs with: defaults, ``model.path`` and ``table`` set, then the overrides.
+    A bad key or value is a usage error naming the key, before any model loads."""
+    base = {"model": {"path": model_path}}
+    for name, value in table.items():
+        base.setdefault(section, {})[name] = value
+    try:
+        items = [qualify(section, o) for o in overrides]
+        return config.build_recipe(config.apply_overrides(base, items), "command line")
+    except RecipeError as e:
+        raise click.UsageError(str(e)) from None
+
+
+def _load_session(r: Recipe, adapter: str | None):
+    _import_backend_first(r)
     from fastnemo.session import ModelSession
 
-    return ModelSession.load(model_path, ModelConfig(path=model_path, backend=backend),
-                             LoraConfig(rank=rank, alpha=rank), GenerationConfig(engine=engine), adapter=adapter)
+    return ModelSession.load(r.model.path, r.model, r.lora, r.generation, adapter=adapter, seed=r.seed)
 
 
-@main.command()
-@_model_options
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="SFT rows (JSONL with prompt and completion, as `fastnemo data build` writes).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (adapter/, checkpoints/).")
-@click.option("--rank", default=32, show_default=True, type=click.IntRange(1, MAX_LORA_RANK))
-@click.option("--lr", default=2e-4, show_default=True)
-@click.option("--epochs", default=1.0, show_default=True)
-@click.option("--max-steps", default=-1, show_default=True, help="Stop after N optimizer steps (-1: epochs).")
-@click.option("--batch-size", default=1, show_default=True)
-@click.option("--grad-accum", default=8, show_default=True)
-@click.option("--max-length", default=8192, show_default=True)
-def sft(model_path, adapter, backend, data, out, rank, lr, epochs, max_steps, batch_size, grad_accum, max_length):
+def _keys_help(section: str) -> str:
+    """The section's keys, defaults and help, for the command's --help (from the config, never restated)."""
+    lines = ["\b\nKEY=VALUE overrides: any recipe key (fastnemo recipe-keys lists them all), e.g. lora.rank=8",
+             f"model.backend=unsloth generation.engine=vllm seed=1; [{section}] keys may drop the '{section}.':"]
+    for name, f, hint in config.iter_keys(config._hints(Recipe)[section], f"{section}."):
+        kind = config.type_text(hint).replace("\\", "")
+        lines.append(f"  {name} = {json.dumps(config.default_of(f))}  ({kind}) {f.metadata['help']}")
+    return "\n".join(lines)
+
+
+def stage_command(name: str, section: str, data_help: str, out_help: str, data_required: bool = True):
+    """A stage command: --model/--adapter/--data/--out plus KEY=VALUE overrides of the recipe's keys."""
+
+    def wrap(f):
+        doc = (f.__doc__ or "").strip()
+        f = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")(f)
+        f = click.option("--out", required=True, type=click.Path(file_okay=False), help=out_help)(f)
+        f = click.option("--data", required=data_required, type=click.Path(exists=True, dir_okay=False),
+                         help=data_help)(f)
+        f = click.option("--adapter", type=click.Path(exists=True, file_okay=False),
+                         help="Start from this LoRA adapter folder instead of a fresh LoRA.")(f)
+        f = click.option("--model", "model_path", required=True, type=click.Path(exists=True, file_okay=False),
+                         help="Base model folder (config.json, weights, tokenizer): model.path.")(f)
+        return main.command(name, help=f"{doc}\n\n{_keys_help(section)}")(f)
+
+    return wrap
+
+
+@stage_command("sft", "sft", "SFT rows (JSONL with prompt and completion, as `fastnemo data build` writes).",
+               "Output folder (adapter/, checkpoints/).")
+def sft(model_path, adapter, data, out, overrides):
     """Supervised fine-tuning of a LoRA on DATA; writes OUT/adapter. Resumes from OUT/checkpoints."""
-    from fastnemo import sft as sft_mod
-    from fastnemo.config import SFTConfig
-    from puzzles.dataset import read_jsonl
-
+    r = stage_recipe("sft", model_path, overrides)
     if (Path(out) / "adapter").exists():  # before loading the model, not after training
         _fail(f"{Path(out) / 'adapter'} exists; refusing to overwrite it (choose another --out)")
-    session = _session(model_path, adapter, backend, rank)
-    cfg = SFTConfig(learning_rate=lr, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
-                    grad_accum=grad_accum, max_length=max_length)
-    summary = sft_mod.train(session, read_jsonl(data), cfg, Path(out) / "checkpoints")
+    from fastnemo import sft as sft_mod
+    from puzzles.dataset import read_jsonl
+
+    session = _load_session(r, adapter)
+    summary = sft_mod.train(session, read_jsonl(data), r.sft, Path(out) / "checkpoints", seed=r.seed)
     try:
         session.save_adapter(Path(out) / "adapter")
     except FileExistsError as e:
@@ -151,30 +217,95 @@ def sft(model_path, adapter, backend, data, out, rank, lr, epochs, max_steps, ba
     click.echo(json.dumps(summary))
 
 
-@main.command("eval")
-@_model_options
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="Validation CSV with id,prompt,answer (the competition's train.csv).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for results.jsonl and summary.json.")
-@click.option("--limit", default=0, show_default=True, help="At most N rows, stratified by category (0: all).")
-@click.option("--max-tokens", default=7680, show_default=True, help="The competition scores with 7680.")
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True)
-def eval_cmd(model_path, adapter, backend, data, out, limit, max_tokens, batch_size, engine):
+@stage_command("eval", "eval", "Validation CSV with id,prompt,answer (the competition's train.csv).",
+               "Folder for results.jsonl and summary.json.")
+def eval_cmd(model_path, adapter, data, out, overrides):
     """Score a model (+ adapter) on DATA with the competition's metric: greedy, boxed answer, 1e-2 tolerance."""
+    r = stage_recipe("eval", model_path, overrides, data=str(data))
     from fastnemo.evaluate import evaluate, stratified
     from fastnemo.files import write_json
     from puzzles.dataset import load_csv
 
     try:
-        puzzles = stratified(load_csv(data, require_answer=True), limit)
+        puzzles = stratified(load_csv(data, require_answer=True), r.eval.limit)
     except ValueError as e:
         _fail(str(e))
-    session = _session(model_path, adapter, backend, engine=engine)
+    session = _load_session(r, adapter)
     Path(out).mkdir(parents=True, exist_ok=True)
-    summary = evaluate(session, puzzles, SamplingConfig(max_tokens=max_tokens), Path(out) / "results.jsonl",
-                       batch_size=batch_size)
+    summary = evaluate(session, puzzles, r.eval.sampling, Path(out) / "results.jsonl",
+                       batch_size=r.generation.batch_size)
     write_json(Path(out) / "summary.json", summary)
+
+
+@stage_command("distill", "distill", "Distill on these puzzles (CSV id,prompt,answer or JSONL) instead of new "
+               "generated ones; distill.prompts caps them.", "Output folder (traces.jsonl, passrates.jsonl, "
+               "goldilocks.jsonl, passrates.png). Re-running the same command resumes.", data_required=False)
+def distill(model_path, adapter, data, out, overrides):
+    """Sample K answers per puzzle, keep the verified ones as SFT traces, and pick the Goldilocks prompts."""
+    r = stage_recipe("distill", model_path, overrides, **({"data": str(Path(data).resolve())} if data else {}))
+    from fastnemo import distill as distill_mod
+
+    session = _load_session(r, adapter)
+    summary = distill_mod.run(session, r, Path(out), seed=r.seed)
+    click.echo(json.dumps(summary))
+
+
+@stage_command("grpo", "grpo", "Training prompts (goldilocks.jsonl from distill, or a CSV id,prompt,answer); "
+               "default: new generated puzzles.", "Output folder (adapter/, checkpoints/, metrics.jsonl). "
+               "Re-running resumes.", data_required=False)
+def grpo(model_path, adapter, data, out, overrides):
+    """DAPO (GRPO with DAPO's settings and dynamic sampling) on a LoRA; writes OUT/adapter."""
+    r = stage_recipe("grpo", model_path, overrides)
+    out = Path(out)
+    if (out / "adapter").exists():  # before loading the model, not after training
+        _fail(f"{out / 'adapter'} exists; refusing to overwrite it (choose another --out)")
+    from fastnemo import grpo as grpo_mod
+    from fastnemo.files import append_jsonl
+
+    out.mkdir(parents=True, exist_ok=True)
+    session = _load_session(r, adapter)
+    summary = grpo_mod.train(session, r, out, prompts_path=Path(data) if data else None, seed=r.seed,
+                             log=lambda rec: append_jsonl(out / "metrics.jsonl", [rec]))
+    try:
+        session.save_adapter(out / "adapter")
+    except FileExistsError as e:
+        _fail(str(e))
+    click.echo(json.dumps(summary))
+
+
+@main.command("recipe-keys")
+@click.option("--update", "readme", type=click.Path(exists=True, dir_okay=False),
+              help="Rewrite the table between the recipe-keys markers of this file (the README) instead.")
+def recipe_keys(readme):
+    """Every recipe key with its type, default and meaning, as a Markdown table (from fastnemo.config)."""
+    table = config.recipe_table()
+    if readme is None:
+        click.echo(table, nl=False)
+        return
+    from fastnemo.files import write_atomic
+
+    text = Path(readme).read_text()
+    try:
+        updated = replace_between_markers(text, table)
+    except ValueError as e:
+        _fail(f"{readme}: {e}")
+    if updated != text:
+        write_atomic(readme, updated)
+    click.echo(f"{readme}: recipe table {'updated' if updated != text else 'already current'}")
+
+
+KEYS_BEGIN, KEYS_END = "<!-- recipe-keys: begin (generated by `fastnemo recipe-keys`) -->", "<!-- recipe-keys: end -->"
+
+
+def replace_between_markers(text: str, table: str) -> str:
+    if KEYS_BEGIN not in text or KEYS_END not in text:
+        raise ValueError(f"no {KEYS_BEGIN} ... {KEYS_END} markers")
+    head, rest = text.split(KEYS_BEGIN, 1)
+    _, tail = rest.split(KEYS_END, 1)
+    return f"{head}{KEYS_BEGIN}\n{table}{KEYS_END}{tail}"
+
+
+# ------------------------------------------------------------------------------------------ artifacts
 
 
 @main.command()
@@ -229,15 +360,5 @@ def best(run_dir):
     click.echo(json.dumps({**top, "adapter": str(run.artifact(top["checkpoint"], "adapter"))}))
 
 
-def _mount() -> None:
-    """Commands that live beside the module they drive."""
-    from fastnemo.distill import distill_command
-    from fastnemo.grpo import grpo_command
-    from fastnemo.plan import plan_command
-    from puzzles.cli import data
-
-    for command in (data, distill_command, grpo_command, plan_command):
-        main.add_command(command)
-
-
-_mount()
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,8 @@
-"""The recipe: one TOML file, typed by the dataclasses below. Every field's default and meaning is documented
-here, where it is defined. Unknown keys and wrong types are errors that name the file and the key.
+"""The recipe: one TOML file, typed by the dataclasses below. Every field's default, help text, choices
+(``Literal``) and bounds are declared here, where it is defined (``key(...)``), and each section checks
+itself when it is built (``Section.__post_init__``): a recipe file, a ``key=value`` override on the command
+line and a config built in Python go through the same checks. Unknown keys and wrong types are errors that
+name the file and the key. The README's recipe table is generated from these fields (``recipe_table``).
 
 A recipe reads top to bottom: what model, which LoRA, what data, then one section per stage, and
 ``stages`` says which run, in order. ``rounds`` repeats the round stages (see ``fastnemo.recipe``).
@@ -7,10 +10,14 @@ A recipe reads top to bottom: what model, which LoRA, what data, then one sectio
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
+import json
 import tomllib
 import typing
 from pathlib import Path
+from typing import ClassVar, Literal
 
 MAX_LORA_RANK = 32  # the competition loads adapters with max_lora_rank 32
 
@@ -23,195 +30,43 @@ MAX_LORA_RANK = 32  # the competition loads adapters with max_lora_rank 32
 # The shared experts' up_proj/down_proj are nn.Linear and are adapted.
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "up_proj", "down_proj")
 
-STAGES = ("data", "sft", "eval", "distill", "grpo", "pack")
+Stage = Literal["data", "sft", "eval", "distill", "grpo", "pack"]
+STAGES = typing.get_args(Stage)
 
 
 class RecipeError(ValueError):
     """A recipe that cannot be run: names the file and the key."""
 
 
-@dataclasses.dataclass
-class ModelConfig:
-    path: str = "models/tiny-nemotron"
-    """Local directory with config.json, weights and tokenizer. Relative paths resolve against the recipe."""
-    base_model_name: str = "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16"
-    """Written as base_model_name_or_path in adapter_config.json: the model the adapter is scored on."""
-    tiny: bool = False
-    """Build a tiny random nemotron_h model at `path` when it is absent (CPU smoke runs and tests)."""
-    backend: str = "hf"
-    """"hf" (transformers + PEFT) or "unsloth" (Unsloth's LoRA kernels; GPU only)."""
-    dtype: str = "auto"
-    """"auto" (bfloat16 on GPU, float32 on CPU), "bfloat16", "float16" or "float32"."""
-    load_in_4bit: bool = False
-    """Quantize the base weights with bitsandbytes (GPU only)."""
-    experts_implementation: str = "auto"
-    """MoE experts kernel: "auto" (transformers' choice: grouped_mm where it can dispatch, else eager),
-    "grouped_mm" (4x eager on the H100, measured) or "eager"; "batched_mm" ran out of memory there."""
-    max_seq_length: int = 8192
-    """Longest prompt + completion, in tokens (the competition's max_model_len is 8192)."""
-    gradient_checkpointing: bool = True
-    """Recompute activations in backward: the memory that makes 8k-token SFT fit on one H100."""
+def key(default, help: str, *, ge=None, gt=None, le=None):
+    """A recipe key: its default, its help text and its bounds, all in one place (the checks, the CLI's help
+    and the README's recipe table read them from here). A list default is copied for every instance."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
-@dataclasses.dataclass
-class LoraConfig:
-    rank: int = 32
-    """LoRA rank r; the competition accepts at most 32."""
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] = dataclasses.field(default_factory=lambda: list(DEFAULT_TARGETS))
-    """Module names to adapt; must exist in the model (checked at load)."""
-    train_experts: bool = False
-    """Also put LoRA on the fused MoE experts (PEFT target_parameters). Off by default: at rank 32 it adds
-    ~13 GiB of fp32 LoRA + Adam state on the full model, and the competition's vLLM serves expert LoRA only
-    as per-expert 2-D weights, so a stacked expert adapter would need converting before submission."""
+def section(cls, help: str):
+    """A nested table of the recipe (``[lora]``, ``[eval.sampling]``)."""
+    return dataclasses.field(default_factory=cls, metadata={"help": help})
 
 
-@dataclasses.dataclass
-class SamplingConfig:
-    """Generation settings. The defaults are the competition's scoring settings (greedy, 7,680 tokens)."""
-
-    n: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_tokens: int = 7680
-    seed: int = 0
-
-
-@dataclasses.dataclass
-class GenerationConfig:
-    engine: str = "hf"
-    """"hf" (transformers generate on the training model) or "vllm" (in-process, colocated)."""
-    batch_size: int = 64
-    """Prompts per generate call (the competition runs max_num_seqs 64)."""
-    gpu_memory_utilization: float = 0.35
-    """vLLM's share of GPU memory when colocated with training."""
-    max_model_len: int = 8192
-
-
-@dataclasses.dataclass
-class DataConfig:
-    n: int = 2000
-    """Puzzles to generate for SFT (solver traces)."""
-    like: str = ""
-    """Reference CSV whose category shares and difficulty the mix matches ("" = uniform)."""
-    floor: int = 0
-    """Minimum rows per category."""
-    keep_guessed: list[str] = dataclasses.field(default_factory=lambda: ["unit_conversion", "gravity"])
-    """Categories whose guessed solver rows are kept when exactly the generator's answer: their rounded
-    examples leave only the last digit open; dropping them would skew the mix toward small answers."""
-    workers: int = 2
-    """Processes for the mix build."""
-    path: str = ""
-    """Use this existing SFT JSONL instead of generating ("" = generate)."""
-
-
-@dataclasses.dataclass
-class SFTConfig:
-    learning_rate: float = 2e-4
-    epochs: float = 1.0
-    max_steps: int = -1
-    """Stop after this many optimizer steps (-1 = run the epochs)."""
-    batch_size: int = 1
-    grad_accum: int = 8
-    max_length: int = 8192
-    warmup: float = 0.03
-    """Warm-up: a fraction of the steps when < 1, else a number of steps."""
-    save_steps: int = 200
-    """Trainer checkpoint every N steps: an interrupted SFT resumes from the last one."""
-    logging_steps: int = 10
-
-
-@dataclasses.dataclass
-class EvalConfig:
-    data: str = ""
-    """Validation CSV (id,prompt,answer): the user's train.csv. "" = a held-out generated set."""
-    limit: int = 0
-    """Evaluate at most this many rows, stratified by category (0 = all)."""
-    n_generated: int = 120
-    """Size of the held-out generated set when `data` is empty."""
-    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
-
-
-@dataclasses.dataclass
-class DistillConfig:
-    prompts: int = 2000
-    """Prompts to sample (new generated puzzles unless `data` is set)."""
-    data: str = ""
-    k: int = 8
-    """Candidates per prompt."""
-    keep: int = 1
-    """Verified traces kept per prompt (shortest first)."""
-    temperature: float = 0.7
-    max_tokens: int = 7680
-    goldilocks_low: float = 0.2
-    goldilocks_high: float = 0.8
-    """Prompts solved within [low, high] of the time go to the next RL stage."""
-    carry_share: float = 0.3
-    """Share of the previous SFT data mixed into the next SFT set."""
-
-
-@dataclasses.dataclass
-class GRPOConfig:
-    prompts: int = 2000
-    max_steps: int = 100
-    learning_rate: float = 1e-6
-    group_size: int = 8
-    """Completions per prompt (2-16)."""
-    batch_prompts: int = 4
-    """Prompts per optimizer step (after dynamic sampling refills the batch)."""
-    epsilon_low: float = 0.2
-    epsilon_high: float = 0.28
-    beta: float = 0.0
-    loss_type: str = "dapo"
-    """Token-level loss normalisation (TRL loss_type)."""
-    max_tokens: int = 7680
-    temperature: float = 1.0
-    overlong: str = "mask"
-    """"mask" truncated completions out of the loss, or "penalty" (soft length penalty)."""
-    dynamic_sampling: bool = True
-    """Drop groups whose rewards are all equal, refill until the batch is full."""
-    updates_per_generation: int = 1
-    """Optimizer steps per rollout batch. At 1 every step is on-policy and the clip range never binds;
-    at 2+ the later steps are off-policy and DAPO's clip-higher takes effect."""
-    micro_batch: int = 0
-    """Completions per forward/backward (0 = one group). Lower it when a group of long completions OOMs."""
-    format_reward: float = 0.0
-    """Weight of the format reward (exactly one final box after the reasoning); 0 = off."""
-    length_reward: str = "none"
-    """"none", "cosine" (cosine-scaled correctness) or "penalty" (length penalty)."""
-    save_steps: int = 25
-
-
-@dataclasses.dataclass
-class Recipe:
-    name: str = "run"
-    run_dir: str = "runs/run"
-    """Run directory (relative to the recipe file). Re-running the recipe resumes it."""
-    seed: int = 0
-    stages: list[str] = dataclasses.field(default_factory=lambda: ["data", "sft", "eval", "pack"])
-    rounds: int = 1
-    """Repeat the stages (all but pack) this many times; pack runs once, after the last round."""
-    until_plateau: int = 0
-    """Stop before `rounds` when the best validation score has not improved for this many rounds (0 = off)."""
-    start_from: str = ""
-    """A previous run directory (its best checkpoint and its SFT data) or an adapter folder to start from."""
-    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    lora: LoraConfig = dataclasses.field(default_factory=LoraConfig)
-    generation: GenerationConfig = dataclasses.field(default_factory=GenerationConfig)
-    data: DataConfig = dataclasses.field(default_factory=DataConfig)
-    sft: SFTConfig = dataclasses.field(default_factory=SFTConfig)
-    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
-    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
-    grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
-    source: str = ""
-    """The recipe file this was read from (set by load_recipe)."""
+@functools.cache
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
 
 
 def _check_type(value, hint, where: str):
+    """``value`` as the type ``hint`` says (an int is accepted for a float), or a RecipeError naming ``where``."""
     origin = typing.get_origin(hint)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if isinstance(value, bool) or value not in allowed:
+            raise RecipeError(f"{where} must be one of {allowed}, got {value!r}")
+        return value
     if origin is list:
-        if not isinstance(value, list):
+        if not isinstance(value, (list, tuple)):
             raise RecipeError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
         (item,) = typing.get_args(hint)
         return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
@@ -222,78 +77,319 @@ def _check_type(value, hint, where: str):
     return value
 
 
-def _build(cls, table: dict, where: str):
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
+def _check_bounds(value, meta, where: str) -> None:
+    ge, gt, le = meta.get("ge"), meta.get("gt"), meta.get("le")
+    if ge is not None and le is not None and not ge <= value <= le:
+        raise RecipeError(f"{where} must be in {ge}..{le}, got {value}")
+    if ge is not None and value < ge:
+        raise RecipeError(f"{where} must be >= {ge}, got {value}")
+    if gt is not None and value <= gt:
+        raise RecipeError(f"{where} must be > {gt}, got {value}")
+    if le is not None and value > le:
+        raise RecipeError(f"{where} must be <= {le}, got {value}")
+
+
+class Section:
+    """A recipe section: on construction every field is checked against its type, its ``Literal`` choices and
+    its bounds, then ``check`` runs the section's cross-field rules. Errors name the key (``lora.rank``)."""
+
+    KEY: ClassVar[str] = ""  # where the section sits in a recipe ("" = the top level)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            hint, value, where = _hints(type(self))[f.name], getattr(self, f.name), self.where(f.name)
+            if dataclasses.is_dataclass(hint):
+                if not isinstance(value, hint):
+                    raise RecipeError(f"{where}: expected a table, got {value!r}")
+                continue
+            value = _check_type(value, hint, where)
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                _check_bounds(value, f.metadata, where)
+            object.__setattr__(self, f.name, value)
+        self.check()
+
+    def where(self, name: str) -> str:
+        return f"{self.KEY}.{name}" if self.KEY else name
+
+    def check(self) -> None:
+        """Rules between fields of this section (none by default)."""
+
+
+@dataclasses.dataclass
+class ModelConfig(Section):
+    KEY: ClassVar[str] = "model"
+    path: str = key("models/tiny-nemotron", "Local directory with config.json, weights and tokenizer. Relative "
+                    "paths resolve against the recipe.")
+    base_model_name: str = key("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", "Written as base_model_name_or_path "
+                               "in adapter_config.json: the model the adapter is scored on.")
+    tiny: bool = key(False, "Build a tiny random nemotron_h model at `path` when it is absent (CPU smoke runs "
+                     "and tests).")
+    backend: Literal["hf", "unsloth"] = key("hf", "\"hf\" (transformers + PEFT) or \"unsloth\" (Unsloth's LoRA "
+                                            "kernels; GPU only).")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = key(
+        "auto", "\"auto\" is bfloat16 on GPU, float32 on CPU.")
+    load_in_4bit: bool = key(False, "Quantize the base weights with bitsandbytes (GPU only; backend \"unsloth\" "
+                             "only: the hf backend loads 16-bit weights).")
+    experts_implementation: Literal["auto", "grouped_mm", "eager"] = key(
+        "auto", "MoE experts kernel: \"auto\" (transformers' choice: grouped_mm where it can dispatch, else "
+        "eager), \"grouped_mm\" (4x eager on the H100, measured) or \"eager\"; \"batched_mm\" ran out of memory "
+        "there.")
+    max_seq_length: int = key(8192, "Longest prompt + completion, in tokens (the competition's max_model_len is "
+                              "8192).", ge=1)
+    gradient_checkpointing: bool = key(True, "Recompute activations in backward: the memory that makes 8k-token "
+                                       "SFT fit on one H100.")
+
+    def check(self):
+        if self.load_in_4bit and self.backend == "hf":
+            raise RecipeError("model.load_in_4bit needs model.backend = 'unsloth': the hf backend loads 16-bit "
+                              "weights and would ignore it")
+
+
+@dataclasses.dataclass
+class LoraConfig(Section):
+    KEY: ClassVar[str] = "lora"
+    rank: int = key(32, "LoRA rank r; the competition accepts at most 32.", ge=1, le=MAX_LORA_RANK)
+    alpha: int = key(32, "LoRA scaling numerator: the update is scaled by alpha / rank.", ge=1)
+    dropout: float = key(0.0, "Dropout on the LoRA input.", ge=0.0, le=1.0)
+    target_modules: list[str] = key(list(DEFAULT_TARGETS), "Module names to adapt; must exist in the model "
+                                    "(checked at load).")
+    train_experts: bool = key(
+        False, "Also put LoRA on the fused MoE experts (PEFT target_parameters). Off by default: at rank 32 it "
+        "adds ~13 GiB of fp32 LoRA + Adam state on the full model, and the competition's vLLM serves expert LoRA "
+        "only as per-expert 2-D weights, so a stacked expert adapter would need converting before submission.")
+
+    def check(self):
+        if "lm_head" in self.target_modules:
+            raise RecipeError("lora.target_modules: 'lm_head' cannot be trained (TRL's trainers compute "
+                              "log-probs from lm_head.weight directly; its LoRA would never get a gradient)")
+
+
+@dataclasses.dataclass
+class SamplingConfig(Section):
+    """Generation settings. The defaults are the competition's scoring settings (greedy, 7,680 tokens)."""
+
+    KEY: ClassVar[str] = "eval.sampling"
+    n: int = key(1, "Completions per prompt.", ge=1)
+    temperature: float = key(0.0, "Sampling temperature (0 = greedy, as the competition scores).", ge=0.0)
+    top_p: float = key(1.0, "Nucleus sampling mass.", gt=0.0, le=1.0)
+    max_tokens: int = key(7680, "Most new tokens per completion (the competition's 7,680).", ge=1)
+    seed: int = key(0, "Sampling seed.")
+
+
+@dataclasses.dataclass
+class GenerationConfig(Section):
+    KEY: ClassVar[str] = "generation"
+    engine: Literal["hf", "vllm"] = key("hf", "\"hf\" (transformers generate on the training model) or \"vllm\" "
+                                        "(in-process, colocated).")
+    batch_size: int = key(64, "Prompts per generate call (the competition runs max_num_seqs 64).", ge=1)
+    gpu_memory_utilization: float = key(0.35, "vLLM's share of GPU memory when colocated with training.",
+                                        gt=0.0, le=1.0)
+    max_model_len: int = key(8192, "vLLM's longest prompt + completion, in tokens.", ge=1)
+
+
+@dataclasses.dataclass
+class DataConfig(Section):
+    KEY: ClassVar[str] = "data"
+    n: int = key(2000, "Puzzles to generate for SFT (solver traces).", ge=0)
+    like: str = key("", "Reference CSV whose category shares and difficulty the mix matches (\"\" = uniform).")
+    floor: int = key(0, "Minimum rows per category.", ge=0)
+    keep_guessed: list[str] = key(
+        ["unit_conversion", "gravity"], "Categories whose guessed solver rows are kept when exactly the "
+        "generator's answer: their rounded examples leave only the last digit open; dropping them would skew the "
+        "mix toward small answers.")
+    workers: int = key(2, "Processes for the mix build.", ge=1)
+    path: str = key("", "Use this existing SFT JSONL instead of generating (\"\" = generate).")
+
+
+@dataclasses.dataclass
+class SFTConfig(Section):
+    KEY: ClassVar[str] = "sft"
+    learning_rate: float = key(2e-4, "Peak learning rate (AdamW).", gt=0.0)
+    epochs: float = key(1.0, "Passes over the SFT data (when max_steps is -1).", gt=0.0)
+    max_steps: int = key(-1, "Stop after this many optimizer steps (-1 = run the epochs).", ge=-1)
+    batch_size: int = key(1, "Rows per device per forward/backward.", ge=1)
+    grad_accum: int = key(8, "Forward/backward passes per optimizer step.", ge=1)
+    max_length: int = key(8192, "Longest SFT row in tokens; longer rows are truncated.", ge=1)
+    warmup: float = key(0.03, "Warm-up: a fraction of the steps when < 1, else a number of steps.", ge=0.0)
+    save_steps: int = key(200, "Trainer checkpoint every N steps: an interrupted SFT resumes from the last one.",
+                          ge=1)
+    logging_steps: int = key(10, "Log loss and throughput every N steps.", ge=1)
+
+    def check(self):
+        if self.max_steps == 0:
+            raise RecipeError("sft.max_steps must be -1 (run the epochs) or >= 1, got 0")
+
+
+@dataclasses.dataclass
+class EvalConfig(Section):
+    KEY: ClassVar[str] = "eval"
+    data: str = key("", "Validation CSV (id,prompt,answer): the user's train.csv. \"\" = a held-out generated "
+                    "set.")
+    limit: int = key(0, "Evaluate at most this many rows, stratified by category (0 = all).", ge=0)
+    n_generated: int = key(120, "Size of the held-out generated set when `data` is empty.", ge=1)
+    sampling: SamplingConfig = section(SamplingConfig, "How evaluation generates (the competition's settings).")
+
+
+@dataclasses.dataclass
+class DistillConfig(Section):
+    KEY: ClassVar[str] = "distill"
+    prompts: int = key(2000, "Prompts to sample (new generated puzzles unless `data` is set; caps `data`).", ge=0)
+    data: str = key("", "Distill on these puzzles instead (CSV id,prompt,answer or JSONL) (\"\" = generate).")
+    k: int = key(8, "Candidates per prompt.", ge=1)
+    keep: int = key(1, "Verified traces kept per prompt (shortest first).", ge=1)
+    temperature: float = key(0.7, "Sampling temperature of the candidates.", ge=0.0)
+    max_tokens: int = key(7680, "Most new tokens per candidate.", ge=1)
+    goldilocks_low: float = key(0.2, "Lowest pass rate of a prompt that goes to the next RL stage.", ge=0.0,
+                                le=1.0)
+    goldilocks_high: float = key(0.8, "Highest pass rate of a prompt that goes to the next RL stage.", ge=0.0,
+                                 le=1.0)
+    carry_share: float = key(0.3, "Share of the previous SFT data mixed into the next SFT set.", ge=0.0, le=1.0)
+
+    def check(self):
+        if not self.goldilocks_low <= self.goldilocks_high:
+            raise RecipeError(f"distill.goldilocks_low/high must satisfy 0 <= low <= high <= 1, "
+                              f"got {self.goldilocks_low}, {self.goldilocks_high}")
+
+
+@dataclasses.dataclass
+class GRPOConfig(Section):
+    KEY: ClassVar[str] = "grpo"
+    prompts: int = key(2000, "Training prompts (the distill stage's Goldilocks set, else new generated "
+                       "puzzles), at most this many.", ge=0)
+    max_steps: int = key(100, "Optimizer steps.", ge=1)
+    learning_rate: float = key(1e-6, "Learning rate (constant).", gt=0.0)
+    group_size: int = key(8, "Completions per prompt.", ge=2, le=16)
+    batch_prompts: int = key(4, "Prompts per optimizer step (after dynamic sampling refills the batch).", ge=1)
+    epsilon_low: float = key(0.2, "Lower clip range of the ratio pi/pi_old.", ge=0.0)
+    epsilon_high: float = key(0.28, "Upper clip range (DAPO's clip-higher).", ge=0.0)
+    beta: float = key(0.0, "KL coefficient (0 = no reference model is built).", ge=0.0)
+    loss_type: Literal["dapo", "bnpo", "dr_grpo", "grpo", "cispo", "sapo"] = key(
+        "dapo", "Token-level loss normalisation (TRL loss_type).")
+    max_tokens: int = key(7680, "Most new tokens per completion.", ge=1)
+    temperature: float = key(1.0, "Sampling temperature of the rollouts.", gt=0.0)
+    overlong: Literal["mask", "penalty"] = key("mask", "\"mask\" truncated completions out of the loss, or "
+                                               "\"penalty\" (soft length penalty).")
+    dynamic_sampling: bool = key(True, "Drop groups whose rewards are all equal, refill until the batch is full.")
+    max_refills: int = key(4, "Refill rounds per optimizer step before dynamic sampling gives up and keeps "
+                           "zero-signal groups: bounds the cost of a batch the policy solves always or never.",
+                           ge=0)
+    updates_per_generation: int = key(
+        1, "Optimizer steps per rollout batch. At 1 every step is on-policy and the clip range never binds; at "
+        "2+ the later steps are off-policy and DAPO's clip-higher takes effect.", ge=1)
+    micro_batch: int = key(0, "Completions per forward/backward (0 = one group). Lower it when a group of long "
+                           "completions OOMs.", ge=0)
+    format_reward: float = key(0.0, "Weight of the format reward (exactly one final box after the reasoning); "
+                               "0 = off.", ge=0.0)
+    length_reward: Literal["none", "cosine", "penalty"] = key(
+        "none", "\"none\", \"cosine\" (cosine-scaled correctness) or \"penalty\" (length penalty).")
+    save_steps: int = key(25, "Trainer checkpoint every N steps.", ge=1)
+
+    def check(self):
+        rows = self.batch_prompts * self.group_size
+        if self.micro_batch and rows % self.micro_batch:
+            raise RecipeError(f"grpo.micro_batch {self.micro_batch} must divide batch_prompts x group_size "
+                              f"= {rows}")
+
+
+@dataclasses.dataclass
+class Recipe(Section):
+    name: str = key("run", "The run's name (printed, and in the manifest).")
+    run_dir: str = key("runs/run", "Run directory (relative to the recipe file). Re-running the recipe resumes "
+                       "it.")
+    seed: int = key(0, "Seed of data generation, sampling and training.")
+    stages: list[Stage] = key(["data", "sft", "eval", "pack"], "Stages to run, in order, each round; pack runs "
+                              "once, at the end.")
+    rounds: int = key(1, "Repeat the stages (all but pack) this many times; pack runs once, after the last "
+                      "round.", ge=1)
+    until_plateau: int = key(0, "Stop before `rounds` when the best validation score has not improved for this "
+                             "many rounds (0 = off).", ge=0)
+    start_from: str = key("", "A previous run directory (its best checkpoint and its SFT data) or an adapter "
+                          "folder to start from.")
+    model: ModelConfig = section(ModelConfig, "The base model and how it is loaded.")
+    lora: LoraConfig = section(LoraConfig, "The adapter that is trained and submitted.")
+    generation: GenerationConfig = section(GenerationConfig, "The generation engine (eval, distill, rollouts).")
+    data: DataConfig = section(DataConfig, "The SFT data of the data stage.")
+    sft: SFTConfig = section(SFTConfig, "Supervised fine-tuning.")
+    eval: EvalConfig = section(EvalConfig, "Validation with the competition's metric.")
+    distill: DistillConfig = section(DistillConfig, "Self-distillation: sample, verify, keep.")
+    grpo: GRPOConfig = section(GRPOConfig, "DAPO (TRL's GRPOTrainer with DAPO's settings and dynamic sampling).")
+    source: str = key("", "The recipe file this was read from (set by load_recipe; not a recipe key).")
+
+    def check(self):
+        trained, seen = "base", set()
+        for stage in self.stages:  # an evaluation needs something new to score
+            if stage == "eval":
+                if trained in seen:
+                    raise RecipeError(f"stages: two 'eval' after the same training stage ({trained!r})")
+                seen.add(trained)
+            elif stage in ("sft", "grpo"):
+                trained = stage
+        once = [s for s in self.stages if s in ("sft", "grpo", "data", "distill")]
+        if len(once) != len(set(once)):
+            raise RecipeError("stages: data, sft, distill and grpo may each appear once per round")
+
+
+# ------------------------------------------------------------------------------------- reading a recipe
+
+
+def _build(cls, table: dict, prefix: str = ""):
+    """``cls`` from a TOML table: unknown keys refused here, types and values by the sections themselves."""
+    names = {f.name for f in dataclasses.fields(cls)} - {"source"}
     kwargs = {}
-    for key, value in table.items():
-        if key not in fields or key == "source":
-            raise RecipeError(f"{where}: unknown key {key!r} (expected one of {sorted(fields - {'source'})})")
-        hint = hints[key]
+    for name, value in table.items():
+        if name not in names:
+            where = f"{prefix[:-1]}: " if prefix else ""
+            raise RecipeError(f"{where}unknown key {name!r} (expected one of {sorted(names)})")
+        hint = _hints(cls)[name]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
-                raise RecipeError(f"{where}.{key}: expected a table, got {value!r}")
-            kwargs[key] = _build(hint, value, f"{where}.{key}")
+                raise RecipeError(f"{prefix}{name}: expected a table, got {value!r}")
+            kwargs[name] = _build(hint, value, f"{prefix}{name}.")
         else:
-            kwargs[key] = _check_type(value, hint, f"{where}.{key}")
+            kwargs[name] = value
     return cls(**kwargs)
 
 
-def validate(recipe: Recipe, where: str) -> None:
-    """Cross-field checks that types alone cannot express."""
-    if not 1 <= recipe.lora.rank <= MAX_LORA_RANK:
-        raise RecipeError(f"{where}: lora.rank must be in 1..{MAX_LORA_RANK}, got {recipe.lora.rank}")
-    for stage in recipe.stages:
-        if stage not in STAGES:
-            raise RecipeError(f"{where}: stages: unknown stage {stage!r} (expected some of {STAGES})")
-    choices = {
-        "model.backend": (recipe.model.backend, ("hf", "unsloth")),
-        "generation.engine": (recipe.generation.engine, ("hf", "vllm")),
-        "grpo.overlong": (recipe.grpo.overlong, ("mask", "penalty")),
-        "grpo.length_reward": (recipe.grpo.length_reward, ("none", "cosine", "penalty")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise RecipeError(f"{where}: {key} must be one of {allowed}, got {value!r}")
-    more = {
-        "model.dtype": (recipe.model.dtype, ("auto", "bfloat16", "float16", "float32")),
-        "model.experts_implementation": (recipe.model.experts_implementation, ("auto", "grouped_mm", "eager")),
-    }
-    for key, (value, allowed) in more.items():
-        if value not in allowed:
-            raise RecipeError(f"{where}: {key} must be one of {allowed}, got {value!r}")
-    if "lm_head" in recipe.lora.target_modules:
-        raise RecipeError(f"{where}: lora.target_modules: 'lm_head' cannot be trained (TRL's trainers compute "
-                          "log-probs from lm_head.weight directly; its LoRA would never get a gradient)")
-    d = recipe.distill
-    if not 0 <= d.goldilocks_low <= d.goldilocks_high <= 1:
-        raise RecipeError(f"{where}: distill.goldilocks_low/high must satisfy 0 <= low <= high <= 1, "
-                          f"got {d.goldilocks_low}, {d.goldilocks_high}")
-    g = recipe.grpo
-    if g.micro_batch and (g.batch_prompts * g.group_size) % g.micro_batch:
-        raise RecipeError(f"{where}: grpo.micro_batch {g.micro_batch} must divide batch_prompts x group_size "
-                          f"= {g.batch_prompts * g.group_size}")
-    trained = "base"
-    seen = set()
-    for stage in recipe.stages:  # an evaluation needs something new to score
-        if stage == "eval":
-            if trained in seen:
-                raise RecipeError(f"{where}: stages: two 'eval' after the same training stage ({trained!r})")
-            seen.add(trained)
-        elif stage in ("sft", "grpo"):
-            trained = stage
-    if len([s for s in recipe.stages if s in ("sft", "grpo", "data", "distill")]) != len(
-        {s for s in recipe.stages if s in ("sft", "grpo", "data", "distill")}
-    ):
-        raise RecipeError(f"{where}: stages: data, sft, distill and grpo may each appear once per round")
-    if not 2 <= recipe.grpo.group_size <= 16:
-        raise RecipeError(f"{where}: grpo.group_size must be in 2..16, got {recipe.grpo.group_size}")
-    if recipe.rounds < 1:
-        raise RecipeError(f"{where}: rounds must be >= 1, got {recipe.rounds}")
+def parse_override(item: str) -> tuple[list[str], object]:
+    """``"sft.max_steps=3"`` -> (["sft", "max_steps"], 3). The value is read as a TOML value (``3``, ``2e-4``,
+    ``true``, ``["q_proj"]``, ``"text"``); a bare word that is no TOML value is taken as a string."""
+    name, sep, text = item.partition("=")
+    name = name.strip()
+    if not sep or not name or any(not part for part in name.split(".")):
+        raise RecipeError(f"override {item!r}: expected KEY=VALUE, e.g. sft.max_steps=3")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return name.split("."), value
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read, type-check and validate a recipe; relative paths inside it resolve against its folder."""
+def apply_overrides(table: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """A copy of the recipe ``table`` with ``key=value`` overrides set in it (checked when it is built)."""
+    table = copy.deepcopy(table)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = table
+        for i, part in enumerate(path[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise RecipeError(f"override {item!r}: {'.'.join(path[: i + 1])} is a value, not a table")
+            node = child
+        node[path[-1]] = value
+    return table
+
+
+def build_recipe(table: dict, where: str = "recipe") -> Recipe:
+    """A checked Recipe from a TOML-shaped table; errors are RecipeErrors that start with ``where``."""
+    try:
+        return _build(Recipe, table)
+    except RecipeError as e:
+        raise RecipeError(f"{where}: {e}") from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read, type-check and validate a recipe, with ``key=value`` ``overrides`` applied on top (checked exactly
+    like keys in the file); relative paths inside it resolve against its folder."""
     path = Path(path)
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
@@ -301,8 +397,7 @@ def load_recipe(path: str | Path) -> Recipe:
         table = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise RecipeError(f"{path}: not valid TOML: {e}") from e
-    recipe = _build(Recipe, table, str(path))
-    validate(recipe, str(path))
+    recipe = build_recipe(apply_overrides(table, overrides), str(path))
     recipe.source = str(path.resolve())
     return recipe
 
@@ -318,3 +413,46 @@ def resolve(recipe: Recipe, value: str) -> Path:
 def to_dict(recipe: Recipe) -> dict:
     return dataclasses.asdict(recipe)
 
+
+# ------------------------------------------------------------------------------------------- the docs
+
+
+def iter_keys(cls=Recipe, prefix: str = ""):
+    """(dotted key, field, type hint) of every recipe key, sections depth first, in declaration order."""
+    for f in dataclasses.fields(cls):
+        hint = _hints(cls)[f.name]
+        if f.name == "source":
+            continue
+        if dataclasses.is_dataclass(hint):
+            yield from iter_keys(hint, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f, hint
+
+
+def type_text(hint) -> str:
+    if typing.get_origin(hint) is Literal:
+        return " \\| ".join(f'"{a}"' for a in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"list of {type_text(typing.get_args(hint)[0])}"
+    return hint.__name__
+
+
+def default_of(f) -> object:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def bounds_text(meta) -> str:
+    ge, gt, le = meta.get("ge"), meta.get("gt"), meta.get("le")
+    parts = [f">= {ge}" if ge is not None else "", f"> {gt}" if gt is not None else "",
+             f"<= {le}" if le is not None else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def recipe_table() -> str:
+    """The README's table of every recipe key, generated from the dataclasses above."""
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for name, f, hint in iter_keys():
+        kind = type_text(hint) + (f" ({bounds_text(f.metadata)})" if bounds_text(f.metadata) else "")
+        text = f.metadata["help"].replace("|", "\\|")
+        lines.append(f"| `{name}` | {kind} | `{json.dumps(default_of(f))}` | {text} |")
+    return "\n".join(lines) + "\n"

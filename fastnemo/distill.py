@@ -28,8 +28,6 @@ import random
 import time
 from pathlib import Path
 
-import click
-
 from fastnemo.config import Recipe, SamplingConfig, resolve
 from fastnemo.progress import console, task
 from fastnemo.rewards import THINK_CLOSE, well_formatted
@@ -308,44 +306,3 @@ def mix_next(traces_path, prev_sft_path, out_path, carry_share: float, seed: int
     write_jsonl(out_path, out)
     return {"rows": len(out), "new": len(new), "carried": len(carried), "topped_up": topped,
             "duplicates": duplicates, "floor": floor, "per_category": dict(sorted(counts.items()))}
-
-
-# ------------------------------------------------------------------------------------------------- cli
-
-
-@click.command("distill")
-@click.option("--model", "model_path", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Base model folder (config.json, weights, tokenizer).")
-@click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="LoRA adapter to sample with.")
-@click.option("--backend", type=click.Choice(["hf", "unsloth"]), default="hf", show_default=True)
-@click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True)
-@click.option("--prompts", default=2000, show_default=True, help="New generated puzzles to distill on.")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False),
-              help="Distill on these puzzles instead (CSV id,prompt,answer or JSONL); --prompts caps them.")
-@click.option("--k", default=8, show_default=True, help="Candidates per prompt.")
-@click.option("--keep", default=1, show_default=True, help="Verified traces kept per prompt (shortest first).")
-@click.option("--temperature", default=0.7, show_default=True)
-@click.option("--max-tokens", default=7680, show_default=True)
-@click.option("--batch-size", default=64, show_default=True, help="Sequences per generate call.")
-@click.option("--low", default=0.2, show_default=True, help="Goldilocks: lowest pass rate kept for RL.")
-@click.option("--high", default=0.8, show_default=True, help="Goldilocks: highest pass rate kept for RL.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Output folder (traces.jsonl, passrates.jsonl, goldilocks.jsonl, passrates.png). "
-                   "Re-running the same command resumes.")
-def distill_command(model_path, adapter, backend, engine, prompts, data, k, keep, temperature, max_tokens,
-                    batch_size, low, high, seed, out):
-    """Sample K answers per puzzle, keep the verified ones as SFT traces, and pick the Goldilocks prompts."""
-    from fastnemo.config import DistillConfig, GenerationConfig, LoraConfig, ModelConfig
-    from fastnemo.session import ModelSession
-
-    recipe = Recipe(
-        model=ModelConfig(path=model_path, backend=backend),
-        generation=GenerationConfig(engine=engine, batch_size=batch_size),
-        distill=DistillConfig(prompts=prompts, data=str(Path(data).resolve()) if data else "", k=k, keep=keep,
-                              temperature=temperature, max_tokens=max_tokens, goldilocks_low=low,
-                              goldilocks_high=high),
-    )
-    session = ModelSession.load(model_path, recipe.model, LoraConfig(), recipe.generation, adapter=adapter)
-    summary = run(session, recipe, Path(out), seed=seed)
-    click.echo(json.dumps(summary))

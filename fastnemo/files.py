@@ -11,7 +11,7 @@ import signal
 import tempfile
 from pathlib import Path
 
-from puzzles.dataset import drop_torn_tail  # noqa: F401  (one implementation, shared with puzzles/)
+from puzzles.dataset import drop_torn_tail
 
 # Power loss mid-write, for the crash tests: a process whose FASTNEMO_CRASH_AT names a file kills itself
 # with SIGKILL after writing that file's temp copy and before the rename that would publish it.
@@ -84,6 +84,26 @@ def atomic_dir(final: str | Path):
         fsync_dir(final.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def append_jsonl(path: str | Path, records: list[dict]) -> None:
+    """Append ``records`` as JSONL lines in one write and fsync them: a kill leaves at most one torn last line,
+    which is cut first here (else it would swallow the first record appended) and by ``read_jsonl``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    drop_torn_tail(path)
+    with open(path, "a") as f:
+        f.write("".join(json.dumps(r, default=float) + "\n" for r in records))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of an append-only JSONL file (``append_jsonl``); an absent file has none, and a last line
+    cut short by a kill is skipped (it is the record whose append never finished)."""
+    from puzzles.dataset import read_jsonl as read_rows
+
+    return read_rows(path, tolerate_torn_tail=True) if Path(path).exists() else []
 
 
 def sha256(path: str | Path) -> str:

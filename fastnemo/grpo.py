@@ -27,7 +27,6 @@ the updated LoRA. An interrupted run resumes from the last trainer checkpoint (e
 from __future__ import annotations
 
 import collections
-import json
 import math
 import random
 import resource
@@ -35,7 +34,6 @@ import time
 import warnings
 from pathlib import Path
 
-import click
 import torch
 
 from fastnemo.config import GRPOConfig, Recipe, SamplingConfig
@@ -434,63 +432,3 @@ def train(session, recipe: Recipe, out_dir: Path, prompts_path: Path | None = No
         "length_mean_end": mean("completions/length_mean"),
         "seconds": round(time.time() - t0, 1),
     }
-
-
-# ------------------------------------------------------------------------------------------------- cli
-
-
-@click.command("grpo")
-@click.option("--model", "model_path", required=True, type=click.Path(exists=True, file_okay=False),
-              help="Base model folder (config.json, weights, tokenizer).")
-@click.option("--adapter", type=click.Path(exists=True, file_okay=False),
-              help="Start from this LoRA adapter (usually the SFT one).")
-@click.option("--backend", type=click.Choice(["hf", "unsloth"]), default="hf", show_default=True)
-@click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True)
-@click.option("--prompts-file", type=click.Path(exists=True, dir_okay=False),
-              help="Training prompts (goldilocks.jsonl from distill, or a CSV id,prompt,answer); "
-                   "default: new generated puzzles.")
-@click.option("--prompts", default=2000, show_default=True, help="Use at most N prompts.")
-@click.option("--steps", default=100, show_default=True, help="Optimizer steps.")
-@click.option("--lr", default=1e-6, show_default=True)
-@click.option("--group-size", default=8, show_default=True, type=click.IntRange(2, 16))
-@click.option("--batch-prompts", default=4, show_default=True, help="Informative groups per step.")
-@click.option("--max-tokens", default=7680, show_default=True)
-@click.option("--temperature", default=1.0, show_default=True)
-@click.option("--overlong", type=click.Choice(["mask", "penalty"]), default="mask", show_default=True)
-@click.option("--length-reward", type=click.Choice(["none", "cosine", "penalty"]), default="none",
-              show_default=True)
-@click.option("--format-reward", default=0.0, show_default=True, help="Weight of the format reward (0: off).")
-@click.option("--no-dynamic-sampling", is_flag=True, help="Keep groups whose rewards are all equal.")
-@click.option("--rank", default=32, show_default=True, type=click.IntRange(1, 32),
-              help="LoRA rank of a fresh adapter (the competition accepts at most 32).")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--out", required=True, type=click.Path(file_okay=False),
-              help="Output folder (adapter/, checkpoints/, metrics.jsonl). Re-running resumes.")
-def grpo_command(model_path, adapter, backend, engine, prompts_file, prompts, steps, lr, group_size,
-                 batch_prompts, max_tokens, temperature, overlong, length_reward, format_reward,
-                 no_dynamic_sampling, rank, seed, out):
-    """DAPO (GRPO with DAPO's settings and dynamic sampling) on a LoRA; writes OUT/adapter."""
-    from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig
-    from fastnemo.session import ModelSession
-
-    recipe = Recipe(
-        model=ModelConfig(path=model_path, backend=backend),
-        generation=GenerationConfig(engine=engine),
-        grpo=GRPOConfig(prompts=prompts, max_steps=steps, learning_rate=lr, group_size=group_size,
-                        batch_prompts=batch_prompts, max_tokens=max_tokens, temperature=temperature,
-                        overlong=overlong, length_reward=length_reward, format_reward=format_reward,
-                        dynamic_sampling=not no_dynamic_sampling),
-    )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    session = ModelSession.load(model_path, recipe.model, LoraConfig(rank=rank, alpha=rank), recipe.generation,
-                                adapter=adapter)
-
-    def log(rec):
-        with open(out / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(rec, default=float) + "\n")
-
-    summary = train(session, recipe, out, prompts_path=Path(prompts_file) if prompts_file else None, seed=seed,
-                    log=log)
-    session.save_adapter(out / "adapter")
-    click.echo(json.dumps(summary))

@@ -18,10 +18,14 @@ from fastnemo.cli import main
 REPO = Path(__file__).resolve().parents[2]
 
 KEY_OPTIONS = {
-    "recipe": ["--check", "RECIPE_FILE"],
+    "recipe": ["--check", "RECIPE_FILE", "KEY=VALUE"],
     "tiny-model": ["--seed", "--vocab-size", "OUT_DIR"],
-    "sft": ["--model", "--adapter", "--data", "--out", "--rank", "--lr", "--max-steps", "--grad-accum"],
-    "eval": ["--model", "--adapter", "--data", "--out", "--limit", "--max-tokens", "--engine"],
+    "sft": ["--model", "--adapter", "--data", "--out", "lora.rank", "sft.learning_rate", "sft.max_steps",
+            "sft.grad_accum"],
+    "eval": ["--model", "--adapter", "--data", "--out", "eval.limit", "eval.sampling.max_tokens",
+             "generation.engine"],
+    "distill": ["--model", "--adapter", "--data", "--out", "distill.k", "distill.goldilocks_low"],
+    "grpo": ["--model", "--adapter", "--data", "--out", "grpo.group_size", "grpo.max_refills"],
     "pack": ["--out", "--overwrite", "ADAPTER_DIR"],
     "verify": ["--model", "--base-model", "--load", "ZIP_PATH"],
     "best": ["RUN_DIR"],
@@ -33,7 +37,9 @@ def invoke(*args):
 
 
 def all_commands(group: click.Group, prefix=()):
-    for name, cmd in group.commands.items():
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # lazy commands included
+        cmd = group.get_command(ctx, name)
         yield (*prefix, name), cmd
         if isinstance(cmd, click.Group):
             yield from all_commands(cmd, (*prefix, name))
@@ -192,7 +198,7 @@ def write_eval_csv(path: Path, n_per: int = 1) -> Path:
 def test_eval_command_writes_results_and_summary(tiny_model_dir, tmp_path):
     data = write_eval_csv(tmp_path / "val.csv", n_per=2)
     out = tmp_path / "eval"
-    r = invoke("eval", "--model", tiny_model_dir, "--data", data, "--out", out, "--limit", 2, "--max-tokens", 2)
+    r = invoke("eval", "--model", tiny_model_dir, "--data", data, "--out", out, "limit=2", "sampling.max_tokens=2")
     assert r.exit_code == 0, r.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n"] == 2 and set(summary["per_category"]) == {"gravity", "unit_conversion"}  # stratified
@@ -211,21 +217,21 @@ def test_sft_command_trains_and_saves(tiny_model_dir, tmp_path):
     rows = [{"prompt": f"In Alice's Wonderland, {i}?", "completion": f"ok</think>\n\\boxed{{{i}}}"} for i in range(2)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
-    r = invoke("sft", "--model", tiny_model_dir, "--data", data, "--out", out, "--rank", 4, "--max-steps", 1,
-               "--batch-size", 2, "--grad-accum", 1, "--max-length", 128)
+    r = invoke("sft", "--model", tiny_model_dir, "--data", data, "--out", out, "lora.rank=4", "max_steps=1",
+               "batch_size=2", "grad_accum=1", "max_length=128")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout.strip().splitlines()[-1])["steps"] == 1
     cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert cfg["r"] == 4
-    r = invoke("sft", "--model", tiny_model_dir, "--data", data, "--out", out, "--rank", 4, "--max-steps", 1,
-               "--batch-size", 2, "--grad-accum", 1, "--max-length", 128)
+    r = invoke("sft", "--model", tiny_model_dir, "--data", data, "--out", out, "lora.rank=4", "max_steps=1",
+               "batch_size=2", "grad_accum=1", "max_length=128")
     assert r.exit_code != 0 and "refusing to overwrite" in r.output  # the adapter is never overwritten
 
 
 def test_rank_over_32_is_refused_by_the_cli(tiny_model_dir, tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text("{}\n")
-    r = invoke("sft", "--model", tiny_model_dir, "--data", data, "--out", tmp_path / "o", "--rank", 33)
+    r = invoke("sft", "--model", tiny_model_dir, "--data", data, "--out", tmp_path / "o", "lora.rank=33")
     assert r.exit_code == 2 and "33" in r.output
 
 
@@ -249,3 +255,69 @@ def test_best_names_the_top_checkpoint(tmp_path):
     top = json.loads(r.stdout.strip().splitlines()[-1])
     assert top["checkpoint"] == "r1-sft" and top["accuracy"] == 0.25
     assert top["adapter"] == str(run.path / "r1-sft" / "adapter")
+
+
+# ----------------------------------------------------------------------------- startup and overrides
+
+
+def test_help_imports_no_torch():
+    """`fastnemo --help` (and a command's help) must not pay torch's import: commands load lazily."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom fastnemo.cli import main\n"
+            "for args in (['--help'], ['sft', '--help'], ['grpo', '--help'], ['data', '--help']):\n"
+            "    assert CliRunner().invoke(main, args).exit_code == 0, args\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'trl', 'peft') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_recipe_check_applies_and_refuses_overrides():
+    smoke = REPO / "recipes" / "smoke.toml"
+    r = invoke("recipe", "--check", smoke, "lora.rank=64")
+    assert r.exit_code != 0 and "lora.rank" in r.output and "64" in r.output
+    r = invoke("recipe", "--check", smoke, "sft.maxsteps=3")
+    assert r.exit_code != 0 and "'maxsteps'" in r.output
+    r = invoke("recipe", "--check", smoke, "sft.max_steps=3")
+    assert r.exit_code == 0, r.output
+    from fastnemo.config import load_recipe
+
+    assert load_recipe(smoke, ["sft.max_steps=3"]).sft.max_steps == 3
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "needle"),
+    [
+        ("distill", ["goldilocks_low=0.9", "goldilocks_high=0.1"], "goldilocks"),
+        ("grpo", ["loss_type=dapo2"], "grpo.loss_type"),
+        ("grpo", ["group_size=1"], "grpo.group_size"),
+        ("sft", ["lora.rank=64"], "lora.rank"),
+        ("eval", ["model.load_in_4bit=true"], "model.load_in_4bit"),
+        ("sft", ["learning_rate=fast"], "sft.learning_rate"),
+    ],
+)
+def test_stage_commands_refuse_bad_values_before_loading_a_model(tmp_path, command, args, needle):
+    """The model folder is empty: a refusal that names the key proves nothing was loaded first."""
+    model = tmp_path / "empty-model"
+    model.mkdir()
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n")
+    r = invoke(command, "--model", model, "--data", data, "--out", tmp_path / "o", *args)
+    assert r.exit_code == 2 and needle in r.output, r.output
+    assert "Traceback" not in r.output and not (tmp_path / "o").exists()
+
+
+def test_old_hand_copied_options_are_gone():
+    r = invoke("distill", "--model", ".", "--out", "x", "--low", "0.9")
+    assert r.exit_code == 2 and "--low" in r.output
+
+
+def test_qualify_adds_the_commands_section_only_for_its_own_keys():
+    from fastnemo.cli import qualify
+
+    assert qualify("sft", "max_steps=3") == "sft.max_steps=3"
+    assert qualify("eval", "sampling.max_tokens=8") == "eval.sampling.max_tokens=8"
+    assert qualify("distill", "data=x.csv") == "distill.data=x.csv"
+    assert qualify("distill", "data.n=5") == "data.n=5"  # the [data] section, not distill.data
+    assert qualify("sft", "lora.rank=8") == "lora.rank=8" and qualify("sft", "seed=1") == "seed=1"

@@ -182,3 +182,65 @@ def test_cross_field_values_are_checked_before_any_work(tmp_path, text, needle):
     path.write_text(text + "\n")
     with pytest.raises(RecipeError, match=needle):
         load_recipe(path)
+
+
+# ------------------------------------------------------------------ the dataclasses are the single source
+
+
+def test_every_recipe_key_has_help_text():
+    import dataclasses
+
+    from fastnemo import config
+
+    missing = [name for name, f, _ in config.iter_keys() if not f.metadata.get("help", "").strip()]
+    assert not missing, f"recipe keys without help text in fastnemo/config.py: {missing}"
+    for f in dataclasses.fields(Recipe):  # the sections too
+        assert f.metadata.get("help"), f.name
+
+
+def test_readme_recipe_table_is_current():
+    from fastnemo.cli import replace_between_markers
+    from fastnemo.config import recipe_table
+
+    text = (REPO / "README.md").read_text()
+    assert replace_between_markers(text, recipe_table()) == text, (
+        "README.md's recipe table is stale: run `python -m fastnemo recipe-keys --update README.md`")
+
+
+@pytest.mark.parametrize(
+    ("build", "needle"),
+    [
+        (lambda c: c.DistillConfig(goldilocks_low=0.9, goldilocks_high=0.1), "goldilocks"),
+        (lambda c: c.GRPOConfig(loss_type="dapo2"), "grpo.loss_type"),
+        (lambda c: c.LoraConfig(rank=64), "lora.rank"),
+        (lambda c: c.ModelConfig(load_in_4bit=True, backend="hf"), "model.load_in_4bit"),
+        (lambda c: c.SamplingConfig(top_p=0.0), "top_p"),
+        (lambda c: c.SFTConfig(max_steps="3"), "sft.max_steps"),
+        (lambda c: c.GRPOConfig(max_refills=-1), "grpo.max_refills"),
+    ],
+)
+def test_sections_check_themselves_when_built_in_python(build, needle):
+    from fastnemo import config
+
+    with pytest.raises(RecipeError, match=needle.replace(".", r"\.")):
+        build(config)
+
+
+def test_load_in_4bit_is_accepted_with_unsloth(tmp_path):
+    r = load_recipe(write(tmp_path, '[model]\nbackend = "unsloth"\nload_in_4bit = true\n'))
+    assert r.model.load_in_4bit
+    with pytest.raises(RecipeError, match=r"model\.load_in_4bit"):
+        load_recipe(write(tmp_path, "[model]\nload_in_4bit = true\n"))
+
+
+def test_overrides_are_checked_like_keys_in_the_file(tmp_path):
+    p = write(tmp_path, "[sft]\nmax_steps = 12\n[lora]\nrank = 8\n")
+    r = load_recipe(p, ["sft.max_steps=3", "lora.target_modules=['q_proj']", "model.backend=unsloth",
+                        'name="o"', "sft.learning_rate=1"])
+    assert (r.sft.max_steps, r.lora.rank, r.lora.target_modules) == (3, 8, ["q_proj"])
+    assert r.model.backend == "unsloth" and r.name == "o" and r.sft.learning_rate == 1.0
+    for item, key in [("lora.rank=64", "lora.rank"), ("lora.ranks=4", "'ranks'"), ("sft.max_steps=abc", "sft.max_steps"),
+                      ("grpo.overlong=cut", "grpo.overlong"), ("lora=4", "lora"), ("sft.max_steps", "KEY=VALUE"),
+                      ("lora.rank.x=1", "lora.rank")]:
+        with pytest.raises(RecipeError, match=key.replace(".", r"\.")):
+            load_recipe(p, [item])

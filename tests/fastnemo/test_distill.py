@@ -142,10 +142,10 @@ def test_run_on_tiny_model_resumes_and_keeps_planted_trace(tiny_session, tmp_pat
 def test_distill_command(tiny_model_dir, tmp_path):
     from click.testing import CliRunner
 
-    from fastnemo.distill import distill_command
+    from fastnemo.cli import main
 
-    res = CliRunner().invoke(distill_command, ["--model", str(tiny_model_dir), "--prompts", "2", "--k", "2",
-                                               "--max-tokens", "4", "--out", str(tmp_path / "d")])
+    res = CliRunner().invoke(main, ["distill", "--model", str(tiny_model_dir), "prompts=2", "k=2",
+                                    "max_tokens=4", "--out", str(tmp_path / "d")])
     assert res.exit_code == 0, res.output
     summary = json.loads(res.output.strip().splitlines()[-1])
     assert summary["prompts"] == 2 and summary["candidates"] == 4
