@@ -21,14 +21,14 @@
 from __future__ import annotations
 
 import collections
-import json
 import math
-import os
 import random
 import time
 from pathlib import Path
 
 from fastnemo.config import Recipe, SamplingConfig, resolve
+from fastnemo.files import append_jsonl
+from fastnemo.files import read_jsonl as read_jsonl_log
 from fastnemo.progress import console, task
 from fastnemo.rewards import THINK_CLOSE, well_formatted
 from puzzles import CATEGORIES, Puzzle
@@ -134,28 +134,9 @@ def goldilocks(passrates: list[dict], low: float, high: float) -> list[dict]:
 
 
 def read_cache(path: Path) -> dict[str, dict]:
-    """Cached records (``cache_record``) by puzzle id. A last line cut by a kill is removed from the file (so the next
-    append starts on a clean line) and its puzzle is generated again."""
-    from puzzles.dataset import drop_torn_tail
-
-    if not path.exists():
-        return {}
-    drop_torn_tail(path)
-    done = {}
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:  # cannot happen before the last newline unless the disk lied
-            continue
-        done[r["id"]] = r
-    return done
-
-
-def append_batch(path: Path, records: list[dict]) -> None:
-    with open(path, "a") as f:
-        f.write("".join(json.dumps(r) + "\n" for r in records))
-        f.flush()
-        os.fsync(f.fileno())
+    """Cached records (``cache_record``) by puzzle id. A last line cut by a kill is skipped (and cut off before
+    the next append), so its puzzle is generated again."""
+    return {r["id"]: r for r in read_jsonl_log(path)}
 
 
 # ------------------------------------------------------------------------------------------------- run
@@ -210,7 +191,7 @@ def run(session, recipe: Recipe, out_dir: Path, seed: int = 0, log=None) -> dict
                 cands = [{"text": c.text, "n_tokens": c.n_tokens, "finish_reason": c.finish_reason} for c in cands]
                 records.append(cache_record(p, cands, cfg.keep))
                 tokens += sum(c["n_tokens"] for c in cands)
-            append_batch(cache_path, records)  # only then is the batch done: a kill before it redoes it
+            append_jsonl(cache_path, records)  # only then is the batch done: a kill before it redoes it
             done.update((r["id"], r) for r in records)
             n_done += len(batch)
             rate = sum(r["correct"] for r in records) / max(1, sum(r["k"] for r in records))

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 from pathlib import Path
 
 from rich.table import Table
 
 from fastnemo.config import SamplingConfig
-from fastnemo.files import drop_torn_tail
+from fastnemo.files import append_jsonl, read_jsonl
 from fastnemo.progress import console, task
 from puzzles import CATEGORIES, Puzzle
 from puzzles.metric import boxed_contents, extract_answer, is_correct
@@ -74,30 +73,18 @@ def table(summary: dict, title: str = "evaluation") -> Table:
     return t
 
 
-def _read_done(path: Path) -> dict[str, dict]:
-    done = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a crash: redo that puzzle
-                continue
-            done[r["id"]] = r
-    return done
-
-
 def evaluate(session, puzzles: list[Puzzle], sampling: SamplingConfig, out_path: Path, batch_size: int = 64) -> dict:
     """Score ``session``'s model on ``puzzles``; write ``out_path`` (JSONL) and return the summary."""
     out_path = Path(out_path)
     partial = out_path.with_suffix(".partial.jsonl")
-    drop_torn_tail(partial)  # else the first line appended would be glued to a crash's torn one
-    done = _read_done(partial)
+    done = {r["id"]: r for r in read_jsonl(partial)}  # a line torn by a kill: that puzzle is redone
     todo = [p for p in puzzles if p.id not in done]
-    with task("eval", len(puzzles), unit="puzzle") as advance, open(partial, "a") as f:
+    with task("eval", len(puzzles), unit="puzzle") as advance:
         advance(len(puzzles) - len(todo))
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             outputs = session.generate([p.prompt for p in batch], dataclasses.replace(sampling, n=1))
+            records = []
             for p, (c,) in zip(batch, outputs):
                 pred = extract_answer(c.text)
                 r = {
@@ -106,9 +93,8 @@ def evaluate(session, puzzles: list[Puzzle], sampling: SamplingConfig, out_path:
                     "finish_reason": c.finish_reason, "n_tokens": c.n_tokens, "output": c.text,
                 }
                 done[p.id] = r
-                f.write(json.dumps(r) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+                records.append(r)
+            append_jsonl(partial, records)  # fsynced: a kill redoes at most this batch
             scored = [done[p.id] for p in puzzles if p.id in done]
             advance(len(batch), info=f"acc {sum(r['correct'] for r in scored) / len(scored):.1%}")
     results = [done[p.id] for p in puzzles]

@@ -20,7 +20,7 @@ import shutil
 import time
 from pathlib import Path
 
-from fastnemo.files import drop_torn_tail, sha256, write_atomic, write_json
+from fastnemo.files import append_jsonl, read_jsonl, sha256, write_atomic, write_json
 
 
 class RunLocked(RuntimeError):
@@ -113,24 +113,10 @@ class RunDir:
     # -- metrics -----------------------------------------------------------------------------------------
     def log(self, record: dict) -> None:
         """Append one metrics record (a line is either whole or, after a crash, dropped by read_metrics)."""
-        record = {"time": time.time(), **record}
-        drop_torn_tail(self.path / "metrics.jsonl")  # a crash's torn line would swallow this record
-        with open(self.path / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record, default=float) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.path / "metrics.jsonl", [{"time": time.time(), **record}])
 
     def read_metrics(self) -> list[dict]:
-        p = self.path / "metrics.jsonl"
-        if not p.exists():
-            return []
-        out = []
-        for line in p.read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a crash mid-write
-                continue
-        return out
+        return read_jsonl(self.path / "metrics.jsonl")
 
     def write_config(self, recipe_source: str, resolved: dict) -> None:
         src = Path(recipe_source)

@@ -21,11 +21,11 @@ import io
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from fastnemo.files import atomic_open, drop_torn_tail  # noqa: F401  (the one I/O module; re-exported)
 from puzzles.base import Puzzle, PuzzleFormatError
 
 SFT_FIELDS = ("id", "category", "prompt", "answer", "completion", "source", "status", "features")
@@ -167,19 +167,8 @@ def load_csv(path: str | Path, require_answer: bool = False, skip_bad: bool = Fa
 
 
 def _atomic_write(path: str | Path, write_fn, newline: str | None = None) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline=newline) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w", newline=newline) as f:  # fastnemo.files: the one atomic writer
+        write_fn(f)
 
 
 def _dumps(row: dict) -> str:
@@ -199,20 +188,6 @@ def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
 
     _atomic_write(path, write)
     return n
-
-
-def drop_torn_tail(path: str | Path) -> None:
-    """Cut a JSONL file back to its last complete line: a line a crash cut short would otherwise swallow
-    the next appended record (no newline between them)."""
-    path = Path(path)
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with open(path, "rb+") as f:
-        f.seek(-1, os.SEEK_END)
-        if f.read(1) == b"\n":
-            return
-        f.seek(0)
-        f.truncate(f.read().rfind(b"\n") + 1)
 
 
 def append_jsonl(f: io.TextIOBase, row: dict) -> None:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from fastnemo import distill
+from fastnemo import distill, files
 from fastnemo.config import DistillConfig, Recipe
 from puzzles import Puzzle
 from puzzles.dataset import check_sft_row, read_jsonl, write_jsonl
@@ -67,11 +67,11 @@ def test_goldilocks_bounds_inclusive():
 
 def test_cache_drops_torn_last_line(tmp_path):
     path = tmp_path / distill.CACHE
-    distill.append_batch(path, [{"id": "a", "candidates": [cand("x", 1)]}])
+    files.append_jsonl(path, [{"id": "a", "candidates": [cand("x", 1)]}])
     with open(path, "a") as f:
         f.write('{"id": "b", "candidates": [{"te')  # a kill mid-write
     assert list(distill.read_cache(path)) == ["a"]
-    distill.append_batch(path, [{"id": "c", "candidates": []}])  # appends on a clean line
+    files.append_jsonl(path, [{"id": "c", "candidates": []}])  # appends on a clean line
     assert list(distill.read_cache(path)) == ["a", "c"]
 
 
@@ -117,7 +117,7 @@ def test_run_on_tiny_model_resumes_and_keeps_planted_trace(tiny_session, tmp_pat
     puzzles = distill.load_prompts(recipe, seed=0)
     first = puzzles[0]
     planted = [cand(f"planted\n</think>\n\\boxed{{{first.answer}}}", 5), cand("noise", 4, "length")]
-    distill.append_batch(tmp_path / distill.CACHE, [distill.cache_record(first, planted, keep=1)])
+    files.append_jsonl(tmp_path / distill.CACHE, [distill.cache_record(first, planted, keep=1)])
     with open(tmp_path / distill.CACHE, "a") as f:
         f.write('{"id": "torn')  # and the kill cut the next line
 
