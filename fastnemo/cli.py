@@ -163,6 +163,18 @@ def stage_recipe(section: str, model_path: str, overrides, **table) -> Recipe:
         raise click.UsageError(str(e)) from None
 
 
+def _lock_out(out) -> None:
+    """Take --out's lock (fastnemo.run.RunDir) for the whole command: a second process on the same folder is
+    refused instead of training into the same checkpoints."""
+    from fastnemo.run import RunDir, RunLocked
+
+    try:
+        run = RunDir(out).lock()
+    except RunLocked as e:
+        _fail(str(e))
+    click.get_current_context().call_on_close(run.unlock)  # or when the process exits, however it exits
+
+
 def _load_session(r: Recipe, adapter: str | None):
     _import_backend_first(r)
     from fastnemo.session import ModelSession
@@ -205,6 +217,7 @@ def sft(model_path, adapter, data, out, overrides):
     r = stage_recipe("sft", model_path, overrides)
     if (Path(out) / "adapter").exists():  # before loading the model, not after training
         _fail(f"{Path(out) / 'adapter'} exists; refusing to overwrite it (choose another --out)")
+    _lock_out(out)
     from fastnemo import sft as sft_mod
     from puzzles.dataset import read_jsonl
 
@@ -230,8 +243,8 @@ def eval_cmd(model_path, adapter, data, out, overrides):
         puzzles = stratified(load_csv(data, require_answer=True), r.eval.limit)
     except ValueError as e:
         _fail(str(e))
+    _lock_out(out)
     session = _load_session(r, adapter)
-    Path(out).mkdir(parents=True, exist_ok=True)
     summary = evaluate(session, puzzles, r.eval.sampling, Path(out) / "results.jsonl",
                        batch_size=r.generation.batch_size)
     write_json(Path(out) / "summary.json", summary)
@@ -245,6 +258,7 @@ def distill(model_path, adapter, data, out, overrides):
     r = stage_recipe("distill", model_path, overrides, **({"data": str(Path(data).resolve())} if data else {}))
     from fastnemo import distill as distill_mod
 
+    _lock_out(out)
     session = _load_session(r, adapter)
     summary = distill_mod.run(session, r, Path(out), seed=r.seed)
     click.echo(json.dumps(summary))
@@ -262,7 +276,7 @@ def grpo(model_path, adapter, data, out, overrides):
     from fastnemo import grpo as grpo_mod
     from fastnemo.files import append_jsonl
 
-    out.mkdir(parents=True, exist_ok=True)
+    _lock_out(out)
     session = _load_session(r, adapter)
     summary = grpo_mod.train(session, r, out, prompts_path=Path(data) if data else None, seed=r.seed,
                              log=lambda rec: append_jsonl(out / "metrics.jsonl", [rec]))

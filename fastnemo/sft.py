@@ -46,9 +46,20 @@ def common_args(session, seed: int, save_steps: int) -> dict:
 
 def last_checkpoint(out_dir: Path) -> str | None:
     ckpts = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    # a checkpoint folder is complete once the trainer state is written (the Trainer writes it last)
-    complete = [p for p in ckpts if (p / "trainer_state.json").exists()]
+    complete = [p for p in ckpts if checkpoint_complete(p)]
     return str(complete[-1]) if complete else None
+
+
+def checkpoint_complete(path: Path) -> bool:
+    """A checkpoint folder is complete once its trainer state is written whole: the Trainer writes it after
+    the weights, optimizer and RNG states, so a kill at any point of a save leaves it absent or torn."""
+    import json
+
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return True
 
 
 def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 0, log=None) -> dict:

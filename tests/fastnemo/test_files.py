@@ -1,0 +1,176 @@
+"""The faults every output must survive (fastnemo/files.py and its users): a full disk mid-save, a
+checkpoint folder cut short by a kill, a second process on the same run directory. Each ends with a clear
+error or a clean resume, and no lost or half-written artifact."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fastnemo import files, sft
+from fastnemo.cli import main
+from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SFTConfig
+from fastnemo.session import ModelSession
+
+REPO = Path(__file__).resolve().parents[2]
+ROWS = [{"prompt": f"In Alice's Wonderland, {i} + {i}?", "completion": f"add\n</think>\n\\boxed{{{2 * i}}}"}
+        for i in range(4)]
+
+
+# ------------------------------------------------------------------------------------------ disk full
+
+
+@pytest.fixture()
+def small_disk(tmp_path):
+    """A real 256 KiB filesystem (tmpfs), so writes fail with the kernel's own ENOSPC. Needs mount rights."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` up to ``leave`` free bytes."""
+    filler = disk / "filler"
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    filler.write_bytes(b"\0" * max(0, free - leave))
+    return filler
+
+
+def test_disk_full_during_an_adapter_save_leaves_no_adapter_and_frees_the_space(tiny_session, small_disk):
+    size = sum(f.stat().st_size for f in tiny_session.save_adapter(small_disk / "probe").iterdir())
+    for f in (small_disk / "probe").iterdir():
+        f.unlink()
+    (small_disk / "probe").rmdir()
+    filler = fill(small_disk, size // 2)  # room for half the adapter
+    with pytest.raises(Exception) as e:  # noqa: PT011 -- safetensors (Rust) or Python raises it
+        tiny_session.save_adapter(small_disk / "adapter")
+    assert (isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC) or "No space left" in str(e.value)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no adapter, no temp copy left
+    filler.unlink()
+    saved = tiny_session.save_adapter(small_disk / "adapter")  # the space came back: the save succeeds
+    assert json.loads((saved / "adapter_config.json").read_text())["r"] == 4
+
+
+def test_disk_full_during_an_atomic_write_keeps_the_old_file(small_disk):
+    target = small_disk / "manifest.json"
+    files.write_json(target, {"stages": {"r1-data": {}}})
+    before = target.read_bytes()
+    fill(small_disk, 4096)
+    with pytest.raises(OSError) as e:
+        files.write_atomic(target, b"x" * 65536)
+    assert e.value.errno == errno.ENOSPC
+    assert target.read_bytes() == before and sorted(p.name for p in small_disk.iterdir()) == ["filler",
+                                                                                               "manifest.json"]
+
+
+def test_disk_full_during_an_append_leaves_whole_records(small_disk):
+    log = small_disk / "metrics.jsonl"
+    files.append_jsonl(log, [{"step": 1}])
+    fill(small_disk, 0)
+    with pytest.raises(OSError):
+        files.append_jsonl(log, [{"step": 2, "pad": "x" * 65536}])
+    assert files.read_jsonl(log)[0] == {"step": 1}  # what was there is readable; a torn tail is skipped
+    (small_disk / "filler").unlink()
+    files.append_jsonl(log, [{"step": 3}])
+    assert [r["step"] for r in files.read_jsonl(log)] == [1, 3]
+
+
+# --------------------------------------------------------------------------- a checkpoint cut short
+
+
+def fresh_session(tiny_model_dir) -> ModelSession:
+    return ModelSession.load(tiny_model_dir, ModelConfig(path=str(tiny_model_dir), dtype="float32",
+                                                         gradient_checkpointing=False),
+                             LoraConfig(rank=4, alpha=8), GenerationConfig(engine="hf"))
+
+
+def cfg(**kw) -> SFTConfig:
+    return SFTConfig(**{"learning_rate": 1e-3, "batch_size": 2, "grad_accum": 1, "max_length": 128,
+                        "logging_steps": 1, "warmup": 0.0, **kw})
+
+
+@pytest.mark.parametrize("cut", ["torn_trainer_state", "killed_before_trainer_state"])
+def test_resume_falls_back_to_the_previous_complete_checkpoint(tiny_session, tiny_model_dir, tmp_path, cut):
+    out = tmp_path / "ckpt"
+    assert sft.train(tiny_session, ROWS, cfg(max_steps=4, save_steps=2), out)["steps"] == 4
+    last = out / "checkpoint-4"
+    state = last / "trainer_state.json"
+    if cut == "torn_trainer_state":  # killed while the Trainer wrote its state, the last file of a save
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    else:  # killed mid-save: the weights half written, no state yet
+        state.unlink()
+        weights = next(last.glob("*.safetensors"))
+        weights.write_bytes(weights.read_bytes()[:100])
+    assert sft.last_checkpoint(out) == str(out / "checkpoint-2")
+
+    logs = []
+    resumed = sft.train(fresh_session(tiny_model_dir), ROWS, cfg(max_steps=4, save_steps=2), out, log=logs.append)
+    assert resumed["steps"] == 4
+    assert [r["step"] for r in logs if "loss" in r] == [3, 4]  # from step 2, not from scratch, not failing
+    assert sft.checkpoint_complete(out / "checkpoint-4")  # the cut folder was written again, whole
+
+
+# --------------------------------------------------------------------- a second process on a run dir
+
+
+def hold_lock(path: Path) -> subprocess.Popen:
+    """Another process that takes ``path``'s run lock and keeps it until killed."""
+    code = ("import sys, time\nfrom fastnemo.run import RunDir\nRunDir(sys.argv[1]).lock()\n"
+            "print('locked', flush=True)\ntime.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_process_on_a_stage_commands_out_folder_is_refused(tiny_model_dir, tmp_path):
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    out = tmp_path / "out"
+    holder = hold_lock(out)
+    try:
+        r = CliRunner().invoke(main, ["sft", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
+                                      "max_steps=1", "batch_size=2", "grad_accum=1", "max_length=128"])
+        assert r.exit_code == 1 and "in use" in r.output and f"pid {holder.pid}" in r.output, r.output
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing trained, nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    r = CliRunner().invoke(main, ["sft", "--model", str(tiny_model_dir), "--data", str(data), "--out", str(out),
+                                  "lora.rank=4", "max_steps=1", "batch_size=2", "grad_accum=1", "max_length=128"])
+    assert r.exit_code == 0, r.output
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_a_second_recipe_process_on_a_running_run_is_refused(tiny_model_dir, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'run_dir = "run"\nstages = ["data", "sft"]\n[model]\npath = "{tiny_model_dir}"\n'
+                      'dtype = "float32"\ngradient_checkpointing = false\nmax_seq_length = 256\n[lora]\nrank = 4\n'
+                      "[data]\nn = 12\nworkers = 1\n[sft]\nmax_steps = 2\nbatch_size = 2\ngrad_accum = 1\n"
+                      "max_length = 256\nsave_steps = 1\n")
+    first = subprocess.Popen([sys.executable, "-m", "fastnemo", "recipe", str(recipe)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lock = tmp_path / "run" / ".lock"
+    deadline = time.time() + 120
+    while not (lock.exists() and lock.read_text().strip() == f"pid {first.pid}"):
+        assert first.poll() is None and time.time() < deadline, first.stdout.read()
+        time.sleep(0.05)
+    second = CliRunner().invoke(main, ["recipe", str(recipe)])
+    assert second.exit_code == 1 and f"in use by pid {first.pid}" in second.output, second.output
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out  # the first run never noticed
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert list(manifest["stages"]) == ["r1-data", "r1-sft"]
