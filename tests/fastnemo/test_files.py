@@ -33,7 +33,7 @@ def small_disk(tmp_path):
     """A real 256 KiB filesystem (tmpfs), so writes fail with the kernel's own ENOSPC. Needs mount rights."""
     disk = tmp_path / "disk"
     disk.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True, check=False)
     if r.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.decode().strip()}")
     try:
@@ -56,7 +56,7 @@ def test_disk_full_during_an_adapter_save_leaves_no_adapter_and_frees_the_space(
         f.unlink()
     (small_disk / "probe").rmdir()
     filler = fill(small_disk, size // 2)  # room for half the adapter
-    with pytest.raises(Exception) as e:  # noqa: PT011 -- safetensors (Rust) or Python raises it
+    with pytest.raises(Exception) as e:
         tiny_session.save_adapter(small_disk / "adapter")
     assert (isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC) or "No space left" in str(e.value)
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no adapter, no temp copy left
