@@ -5,11 +5,12 @@ objective with DAPO's decoupled clip range (``epsilon`` 0.2 / ``epsilon_high`` 0
 (``beta`` 0: no reference model is built), token-level loss normalisation (``loss_type="dapo"``), and
 masking of truncated completions out of the loss (``mask_truncated_completions``, overlong = "mask").
 
-What this module adds (``DAPOTrainer``, a thin subclass):
+What fastnemo adds (``fastnemo.dapo.DAPOTrainer``, a thin subclass in its own module, imported when a
+trainer is made; this module keeps the batch joining, the rollouts, the data and ``train``):
 
 - Dynamic sampling, which TRL 1.15 lacks: a group whose rewards are all equal has zero advantage and
   teaches nothing, so it is dropped and more prompts are drawn (from the same dataset) until the batch
-  holds ``batch_prompts`` informative groups, for at most ``max_refills`` extra rounds; slots still empty
+  holds ``batch_prompts`` informative groups, for at most ``grpo.max_refills`` extra rounds; slots still empty
   after that keep dropped groups (zero advantage: they add no gradient). The dropped share is logged.
 - Faithful completion text for the rewards: TRL decodes with ``skip_special_tokens=True``, which deletes
   ``</think>`` where it is a special token; we decode again with special tokens kept, as the engines do.
@@ -26,9 +27,7 @@ the updated LoRA. An interrupted run resumes from the last trainer checkpoint (e
 
 from __future__ import annotations
 
-import collections
 import math
-import random
 import resource
 import time
 import warnings
@@ -38,19 +37,6 @@ import torch
 
 from fastnemo.config import GRPOConfig, Recipe, SamplingConfig
 from fastnemo.rewards import reward_funcs
-
-# Refill rounds per optimizer step before dynamic sampling gives up and keeps zero-signal groups: bounds
-# the cost of a batch where the policy solves everything or nothing.
-MAX_REFILLS = 4
-
-
-def _trl():
-    # TRL's GRPO trainer warns on import-time experimental features; importing it lazily keeps `fastnemo`
-    # commands that never train fast to start.
-    from trl import GRPOConfig as TRLGRPOConfig
-    from trl import GRPOTrainer
-
-    return TRLGRPOConfig, GRPOTrainer
 
 
 def group_signal(rewards: torch.Tensor, group_size: int, tol: float = 1e-6) -> torch.Tensor:
@@ -140,122 +126,6 @@ def join_batches(parts: list[tuple[dict, list[int]]], pad_id: int) -> dict:
     return _rewindow(out) if unsloth else out
 
 
-def dapo_trainer_class():
-    """``DAPOTrainer``: TRL's ``GRPOTrainer`` plus dynamic sampling and our metrics (built on first use, so
-    importing this module does not import TRL)."""
-    _, GRPOTrainer = _trl()
-
-    class DAPOTrainer(GRPOTrainer):
-        def __init__(self, *args, refill_rows=None, dynamic_sampling=True, max_refills=MAX_REFILLS,
-                     refill_seed=0, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.dynamic_sampling = dynamic_sampling
-            self.max_refills = max_refills
-            self._refill_rows = list(refill_rows or [])
-            self._refill_rng = random.Random(refill_seed)
-            self._refill_order: list[int] = []
-            self._step_time = collections.defaultdict(float)
-            self._cat_rewards = collections.defaultdict(list)
-            self._lengths: list[int] = []
-
-        # -- generation ---------------------------------------------------------------------------------
-        def _generate(self, prompts):
-            out = list(super()._generate(prompts))
-            completion_ids = out[1]
-            eos = set(self.eos_token_ids)
-            # Decode again keeping special tokens (</think> may be one), end-of-turn stripped: the text the
-            # engines return and the rewards expect.
-            out[3] = [
-                self._tokenizer.decode(ids[:-1] if ids and ids[-1] in eos else ids, skip_special_tokens=False)
-                for ids in completion_ids
-            ]
-            self._lengths += [len(ids) for ids in completion_ids]
-            return tuple(out)
-
-        def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-            rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-            self._last_rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(1)
-            for x, r in zip(inputs, self._last_rewards.tolist(), strict=True):
-                self._cat_rewards[x.get("category", "all")].append(r)
-            return rewards_per_func
-
-        def _draw(self, n_groups: int) -> list[dict]:
-            """``n_groups`` prompts from the refill pool (reshuffled when used up), each repeated G times."""
-            rows = []
-            for _ in range(n_groups):
-                if not self._refill_order:
-                    self._refill_order = list(range(len(self._refill_rows)))
-                    self._refill_rng.shuffle(self._refill_order)
-                row = self._refill_rows[self._refill_order.pop()]
-                rows += [dict(row) for _ in range(self.num_generations)]
-            return rows
-
-        def _generate_and_score_completions(self, inputs):
-            t0 = time.perf_counter()
-            if not self.model.training or not self.dynamic_sampling or not self._refill_rows:
-                out = super()._generate_and_score_completions(inputs)
-                self._step_time["generate"] += time.perf_counter() - t0
-                return out
-            G = self.num_generations
-            want = len(inputs) // G
-            kept, spare, seen, batch = [], [], 0, inputs
-            for attempt in range(self.max_refills + 1):
-                scored = super()._generate_and_score_completions(batch)
-                signal = group_signal(self._last_rewards, G).tolist()
-                seen += len(signal)
-                for g, ok in enumerate(signal):
-                    rows = list(range(g * G, (g + 1) * G))
-                    (kept if ok and len(kept) < want else spare).append((scored, rows))
-                if len(kept) >= want or attempt == self.max_refills:
-                    break
-                need = want - len(kept)
-                keep_rate = max(len(kept) / seen, 1 / want)
-                batch = self._draw(min(want, max(need, math.ceil(need / keep_rate))))
-            groups = kept + spare[: want - len(kept)]
-            dropped = seen - len(kept)
-            m = self._metrics["train"]
-            m["dynamic/dropped_share"].append(dropped / seen)
-            m["dynamic/refills"].append(attempt)
-            m["dynamic/zero_signal_kept"].append(want - min(len(kept), want))
-            # one entry per (batch, its rows): join rows from the same scored batch in one index list
-            by_batch: dict[int, tuple[dict, list[int]]] = {}
-            for scored, rows in groups:
-                by_batch.setdefault(id(scored), (scored, []))[1].extend(rows)
-            joined = join_batches(list(by_batch.values()), self._tokenizer.pad_token_id)
-            self._step_time["generate"] += time.perf_counter() - t0
-            return joined
-
-        # -- bookkeeping --------------------------------------------------------------------------------
-        def training_step(self, model, inputs, num_items_in_batch):
-            t0 = time.perf_counter()
-            out = super().training_step(model, inputs, num_items_in_batch)
-            self._step_time["total"] += time.perf_counter() - t0
-            if self._step % self.current_gradient_accumulation_steps == 0:
-                m = self._metrics["train"]
-                m["time/generate_s"].append(self._step_time["generate"])
-                m["time/train_s"].append(self._step_time["total"] - self._step_time["generate"])
-                self._step_time.clear()
-            return out
-
-        def log(self, logs, start_time=None):
-            if self.model.training:
-                m = self._metrics["train"]
-                for cat, rs in self._cat_rewards.items():
-                    t = torch.tensor(rs)
-                    m[f"reward/{cat}/mean"].append(t.mean().item())
-                    m[f"reward/{cat}/std"].append(t.std(unbiased=False).item())
-                if self._lengths:
-                    t = torch.tensor(self._lengths, dtype=torch.float)
-                    m["completions/length_mean"].append(t.mean().item())
-                    m["completions/length_p95"].append(torch.quantile(t, 0.95).item())
-                m["memory/peak_gb"].append(peak_memory_gb())
-            self._cat_rewards.clear()
-            self._lengths.clear()
-            super().log(logs, start_time)
-
-    return DAPOTrainer
-
-
 def peak_memory_gb() -> float:
     """Peak GPU memory allocated by torch, or peak resident memory of this process on CPU."""
     if torch.cuda.is_available():
@@ -329,7 +199,7 @@ def prompt_rows(session, recipe: Recipe, prompts_path: Path | None, seed: int) -
 
 
 def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed: int = 0, log=None,
-                 rollouts: str = "auto", micro_batch: int | None = None, max_refills: int = MAX_REFILLS,
+                 rollouts: str = "auto", micro_batch: int | None = None, max_refills: int | None = None,
                  rewards: tuple[list, list[float]] | None = None, updates_per_generation: int = 1):
     """The DAPO trainer on ``session.model``. ``rollouts``: "trl" (TRL generates with the model), "engine"
     (``session.engine`` via rollout_func) or "auto" (engine unless it is the hf engine).
@@ -345,7 +215,7 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
     from fastnemo.trl_compat import ensure_fused_lm_head
 
     ensure_fused_lm_head()
-    TRLGRPOConfig, _ = _trl()
+    from fastnemo.dapo import DAPOTrainer, TRLGRPOConfig
     G = cfg.group_size
     rows_per_step = cfg.batch_prompts * G
     micro = micro_batch or G
@@ -377,7 +247,7 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
     use_engine = rollouts == "engine" or (rollouts == "auto" and session.gen_cfg.engine != "hf")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="You are using 'rollout_func'")  # experimental: on purpose
-        trainer = dapo_trainer_class()(
+        trainer = DAPOTrainer(
             model=session.model,
             reward_funcs=funcs,
             args=args,
@@ -387,7 +257,7 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
             rollout_func=engine_rollout(session, cfg, seed) if use_engine else None,
             refill_rows=rows if cfg.dynamic_sampling else None,
             dynamic_sampling=cfg.dynamic_sampling,
-            max_refills=max_refills,
+            max_refills=cfg.max_refills if max_refills is None else max_refills,
             refill_seed=seed,
         )
     trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl carry the logs

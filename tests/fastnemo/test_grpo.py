@@ -202,3 +202,31 @@ def test_train_resumes_from_checkpoint(tiny_session, tmp_path):
     summary = grpo.train(tiny_session, recipe, tmp_path, seed=0, log=records.append)
     assert summary["steps"] == 2 and (tmp_path / "checkpoints" / "checkpoint-2").is_dir()
     assert [r["step"] for r in records if "reward" in r] == [2]  # step 1 was not redone
+
+
+def test_max_refills_is_the_recipe_key(tiny_session, tmp_path):
+    flat = rows_for(tiny_session, 2, True, "flat")
+    trainer = grpo.make_trainer(tiny_session, small_cfg(max_refills=0), flat, tmp_path,
+                                rewards=([planted_reward()], [1.0]))
+    assert trainer.max_refills == 0
+    trainer.model.train()
+    trainer._generate_and_score_completions([dict(r) for r in flat for _ in range(G)])
+    assert trainer._metrics["train"]["dynamic/refills"] == [0]  # no refill round was allowed
+
+
+def test_dapo_module_refuses_another_trl_version():
+    """DAPOTrainer overrides private TRL methods: another TRL must fail at import, naming both versions."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    pinned = re.search(r'"trl==([^"]+)"', (repo / "pyproject.toml").read_text()).group(1)
+    from fastnemo import dapo
+
+    assert dapo.TRL_VERSION == pinned  # the guard and the package pin agree
+    code = "import trl\ntrl.__version__ = '0.0.1'\nimport fastnemo.dapo\n"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, check=False)
+    assert r.returncode != 0 and "ImportError" in r.stderr
+    assert "0.0.1" in r.stderr and f"trl=={pinned}" in r.stderr
