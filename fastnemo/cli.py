@@ -48,6 +48,16 @@ class LazyGroup(click.Group):
             self.add_command(getattr(importlib.import_module(module), attr), name)
         return super().get_command(ctx, name)
 
+    def invoke(self, ctx):
+        """An environment error (disk full, permissions, a vanished file) is a message, not a traceback: the
+        atomic writers have already left every final path as it was (fastnemo.files)."""
+        try:
+            return super().invoke(ctx)
+        except OSError as e:
+            if not e.errno:
+                raise
+            raise click.ClickException(f"{type(e).__name__}: {e}") from None
+
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="fastnemo")
