@@ -96,6 +96,8 @@ def recipe(recipe_file, overrides, check):
     from fastnemo.recipe import plan_keys, preflight, run_recipe
     if check:
         console.print(f"[bold]{r.name}[/]: run directory {resolve(r, r.run_dir)}")
+        if overrides:  # the run directory's config.json records the recipe with them applied
+            console.print(f"  overrides: {' '.join(overrides)}")
         for rnd, stage, key in plan_keys(r):
             console.print(f"  round {rnd}  {stage:8s} -> {key}")
         from fastnemo.plan import plan_recipe, plan_table, time_table
