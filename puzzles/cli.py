@@ -120,25 +120,47 @@ def _print_build(s: dict) -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--skip-bad", is_flag=True,
               help="Give unparseable prompts an empty prediction instead of failing.")
-def solve(in_csv, out, workers, skip_bad) -> None:
+@click.option("--traces", "traces_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write, for each puzzle the solver deduces, the SFT row (trace) it would train on "
+                   "(JSONL; answer = the gold where IN_CSV has one), for `data audit` and `traces score`.")
+def solve(in_csv, out, workers, skip_bad, traces_out) -> None:
     """Run the rule solvers on IN_CSV (id,prompt[,answer]) and write their predictions.
 
     When IN_CSV has answers, also prints the solver outcome table."""
     from puzzles.analyze import print_solver_table, solve_all, solver_table
-    from puzzles.dataset import DatasetError, read_csv, write_csv
+    from puzzles.dataset import DatasetError, read_csv, write_csv, write_jsonl
 
     try:
         raw = read_csv(in_csv, parse=False).puzzles  # every id, in order, parsed one by one below
     except DatasetError as e:
         raise click.ClickException(str(e)) from None
     parsed = {p.id: p for p in _load(in_csv, skip_bad=skip_bad)}
-    records = solve_all(list(parsed.values()), workers=workers, progress=True, label="solving")
+    if traces_out is None:
+        records = solve_all(list(parsed.values()), workers=workers, progress=True, label="solving")
+    else:
+        records, rows = _solve_traced(list(parsed.values()), workers)
     pred = {r["id"]: r["prediction"] or "" for r in records}
     write_csv(out, ["id", "prediction"], [(p.id, pred.get(p.id, "")) for p in raw])
+    if traces_out is not None:
+        write_jsonl(traces_out, rows)
+        click.echo(f"wrote {traces_out}: {len(rows)} traces of deduced puzzles", err=True)
     answered = sum(1 for v in pred.values() if v)
     click.echo(f"wrote {out}: {len(raw)} rows, {answered} answered, {len(raw) - answered} empty", err=True)
     if any(p.answer for p in parsed.values()):
         print_solver_table(solver_table(records), _console(), title=f"solvers on {in_csv}")
+
+
+def _solve_traced(puzzles: list, workers: int) -> tuple[list[dict], list[dict]]:
+    import multiprocessing
+
+    from rich.progress import track
+
+    from puzzles.traces import solve_traced
+
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pairs = list(track(pool.imap(solve_traced, puzzles, chunksize=8), total=len(puzzles),
+                           description="solving + tracing", disable=not sys.stderr.isatty()))
+    return [rec for rec, _ in pairs], [row for _, row in pairs if row is not None]
 
 
 @data.command()
