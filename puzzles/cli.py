@@ -236,6 +236,39 @@ def teacher(in_csv, out, base_url, model, api_key_env, cache, only_unsolved, cat
     click.echo(f"wrote {out}: {len(rows)} of {len(puzzles)} puzzles kept", err=True)
 
 
+@data.command()
+@click.argument("sft", type=_FILE)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for audit.json and audit.png (default: print only).")
+@click.option("--tokenizer", default=None,
+              help="Tokenizer (folder or hub name) to count tokens with, e.g. the tiny model's folder.")
+def audit(sft, out_dir, tokenizer) -> None:
+    """Static audit of SFT traces: official-metric check, leaps (lines no rule re-derives) by category and
+    step kind, numbers used before stated, and token length per category against the 7,680 budget."""
+    from puzzles import audit as au
+
+    tok = None
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(tokenizer)
+        except Exception as e:  # noqa: BLE001 -- any loader failure is the user's path or name
+            raise click.ClickException(f"cannot load tokenizer {tokenizer}: {e}") from None
+    try:
+        summary = au.audit_file(sft, tok, progress=sys.stderr.isatty())
+    except au.AuditError as e:
+        raise click.ClickException(str(e)) from None
+    au.print_table(summary, _console())
+    if out_dir:
+        from puzzles.dataset import _atomic_write
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out_dir / "audit.json", lambda f: f.write(json.dumps(summary, indent=1, default=str)))
+        au.plot(summary, out_dir / "audit.png")
+        click.echo(f"wrote {out_dir / 'audit.json'} and {out_dir / 'audit.png'}", err=True)
+
+
 def main() -> None:  # ``python -m puzzles.cli`` for use before the lead mounts the group
     data()
 
