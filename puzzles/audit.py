@@ -71,7 +71,7 @@ def _agree(left: float, right_text: str, right: float) -> bool:
 def arithmetic_claims(line: str) -> list[bool] | None:
     """Verdicts of each arithmetic claim a line makes (equality chains and roundings); None: it makes none."""
     verdicts = []
-    for chunk in re.split(r"[;,:]", line):
+    for chunk in re.split(r"[;,]|:\s", line):  # "11:92" is an equations operator, not a label
         segs = re.split(r"(?<![<>!])=(?!=)", chunk.split("->")[0])
         vals = [(s, _eval(s)) for s in segs]
         for (_, a), (bt, b) in itertools.pairwise(vals):
@@ -137,7 +137,7 @@ def audit_steps(puzzle: Puzzle, reasoning: str) -> list[AuditStep]:
 
 def _restates(prompt: str, line: str) -> bool:
     """Every ``a op b = c`` on the line is quoted from the prompt (an equations example, not our arithmetic)."""
-    claims = [c.rstrip(";,.") for c in re.findall(r"\S+ ?= ?\S+", line.split("': ", 1)[-1])]
+    claims = [c.strip("(;,.") for c in re.findall(r"\S+ ?= ?\S+", line.split("': ", 1)[-1])]
     flat = prompt.replace(" ", "")
     return bool(claims) and all(c.replace(" ", "") in flat for c in claims)
 

@@ -1,7 +1,8 @@
 """``data``: the Click group for puzzle data (mounted by the lead as ``fastnemo data``).
 
     data build --n 100000 --like train.csv --floor 5000 --out data/sft.jsonl
-    data solve test.csv --out predictions.csv
+    data solve test.csv --out predictions.csv [--traces traces.jsonl]
+    data audit data/sft.jsonl --out reports/audit [--tokenizer MODEL_DIR]
     data analyze train.csv --out reports/train
     data teacher train.csv --out data/teacher.jsonl --base-url https://host/v1 --model NAME
 """
