@@ -96,13 +96,12 @@ def _licensed(known: set[str]) -> set[str]:
 
 def unreferenced(prompt: str, lines: list[str]) -> list[tuple[int, str]]:
     """(line number, number) pairs a line uses (left of its first ``=`` or ``->``) before anything stated it."""
-    known = set(_NUM.findall(prompt))
+    ok = _licensed(set(_NUM.findall(prompt)))
     bad = []
     for i, line in enumerate(lines):
-        ok = _licensed(known)
         left = re.split(r"=|->", line, maxsplit=1)[0] if ("=" in line or "->" in line) else ""
         bad += [(i, n) for n in _NUM.findall(left) if n not in ok]
-        known |= set(_NUM.findall(line))
+        ok |= _licensed(set(_NUM.findall(line)))
     return bad
 
 
@@ -236,20 +235,34 @@ def summarize(records: list[dict], tokenizer_name: str | None) -> dict[str, Any]
     return out
 
 
-def audit_file(path: str | Path, tokenizer=None, progress: bool = False) -> dict[str, Any]:
+_TOKENIZE = None  # set before forking the workers: a tokenizer is not cheap to pickle
+
+
+def _audit_one(row: dict) -> tuple[dict | None, dict | None]:
+    try:
+        return audit_row(row, _TOKENIZE), None
+    except Exception as e:  # noqa: BLE001 -- a row the parser rejects is a finding, listed by id
+        return None, {"id": row["id"], "error": f"{type(e).__name__}: {e}"[:200]}
+
+
+def audit_file(path: str | Path, tokenizer=None, progress: bool = False, workers: int = 1) -> dict[str, Any]:
     """Audit every row of an SFT JSONL (rows that fail to parse are reported by id, not fatal)."""
+    import multiprocessing
+
     from rich.progress import track
 
+    global _TOKENIZE
     rows = read_rows(path)
-    tok = (lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]) if tokenizer is not None else None
-    records, errors = [], []
-    for row in track(rows, description="auditing", disable=not progress):
-        try:
-            records.append(audit_row(row, tok))
-        except Exception as e:  # noqa: BLE001 -- a row the parser rejects is a finding, listed by id
-            errors.append({"id": row["id"], "error": f"{type(e).__name__}: {e}"[:200]})
+    _TOKENIZE = (lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]) if tokenizer is not None else None
+    if workers > 1:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            pairs = list(track(pool.imap(_audit_one, rows, chunksize=32), total=len(rows), description="auditing",
+                               disable=not progress))
+    else:
+        pairs = [_audit_one(r) for r in track(rows, description="auditing", disable=not progress)]
+    records = [r for r, _ in pairs if r is not None]
     summary = summarize(records, getattr(tokenizer, "name_or_path", None))
-    summary["file"], summary["unparsed"] = str(path), errors
+    summary["file"], summary["unparsed"] = str(path), [e for _, e in pairs if e is not None]
     return summary
 
 

@@ -243,7 +243,8 @@ def teacher(in_csv, out, base_url, model, api_key_env, cache, only_unsolved, cat
               help="Directory for audit.json and audit.png (default: print only).")
 @click.option("--tokenizer", default=None,
               help="Tokenizer (folder or hub name) to count tokens with, e.g. the tiny model's folder.")
-def audit(sft, out_dir, tokenizer) -> None:
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+def audit(sft, out_dir, tokenizer, workers) -> None:
     """Static audit of SFT traces: official-metric check, leaps (lines no rule re-derives) by category and
     step kind, numbers used before stated, and token length per category against the 7,680 budget."""
     from puzzles import audit as au
@@ -257,7 +258,7 @@ def audit(sft, out_dir, tokenizer) -> None:
         except Exception as e:  # noqa: BLE001 -- any loader failure is the user's path or name
             raise click.ClickException(f"cannot load tokenizer {tokenizer}: {e}") from None
     try:
-        summary = au.audit_file(sft, tok, progress=sys.stderr.isatty())
+        summary = au.audit_file(sft, tok, progress=sys.stderr.isatty(), workers=workers)
     except au.AuditError as e:
         raise click.ClickException(str(e)) from None
     au.print_table(summary, _console())
