@@ -1,6 +1,8 @@
 """Solver bench on the real puzzles: per category (equations split numeric/symbolic), the share answered
 correctly, abstained, guessed right/wrong, DEDUCED WRONG (must be 0: it would poison SFT), and p50/p95
-seconds per puzzle.
+seconds per puzzle. Verdicts are the competition's (``puzzles.metric``); each deduced puzzle's trace is also
+rendered as its SFT completion and scored by the official metric: a deduced-right puzzle whose completion
+the metric cannot read back ("TRACE UNREADABLE", must be 0) would teach an answer the leaderboard rejects.
 
     python bench/solvers.py [--data ../shared/data/train_dev.csv] [--json out.json] [--workers 2]
 
@@ -19,8 +21,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from puzzles.analyze import print_solver_table, solve_all, solver_table
+from puzzles.analyze import print_solver_table, solver_table
 from puzzles.dataset import read_csv
+from puzzles.metric import extract_answer, score
+from puzzles.traces import solve_traced
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "train_dev.csv"
 
@@ -38,8 +42,11 @@ def main() -> int:
     load = read_csv(args.data, require_answer=True, skip_bad=True)
     puzzles = load.puzzles[: args.limit] if args.limit else load.puzzles
     t0 = time.time()
-    records = solve_all(puzzles, workers=args.workers, progress=sys.stderr.isatty())
+    records, rows = solve_traced_all(puzzles, args.workers)
     wall = time.time() - t0
+    unreadable = [{"id": r["id"], "read": extract_answer(r["completion"]), "gold": r["answer"]} for r in rows
+                  if r["features"]["solver_answer"].strip() == r["answer"].strip()
+                  and not score(r["completion"], r["answer"])]
     table = solver_table(records)
     print_solver_table(table, title=f"solvers on {args.data.name}: {len(puzzles)} puzzles, {wall:.1f} s wall, "
                                     f"{args.workers} workers")
@@ -49,14 +56,27 @@ def main() -> int:
     errors = [{"id": r["id"], "group": r["group"], "error": r["error"]} for r in records if r["outcome"] == "error"]
     for w in wrong[:10]:
         print(f"DEDUCED WRONG {w['group']} {w['id']}: predicted {w['prediction']!r}, gold {w['gold']!r}")
+    for u in unreadable[:10]:
+        print(f"TRACE UNREADABLE {u['id']}: the metric reads {u['read']!r}, gold {u['gold']!r}")
+    print(f"{len(rows)} deduced traces rendered; {len(unreadable)} unreadable by the official metric")
     for e in errors[:5]:
         print(f"ERROR {e['group']} {e['id']}: {e['error']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"data": str(args.data), "puzzles": len(puzzles), "skipped": len(load.skipped),
                                          "wall_s": wall, "workers": args.workers, "table": table,
-                                         "deduced_wrong": wrong, "errors": errors}, indent=2))
-    return 1 if wrong else 0
+                                         "deduced_wrong": wrong, "errors": errors,
+                                         "trace_unreadable": unreadable}, indent=2))
+    return 1 if wrong or unreadable else 0
+
+
+def solve_traced_all(puzzles, workers: int):
+    """(solver records, SFT rows of the deduced puzzles), one solve per puzzle."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pairs = pool.map(solve_traced, puzzles, chunksize=8)
+    return [rec for rec, _ in pairs], [row for _, row in pairs if row is not None]
 
 
 if __name__ == "__main__":

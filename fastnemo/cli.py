@@ -386,5 +386,50 @@ def best(run_dir):
     click.echo(json.dumps({**top, "adapter": str(run.artifact(top["checkpoint"], "adapter"))}))
 
 
+@main.group()
+def traces():
+    """Measure SFT traces under a model (teacher forcing)."""
+
+
+@traces.command("score")
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Base model folder (config.json, weights, tokenizer): model.path.")
+@click.option("--adapter", type=click.Path(exists=True, file_okay=False), help="Score under this LoRA adapter.")
+@click.argument("sft", type=click.Path(exists=True, dir_okay=False))
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder for trace_scores.json (summary) and trace_scores.jsonl (per row).")
+@click.option("--batch-size", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--limit", default=0, show_default=True, help="Only the first N rows (0: all).")
+def traces_score(model_path, adapter, sft, overrides, out_dir, batch_size, limit):
+    """Teacher-forced log-probs of each trace in SFT (JSONL) under --model [+ --adapter]: per category the
+    mean/min token log-prob, share of tokens under ln 2, first greedy divergence, and the weakest lines.
+    KEY=VALUE: recipe keys, e.g. model.backend=unsloth."""
+    r = stage_recipe("model", model_path, overrides)
+    from fastnemo import trace_score
+    from puzzles.audit import AuditError, read_rows
+
+    try:
+        rows = read_rows(sft)
+    except AuditError as e:
+        _fail(str(e))
+    rows = rows[:limit] if limit else rows
+    try:
+        session = _load_session(r, adapter)
+    except Exception as e:  # noqa: BLE001 -- any loader failure: name the folder, not a traceback
+        _fail(f"cannot load model {model_path}" + (f" with adapter {adapter}" if adapter else "") + f": {e}")
+    records = trace_score.score_rows(session, rows, batch_size=batch_size, progress=True)
+    summary = trace_score.summarize(records)
+    trace_score.print_table(summary, f"teacher-forced trace scores: {sft} under {model_path}")
+    if out_dir:
+        from fastnemo.files import write_atomic, write_json
+
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_json(Path(out_dir) / "trace_scores.json", summary)
+        write_atomic(Path(out_dir) / "trace_scores.jsonl",
+                     "".join(json.dumps({k: v for k, v in r.items() if k != "logp"}) + "\n" for r in records))
+        click.echo(f"wrote {out_dir}/trace_scores.json and trace_scores.jsonl", err=True)
+
+
 if __name__ == "__main__":
     main()

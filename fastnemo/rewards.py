@@ -26,8 +26,10 @@ trainer decodes them with special tokens kept, so ``</think>`` is visible).
 from __future__ import annotations
 
 import math
+import re
 
-from puzzles.metric import boxed_contents, score
+from puzzles.metric import score
+from puzzles.traces import FINAL_PREFIX
 
 THINK_CLOSE = "</think>"
 
@@ -44,14 +46,19 @@ def correctness(prompts, completions, answer, **kwargs) -> list[float]:
 
 
 def well_formatted(text: str) -> bool:
-    """Reasoning closed exactly once, then exactly one complete, non-empty box and nothing boxed before."""
+    """Reasoning closed exactly once, then one answer the official metric reads cleanly: exactly one
+    complete, non-empty box and nothing boxed before; or (the only readable form of an answer containing
+    ``}``) no box anywhere and a non-empty ``Final answer:`` line."""
     if text.count(THINK_CLOSE) != 1:
         return False
     reasoning, final = text.split(THINK_CLOSE)
-    if "\\boxed{" in reasoning:
+    if "\\boxed{" not in text:
+        line = final.strip()
+        return line.startswith(FINAL_PREFIX.strip()) and line[len(FINAL_PREFIX.strip()):].strip() != ""
+    if "\\boxed{" in reasoning or final.count("\\boxed{") != 1:
         return False
-    boxes = boxed_contents(final)
-    return len(boxes) == 1 and final.count("\\boxed{") == 1 and boxes[0].strip() != ""
+    closed = re.search(r"\\boxed\{([^}]*)\}", final)
+    return closed is not None and closed.group(1).strip() != ""
 
 
 def format_reward(prompts, completions, **kwargs) -> list[float]:

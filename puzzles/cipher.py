@@ -329,3 +329,45 @@ def trace(puzzle: Puzzle, solution: Solution) -> str:
                 table.setdefault(e, p)
     out += ["", f"The decrypted text is: {solution.answer}"]
     return "\n".join(out)
+
+
+def audit(puzzle: Puzzle, reasoning: str) -> list:
+    """Re-build the letter table from the examples and re-check every table line and every decoded letter
+    (a letter used before the table holds it is a leap)."""
+    from puzzles.base import AuditStep
+
+    pairs = [(e, p) for enc, plain in puzzle.examples for e, p in zip(enc.split(), plain.split())]
+    query = puzzle.query.split()
+    table: dict[str, str] = {}
+    steps, decoded = [], []
+    for i, line in enumerate(reasoning.split("\n")):
+        if m := re.match(r"^([a-z]+) = ([a-z]+): (.*)$", line):
+            e_word, p_word, rest = m.groups()
+            new = [f"{e}->{p}" for e, p in dict(zip(e_word, p_word)).items() if e not in table]
+            ok = (e_word, p_word) in pairs and rest == (", ".join(new) if new else "nothing new")
+            table.update({e: p for e, p in zip(e_word, p_word) if e not in table})
+            steps.append(AuditStep(i, "table_build", ok, line))
+        elif line.startswith("Table: "):
+            ok = line == "Table: " + ", ".join(f"{e}->{table[e]}" for e in sorted(table))
+            steps.append(AuditStep(i, "table", ok, line))
+        elif m := re.match(r"^([a-z]+): ((?:[a-z]->[a-z?] ?)+) = ([a-z?]+)$", line):
+            e_word, letters, partial = m.groups()
+            ok = (e_word in query and letters.strip() == " ".join(f"{e}->{table.get(e, '?')}" for e in e_word)
+                  and partial == "".join(table.get(e, "?") for e in e_word))
+            decoded.append(partial)
+            steps.append(AuditStep(i, "table_lookup", ok, line))
+        elif m := re.match(r"^([a-z?]+): (?:the only fitting word is|fitting words) .*, so (.*)\.$", line):
+            steps.append(AuditStep(i, "recall", False, line))  # the word list is memory, not the prompt
+            for pair in m.group(2).split(", "):
+                if "->" in pair:
+                    table.setdefault(*pair.split("->"))
+        elif line.startswith(("Each example is a letter-for-letter", "Step 1: build the letter table",
+                                  "Step 2: decode the query")):
+            steps.append(AuditStep(i, "rule", True, line))  # the rule every table line below re-checks
+        elif line.startswith("The decrypted text is: "):
+            ans = line.split(": ", 1)[1]
+            words = ans.split()
+            ok = len(words) == len(decoded) and all(
+                len(w) == len(d) and all(c in ("?", x) for c, x in zip(d, w)) for w, d in zip(words, decoded))
+            steps.append(AuditStep(i, "answer", ok, line))
+    return steps

@@ -1,7 +1,8 @@
 """``data``: the Click group for puzzle data (mounted by the lead as ``fastnemo data``).
 
     data build --n 100000 --like train.csv --floor 5000 --out data/sft.jsonl
-    data solve test.csv --out predictions.csv
+    data solve test.csv --out predictions.csv [--traces traces.jsonl]
+    data audit data/sft.jsonl --out reports/audit [--tokenizer MODEL_DIR]
     data analyze train.csv --out reports/train
     data teacher train.csv --out data/teacher.jsonl --base-url https://host/v1 --model NAME
 """
@@ -120,25 +121,47 @@ def _print_build(s: dict) -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--skip-bad", is_flag=True,
               help="Give unparseable prompts an empty prediction instead of failing.")
-def solve(in_csv, out, workers, skip_bad) -> None:
+@click.option("--traces", "traces_out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write, for each puzzle the solver deduces, the SFT row (trace) it would train on "
+                   "(JSONL; answer = the gold where IN_CSV has one), for `data audit` and `traces score`.")
+def solve(in_csv, out, workers, skip_bad, traces_out) -> None:
     """Run the rule solvers on IN_CSV (id,prompt[,answer]) and write their predictions.
 
     When IN_CSV has answers, also prints the solver outcome table."""
     from puzzles.analyze import print_solver_table, solve_all, solver_table
-    from puzzles.dataset import DatasetError, read_csv, write_csv
+    from puzzles.dataset import DatasetError, read_csv, write_csv, write_jsonl
 
     try:
         raw = read_csv(in_csv, parse=False).puzzles  # every id, in order, parsed one by one below
     except DatasetError as e:
         raise click.ClickException(str(e)) from None
     parsed = {p.id: p for p in _load(in_csv, skip_bad=skip_bad)}
-    records = solve_all(list(parsed.values()), workers=workers, progress=True, label="solving")
+    if traces_out is None:
+        records = solve_all(list(parsed.values()), workers=workers, progress=True, label="solving")
+    else:
+        records, rows = _solve_traced(list(parsed.values()), workers)
     pred = {r["id"]: r["prediction"] or "" for r in records}
     write_csv(out, ["id", "prediction"], [(p.id, pred.get(p.id, "")) for p in raw])
+    if traces_out is not None:
+        write_jsonl(traces_out, rows)
+        click.echo(f"wrote {traces_out}: {len(rows)} traces of deduced puzzles", err=True)
     answered = sum(1 for v in pred.values() if v)
     click.echo(f"wrote {out}: {len(raw)} rows, {answered} answered, {len(raw) - answered} empty", err=True)
     if any(p.answer for p in parsed.values()):
         print_solver_table(solver_table(records), _console(), title=f"solvers on {in_csv}")
+
+
+def _solve_traced(puzzles: list, workers: int) -> tuple[list[dict], list[dict]]:
+    import multiprocessing
+
+    from rich.progress import track
+
+    from puzzles.traces import solve_traced
+
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        pairs = list(track(pool.imap(solve_traced, puzzles, chunksize=8), total=len(puzzles),
+                           description="solving + tracing", disable=not sys.stderr.isatty()))
+    return [rec for rec, _ in pairs], [row for _, row in pairs if row is not None]
 
 
 @data.command()
@@ -212,6 +235,40 @@ def teacher(in_csv, out, base_url, model, api_key_env, cache, only_unsolved, cat
     write_jsonl(out, rows)
     click.echo(json.dumps(stats, indent=1), err=True)
     click.echo(f"wrote {out}: {len(rows)} of {len(puzzles)} puzzles kept", err=True)
+
+
+@data.command()
+@click.argument("sft", type=_FILE)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for audit.json and audit.png (default: print only).")
+@click.option("--tokenizer", default=None,
+              help="Tokenizer (folder or hub name) to count tokens with, e.g. the tiny model's folder.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+def audit(sft, out_dir, tokenizer, workers) -> None:
+    """Static audit of SFT traces: official-metric check, leaps (lines no rule re-derives) by category and
+    step kind, numbers used before stated, and token length per category against the 7,680 budget."""
+    from puzzles import audit as au
+
+    tok = None
+    if tokenizer:
+        from transformers import AutoTokenizer
+
+        try:
+            tok = AutoTokenizer.from_pretrained(tokenizer)
+        except Exception as e:  # noqa: BLE001 -- any loader failure is the user's path or name
+            raise click.ClickException(f"cannot load tokenizer {tokenizer}: {e}") from None
+    try:
+        summary = au.audit_file(sft, tok, progress=sys.stderr.isatty(), workers=workers)
+    except au.AuditError as e:
+        raise click.ClickException(str(e)) from None
+    au.print_table(summary, _console())
+    if out_dir:
+        from puzzles.dataset import _atomic_write
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write(out_dir / "audit.json", lambda f: f.write(json.dumps(summary, indent=1, default=str)))
+        au.plot(summary, out_dir / "audit.png")
+        click.echo(f"wrote {out_dir / 'audit.json'} and {out_dir / 'audit.png'}", err=True)
 
 
 def main() -> None:  # ``python -m puzzles.cli`` for use before the lead mounts the group

@@ -27,6 +27,8 @@ from typing import Any
 
 from fastnemo.files import atomic_open, drop_torn_tail  # noqa: F401  (the one I/O module; re-exported)
 from puzzles.base import Puzzle, PuzzleFormatError
+from puzzles.metric import extract_answer, score
+from puzzles.traces import answer_tail
 
 SFT_FIELDS = ("id", "category", "prompt", "answer", "completion", "source", "status", "features")
 SOURCES = ("solver", "teacher", "distill")
@@ -243,10 +245,12 @@ def check_sft_row(row: dict) -> str | None:
         return f"status {row['status']!r} not in {STATUSES}"
     if not isinstance(row["features"], dict):
         return "features is not an object"
-    if not str(row["completion"]).endswith(f"\\boxed{{{row['answer']}}}"):
-        return "completion does not end with the boxed answer"
+    if not str(row["completion"]).endswith(answer_tail(str(row["answer"]))):
+        return f"completion does not end with {answer_tail(str(row['answer']))!r}"
     if "Please put your final answer" in row["prompt"]:
         return "prompt carries PROMPT_SUFFIX (the trainer adds it)"
+    if not score(str(row["completion"]), str(row["answer"])):
+        return f"completion does not score correct under the official metric (reads {extract_answer(row['completion'])!r})"
     return None
 
 

@@ -152,3 +152,18 @@ def trace(puzzle: Puzzle, solution: Solution) -> str:
         f"The falling distance is {solution.answer} m.",
     ]
     return "\n".join(out)
+
+
+def audit(puzzle: Puzzle, reasoning: str) -> list:
+    """Re-derive g's choice (and 0.5 * g), each example check, the query and the rounding (``puzzles.audit``)."""
+    from puzzles.audit import fit_steps
+    from puzzles.base import AuditStep
+
+    lines = reasoning.split("\n")
+    steps = fit_steps(lines, puzzle.examples, lambda g, t: round2(HALF * g * t * t))
+    for i, line in enumerate(lines):
+        if m := re.match(r"^Step 3: the query t = (\S+)s\.$", line):
+            steps.append(AuditStep(i, "restate", m.group(1) == str(puzzle.query), line))
+        elif line.startswith("Falling distance is d = 0.5 * g * t^2"):
+            steps.append(AuditStep(i, "rule", True, line))  # the formula every check below re-computes
+    return steps

@@ -38,6 +38,7 @@ from typing import Any
 
 from puzzles.base import CATEGORIES, Puzzle
 from puzzles.dataset import _atomic_write, read_jsonl, sft_row, write_jsonl
+from puzzles.metric import extract_answer, score
 from puzzles.traces import completion
 
 MAX_FEATURE_VALUES = 24  # a feature with more distinct values (a rule text) is not a difficulty knob
@@ -209,8 +210,13 @@ def make_row(generated: Puzzle, statuses: tuple[str, ...]) -> tuple[dict | None,
     puzzle.answer = generated.answer
     puzzle.id = f"{generated.category}-{prompt_key(generated.prompt)[:12]}"
     puzzle.features = {**generated.features, **puzzle.features}
-    row = sft_row(puzzle, completion(text, generated.answer), "solver", sol.status,
-                  n_examples=len(puzzle.examples), solver_rule=sol.rule)
+    try:
+        full = completion(text, generated.answer)
+    except ValueError as e:
+        return None, "trace_error", str(e)
+    if not score(full, generated.answer):  # what the leaderboard would read back from this very row
+        return None, "metric_fail", f"metric reads {extract_answer(full)!r}, answer {generated.answer!r}"
+    row = sft_row(puzzle, full, "solver", sol.status, n_examples=len(puzzle.examples), solver_rule=sol.rule)
     return row, "kept", ""
 
 
@@ -218,7 +224,7 @@ def make_row(generated: Puzzle, statuses: tuple[str, ...]) -> tuple[dict | None,
 SLOW = ("bit_manipulation", "equations")
 
 # Failures worth a module owner's attention; a few examples of each are kept in the build stats.
-NOTABLE = ("wrong_deduced", "generator_error", "unparseable", "solver_error", "trace_error")
+NOTABLE = ("wrong_deduced", "generator_error", "unparseable", "solver_error", "trace_error", "metric_fail")
 
 
 def run_shard(shard: Shard) -> tuple[str, list[dict], dict]:

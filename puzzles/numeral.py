@@ -167,3 +167,30 @@ def trace(puzzle: Puzzle, solution: Solution) -> str:
     out.append(f"Joined in order: {solution.answer}")
     out += ["", f"The number {q} in the Wonderland numeral system is {solution.answer}."]
     return "\n".join(out)
+
+
+_PLACE_LINE = re.compile(r"^- (thousands|hundreds|tens|units): (\d) -> (\d+) = ([IVXLCDM]+)$")
+_CHECK_LINE = re.compile(r"^(\d+) = [\d + ]+ -> ([IVXLCDM +]+) = ([IVXLCDM]+), matches\.$")
+
+
+def audit(puzzle: Puzzle, reasoning: str) -> list:
+    """Each place value looked up in the Roman table, each example's joining, the query's joining."""
+    from puzzles.base import AuditStep
+
+    scale = {"thousands": 1000, "hundreds": 100, "tens": 10, "units": 1}
+    outputs = {str(r) for _, r in puzzle.examples}
+    steps, places = [], []
+    for i, line in enumerate(reasoning.split("\n")):
+        if m := _PLACE_LINE.match(line):
+            name, d, v, roman = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+            steps.append(AuditStep(i, "table_lookup", d * scale[name] == v and to_roman(v) == roman, line))
+            places.append(roman)
+        elif m := _CHECK_LINE.match(line):
+            n, parts, whole = int(m.group(1)), m.group(2).split(" + "), m.group(3)
+            ok = "".join(parts) == whole == to_roman(n) and whole in outputs
+            steps.append(AuditStep(i, "substitution", ok, line))
+        elif line.startswith("Joined in order: "):
+            steps.append(AuditStep(i, "substitution", line.split(": ", 1)[1] == "".join(places), line))
+        elif line.startswith("The examples look like Roman numerals"):
+            steps.append(AuditStep(i, "rule", True, line))  # the table the lookups above are checked against
+    return steps

@@ -179,3 +179,10 @@ def trace(puzzle: Puzzle, solution: Solution) -> str:
         f"The converted measurement is {solution.answer}.",
     ]
     return "\n".join(out)
+
+
+def audit(puzzle: Puzzle, reasoning: str) -> list:
+    """Re-derive the factor's choice, each example check and the final rounding (see ``puzzles.audit``)."""
+    from puzzles.audit import fit_steps
+
+    return fit_steps(reasoning.split("\n"), puzzle.examples, lambda f, x: round2(x * f))

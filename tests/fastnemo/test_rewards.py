@@ -20,10 +20,11 @@ def test_correctness_edge_cases():
         ("think\n</think>\nno answer here", "42", 0.0),
         ("</think>\\boxed{41} then \\boxed{42}", "42", 1.0),  # last box wins, as in the metric
         ("</think>\\boxed{42} then \\boxed{41}", "42", 0.0),
-        ("</think>\\boxed{\\frac{1}{2}}", "\\frac{1}{2}", 1.0),  # nested braces
+        ("</think>\\boxed{\\frac{1}{2}}", "\\frac{1}{2}", 0.0),  # the official box stops at the first }
+        ("r\n</think>\nFinal answer: a}b", "a}b", 1.0),  # a }-answer scores only through the final line
         ("</think>\\boxed{43}", "42", 0.0),  # strict: no 1 % tolerance for integers
         ("</think>\\boxed{12.34}", "12.35", 1.0),  # decimals keep the tolerance
-        ("</think>\\boxed{10011", "10011010", 0.0),  # truncated mid-box: the unclosed box is no answer
+        ("</think>\\boxed{10011", "10011010", 0.0),  # truncated mid-box: read as 10011, a wrong bit string
         ("", "42", 0.0),
     ]
     got = call(rewards.correctness, [c for c, _, _ in cases], [a for _, a, _ in cases])
@@ -42,7 +43,9 @@ def test_format_reward():
         "reasoning\n</think>\n\\boxed{XI",  # truncated inside the box
     ]
     assert call(rewards.format_reward, [good] + bad, [""] * 8) == [1.0] + [0.0] * len(bad)
-    assert rewards.well_formatted("r\n</think>\n\\boxed{\\text{a}}")  # nested braces are one box
+    assert rewards.well_formatted("r\n</think>\nFinal answer: a}b")  # the only readable form of a }-answer
+    assert not rewards.well_formatted("r \\boxed{x}\n</think>\nFinal answer: a}b")  # the box would win
+    assert not rewards.well_formatted("r\n</think>\nFinal answer: ")
 
 
 def test_cosine_scaling_orders_lengths():

@@ -192,3 +192,16 @@ def test_keep_guessed_per_category(tmp_path):
     assert s["funnel"]["gravity"]["dropped_guessed"] > 0
     for r in rows:  # a kept guess is exactly the generator's answer, and its trace ends on it
         assert check_sft_row(r) is None and r["completion"].endswith(f"\\boxed{{{r['answer']}}}")
+
+
+def test_rows_the_official_metric_would_not_read_are_dropped_and_counted(tmp_path, monkeypatch):
+    # A trace writer that boxes a wrong number AFTER the answer line: the metric reads that box instead.
+    real = mix.completion
+    monkeypatch.setattr(mix, "completion", lambda text, answer: real(text, answer) + " \\boxed{-1}")
+    s = build_mix(MixConfig(n=5, out=str(tmp_path / "m.jsonl"), categories=("numeral_system",), workers=1,
+                            shard_size=5, max_attempts=3, max_rounds=1, progress=False))
+    assert s["rows"] == 0 and s["funnel"]["numeral_system"]["metric_fail"] >= 5
+    monkeypatch.setattr(mix, "completion", real)
+    build_mix(MixConfig(n=5, out=str(tmp_path / "ok.jsonl"), categories=("numeral_system",), workers=1,
+                        progress=False))
+    assert all(check_sft_row(r) is None for r in read_jsonl(tmp_path / "ok.jsonl"))

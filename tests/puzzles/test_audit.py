@@ -1,0 +1,91 @@
+import json
+import random
+
+import pytest
+from click.testing import CliRunner
+
+from puzzles import audit, categories
+from puzzles.cli import data
+from puzzles.traces import completion, solve_traced
+
+
+def _row(category, seed=1):
+    """The trace row of the first generated puzzle from ``seed`` on that the solver deduces."""
+    for s in range(seed, seed + 50):
+        _, row = solve_traced(categories.generate(category, random.Random(s)))
+        if row is not None:
+            return row
+    raise AssertionError(f"no deduced {category} puzzle")
+
+
+@pytest.mark.parametrize(("line", "ok"), [
+    ("10.08 * 0.6636 = 10 * 0.6636 + 0.08 * 0.6636 = 6.636 + 0.053088 = 6.689088 -> 6.69", True),
+    ("10.08 * 0.6636 = 6.8", False),
+    ("6.69 / 10.08 = 0.6637", True),  # the right side's precision
+    ("6.69 / 10.08 = 0.6645", False),
+    ("6.689088 -> 6.68", False),
+    ("a = 3 + 4 = 7", True),
+])
+def test_arithmetic_claims_are_recomputed(line, ok):
+    assert all(audit.arithmetic_claims(line)) is ok
+
+
+def test_no_claim_is_none():
+    assert audit.arithmetic_claims("Step 1: build the table.") is None
+
+
+def test_unreferenced_numbers_are_found():
+    lines = ["x = 12.5 * 2 = 25", "25 + 99 = 124"]
+    assert audit.unreferenced("the value 12.5", lines) == [(1, "99")]
+
+
+@pytest.mark.parametrize("category", ["cipher", "numeral_system", "unit_conversion", "gravity"])
+def test_solver_traces_of_audited_categories_have_no_wrong_steps(category):
+    rec = audit.audit_row(_row(category))
+    assert rec["metric_ok"] and rec["steps"] > 3
+    assert all(kind in ("recall",) for kind, *_ in rec["leaps"]), rec["leaps"]
+
+
+@pytest.mark.parametrize(("category", "old", "new"), [
+    ("unit_conversion", "given ", "given 1"),  # a "given" that is not the example's output
+    ("numeral_system", "- units: ", "- units: 9 -> 9 = IX\n- units: "),
+    ("cipher", "Table: ", "Table: q->q, "),
+    ("gravity", "fits every example", "fits every example"),
+])
+def test_a_tampered_line_is_a_leap(category, old, new):
+    row = _row(category)
+    reasoning = audit.reasoning_of(row["completion"])
+    if category == "gravity":  # change g's stated value
+        import re
+
+        reasoning = re.sub(r"g = (\d+)\.(\d)", lambda m: f"g = {int(m.group(1)) + 3}.{m.group(2)}", reasoning, 1)
+    else:
+        reasoning = reasoning.replace(old, new, 1)
+    row["completion"] = completion(reasoning, row["answer"])
+    assert audit.audit_row(row)["leaps"]
+
+
+def test_metric_failure_is_counted(tmp_path):
+    row = _row("numeral_system")
+    bad = dict(row, completion=row["completion"] + " \\boxed{-1}", id="bad")
+    path = tmp_path / "sft.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in (row, bad)) + "\n")
+    s = audit.audit_file(path)
+    e = s["categories"]["numeral_system"]
+    assert e["rows"] == 2 and e["metric_fail"] == 1 and e["examples"][0]["id"] == "bad"
+    assert e["est_tokens"]["max"] > 0
+
+
+def test_cli_writes_json_and_png_and_names_the_bad_row(tmp_path):
+    rows = [_row(c, s) for c in ("cipher", "gravity") for s in (1, 60)]
+    path = tmp_path / "sft.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    r = CliRunner().invoke(data, ["audit", str(path), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, r.output
+    got = json.loads((tmp_path / "rep" / "audit.json").read_text())
+    assert got["categories"]["all"]["rows"] == 4 and (tmp_path / "rep" / "audit.png").stat().st_size > 0
+    broken = dict(rows[0], completion="no think close here")
+    path.write_text("\n".join(json.dumps(r) for r in (rows[1], broken)) + "\n")
+    r = CliRunner().invoke(data, ["audit", str(path), "--out", str(tmp_path / "rep2")])
+    assert r.exit_code != 0 and "row 2" in r.output and str(path) in r.output
+    assert not (tmp_path / "rep2").exists()
