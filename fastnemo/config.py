@@ -184,6 +184,26 @@ class GRPOConfig:
 
 
 @dataclasses.dataclass
+class HardwareConfig:
+    """How many accelerators of ONE host a run uses (``fastnemo.distributed``). With ``gpus`` > 1,
+    ``fastnemo recipe`` re-launches itself as that many processes (torch.distributed, accelerate's DDP inside
+    the trainers): each process holds the base model, the LoRA and one generation engine; eval and distill
+    shard the prompts over the processes and merge the results in order; SFT and DAPO train data-parallel.
+    Batch sizes in the recipe stay GLOBAL (what one GPU would step on), so 1 and N GPUs train the same way;
+    each must split evenly over the processes. On a machine without CUDA the processes are CPU processes
+    (gloo backend): allowed up to the CPU cores, for tests and smoke runs."""
+
+    gpus: int = 1
+    """Processes, one per GPU (1 = the one-process path, unchanged)."""
+    rollout_gpus: int = 0
+    """DAPO only, for when colocated rollouts do not fit: this many of the ``gpus`` serve TRL's vLLM server
+    (``trl vllm-serve``, data-parallel over them) and the rest train; 0 = rollouts in the training
+    processes. GPU only; see the README's "N GPUs" section."""
+    rollout_port: int = 8000
+    """Port of that vLLM server on localhost."""
+
+
+@dataclasses.dataclass
 class Recipe:
     name: str = "run"
     run_dir: str = "runs/run"
@@ -204,6 +224,7 @@ class Recipe:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
     grpo: GRPOConfig = dataclasses.field(default_factory=GRPOConfig)
+    hardware: HardwareConfig = dataclasses.field(default_factory=HardwareConfig)
     source: str = ""
     """The recipe file this was read from (set by load_recipe)."""
 
@@ -290,6 +311,10 @@ def validate(recipe: Recipe, where: str) -> None:
         raise RecipeError(f"{where}: grpo.group_size must be in 2..16, got {recipe.grpo.group_size}")
     if recipe.rounds < 1:
         raise RecipeError(f"{where}: rounds must be >= 1, got {recipe.rounds}")
+    if recipe.hardware.gpus != 1 or recipe.hardware.rollout_gpus:
+        from fastnemo.distributed import validate_hardware
+
+        validate_hardware(recipe, where)
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -332,17 +332,23 @@ def prompt_rows(session, recipe: Recipe, prompts_path: Path | None, seed: int) -
 
 def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed: int = 0, log=None,
                  rollouts: str = "auto", micro_batch: int | None = None, max_refills: int = MAX_REFILLS,
-                 rewards: tuple[list, list[float]] | None = None, updates_per_generation: int = 1):
+                 rewards: tuple[list, list[float]] | None = None, updates_per_generation: int = 1,
+                 server_args: dict | None = None):
     """The DAPO trainer on ``session.model``. ``rollouts``: "trl" (TRL generates with the model), "engine"
     (``session.engine`` via rollout_func) or "auto" (engine unless it is the hf engine).
     ``micro_batch``: completions per forward/backward (default: one group). ``rewards``: (functions,
     weights) instead of those ``cfg`` selects. ``updates_per_generation``: optimizer steps taken on one
     rollout batch (of that many times ``batch_prompts`` groups). At 1 every step is on-policy and the clip
-    range never binds (TRL then skips the old log-probs); DAPO's clip-higher acts from 2 on."""
+    range never binds (TRL then skips the old log-probs); DAPO's clip-higher acts from 2 on.
+    ``server_args``: TRL settings for rollouts from TRL's vLLM server (``distributed.rollout_server_args``).
+
+    Under N data-parallel processes (``fastnemo.distributed``) the step's rows are split over them and
+    dynamic sampling is off: its refills are drawn per process, while TRL scores groups across processes."""
     from datasets import Dataset
     from transformers import PrinterCallback
 
     from fastnemo.callbacks import RichTrainerCallback
+    from fastnemo.distributed import world
     from fastnemo.sft import common_args
     from fastnemo.trl_compat import ensure_fused_lm_head
 
@@ -354,6 +360,10 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
     if rows_per_step % micro:
         raise ValueError(f"grpo: batch_prompts x group_size = {rows_per_step} is not a multiple of the micro "
                          f"batch {micro}")
+    n = world()
+    if (rows_per_step // micro) % n:
+        raise ValueError(f"grpo: {rows_per_step // micro} micro-batches per step do not split over {n} processes")
+    dynamic = cfg.dynamic_sampling and n == 1
     funcs, weights = rewards or reward_funcs(cfg, eos_token_ids=[session.tokenizer.eos_token_id])
     args = TRLGRPOConfig(
         output_dir=str(out_dir),
@@ -361,8 +371,8 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
         max_steps=cfg.max_steps,
         lr_scheduler_type="constant",
         per_device_train_batch_size=micro,
-        gradient_accumulation_steps=rows_per_step // micro,
-        steps_per_generation=rows_per_step // micro * updates_per_generation,
+        gradient_accumulation_steps=rows_per_step // micro // n,
+        steps_per_generation=rows_per_step // micro // n * updates_per_generation,
         num_generations=G,
         max_completion_length=cfg.max_tokens,
         temperature=cfg.temperature,
@@ -374,9 +384,10 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
         mask_truncated_completions=cfg.overlong == "mask",
         reward_weights=weights,
         logging_steps=1,
+        **(server_args or {}),
         **common_args(session, seed, cfg.save_steps),
     )
-    use_engine = rollouts == "engine" or (rollouts == "auto" and session.gen_cfg.engine != "hf")
+    use_engine = not server_args and (rollouts == "engine" or (rollouts == "auto" and session.gen_cfg.engine != "hf"))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="You are using 'rollout_func'")  # experimental: on purpose
         trainer = dapo_trainer_class()(
@@ -387,8 +398,8 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
             processing_class=session.tokenizer,
             callbacks=[RichTrainerCallback("grpo", on_log_fn=log)],
             rollout_func=engine_rollout(session, cfg, seed) if use_engine else None,
-            refill_rows=rows if cfg.dynamic_sampling else None,
-            dynamic_sampling=cfg.dynamic_sampling,
+            refill_rows=rows if dynamic else None,
+            dynamic_sampling=dynamic,
             max_refills=max_refills,
             refill_seed=seed,
         )
@@ -399,6 +410,7 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
 def train(session, recipe: Recipe, out_dir: Path, prompts_path: Path | None = None, seed: int = 0,
           log=None) -> dict:
     """DAPO on ``session.model`` in place; resumes from ``out_dir/checkpoints``. Returns summary metrics."""
+    from fastnemo.distributed import rollout_server_args
     from fastnemo.sft import last_checkpoint
 
     out_dir = Path(out_dir)
@@ -413,7 +425,8 @@ def train(session, recipe: Recipe, out_dir: Path, prompts_path: Path | None = No
 
     trainer = make_trainer(session, recipe.grpo, rows, ckpt, seed=seed, log=log_and_keep,
                            micro_batch=recipe.grpo.micro_batch or None,
-                           updates_per_generation=recipe.grpo.updates_per_generation)
+                           updates_per_generation=recipe.grpo.updates_per_generation,
+                           server_args=rollout_server_args(recipe))
     session.engine.wake()
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last_checkpoint(ckpt))
