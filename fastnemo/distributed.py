@@ -84,6 +84,14 @@ def init(recipe: Recipe) -> None:
         console.quiet = True  # N copies of every bar and table would bury rank 0's
 
 
+def finished() -> None:
+    """A launched process is done: the launching process reports the outcome (once, not N + 1 times)."""
+    if WORKER_ENV in os.environ:
+        from fastnemo.progress import console
+
+        console.quiet = True
+
+
 def barrier() -> None:
     if _initialized():
         import torch.distributed as dist

@@ -394,6 +394,8 @@ def run_recipe(recipe: Recipe) -> RunDir:
             ledger.write_report(run)
     finally:
         run.unlock()
+    if recipe.hardware.gpus > 1:
+        distributed.finished()
     return run
 
 
