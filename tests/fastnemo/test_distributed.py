@@ -181,6 +181,7 @@ def smoke_recipe(tmp_path: Path, model_dir: Path, gpus: int) -> Path:
     return p
 
 
+@pytest.mark.slow  # 43 s on 2 idle cores, ~110 s on busy ones: two processes start and run every stage
 def test_gpus_2_runs_the_smoke_recipe_through_two_gloo_processes(tmp_path, tiny_model_dir):
     """Every stage of the smoke recipe (data, SFT, eval, distill, DAPO, eval, pack) on 2 CPU processes:
     generation sharded per rank and merged in order, training data-parallel, one writer of the run."""
