@@ -214,6 +214,11 @@ def launch(recipe: Recipe) -> None:
     if not recipe.source:
         raise RecipeError("hardware.gpus > 1: the run re-launches its recipe file, and this recipe has none "
                           "(read it with load_recipe)")
+    from fastnemo.config import load_recipe, to_dict
+
+    if to_dict(load_recipe(recipe.source)) != to_dict(recipe):  # the processes read the file, not this object
+        raise RecipeError(f"{recipe.source}: the recipe was changed after it was read; hardware.gpus > 1 "
+                          "re-launches the file, so save the change there")
     argv, env, server_argv, server_env = launch_commands(recipe, recipe.source)
     server = None
     if server_argv:
