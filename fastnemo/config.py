@@ -292,6 +292,24 @@ class GRPOConfig(Section):
 
 
 @dataclasses.dataclass
+class HardwareConfig(Section):
+    """How many accelerators of ONE host a run uses (``fastnemo.distributed``). With ``gpus`` > 1,
+    ``fastnemo recipe`` re-launches itself as that many processes (torch.distributed, accelerate's DDP inside
+    the trainers): each process holds the base model, the LoRA and one generation engine; eval and distill
+    shard the prompts over the processes and merge the results in order; SFT and DAPO train data-parallel.
+    Batch sizes in the recipe stay GLOBAL (what one GPU would step on), so 1 and N GPUs train the same way;
+    each must split evenly over the processes. On a machine without CUDA the processes are CPU processes
+    (gloo backend): allowed up to the CPU cores, for tests and smoke runs."""
+
+    KEY: ClassVar[str] = "hardware"
+    gpus: int = key(1, "Processes, one per GPU (1 = the one-process path, unchanged).", ge=1)
+    rollout_gpus: int = key(0, "DAPO only, for when colocated rollouts do not fit: this many of the `gpus` serve "
+                            "TRL's vLLM server (data-parallel over them) and the rest train; 0 = rollouts in the "
+                            "training processes. GPU only.", ge=0)
+    rollout_port: int = key(8000, "Port of that vLLM server on localhost.", ge=1, le=65535)
+
+
+@dataclasses.dataclass
 class Recipe(Section):
     name: str = key("run", "The run's name (printed, and in the manifest).")
     run_dir: str = key("runs/run", "Run directory (relative to the recipe file). Re-running the recipe resumes "
@@ -313,6 +331,7 @@ class Recipe(Section):
     eval: EvalConfig = section(EvalConfig, "Validation with the competition's metric.")
     distill: DistillConfig = section(DistillConfig, "Self-distillation: sample, verify, keep.")
     grpo: GRPOConfig = section(GRPOConfig, "DAPO (TRL's GRPOTrainer with DAPO's settings and dynamic sampling).")
+    hardware: HardwareConfig = section(HardwareConfig, "GPUs of one host (data-parallel processes).")
     source: str = key("", "The recipe file this was read from (set by load_recipe; not a recipe key).")
 
     def check(self):
@@ -327,6 +346,10 @@ class Recipe(Section):
         once = [s for s in self.stages if s in ("sft", "grpo", "data", "distill")]
         if len(once) != len(set(once)):
             raise RecipeError("stages: data, sft, distill and grpo may each appear once per round")
+        if self.hardware.gpus != 1 or self.hardware.rollout_gpus:
+            from fastnemo.distributed import validate_hardware
+
+            validate_hardware(self)
 
 
 # ------------------------------------------------------------------------------------- reading a recipe

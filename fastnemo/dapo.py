@@ -79,7 +79,11 @@ class DAPOTrainer(GRPOTrainer):
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._last_rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(1)
-        for x, r in zip(inputs, self._last_rewards.tolist(), strict=True):
+        mine = self._last_rewards
+        if len(mine) != len(inputs):  # TRL gathered every data-parallel process's rewards: ours are a slice
+            i = self.accelerator.process_index
+            mine = mine[i * len(inputs) : (i + 1) * len(inputs)]
+        for x, r in zip(inputs, mine.tolist(), strict=True):
             self._cat_rewards[x.get("category", "all")].append(r)
         return rewards_per_func
 

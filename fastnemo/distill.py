@@ -168,9 +168,19 @@ def run(session, recipe: Recipe, out_dir: Path, seed: int = 0, log=None) -> dict
     puzzles = load_prompts(recipe, seed)
     if not puzzles:
         raise ValueError("distill: no prompts (distill.prompts is 0 or distill.data is empty)")
-    position = {p.id: i for i, p in enumerate(puzzles)}
     cache_path = out_dir / CACHE
     done = read_cache(cache_path)
+    t0 = time.time()
+    sample(session, cfg, puzzles, done, cache_path, seed, log=log)
+    return finish(puzzles, done, cfg, out_dir, seconds=time.time() - t0)
+
+
+def sample(session, cfg, puzzles: list[Puzzle], done: dict[str, dict], cache_path: Path, seed: int,
+           positions: dict[str, int] | None = None, log=None) -> None:
+    """Sample the ``puzzles`` not in ``done`` (cache records by id), appending each batch to ``cache_path``
+    and to ``done``. ``positions``: each puzzle's index in the whole prompt list (default: in ``puzzles``),
+    which seeds its batch: a resume, or a shard of the list, samples the same way."""
+    position = positions or {p.id: i for i, p in enumerate(puzzles)}
     todo = [p for p in puzzles if p.id not in done]
     # A call is the unit of the cache. The hf engine splits it into batch_size // k prompts itself; vLLM
     # schedules batch_size sequences at a time and wants a deep queue, so stragglers don't idle the batch.
@@ -199,7 +209,6 @@ def run(session, recipe: Recipe, out_dir: Path, seed: int = 0, log=None) -> dict
             if log:
                 log({"distill/done": n_done, "distill/batch_pass_rate": rate,
                      "distill/tokens_per_s": tokens / max(1e-9, time.time() - t0)})
-    return finish(puzzles, done, cfg, out_dir, seconds=time.time() - t0)
 
 
 def cache_record(puzzle: Puzzle, candidates: list[dict], keep: int) -> dict:

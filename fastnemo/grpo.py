@@ -200,7 +200,8 @@ def prompt_rows(session, recipe: Recipe, prompts_path: Path | None, seed: int) -
 
 def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed: int = 0, log=None,
                  rollouts: str = "auto", micro_batch: int | None = None, max_refills: int | None = None,
-                 rewards: tuple[list, list[float]] | None = None, updates_per_generation: int = 1):
+                 rewards: tuple[list, list[float]] | None = None, updates_per_generation: int = 1,
+                 server_args: dict | None = None):
     """The DAPO trainer on ``session.model``. ``rollouts``: "trl" (TRL generates with the model), "engine"
     (``session.engine`` via rollout_func) or "auto" (engine unless it is the hf engine).
     ``micro_batch``: completions per forward/backward (default: one group). ``rewards``: (functions,
@@ -211,6 +212,7 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
     from transformers import PrinterCallback
 
     from fastnemo.callbacks import RichTrainerCallback
+    from fastnemo.distributed import world
     from fastnemo.sft import common_args
     from fastnemo.trl_compat import ensure_fused_lm_head
 
@@ -222,6 +224,10 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
     if rows_per_step % micro:
         raise ValueError(f"grpo: batch_prompts x group_size = {rows_per_step} is not a multiple of the micro "
                          f"batch {micro}")
+    n = world()
+    if (rows_per_step // micro) % n:
+        raise ValueError(f"grpo: {rows_per_step // micro} micro-batches per step do not split over {n} processes")
+    dynamic = cfg.dynamic_sampling and n == 1
     funcs, weights = rewards or reward_funcs(cfg, eos_token_ids=[session.tokenizer.eos_token_id])
     args = TRLGRPOConfig(
         output_dir=str(out_dir),
@@ -229,8 +235,8 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
         max_steps=cfg.max_steps,
         lr_scheduler_type="constant",
         per_device_train_batch_size=micro,
-        gradient_accumulation_steps=rows_per_step // micro,
-        steps_per_generation=rows_per_step // micro * updates_per_generation,
+        gradient_accumulation_steps=rows_per_step // micro // n,
+        steps_per_generation=rows_per_step // micro // n * updates_per_generation,
         num_generations=G,
         max_completion_length=cfg.max_tokens,
         temperature=cfg.temperature,
@@ -242,9 +248,10 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
         mask_truncated_completions=cfg.overlong == "mask",
         reward_weights=weights,
         logging_steps=1,
+        **(server_args or {}),
         **common_args(session, seed, cfg.save_steps),
     )
-    use_engine = rollouts == "engine" or (rollouts == "auto" and session.gen_cfg.engine != "hf")
+    use_engine = not server_args and (rollouts == "engine" or (rollouts == "auto" and session.gen_cfg.engine != "hf"))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="You are using 'rollout_func'")  # experimental: on purpose
         trainer = DAPOTrainer(
@@ -255,8 +262,8 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
             processing_class=session.tokenizer,
             callbacks=[RichTrainerCallback("grpo", on_log_fn=log)],
             rollout_func=engine_rollout(session, cfg, seed) if use_engine else None,
-            refill_rows=rows if cfg.dynamic_sampling else None,
-            dynamic_sampling=cfg.dynamic_sampling,
+            refill_rows=rows if dynamic else None,
+            dynamic_sampling=dynamic,
             max_refills=cfg.max_refills if max_refills is None else max_refills,
             refill_seed=seed,
         )
@@ -267,6 +274,7 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
 def train(session, recipe: Recipe, out_dir: Path, prompts_path: Path | None = None, seed: int = 0,
           log=None) -> dict:
     """DAPO on ``session.model`` in place; resumes from ``out_dir/checkpoints``. Returns summary metrics."""
+    from fastnemo.distributed import rollout_server_args
     from fastnemo.sft import last_checkpoint
 
     out_dir = Path(out_dir)
@@ -281,7 +289,8 @@ def train(session, recipe: Recipe, out_dir: Path, prompts_path: Path | None = No
 
     trainer = make_trainer(session, recipe.grpo, rows, ckpt, seed=seed, log=log_and_keep,
                            micro_batch=recipe.grpo.micro_batch or None,
-                           updates_per_generation=recipe.grpo.updates_per_generation)
+                           updates_per_generation=recipe.grpo.updates_per_generation,
+                           server_args=rollout_server_args(recipe))
     session.engine.wake()
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last_checkpoint(ckpt))

@@ -15,10 +15,10 @@ import dataclasses
 import random
 from pathlib import Path
 
-from fastnemo import ledger
+from fastnemo import distributed, ledger
 from fastnemo.config import Recipe, RecipeError, resolve, to_dict
 from fastnemo.progress import console
-from fastnemo.run import RunDir
+from fastnemo.run import RunDir, RunLocked
 from puzzles import Puzzle
 
 TRAINING_STAGES = ("sft", "grpo", "start")  # stages that leave an adapter (start: the start_from one)
@@ -70,11 +70,15 @@ class Context:
             from fastnemo.session import ModelSession
 
             path = self.model_path()
-            if self.recipe.model.tiny and not (path / "config.json").exists():
-                from fastnemo.tiny import build_tiny_model
 
-                console.print(f"building tiny nemotron_h model at {path}")
-                build_tiny_model(path, seed=self.recipe.seed)
+            def build_tiny():
+                if self.recipe.model.tiny and not (path / "config.json").exists():
+                    from fastnemo.tiny import build_tiny_model
+
+                    console.print(f"building tiny nemotron_h model at {path}")
+                    build_tiny_model(path, seed=self.recipe.seed)
+
+            distributed.on_main(build_tiny)  # one process builds it, the others wait
             adapter = self.run.artifact(self.adapter_key, "adapter") if self.adapter_key else self.start_adapter()
             self.session = ModelSession.load(
                 path, self.recipe.model, self.recipe.lora, self.recipe.generation, adapter=adapter,
@@ -189,9 +193,12 @@ def save_adapter(session, stage_dir: Path) -> Path:
     import shutil
 
     target = stage_dir / "adapter"
-    if target.exists():
-        shutil.rmtree(target)
-    return session.save_adapter(target)
+    if distributed.is_main():  # N data-parallel ranks hold the same LoRA: one writes it
+        if target.exists():
+            shutil.rmtree(target)
+        session.save_adapter(target)
+    distributed.barrier()
+    return target
 
 
 def stage_start(ctx: Context, key: str):
@@ -231,6 +238,8 @@ def stage_eval(ctx: Context, key: str):
     d = ctx.run.path / key  # results.partial.jsonl inside lets an interrupted evaluation resume
     d.mkdir(exist_ok=True)
     session = ctx.get_session()
+    if distributed.world() > 1:
+        evaluate = distributed.evaluate_sharded
     summary = evaluate(session, validation_set(ctx), ctx.recipe.eval.sampling, d / "results.jsonl",
                        batch_size=ctx.recipe.generation.batch_size)
     summary["checkpoint"] = ctx.adapter_key
@@ -244,8 +253,9 @@ def stage_distill(ctx: Context, key: str):
 
     d = ctx.run.path / key
     d.mkdir(exist_ok=True)
-    summary = distill.run(ctx.get_session(), ctx.recipe, d, seed=ctx.recipe.seed + ctx.round,
-                          log=lambda rec: ctx.run.log({"stage": key, **rec}))
+    run = distributed.distill_sharded if distributed.world() > 1 else distill.run
+    summary = run(ctx.get_session(), ctx.recipe, d, seed=ctx.recipe.seed + ctx.round,
+                  log=lambda rec: ctx.run.log({"stage": key, **rec}))
     return {"traces": d / "traces.jsonl", "goldilocks": d / "goldilocks.jsonl"}, summary
 
 
@@ -323,6 +333,8 @@ def preflight(recipe: Recipe) -> list[str]:
     for field, value in {"data.path": recipe.data.path, "start_from": recipe.start_from}.items():
         if value and not resolve(recipe, value).exists():
             raise RecipeError(f"{where}: {field} {resolve(recipe, value)} does not exist")
+    if recipe.hardware.gpus > 1:
+        notes.append(distributed.check_machine(recipe))
     return notes
 
 
@@ -341,11 +353,18 @@ def plateaued(run: RunDir, recipe: Recipe, rnd: int) -> bool:
 
 
 def run_recipe(recipe: Recipe) -> RunDir:
-    """Run (or resume) every stage of ``recipe``; returns its run directory."""
+    """Run (or resume) every stage of ``recipe``; returns its run directory. With ``hardware.gpus`` > 1 this
+    process launches the recipe file's N processes and waits for them (``fastnemo.distributed``)."""
     preflight(recipe)
-    run = RunDir(resolve(recipe, recipe.run_dir)).lock()
+    if recipe.hardware.gpus > 1 and not distributed.is_worker():
+        distributed.launch(recipe)
+        return RunDir(resolve(recipe, recipe.run_dir))
+    if recipe.hardware.gpus > 1:
+        distributed.init(recipe)
+    run = _lock(RunDir(resolve(recipe, recipe.run_dir)))
     try:
-        run.write_config(recipe.source, to_dict(recipe))
+        if distributed.is_main():
+            run.write_config(recipe.source, to_dict(recipe))
         ctx = Context(recipe=recipe, run=run)
         stopped_after = None
         for rnd, stage, key in plan_keys(recipe):
@@ -362,9 +381,37 @@ def run_recipe(recipe: Recipe) -> RunDir:
                     ctx.adapter_key = key  # the session, when loaded, starts from this adapter
                 continue
             console.rule(f"[bold]{key}")
+            if stage in distributed.MAIN_ONLY_STAGES:  # one process writes; the others read the manifest
+                distributed.on_main(lambda s=stage, k=key: run.finish(k, *STAGE_FUNCS[s](ctx, k)))
+                if stage in TRAINING_STAGES:
+                    ctx.adapter_key = key
+                continue
             artifacts, summary = STAGE_FUNCS[stage](ctx, key)
-            run.finish(key, artifacts, summary)
-        ledger.write_report(run)
+            if distributed.is_main():
+                run.finish(key, artifacts, summary)
+            distributed.barrier()
+        if distributed.is_main():
+            ledger.write_report(run)
     finally:
         run.unlock()
+    if recipe.hardware.gpus > 1:
+        distributed.finished()
+    return run
+
+
+def _lock(run: RunDir) -> RunDir:
+    """Take the run's lock (rank 0 of a distributed run: the others share its verdict and write no metrics)."""
+    if distributed.world() == 1:
+        return run.lock()
+    error = None
+    if distributed.is_main():
+        try:
+            run.lock()
+        except RunLocked as e:
+            error = str(e)
+    error = distributed.broadcast(error)
+    if error:
+        raise RunLocked(error)
+    if not distributed.is_main():
+        run.log = lambda record: None  # metrics.jsonl is rank 0's
     return run

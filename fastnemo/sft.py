@@ -69,17 +69,19 @@ def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 
     from trl import SFTTrainer
 
     from fastnemo.callbacks import RichTrainerCallback
+    from fastnemo.distributed import per_rank, world
     from fastnemo.trl_compat import ensure_fused_lm_head
 
     ensure_fused_lm_head()
-
+    # the recipe's batch is global: N data-parallel processes (fastnemo.distributed) each take a share
+    batch_size, grad_accum = per_rank(cfg.batch_size, cfg.grad_accum, world())
     args = TRLSFTConfig(
         output_dir=str(out_dir),
         learning_rate=cfg.learning_rate,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
         max_length=cfg.max_length,
         warmup_steps=cfg.warmup,
         lr_scheduler_type="cosine",

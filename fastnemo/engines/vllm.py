@@ -117,6 +117,12 @@ class VLLMEngine:
             # The CPU worker sizes its KV cache as (memory share - this process's RSS), which is negative once
             # the trainer (or a second engine) lives in the process: ask for a fixed, toy-model-sized cache.
             kwargs["kv_cache_memory_bytes"] = 512 << 20
+        from fastnemo import distributed
+
+        if distributed.world() > 1:
+            # one engine per data-parallel process, inside the launcher's process group (as TRL's colocate
+            # mode builds it): vLLM joins the existing group instead of starting one of its own
+            kwargs["distributed_executor_backend"] = "external_launcher"
         if self.weight_sync == "lora":
             peft_cfg = self.session.model.peft_config["default"]
             max_rank = next(r for r in (8, 16, 32, 64) if r >= peft_cfg.r)  # the ranks vLLM accepts
