@@ -164,6 +164,62 @@ def _copy_line(letter: str, c: bits_rules.Copy, edge: int | None) -> str:
     return f"{head}: read off bit {edge} (its bit {edge} is x bit {bits_search.base_source(c, edge)})"
 
 
+def scan_amounts(kinds: tuple[str, ...], copies: dict[int, bits_rules.Copy], j: int) -> list[int]:
+    """The amounts copy j may take: its kind's, distinct from and ordered against same-kind copies."""
+    kind = kinds[j]
+    lo = max((copies[i][1] for i in copies if i < j and kinds[i] == kind), default=-1)
+    hi = min((copies[i][1] for i in copies if i > j and kinds[i] == kind), default=99)
+    return [a for a in bits_rules.AMOUNTS[kind] if lo < a < hi]
+
+
+def conflict(copies: list[bits_rules.Copy], examples: list[tuple[str, str]]) -> tuple | None:
+    """The first two (example, bit) places where one key shows 0 and 1: (key, e1, i1, e2, i2), or None."""
+    first: dict[str, tuple[str, int, int]] = {}
+    for e, (x, y) in enumerate(examples, start=1):
+        for i, key in enumerate(bits_rules.keys_of(copies, x)):
+            if key not in first:
+                first[key] = (y[i], e, i)
+            elif first[key][0] != y[i]:
+                _, e1, i1 = first[key]
+                return key, e1, i1, e, i
+    return None
+
+
+def _conflict_text(examples: list[tuple[str, str]], w: tuple) -> str:
+    key, e1, i1, e2, i2 = w
+    y1, y2 = examples[e1 - 1][1][i1], examples[e2 - 1][1][i2]
+    return f"key {key} gives {y1} at example {e1} bit {i1} and {y2} at example {e2} bit {i2}"
+
+
+def _copies_lines(puzzle: Puzzle, copies: list[bits_rules.Copy], edges: dict) -> list[str]:
+    """Copies read off the edges first; then each other copy scanned over its amounts with the rest
+    fixed, when exactly one amount leaves no key with two outputs; else proposed (a hypothesis)."""
+    kinds = tuple(c[0] for c in copies)
+    known = {j: c for j, c in enumerate(copies) if _read_off(c, edges) is not None}
+    out = [_copy_line(LETTERS[j], copies[j], _read_off(copies[j], edges)) for j in sorted(known)]
+    while len(known) < len(copies):
+        j = next((j for j in range(len(copies)) if j not in known and len(known) == len(copies) - 1), None)
+        if j is None:  # two or more unknown: propose the first, the next may then be scanned
+            j = min(set(range(len(copies))) - set(known))
+            out.append(_copy_line(LETTERS[j], copies[j], None))
+            known[j] = copies[j]
+            continue
+        amounts = scan_amounts(kinds, known, j)
+        trial = {a: conflict([known.get(i, (kinds[j], a)) for i in range(len(copies))], puzzle.examples)
+                 for a in amounts}
+        if [a for a, w in trial.items() if w is None] != [copies[j][1]]:
+            out.append(_copy_line(LETTERS[j], copies[j], None))
+        else:
+            L = LETTERS[j]
+            out.append(f"Scan {L} over the amounts of {kinds[j]}, the other copies fixed:")
+            for a, w in trial.items():
+                why = "no key gives both 0 and 1" if w is None else _conflict_text(puzzle.examples, w)
+                out.append(f"{L} = {bits_rules.copy_name((kinds[j], a))}: {why}")
+            out.append(f"{L} = {bits_rules.copy_name(copies[j])}: the only amount without a conflict")
+        known[j] = copies[j]
+    return out
+
+
 def trace(puzzle: Puzzle, solution: Solution) -> str:
     """Columns, the edge bits 0 and 7 and the copies read off them, every example's key table, the table
     snapped to the catalog, every example verified, then the query bit by bit."""
@@ -182,7 +238,7 @@ def trace(puzzle: Puzzle, solution: Solution) -> str:
         out.append(f"Output bit {i} ({_EDGE_DEAD[i]} are dead there): o{i} = {_sp(col)}")
         out.append(f"o{i} equals {_names(edges[i][0])}; o{i} is the complement of {_names(edges[i][1])}")
     out.append(f"Copies, kinds ({', '.join(kinds)}):")
-    out += [_copy_line(L, c, _read_off(c, edges)) for L, c in zip(letters, copies)]
+    out += _copies_lines(puzzle, copies, edges)
     for m, (x, y) in enumerate(puzzle.examples, start=1):
         out.append(f"Example {m}: x = {_sp(x)} ; y = {_sp(y)}")
         out += [f"{L} = {_sp(bits_rules.copy_bits(c, x))}" for L, c in zip(letters, copies)]
@@ -256,7 +312,8 @@ class _Audit:
         self.p = puzzle
         self.xs = [x for x, _ in puzzle.examples]
         self.ys = [y for _, y in puzzle.examples]
-        self.copies: list[bits_rules.Copy] = []
+        self.defined: dict[str, bits_rules.Copy] = {}  # letter -> copy, as the Copies lines define them
+        self.scan: tuple[str, dict[int, bool], bool] | None = None  # letter, amount -> no conflict, all derived
         self.kinds: tuple[str, ...] = ()
         self.hypotheses: list[int] = []  # step indices of "proposed" copies, settled by the checks
         self.current: str | None = None  # x of the example (or query) being worked
@@ -301,6 +358,15 @@ class _Audit:
         if m := re.fullmatch(r"([ABC]) = ([a-z0-9 ]+): proposed, checked on every example below", line):
             c = _parse_copy(m.group(2))
             return "hypothesis", c is not None and self._new_copy(m.group(1), c)
+        if m := re.fullmatch(r"Scan ([ABC]) over the amounts of ([a-z]+), the other copies fixed:", line):
+            j = LETTERS.index(m.group(1))
+            self.scan = (m.group(1), {}, True)
+            ok = j < len(self.kinds) and self.kinds[j] == m.group(2) and m.group(1) not in self.defined
+            return "statement", ok and len(self.defined) == len(self.kinds) - 1
+        if m := re.fullmatch(r"([ABC]) = ([a-z0-9 ]+): (no key gives both 0 and 1|key .+)", line):
+            return "scan", self._scan_line(m.group(1), _parse_copy(m.group(2)), m.group(3))
+        if m := re.fullmatch(r"([ABC]) = ([a-z0-9 ]+): the only amount without a conflict", line):
+            return "scan_pick", self._scan_pick(m.group(1), _parse_copy(m.group(2)))
         if m := re.fullmatch(r"Example (\d+): x = ([01 ]+) ; y = ([01 ]+)", line):
             self.example = int(m.group(1))
             ok = 1 <= self.example <= n and (_bits(m.group(2)), _bits(m.group(3))) == self.p.examples[self.example - 1]
@@ -310,9 +376,8 @@ class _Audit:
             self.example, self.current, self.cur_y, self.cur_copies = 0, _bits(m.group(1)), None, {}
             return "table_lookup", self.current == self.p.query
         if m := re.fullmatch(r"([ABC]) = ([01 ]+)", line):
-            j = LETTERS.index(m.group(1))
-            ok = self.current is not None and j < len(self.copies)
-            ok = ok and _bits(m.group(2)) == _int_copy(self.copies[j], self.current)
+            c = self.defined.get(m.group(1))
+            ok = self.current is not None and c is not None and _bits(m.group(2)) == _int_copy(c, self.current)
             self.cur_copies[m.group(1)] = _bits(m.group(2))
             return "bit_op", ok
         if line.startswith("keys: "):
@@ -345,11 +410,52 @@ class _Audit:
             return "answer", self.output is not None and m.group(1) == self.output
         return "unknown", False
 
+    @property
+    def copies(self) -> list[bits_rules.Copy]:
+        return [self.defined[L] for L in LETTERS[: len(self.kinds)] if L in self.defined]
+
     def _new_copy(self, letter: str, c: bits_rules.Copy) -> bool:
-        ok = letter == LETTERS[len(self.copies)] and len(self.copies) < len(self.kinds)
-        ok = ok and c[0] == self.kinds[len(self.copies)]
-        self.copies.append(c)
+        j = LETTERS.index(letter)
+        ok = j < len(self.kinds) and letter not in self.defined and c[0] == self.kinds[j]
+        self.defined[letter] = c
         return ok
+
+    def _trial(self, letter: str, c: bits_rules.Copy) -> list[bits_rules.Copy]:
+        return [c if L == letter else self.defined[L] for L in LETTERS[: len(self.kinds)]]
+
+    def _scan_line(self, letter: str, c: bits_rules.Copy | None, claim: str) -> bool:
+        if self.scan is None or self.scan[0] != letter or c is None or c[0] != self.kinds[LETTERS.index(letter)]:
+            return False
+        trial = self._trial(letter, c)
+        keys = {e: [format(int("".join(b), 2), f"0{len(trial)}b") for b in zip(*(_int_copy(t, x) for t in trial))]
+                for e, x in enumerate(self.xs, start=1)}
+        if claim == "no key gives both 0 and 1":
+            table: dict[str, str] = {}
+            ok = all(table.setdefault(k, y[i]) == y[i] for e, y in enumerate(self.ys, start=1)
+                     for i, k in enumerate(keys[e]))
+        else:
+            m = re.fullmatch(r"key ([01]+) gives ([01]) at example (\d+) bit ([0-7]) and ([01]) at example (\d+) bit ([0-7])",
+                             claim)
+            ok = m is not None and m.group(2) != m.group(5)
+            for key, bit, e, i in ((m.group(1), m.group(2), m.group(3), m.group(4)),
+                                   (m.group(1), m.group(5), m.group(6), m.group(7))) if ok else ():
+                e, i = int(e), int(i)
+                ok = ok and e in keys and keys[e][i] == key and self.ys[e - 1][i] == bit
+        name, found, all_ok = self.scan
+        found[c[1]] = claim == "no key gives both 0 and 1"
+        self.scan = (name, found, all_ok and ok)
+        return ok
+
+    def _scan_pick(self, letter: str, c: bits_rules.Copy | None) -> bool:
+        if self.scan is None or self.scan[0] != letter or c is None:
+            return False
+        _, found, all_ok = self.scan
+        j = LETTERS.index(letter)
+        others = {LETTERS.index(L): cc for L, cc in self.defined.items()}
+        want = scan_amounts(self.kinds, others, j)
+        self.scan = None
+        return self._new_copy(letter, c) and all_ok and sorted(found) == want and [
+            a for a in want if found[a]] == [c[1]]
 
     def _keys(self, items: list[str]) -> bool:
         if self.current is None or len(items) != 8 or len(self.cur_copies) != len(self.copies):

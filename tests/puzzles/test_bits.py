@@ -153,7 +153,7 @@ def test_real_deduced_traces_audit_without_leaps(train_dev_rows):
     assert audited >= 0.98 * len(rows)
 
 
-@pytest.mark.parametrize("target", [r"^c3 = ", r"^B = [01 ]+$", r"^keys: ", r" = y$", r"^Output: ", r": distance \d+$"])
+@pytest.mark.parametrize("target", [r"^c3 = ", r"^B = [01 ]+$", r"^keys: ", r" = y$", r"^Output: ", r": distance \d+$", r": key \d+ gives"])
 def test_audit_catches_one_tampered_bit(target):
     rng = random.Random(21)
     p = next(q for q in (bits.generate(rng, {"k": 3}) for _ in range(50)) if bits.solve(q).status == "deduced")
