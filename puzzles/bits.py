@@ -7,8 +7,10 @@ the search and its Bayesian scoring live in ``puzzles.bits_search``.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
+from functools import lru_cache
 
 from puzzles import bits_rules, bits_search
 from puzzles.base import AuditStep, Puzzle, PuzzleFormatError, Solution
@@ -164,12 +166,15 @@ def _copy_line(letter: str, c: bits_rules.Copy, edge: int | None) -> str:
     return f"{head}: read off bit {edge} (its bit {edge} is x bit {bits_search.base_source(c, edge)})"
 
 
-def scan_amounts(kinds: tuple[str, ...], copies: dict[int, bits_rules.Copy], j: int) -> list[int]:
-    """The amounts copy j may take: its kind's, distinct from and ordered against same-kind copies."""
-    kind = kinds[j]
-    lo = max((copies[i][1] for i in copies if i < j and kinds[i] == kind), default=-1)
-    hi = min((copies[i][1] for i in copies if i > j and kinds[i] == kind), default=99)
-    return [a for a in bits_rules.AMOUNTS[kind] if lo < a < hi]
+def scan_combos(kinds: tuple[str, ...], known: dict[int, bits_rules.Copy], unknown: list[int]) -> list[tuple]:
+    """Every choice of amounts for the unknown copies: their kinds' amounts, same-kind copies distinct
+    and the smaller first (the catalog's order)."""
+    out = []
+    for combo in itertools.product(*(bits_rules.AMOUNTS[kinds[j]] for j in unknown)):
+        amt = {j: c[1] for j, c in known.items()} | dict(zip(unknown, combo))
+        if all(amt[i] < amt[j] for i in amt for j in amt if i < j and kinds[i] == kinds[j]):
+            out.append(combo)
+    return out
 
 
 def conflict(copies: list[bits_rules.Copy], examples: list[tuple[str, str]]) -> tuple | None:
@@ -191,31 +196,39 @@ def _conflict_text(examples: list[tuple[str, str]], w: tuple) -> str:
     return f"key {key} gives {y1} at example {e1} bit {i1} and {y2} at example {e2} bit {i2}"
 
 
+def _names_of(letters: list[str], copies: list[bits_rules.Copy]) -> str:
+    return ", ".join(f"{L} = {bits_rules.copy_name(c)}" for L, c in zip(letters, copies))
+
+
 def _copies_lines(puzzle: Puzzle, copies: list[bits_rules.Copy], edges: dict) -> list[str]:
-    """Copies read off the edges first; then each other copy scanned over its amounts with the rest
-    fixed, when exactly one amount leaves no key with two outputs; else proposed (a hypothesis)."""
+    """Copies read off the edges first; then the others (one or two at a time) scanned over their amounts
+    with the rest fixed, when exactly one choice leaves no key with two outputs; else the first of them is
+    proposed (a hypothesis, checked on every example) and the scan goes on."""
     kinds = tuple(c[0] for c in copies)
     known = {j: c for j, c in enumerate(copies) if _read_off(c, edges) is not None}
     out = [_copy_line(LETTERS[j], copies[j], _read_off(copies[j], edges)) for j in sorted(known)]
     while len(known) < len(copies):
-        j = next((j for j in range(len(copies)) if j not in known and len(known) == len(copies) - 1), None)
-        if j is None:  # two or more unknown: propose the first, the next may then be scanned
-            j = min(set(range(len(copies))) - set(known))
-            out.append(_copy_line(LETTERS[j], copies[j], None))
-            known[j] = copies[j]
-            continue
-        amounts = scan_amounts(kinds, known, j)
-        trial = {a: conflict([known.get(i, (kinds[j], a)) for i in range(len(copies))], puzzle.examples)
-                 for a in amounts}
-        if [a for a, w in trial.items() if w is None] != [copies[j][1]]:
-            out.append(_copy_line(LETTERS[j], copies[j], None))
-        else:
-            L = LETTERS[j]
-            out.append(f"Scan {L} over the amounts of {kinds[j]}, the other copies fixed:")
-            for a, w in trial.items():
-                why = "no key gives both 0 and 1" if w is None else _conflict_text(puzzle.examples, w)
-                out.append(f"{L} = {bits_rules.copy_name((kinds[j], a))}: {why}")
-            out.append(f"{L} = {bits_rules.copy_name(copies[j])}: the only amount without a conflict")
+        unknown = [j for j in range(len(copies)) if j not in known]
+        if len(unknown) <= 2:
+            combos = scan_combos(kinds, known, unknown)
+            trial = {}
+            for combo in combos:
+                full = dict(known) | {j: (kinds[j], a) for j, a in zip(unknown, combo)}
+                trial[combo] = conflict([full[i] for i in range(len(copies))], puzzle.examples)
+            truth = tuple(copies[j][1] for j in unknown)
+            if [c for c, w in trial.items() if w is None] == [truth]:
+                letters = [LETTERS[j] for j in unknown]
+                its = "its" if len(unknown) == 1 else "their"
+                out.append(f"Scan {', '.join(letters)} over {its} amounts, the other copies fixed:")
+                for combo, w in trial.items():
+                    why = "no key gives both 0 and 1" if w is None else _conflict_text(puzzle.examples, w)
+                    out.append(f"{_names_of(letters, [(kinds[j], a) for j, a in zip(unknown, combo)])}: {why}")
+                only = "the only amount" if len(unknown) == 1 else "the only amounts"
+                out.append(f"{_names_of(letters, [copies[j] for j in unknown])}: {only} without a conflict")
+                known.update({j: copies[j] for j in unknown})
+                continue
+        j = unknown[0]
+        out.append(_copy_line(LETTERS[j], copies[j], None))
         known[j] = copies[j]
     return out
 
@@ -290,6 +303,7 @@ def _parse_copy(name: str) -> bits_rules.Copy | None:
     return ("rot", 0) if m.group(1) is None else (_KIND_OF[m.group(1)], int(m.group(2)))
 
 
+@lru_cache(maxsize=65536)
 def _int_copy(c: bits_rules.Copy, x: str) -> str:
     v, (kind, k) = int(x, 2), c
     if kind == "rot":
@@ -358,15 +372,15 @@ class _Audit:
         if m := re.fullmatch(r"([ABC]) = ([a-z0-9 ]+): proposed, checked on every example below", line):
             c = _parse_copy(m.group(2))
             return "hypothesis", c is not None and self._new_copy(m.group(1), c)
-        if m := re.fullmatch(r"Scan ([ABC]) over the amounts of ([a-z]+), the other copies fixed:", line):
-            j = LETTERS.index(m.group(1))
-            self.scan = (m.group(1), {}, True)
-            ok = j < len(self.kinds) and self.kinds[j] == m.group(2) and m.group(1) not in self.defined
-            return "statement", ok and len(self.defined) == len(self.kinds) - 1
-        if m := re.fullmatch(r"([ABC]) = ([a-z0-9 ]+): (no key gives both 0 and 1|key .+)", line):
-            return "scan", self._scan_line(m.group(1), _parse_copy(m.group(2)), m.group(3))
-        if m := re.fullmatch(r"([ABC]) = ([a-z0-9 ]+): the only amount without a conflict", line):
-            return "scan_pick", self._scan_pick(m.group(1), _parse_copy(m.group(2)))
+        if m := re.fullmatch(r"Scan ([ABC](?:, [ABC])*) over (?:its|their) amounts, the other copies fixed:", line):
+            letters = tuple(m.group(1).split(", "))
+            self.scan = (letters, {}, True)
+            ok = all(LETTERS.index(L) < len(self.kinds) and L not in self.defined for L in letters)
+            return "statement", ok and len(self.defined) + len(letters) == len(self.kinds)
+        if m := re.fullmatch(r"([ABC] = [a-z0-9 ]+(?:, [ABC] = [a-z0-9 ]+)*): the only amounts? without a conflict", line):
+            return "scan_pick", self._scan_pick(self._named(m.group(1)))
+        if m := re.fullmatch(r"([ABC] = [a-z0-9 ]+(?:, [ABC] = [a-z0-9 ]+)*): (no key gives both 0 and 1|key .+)", line):
+            return "scan", self._scan_line(self._named(m.group(1)), m.group(2))
         if m := re.fullmatch(r"Example (\d+): x = ([01 ]+) ; y = ([01 ]+)", line):
             self.example = int(m.group(1))
             ok = 1 <= self.example <= n and (_bits(m.group(2)), _bits(m.group(3))) == self.p.examples[self.example - 1]
@@ -420,42 +434,42 @@ class _Audit:
         self.defined[letter] = c
         return ok
 
-    def _trial(self, letter: str, c: bits_rules.Copy) -> list[bits_rules.Copy]:
-        return [c if L == letter else self.defined[L] for L in LETTERS[: len(self.kinds)]]
+    def _named(self, text: str) -> dict[str, bits_rules.Copy | None]:
+        return {part.split(" = ")[0]: _parse_copy(part.split(" = ")[1]) for part in text.split(", ")}
 
-    def _scan_line(self, letter: str, c: bits_rules.Copy | None, claim: str) -> bool:
-        if self.scan is None or self.scan[0] != letter or c is None or c[0] != self.kinds[LETTERS.index(letter)]:
+    def _scan_line(self, named: dict[str, bits_rules.Copy | None], claim: str) -> bool:
+        if self.scan is None or tuple(named) != self.scan[0] or None in named.values():
             return False
-        trial = self._trial(letter, c)
-        keys = {e: [format(int("".join(b), 2), f"0{len(trial)}b") for b in zip(*(_int_copy(t, x) for t in trial))]
-                for e, x in enumerate(self.xs, start=1)}
+        if any(c[0] != self.kinds[LETTERS.index(L)] for L, c in named.items()):
+            return False
+        trial = [named.get(L) or self.defined[L] for L in LETTERS[: len(self.kinds)]]
+        keys = {e: ["".join(b) for b in zip(*(_int_copy(t, x) for t in trial))] for e, x in enumerate(self.xs, 1)}
         if claim == "no key gives both 0 and 1":
             table: dict[str, str] = {}
-            ok = all(table.setdefault(k, y[i]) == y[i] for e, y in enumerate(self.ys, start=1)
-                     for i, k in enumerate(keys[e]))
+            ok = all(table.setdefault(k, y[i]) == y[i] for e, y in enumerate(self.ys, 1) for i, k in enumerate(keys[e]))
         else:
             m = re.fullmatch(r"key ([01]+) gives ([01]) at example (\d+) bit ([0-7]) and ([01]) at example (\d+) bit ([0-7])",
                              claim)
             ok = m is not None and m.group(2) != m.group(5)
-            for key, bit, e, i in ((m.group(1), m.group(2), m.group(3), m.group(4)),
-                                   (m.group(1), m.group(5), m.group(6), m.group(7))) if ok else ():
+            for bit, e, i in ((m.group(2), m.group(3), m.group(4)), (m.group(5), m.group(6), m.group(7))) if ok else ():
                 e, i = int(e), int(i)
-                ok = ok and e in keys and keys[e][i] == key and self.ys[e - 1][i] == bit
-        name, found, all_ok = self.scan
-        found[c[1]] = claim == "no key gives both 0 and 1"
-        self.scan = (name, found, all_ok and ok)
+                ok = ok and e in keys and keys[e][i] == m.group(1) and self.ys[e - 1][i] == bit
+        letters, found, all_ok = self.scan
+        found[tuple(c[1] for c in named.values())] = claim == "no key gives both 0 and 1"
+        self.scan = (letters, found, all_ok and ok)
         return ok
 
-    def _scan_pick(self, letter: str, c: bits_rules.Copy | None) -> bool:
-        if self.scan is None or self.scan[0] != letter or c is None:
+    def _scan_pick(self, named: dict[str, bits_rules.Copy | None]) -> bool:
+        if self.scan is None or tuple(named) != self.scan[0] or None in named.values():
             return False
-        _, found, all_ok = self.scan
-        j = LETTERS.index(letter)
-        others = {LETTERS.index(L): cc for L, cc in self.defined.items()}
-        want = scan_amounts(self.kinds, others, j)
+        letters, found, all_ok = self.scan
+        known = {LETTERS.index(L): c for L, c in self.defined.items()}
+        want = scan_combos(self.kinds, known, [LETTERS.index(L) for L in letters])
         self.scan = None
-        return self._new_copy(letter, c) and all_ok and sorted(found) == want and [
-            a for a in want if found[a]] == [c[1]]
+        defined = [self._new_copy(L, c) for L, c in named.items()]  # define every one, even after a failure
+        new = all(defined)
+        pick = tuple(c[1] for c in named.values())
+        return new and all_ok and sorted(found) == sorted(want) and [c for c in want if found[c]] == [pick]
 
     def _keys(self, items: list[str]) -> bool:
         if self.current is None or len(items) != 8 or len(self.cur_copies) != len(self.copies):
