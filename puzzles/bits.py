@@ -1,8 +1,12 @@
 """Bit manipulation puzzles: 8-bit strings, a hidden byte rule, 7-10 examples.
 
-Bit positions are string positions: bit 0 is the leftmost character. A rule is a few *bases* (shifted or
-rotated copies of the input, see ``puzzles.bits_search``) and one truth table applied at every position;
-the search and its Bayesian scoring live in ``puzzles.bits_search``.
+Bit positions are string positions: bit 0 is the leftmost character. A rule is one catalog gate applied at
+every position to a few shifted or rotated copies of the input (the grammar: ``puzzles.bits_rules``).
+``solve`` weighs the catalog rules that reproduce every example; ``trace`` writes the derivation a model can
+redo: the edge columns and the copies read off them, the remaining copies scanned over their amounts (each
+rejected amount with its conflict), the key table read off the examples, its snap to the catalog, every
+example verified, the query bit by bit. ``audit`` re-derives each of those lines. Bits stay spaced, one
+token each, never hex: every bit written is the operand of a per-bit step the auditor checks.
 """
 
 from __future__ import annotations
@@ -363,7 +367,7 @@ class _Audit:
             return "compare", m.group(2) == _names(eq) and m.group(3) == _names(neg)
         if m := re.fullmatch(r"Copies, kinds \(([a-z, ]+)\):", line):
             self.kinds = tuple(m.group(1).split(", "))
-            return "statement", True
+            return "hypothesis", any(g.kinds == self.kinds for g in bits_rules.CATALOG)
         if m := re.fullmatch(r"([ABC]) = ([a-z0-9 ]+): read off bit ([07]) \(its bit \3 is x bit ([0-7])\)", line):
             c, i, j = _parse_copy(m.group(2)), int(m.group(3)), int(m.group(4))
             ok = c is not None and self._new_copy(m.group(1), c) and bits_search.base_source(c, i) == j
