@@ -517,11 +517,12 @@ class _Audit:
 
 def audit(puzzle: Puzzle, reasoning: str) -> list[AuditStep]:
     """One AuditStep per line of a ``trace`` text: its step kind and whether the line re-derives from the
-    prompt and the lines above it. A "proposed" copy (a hypothesis) counts as derived only when every
-    example is then verified with it; a line of any other form is an "unknown" leap."""
+    prompt and the lines above it. A hypothesis (the kinds, a "proposed" copy) counts as derived only when
+    every example is then verified with it; a line of any other form is an "unknown" leap. A full
+    completion may be given: what follows ``</think>`` (the box) is left to ``puzzles.audit``."""
     state = _Audit(puzzle)
     steps = []
-    for n, line in enumerate(reasoning.strip().split("\n"), start=1):
+    for n, line in enumerate(reasoning.split("</think>")[0].strip().split("\n"), start=1):
         kind, ok = state.check(line)
         steps.append(AuditStep(line=n, kind=kind, derived=bool(ok), text=line))
         if kind == "hypothesis" and ok:

@@ -8,6 +8,7 @@ import pytest
 
 from puzzles import bits, bits_rules, bits_search
 from puzzles.base import PuzzleFormatError, detect_category
+from puzzles.traces import completion
 
 
 def _bit_rows(rows):
@@ -114,6 +115,8 @@ def test_trace_is_explicit_and_ends_with_answer():
         assert t.count("keys: ") == len(p.examples) + 1  # every example and the query, bit by bit
         assert t.count(" = y\n") == len(p.examples)  # every example verified with the snapped gate
         assert "Nearest: " in t and "Copies that explain" not in t  # snapped, no hidden search
+        if s.status == "deduced":  # the whole completion audits too: the box is puzzles.audit's
+            assert all(a.derived for a in bits.audit(p, completion(t, s.answer)))
         assert len(t) < 2 * 7680  # the budget at >= 2 characters a token (the tiny tokenizer: ~2.8 on these)
 
 
