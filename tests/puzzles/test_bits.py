@@ -97,6 +97,10 @@ def test_open_search_fallback_is_guessed_and_honours_the_time_cap():
     s = bits.solve(p)
     assert s is not None and s.status == "guessed"
     assert s.answer == "".join("1" if c == "0" else "0" for c in xs[8])
+    t = bits.trace(p, s)  # the trace says no catalog gate fits, and the audit calls that snap a leap
+    assert t.endswith(f"The answer is {s.answer}") and "No catalog gate at distance 0" in t
+    leaps = [a for a in bits.audit(p, t) if not a.derived]
+    assert any(a.kind == "unknown" and a.text.startswith("No catalog gate") for a in leaps)
     t0 = time.perf_counter()
     assert bits.solve(p, time_cap=0.0) is None
     assert bits_search.infer(p.examples, p.query, time_cap=0.0).status == "timeout"
