@@ -350,8 +350,20 @@ class _Audit:
         return "".join(r[j] for r in rows)
 
     def check(self, line: str) -> tuple[str, bool]:
-        """(step kind, derived) of one line; one branch per line form, in trace order."""
+        """(step kind, derived) of one line; one branch per line form."""
         n = len(self.xs)
+        # The frequent forms first (bits of a copy, keys, scanned amounts); the forms never overlap.
+        if line.startswith("keys: "):
+            return "table_lookup", self._keys(line[6:].split(" "))
+        if m := re.fullmatch(r"([ABC]) = ([01 ]+)", line):
+            c = self.defined.get(m.group(1))
+            ok = self.current is not None and c is not None and _bits(m.group(2)) == _int_copy(c, self.current)
+            self.cur_copies[m.group(1)] = _bits(m.group(2))
+            return "bit_op", ok
+        if m := re.fullmatch(r"([ABC] = [a-z0-9 ]+(?:, [ABC] = [a-z0-9 ]+)*): the only amounts? without a conflict", line):
+            return "scan_pick", self._scan_pick(self._named(m.group(1)))
+        if m := re.fullmatch(r"([ABC] = [a-z0-9 ]+(?:, [ABC] = [a-z0-9 ]+)*): (no key gives both 0 and 1|key .+)", line):
+            return "scan", self._scan_line(self._named(m.group(1)), m.group(2))
         if line == INTRO:
             return "statement", True
         if m := re.fullmatch(r"Input columns \(bit j of the inputs of examples 1 to (\d+)\):", line):
@@ -381,10 +393,6 @@ class _Audit:
             self.scan = (letters, {}, True)
             ok = all(LETTERS.index(L) < len(self.kinds) and L not in self.defined for L in letters)
             return "statement", ok and len(self.defined) + len(letters) == len(self.kinds)
-        if m := re.fullmatch(r"([ABC] = [a-z0-9 ]+(?:, [ABC] = [a-z0-9 ]+)*): the only amounts? without a conflict", line):
-            return "scan_pick", self._scan_pick(self._named(m.group(1)))
-        if m := re.fullmatch(r"([ABC] = [a-z0-9 ]+(?:, [ABC] = [a-z0-9 ]+)*): (no key gives both 0 and 1|key .+)", line):
-            return "scan", self._scan_line(self._named(m.group(1)), m.group(2))
         if m := re.fullmatch(r"Example (\d+): x = ([01 ]+) ; y = ([01 ]+)", line):
             self.example = int(m.group(1))
             ok = 1 <= self.example <= n and (_bits(m.group(2)), _bits(m.group(3))) == self.p.examples[self.example - 1]
@@ -393,13 +401,6 @@ class _Audit:
         if m := re.fullmatch(r"Query: x = ([01 ]+)", line):
             self.example, self.current, self.cur_y, self.cur_copies = 0, _bits(m.group(1)), None, {}
             return "table_lookup", self.current == self.p.query
-        if m := re.fullmatch(r"([ABC]) = ([01 ]+)", line):
-            c = self.defined.get(m.group(1))
-            ok = self.current is not None and c is not None and _bits(m.group(2)) == _int_copy(c, self.current)
-            self.cur_copies[m.group(1)] = _bits(m.group(2))
-            return "bit_op", ok
-        if line.startswith("keys: "):
-            return "table_lookup", self._keys(line[6:].split(" "))
         if m := re.fullmatch(r"Key table read from the examples \(no key shows both 0 and 1\): (.+)", line):
             return "collect", self._collect(m.group(1).split(" "))
         if m := re.fullmatch(r"Catalog gates for kinds \(([a-z, ]+)\), Hamming distance on the seen keys:", line):
