@@ -1,4 +1,7 @@
-"""Rule inference for bit manipulation puzzles: bases and one shared truth table, scored by a Bayesian prior.
+"""Open rule search for bit manipulation puzzles: bases and any shared truth table, scored by a Bayesian prior.
+
+``puzzles.bits`` solves with the catalog of ``puzzles.bits_rules`` and falls back to this search (its answer
+then only "guessed") for a puzzle no catalog rule fits; the numbers below are this search's own.
 
 Model. A *base* is a shifted or rotated copy of the input byte (22 of them: rotate left by 0-7, shift left
 by 1-7, shift right by 1-7; bits moved in are 0). A rule picks k distinct bases (k = 1..3) and a truth table
