@@ -115,6 +115,9 @@ class SFTConfig:
     batch_size: int = 1
     grad_accum: int = 8
     max_length: int = 8192
+    token_budget: int = 0
+    """Token-budget batching (fastnemo/batching.py): batches of at most this many padded tokens, rows
+    grouped by length, no packing; batch_size is then ignored. 0 = fixed batches of batch_size rows."""
     warmup: float = 0.03
     """Warm-up: a fraction of the steps when < 1, else a number of steps."""
     save_steps: int = 200

@@ -76,7 +76,12 @@ def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 
         dataset_num_proc=1,
         **common_args(session, seed, cfg.save_steps),
     )
-    trainer = SFTTrainer(
+    trainer_cls = SFTTrainer
+    if cfg.token_budget:
+        from fastnemo.batching import budget_trainer
+
+        trainer_cls = budget_trainer(SFTTrainer, cfg.token_budget, cfg.max_length)
+    trainer = trainer_cls(
         model=session.model,
         args=args,
         train_dataset=to_dataset(session, rows),
