@@ -193,6 +193,24 @@ def to_peft(config: dict, tensors: dict) -> tuple[dict, dict]:
     return cfg, out
 
 
+def peft_loadable(adapter_dir: Path, tmp: Path) -> Path:
+    """``adapter_dir`` itself when PEFT can load it, else (a packed, vLLM-layout adapter: an unzipped
+    submission) its :func:`to_peft` conversion written into ``tmp``."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(Path(adapter_dir) / REQUIRED[1]), "pt") as f:
+        packed = any(k.startswith(PREFIX + "backbone.") for k in f.keys())  # noqa: SIM118 (not a dict)
+    if not packed:
+        return Path(adapter_dir)
+    cfg, tensors = to_peft(json.loads((Path(adapter_dir) / REQUIRED[0]).read_text()),
+                           load_file(str(Path(adapter_dir) / REQUIRED[1])))
+    Path(tmp).mkdir(parents=True, exist_ok=True)
+    (Path(tmp) / REQUIRED[0]).write_text(json.dumps(cfg))
+    save_file(tensors, str(Path(tmp) / REQUIRED[1]))
+    return Path(tmp)
+
+
 # ------------------------------------------------------------------------------------------------ verify
 
 

@@ -56,8 +56,12 @@ def _load_hf(path: Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: 
     )
     tokenizer = AutoTokenizer.from_pretrained(path)
     if adapter is not None:
-        with lora.allow_out_proj():
-            peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+        import tempfile
+
+        from fastnemo.pack import peft_loadable
+
+        with tempfile.TemporaryDirectory() as tmp, lora.allow_out_proj():  # a packed adapter loads too
+            peft_model = PeftModel.from_pretrained(model, peft_loadable(adapter, Path(tmp)), is_trainable=True)
         lora.install(peft_model)
         return peft_model, tokenizer
     check_targets(model, lora_cfg.target_modules)
