@@ -183,11 +183,12 @@ def eval_cmd(model_path, adapter, backend, data, out, limit, max_tokens, batch_s
 @click.option("--overwrite", is_flag=True, help="Replace an existing zip at --out.")
 def pack(adapter_dir, out, overwrite):
     """Zip ADAPTER_DIR's adapter_config.json and adapter_model.safetensors into a submission."""
+    from fastnemo.pack import PackError
     from fastnemo.pack import pack as pack_fn
 
     try:
         path = pack_fn(adapter_dir, out, overwrite=overwrite)
-    except (FileNotFoundError, FileExistsError) as e:
+    except (FileNotFoundError, FileExistsError, PackError) as e:
         _fail(str(e))
     click.echo(f"wrote {path}; check it with: fastnemo verify {path} --model MODEL_DIR")
 

@@ -265,9 +265,14 @@ def validate(recipe: Recipe, where: str) -> None:
     for key, (value, allowed) in more.items():
         if value not in allowed:
             raise RecipeError(f"{where}: {key} must be one of {allowed}, got {value!r}")
-    if "lm_head" in recipe.lora.target_modules:
-        raise RecipeError(f"{where}: lora.target_modules: 'lm_head' cannot be trained (TRL's trainers compute "
-                          "log-probs from lm_head.weight directly; its LoRA would never get a gradient)")
+    from fastnemo.lora import (
+        check_lora,  # vLLM-servable targets only (lm_head and out_proj train: fastnemo.lora)
+    )
+
+    try:
+        check_lora(recipe.lora.target_modules, recipe.lora.rank)
+    except ValueError as e:
+        raise RecipeError(f"{where}: {e}") from e
     d = recipe.distill
     if not 0 <= d.goldilocks_low <= d.goldilocks_high <= 1:
         raise RecipeError(f"{where}: distill.goldilocks_low/high must satisfy 0 <= low <= high <= 1, "
