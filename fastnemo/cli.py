@@ -235,9 +235,10 @@ def _mount() -> None:
     from fastnemo.distill import distill_command
     from fastnemo.grpo import grpo_command
     from fastnemo.plan import plan_command
+    from fastnemo.score import score_command
     from puzzles.cli import data
 
-    for command in (data, distill_command, grpo_command, plan_command):
+    for command in (data, distill_command, grpo_command, plan_command, score_command):
         main.add_command(command)
 
 

@@ -45,18 +45,22 @@ def total_gib() -> float:
     return torch.cuda.get_device_properties(0).total_memory / GIB if torch.cuda.is_available() else 0.0
 
 
-def model_dir(layers: int, root: Path) -> Path:
-    """config.json + the tiny tokenizer for the first ``layers`` layers of the released pattern."""
+def model_dir(layers: int, root: Path, tiny: bool = False) -> Path:
+    """config.json + the tiny tokenizer for the first ``layers`` layers of the released pattern (``tiny``:
+    at fastnemo.tiny's toy widths, the CPU dry run of this script)."""
     from bench.common import slice_config, slice_layers
-    from fastnemo.tiny import _corpus, train_tokenizer
+    from fastnemo.tiny import _corpus, tiny_config, train_tokenizer
 
     out = root / f"nano-{layers}"
     if (out / "config.json").exists():
         return out
     tok = train_tokenizer(_corpus(n=200, seed=0), vocab_size=1024)
     ids = tok.convert_tokens_to_ids
-    cfg = slice_config(slice_layers(str(layers)), pad_token_id=ids("<pad>"), bos_token_id=ids("<s>"),
-                       eos_token_id=ids("<|im_end|>"))
+    special = {"pad_token_id": ids("<pad>"), "bos_token_id": ids("<s>"), "eos_token_id": ids("<|im_end|>")}
+    if tiny:
+        cfg = tiny_config(len(tok), layers_block_type=slice_layers(str(layers)), **special)
+    else:
+        cfg = slice_config(slice_layers(str(layers)), **special)
     cfg.save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -185,16 +189,19 @@ def build_model(path: Path, targets: list[str], train_experts: bool = False):
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+    from fastnemo import lora
     from fastnemo.config import GenerationConfig, ModelConfig
-    from fastnemo.session import EXPERT_PARAMETERS, ModelSession
+    from fastnemo.session import ModelSession
 
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.bfloat16,
                                                  experts_implementation="grouped_mm")
     peft_cfg = PeftLoraConfig(r=32, lora_alpha=32, target_modules=list(targets), task_type="CAUSAL_LM",
-                              target_parameters=list(EXPERT_PARAMETERS) if train_experts else None)
-    model = get_peft_model(model, peft_cfg)
+                              target_parameters=list(lora.EXPERT_PARAMETERS) if train_experts else None)
+    with lora.allow_out_proj():  # what session._load_hf does: the same routes for out_proj/lm_head/experts
+        model = get_peft_model(model, peft_cfg)
+    lora.install(model)
     tok = AutoTokenizer.from_pretrained(path)
     return ModelSession(model, tok, ModelConfig(path=str(path), backend="hf"),
                         GenerationConfig(engine="hf", batch_size=64), path)
@@ -343,26 +350,30 @@ def _n_budget_batches(lengths, budget):
 
 def run_hf(args) -> None:
     from fastnemo.config import DEFAULT_TARGETS
+    from fastnemo.lora import FULL_TARGETS
 
     if torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(min(1.0, CAP_GIB / total_gib()))
     os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
     root = Path(tempfile.mkdtemp(prefix="fullsize-"))
-    path = model_dir(args.layers, root)
+    path = model_dir(args.layers, root, tiny=args.tiny)
     t = time.perf_counter()
-    session = build_model(path, list(DEFAULT_TARGETS))
+    full = args.targets == "full"
+    session = build_model(path, list(FULL_TARGETS if full else DEFAULT_TARGETS), train_experts=full)
     print(f"built {args.layers} layers on the GPU in {time.perf_counter() - t:.1f} s; "
           f"{torch.cuda.memory_allocated() / GIB:.1f} GiB", flush=True)
-    args.targets_name = "default"
+    args.targets_name = "full (lm_head, out_proj, routed experts)" if full else "default"
     if "gen" in args.parts:
         gen_records(args, session)
     if "sft" in args.parts:
         session.model.train()
         rows = sft_rows(args.sft_rows)
-        sft_variant(args, session, "fastnemo-batch1", rows, 0, 1, plain_trl=False)
-        sft_variant(args, session, "trl-batch1", rows, 0, 1, plain_trl=True)
+        tag = "-full" if full else ""
+        sft_variant(args, session, f"fastnemo-batch1{tag}", rows, 0, 1, plain_trl=False)
+        if not full:  # plain TRL cannot train lm_head / out_proj / grouped experts (fastnemo.lora's routes)
+            sft_variant(args, session, "trl-batch1", rows, 0, 1, plain_trl=True)
         for budget in args.budgets:
-            sft_variant(args, session, f"fastnemo-budget{budget}", rows, budget, 1, plain_trl=False)
+            sft_variant(args, session, f"fastnemo-budget{budget}{tag}", rows, budget, 1, plain_trl=False)
 
 
 def main() -> int:
@@ -380,6 +391,8 @@ def main() -> int:
     ap.add_argument("--sft-steps", type=int, default=6)
     ap.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",") if x], default=[8192, 16384])
     ap.add_argument("--parts", default="gen,sft")
+    ap.add_argument("--tiny", action="store_true", help="Toy widths (a CPU dry run of the code paths).")
+    ap.add_argument("--targets", choices=["default", "full"], default="default")
     args = ap.parse_args()
     (run_vllm if args.what == "vllm" else run_hf)(args)
     return 0
