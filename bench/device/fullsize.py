@@ -369,11 +369,19 @@ def run_hf(args) -> None:
         session.model.train()
         rows = sft_rows(args.sft_rows)
         tag = "-full" if full else ""
-        sft_variant(args, session, f"fastnemo-batch1{tag}", rows, 0, 1, plain_trl=False)
+        runs = [(f"fastnemo-batch1{tag}", 0, False)]
         if not full:  # plain TRL cannot train lm_head / out_proj / grouped experts (fastnemo.lora's routes)
-            sft_variant(args, session, "trl-batch1", rows, 0, 1, plain_trl=True)
-        for budget in args.budgets:
-            sft_variant(args, session, f"fastnemo-budget{budget}{tag}", rows, budget, 1, plain_trl=False)
+            runs.append(("trl-batch1", 0, True))
+        runs += [(f"fastnemo-budget{b}{tag}", b, False) for b in args.budgets]
+        for variant, budget, plain in runs:
+            try:
+                sft_variant(args, session, variant, rows, budget, 1, plain_trl=plain)
+            except torch.OutOfMemoryError as e:  # a record too: what does not fit under the cap
+                rec = base_record("sft", args.layers, variant=variant, backend="hf", batch=f"budget {budget}"
+                                  if budget else 1, tok_s=None, peak_gib=_peak(), targets=args.targets_name,
+                                  note=f"out of memory under the {CAP_GIB} GiB cap: {str(e)[:160]}")
+                results.append(args.results, rec)
+                print(json.dumps(rec), flush=True)
 
 
 def main() -> int:
