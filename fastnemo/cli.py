@@ -31,7 +31,8 @@ def _fail(msg: str):
 
 
 # Commands defined beside the module they drive, imported only when they are asked for.
-LAZY_COMMANDS = {"data": "puzzles.cli:data", "plan": "fastnemo.plan:plan_command"}
+LAZY_COMMANDS = {"data": "puzzles.cli:data", "plan": "fastnemo.plan:plan_command",
+                 "score": "fastnemo.score:score_command"}
 
 
 class LazyGroup(click.Group):
@@ -340,11 +341,12 @@ def replace_between_markers(text: str, table: str) -> str:
 @click.option("--overwrite", is_flag=True, help="Replace an existing zip at --out.")
 def pack(adapter_dir, out, overwrite):
     """Zip ADAPTER_DIR's adapter_config.json and adapter_model.safetensors into a submission."""
+    from fastnemo.pack import PackError
     from fastnemo.pack import pack as pack_fn
 
     try:
         path = pack_fn(adapter_dir, out, overwrite=overwrite)
-    except (FileNotFoundError, FileExistsError) as e:
+    except (FileNotFoundError, FileExistsError, PackError) as e:
         _fail(str(e))
     click.echo(f"wrote {path}; check it with: fastnemo verify {path} --model MODEL_DIR")
 

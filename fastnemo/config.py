@@ -159,9 +159,12 @@ class LoraConfig(Section):
         "only as per-expert 2-D weights, so a stacked expert adapter would need converting before submission.")
 
     def check(self):
-        if "lm_head" in self.target_modules:
-            raise RecipeError("lora.target_modules: 'lm_head' cannot be trained (TRL's trainers compute "
-                              "log-probs from lm_head.weight directly; its LoRA would never get a gradient)")
+        from fastnemo.lora import check_lora  # vLLM-servable targets only (lm_head and out_proj train there)
+
+        try:
+            check_lora(self.target_modules, self.rank)
+        except ValueError as e:
+            raise RecipeError(str(e)) from None
 
 
 @dataclasses.dataclass
@@ -210,6 +213,9 @@ class SFTConfig(Section):
     batch_size: int = key(1, "Rows per device per forward/backward.", ge=1)
     grad_accum: int = key(8, "Forward/backward passes per optimizer step.", ge=1)
     max_length: int = key(8192, "Longest SFT row in tokens; longer rows are truncated.", ge=1)
+    token_budget: int = key(0, "Token-budget batching (fastnemo/batching.py): batches of at most this many "
+                            "padded tokens, rows grouped by length, no packing; batch_size is then ignored. 0 = "
+                            "fixed batches of batch_size rows.", ge=0)
     warmup: float = key(0.03, "Warm-up: a fraction of the steps when < 1, else a number of steps.", ge=0.0)
     save_steps: int = key(200, "Trainer checkpoint every N steps: an interrupted SFT resumes from the last one.",
                           ge=1)

@@ -252,7 +252,9 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
         **common_args(session, seed, cfg.save_steps),
     )
     use_engine = not server_args and (rollouts == "engine" or (rollouts == "auto" and session.gen_cfg.engine != "hf"))
-    with warnings.catch_warnings():
+    from fastnemo.lora import trl_accepts_lm_head  # TRL refuses a PEFT lm_head; fastnemo.lora trains it
+
+    with warnings.catch_warnings(), trl_accepts_lm_head(session.model):
         warnings.filterwarnings("ignore", message="You are using 'rollout_func'")  # experimental: on purpose
         trainer = DAPOTrainer(
             model=session.model,

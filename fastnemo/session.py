@@ -14,10 +14,8 @@ from pathlib import Path
 import torch
 
 from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SamplingConfig
+from fastnemo.lora import EXPERT_PARAMETERS  # the fused 3-D experts: PEFT target_parameters
 from puzzles import PROMPT_SUFFIX
-
-# The fused 3-D MoE expert weights of nemotron_h, reachable only through PEFT's target_parameters.
-EXPERT_PARAMETERS = ("experts.up_proj", "experts.down_proj")
 
 
 @dataclasses.dataclass
@@ -36,24 +34,17 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 def check_targets(model, targets: list[str]) -> None:
     """Every LoRA target must name a module of the model: a typo would otherwise train nothing there."""
-    if "lm_head" in targets:
-        raise ValueError(
-            "lora.target_modules: 'lm_head' cannot be trained here: TRL's trainers compute log-probs from "
-            "lm_head.weight directly (fused LM head), so its LoRA would never receive a gradient"
-        )
-    leaf_names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [t for t in targets if t not in leaf_names]
-    if missing:
-        raise ValueError(
-            f"lora.target_modules: {missing} not found in {model.config.model_type}; modules available "
-            f"include {sorted(n for n in leaf_names if n.endswith('proj') or n == 'lm_head')}"
-        )
+    from fastnemo import lora
+
+    lora.check_targets_in_model(model, targets)
 
 
 def _load_hf(path: Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: Path | None, seed: int):
     from peft import LoraConfig as PeftLoraConfig
     from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fastnemo import lora
 
     # "auto": transformers' own choice, grouped_mm wherever it can dispatch (CPU included), else eager
     experts = None if model_cfg.experts_implementation == "auto" else model_cfg.experts_implementation
@@ -65,7 +56,14 @@ def _load_hf(path: Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: 
     )
     tokenizer = AutoTokenizer.from_pretrained(path)
     if adapter is not None:
-        return PeftModel.from_pretrained(model, adapter, is_trainable=True), tokenizer
+        import tempfile
+
+        from fastnemo.pack import peft_loadable
+
+        with tempfile.TemporaryDirectory() as tmp, lora.allow_out_proj():  # a packed adapter loads too
+            peft_model = PeftModel.from_pretrained(model, peft_loadable(adapter, Path(tmp)), is_trainable=True)
+        lora.install(peft_model)
+        return peft_model, tokenizer
     check_targets(model, lora_cfg.target_modules)
     peft_cfg = PeftLoraConfig(
         r=lora_cfg.rank,
@@ -76,7 +74,10 @@ def _load_hf(path: Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: 
         task_type="CAUSAL_LM",
     )
     torch.manual_seed(seed)  # the LoRA A matrices are drawn at random: a run must be reproducible
-    return get_peft_model(model, peft_cfg), tokenizer
+    with lora.allow_out_proj():
+        peft_model = get_peft_model(model, peft_cfg)
+    lora.install(peft_model)  # lm_head through TRL's fused head, out_proj past the fused kernel, grouped experts
+    return peft_model, tokenizer
 
 
 class ModelSession:
@@ -124,6 +125,10 @@ class ModelSession:
         if not any(path.glob("*.safetensors")) and not any(path.glob("*.bin")):
             raise FileNotFoundError(f"model.path {path}: config.json but no weights (*.safetensors)")
         adapter = Path(adapter) if adapter else None
+        if adapter is None:  # refused before any model loads
+            from fastnemo import lora
+
+            lora.check_lora(lora_cfg.target_modules, lora_cfg.rank)
         # mamba_ssm autotunes ~200 Triton kernel configs on a process's first step (81 s measured on the
         # test GPU); Triton can keep the winners in its on-disk cache so the next run starts at once
         os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
@@ -169,7 +174,8 @@ class ModelSession:
         from fastnemo.files import atomic_dir
 
         with atomic_dir(out_dir) as tmp:
-            self.model.save_pretrained(tmp)
+            # lm_head carries a LoRA, never a full copy of the base head (vLLM serves only the LoRA)
+            self.model.save_pretrained(tmp, save_embedding_layers=False)
             set_base_model_name(tmp, self.model_cfg.base_model_name)
         return Path(out_dir)
 

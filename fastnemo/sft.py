@@ -89,13 +89,21 @@ def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 
         dataset_num_proc=1,
         **common_args(session, seed, cfg.save_steps),
     )
-    trainer = SFTTrainer(
-        model=session.model,
-        args=args,
-        train_dataset=to_dataset(session, rows),
-        processing_class=session.tokenizer,
-        callbacks=[RichTrainerCallback("sft", on_log_fn=log)],
-    )
+    trainer_cls = SFTTrainer
+    if cfg.token_budget:
+        from fastnemo.batching import budget_trainer
+
+        trainer_cls = budget_trainer(SFTTrainer, cfg.token_budget, cfg.max_length)
+    from fastnemo.lora import trl_accepts_lm_head  # TRL refuses a PEFT lm_head; fastnemo.lora trains it
+
+    with trl_accepts_lm_head(session.model):
+        trainer = trainer_cls(
+            model=session.model,
+            args=args,
+            train_dataset=to_dataset(session, rows),
+            processing_class=session.tokenizer,
+            callbacks=[RichTrainerCallback("sft", on_log_fn=log)],
+        )
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl carry the logs

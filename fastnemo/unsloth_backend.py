@@ -105,22 +105,30 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
             if fast_inference else {}
         ),
     )
+    import tempfile
+
+    from fastnemo import lora
+    from fastnemo.pack import peft_loadable
+
+    tmp = tempfile.TemporaryDirectory()  # a packed (vLLM-layout) adapter is converted back into it
     if adapter is not None:
         # Unsloth's own LoRA setup (its kernels, its gradient checkpointing) with the adapter's shape, then
         # the adapter's weights: a plain PeftModel.from_pretrained would skip Unsloth's patches.
+        adapter = peft_loadable(adapter, Path(tmp.name))
         lora_cfg = saved_lora_config(adapter)
-    model = FastLanguageModel.get_peft_model(
-        model,
-        r=lora_cfg.rank,
-        lora_alpha=lora_cfg.alpha,
-        lora_dropout=lora_cfg.dropout,
-        target_modules=list(lora_cfg.target_modules),
-        bias="none",
-        use_gradient_checkpointing=gc,
-        random_state=seed,
-        # None lets Unsloth add the fused experts as target_parameters; [] keeps them frozen
-        target_parameters=None if lora_cfg.train_experts else [],
-    )
+    with lora.allow_out_proj():  # fastnemo.lora routes out_proj past the fused kernel
+        model = FastLanguageModel.get_peft_model(
+            model,
+            r=lora_cfg.rank,
+            lora_alpha=lora_cfg.alpha,
+            lora_dropout=lora_cfg.dropout,
+            target_modules=list(lora_cfg.target_modules),
+            bias="none",
+            use_gradient_checkpointing=gc,
+            random_state=seed,
+            # None lets Unsloth add the fused experts as target_parameters; [] keeps them frozen
+            target_parameters=None if lora_cfg.train_experts else [],
+        )
     if adapter is not None:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -128,6 +136,8 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
         result = set_peft_model_state_dict(model, load_file(str(Path(adapter) / "adapter_model.safetensors")))
         if result.unexpected_keys:
             raise ValueError(f"adapter {adapter}: weights the LoRA does not have: {result.unexpected_keys[:3]}")
+    tmp.cleanup()
+    lora.install(model)  # lm_head through TRL's fused head, out_proj past the fused kernel, grouped experts
     return model, tokenizer
 
 

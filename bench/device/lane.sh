@@ -41,6 +41,14 @@ step() {
       --timeout 280 --json "$L/sft-8k.json" --log-dir "$L/sft-8k-logs" ;;
     sft-long) run_step sft-long 900 python3 bench/sft_throughput.py --shapes 4x2048 --warmup 1 --steps 3 \
       --timeout 280 --variants fastnemo,trl,unsloth16,unsloth4 --json "$L/sft-long.json" --log-dir "$L/sft-long-logs" ;;
+    # vLLM 0.26 (staged from .wheels/v1..v3) and the full 52-layer model under the 79.2 GiB cap
+    vllm-tests) run_step vllm-tests 560 python3 -m pytest -m gpu tests/fastnemo/test_gpu.py -q -s -k vllm ;;
+    lora-tests) run_step lora-tests 500 python3 -m pytest -m gpu tests/fastnemo/test_gpu_lora.py -q -s ;;
+    full-vllm) run_step full-vllm 560 python3 bench/device/fullsize.py vllm --results "$L/records.jsonl" ;;
+    full-hf) run_step full-hf 560 python3 bench/device/fullsize.py hf --results "$L/records.jsonl" ;;
+    full-hf-fulltargets) run_step full-hf-fulltargets 400 python3 bench/device/fullsize.py hf --targets full \
+      --parts sft --budgets 8192 --sft-steps 4 --results "$L/records.jsonl" ;;
+    score) run_step score 400 python3 bench/device/score_slice.py --results "$L/records.jsonl" ;;
     *) echo "unknown step $1" >>"$L/STATUS" ;;
   esac
 }
@@ -53,6 +61,8 @@ case "$cmd" in
     # mamba_ssm autotunes ~200 Triton configs on its first call; keep the winners on disk so that every
     # later process (each bench variant is one) reuses them instead of tuning again
     export TRITON_CACHE_AUTOTUNING=1
+    # vLLM in-process (it shares the trainer's process) and without flashinfer (not staged)
+    export VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_USE_FLASHINFER_SAMPLER=0
     steps=("$@")
     [ ${#steps[@]} -eq 0 ] && steps=(gpu-all probe sft-long rollout phase)
     setsid nohup bash bench/device/lane.sh steps "${steps[@]}" >"$L/lane.log" 2>&1 </dev/null &
@@ -61,6 +71,9 @@ case "$cmd" in
   steps)
     for s in "$@"; do step "$s"; done
     echo "$(date +%T) lane done" >>"$L/STATUS"
+    ;;
+  refresh)  # a later call's checkout replaces the lane's copy: steps not yet started run the new code
+    cp -r . "$L/repo" && echo "lane repo refreshed"
     ;;
   wait)
     limit="${1:?seconds}"
@@ -71,5 +84,6 @@ case "$cmd" in
     [ -n "$last" ] && { echo "--- tail of $last"; tail -n 25 "$last"; }
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader 2>/dev/null
     tar -czf "${OUT:-/tmp}/lane.tgz" -C "$L" --exclude repo . 2>/dev/null
+    [ -f "$L/records.jsonl" ] && cp "$L/records.jsonl" "${OUT:-/tmp}/records.jsonl"
     ;;
 esac

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -47,8 +48,11 @@ def merged_weights(model):
 
     This is TRL's ``_iter_named_params`` for a PEFT model (same name mapping: drop PEFT's
     ``base_model.model.`` prefix and ``.base_layer`` hop, skip the LoRA tensors), minus its in-place
-    ``merge_adapter()``/``unmerge_adapter()``. Every weight is sent, not only the LoRA-targeted ones: vLLM's
-    in-place reload rebuilds a fused layer (qkv_proj, gate_up_proj) only from a complete set of its parts."""
+    ``merge_adapter()``/``unmerge_adapter()``, plus two things vLLM's reload needs for nemotron_h (see
+    ``_checkpoint_items``): the persistent buffers (the router's ``e_score_correction_bias``) and the fused
+    3-D experts unstacked into the checkpoint's per-expert keys. Every weight is sent, not only the
+    LoRA-targeted ones: vLLM's in-place reload rebuilds a fused layer (qkv_proj, gate_up_proj) only from a
+    complete set of its parts, and after a level-2 sleep every weight it is not sent is garbage."""
     import torch
     from peft.tuners.lora import LoraLayer
 
@@ -61,7 +65,7 @@ def merged_weights(model):
             if not isinstance(getattr(base, "weight", None), torch.Tensor) or base.weight.dim() != 2:
                 raise NotImplementedError(
                     f"vllm engine: cannot merge the LoRA on {name} ({type(module).__name__}); only 2-D "
-                    "weights (Linear, Embedding) are supported by weight_sync='merge'"
+                    "weights (Linear, Embedding) are supported by weight_sync='merge' (use 'lora')"
                 )
             weight = base.weight.detach()
             for adapter in module.active_adapters:
@@ -72,11 +76,34 @@ def merged_weights(model):
             if "lora_" in name or "original_module" in name:
                 continue
             name = _checkpoint_name(name).replace("modules_to_save.default.", "")
-            yield name, merged.get(name, param.detach())
+            yield from _checkpoint_items(name, merged.get(name, param.detach()))
+        persistent = set(model.state_dict(keep_vars=True))
+        for name, buf in model.named_buffers():
+            if name in persistent and "lora_" not in name:
+                yield from _checkpoint_items(_checkpoint_name(name), buf.detach())
 
 
 def _checkpoint_name(name: str) -> str:
     return name.removeprefix("base_model.model.").replace(".base_layer", "")
+
+
+_FUSED_EXPERTS = re.compile(r"^(.*\.experts)\.(up_proj|down_proj|gate_up_proj)$")
+
+
+def _checkpoint_items(name: str, tensor):
+    """The (name, tensor) pairs of the on-disk checkpoint for one transformers weight.
+
+    transformers 5 merges nemotron_h's per-expert ``experts.{e}.up_proj.weight`` into one 3-D
+    ``experts.up_proj`` (conversion_mapping.py; it also loads ``backbone.`` as ``model.``, which vLLM's
+    own mapper accepts). vLLM 0.26's reload matches a 3-D ``experts.up_proj`` to none of its expert
+    mappings (the probe's "w13_weight, w2_weight were not loaded"), so the experts go back to the
+    checkpoint's per-expert 2-D keys (transformers' [E, out, in] is the stack of the checkpoint's [out, in])."""
+    m = _FUSED_EXPERTS.match(name)
+    if m and tensor.dim() == 3:
+        for e in range(tensor.shape[0]):
+            yield f"{m.group(1)}.{e}.{m.group(2)}.weight", tensor[e]
+        return
+    yield name, tensor
 
 
 class VLLMEngine:

@@ -170,7 +170,8 @@ def test_repo_recipes_all_load():
     [
         ('[model]\ndtype = "bf16"', "model.dtype"),
         ('[model]\nexperts_implementation = "fast"', "model.experts_implementation"),
-        ('[lora]\ntarget_modules = ["q_proj", "lm_head"]', "lm_head"),
+        ('[lora]\ntarget_modules = ["q_proj", "conv1d"]', "conv1d"),
+        ('[lora]\ntarget_modules = ["q_proj", "qproj"]', "qproj"),
         ("[distill]\ngoldilocks_low = 0.9\ngoldilocks_high = 0.1", "goldilocks"),
         ("[grpo]\nmicro_batch = 3", "micro_batch"),
         ('stages = ["data", "sft", "eval", "eval"]', "two 'eval'"),

@@ -8,6 +8,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from fastnemo.config import ModelConfig
 from fastnemo.pack import REQUIRED, VerifyError, pack, verify
@@ -44,10 +45,15 @@ def rezip(src: Path, dst: Path, config_edit=None, drop: str | None = None) -> Pa
 
 
 def test_pack_layout(good_zip, adapter):
+    from safetensors.torch import load, load_file
+
     with zipfile.ZipFile(good_zip) as zf:
         assert sorted(zf.namelist()) == sorted(REQUIRED)  # at the root, nothing else
-        for n in REQUIRED:
-            assert zf.read(n) == (adapter / n).read_bytes()
+        packed = load(zf.read("adapter_model.safetensors"))
+    source = load_file(adapter / "adapter_model.safetensors")
+    renamed = {k.replace("base_model.model.model.", "base_model.model.backbone."): v for k, v in source.items()}
+    assert packed.keys() == renamed.keys() and all(k.startswith("base_model.model.backbone.") for k in packed)
+    assert all(torch.equal(packed[k], renamed[k]) for k in packed)  # one rank, one scale: unchanged values
     assert not list(good_zip.parent.glob(".submission.zip.*"))  # no temp file left
 
 
@@ -196,9 +202,9 @@ def test_rejects_unreadable_weights(good_zip, tiny_model_dir, tmp_path):
     with zipfile.ZipFile(z, "w") as zf:
         zf.writestr("adapter_config.json", cfg)
         zf.writestr("adapter_model.safetensors", b"\x00" * 64)
-    verify(z, None, BASE)  # the config alone is fine: the weights are read once a model is given
-    with pytest.raises(VerifyError, match="adapter_model.safetensors: unreadable"):
-        verify(z, tiny_model_dir, BASE)
+    for model in (None, tiny_model_dir):
+        with pytest.raises(VerifyError, match="adapter_model.safetensors: unreadable"):
+            verify(z, model, BASE)
 
 
 @pytest.fixture(scope="module")
@@ -236,10 +242,17 @@ def test_rejects_adapter_of_a_different_model(narrow_model_dir, tiny_model_dir, 
         verify(z, tiny_model_dir, None)
 
 
-def test_rejects_out_proj_target(good_zip, tmp_path):
-    z = rezip(good_zip, tmp_path / "op.zip", lambda c: c.update(target_modules=[*c["target_modules"], "out_proj"]))
-    with pytest.raises(VerifyError, match="out_proj"):
+def test_rejects_conv1d_target(good_zip, tmp_path):
+    z = rezip(good_zip, tmp_path / "op.zip", lambda c: c.update(target_modules=[*c["target_modules"], "conv1d"]))
+    with pytest.raises(VerifyError, match="conv1d"):
         verify(z, None, BASE)
+
+
+def test_rejects_a_target_without_weights(good_zip, tiny_model_dir, tmp_path):
+    z = rezip(good_zip, tmp_path / "op.zip", lambda c: c.update(target_modules=[*c["target_modules"], "out_proj"]))
+    with pytest.raises(VerifyError, match="missing") as e:
+        verify(z, tiny_model_dir, BASE)
+    assert "out_proj" in str(e.value)
 
 
 def test_rejects_nonexistent_target(good_zip, tiny_model_dir, tmp_path):
@@ -276,3 +289,233 @@ def test_rejects_nan_weights(tiny_session, tiny_model_dir, tmp_path):
     z = pack(tiny_session.save_adapter(tmp_path / "nan"), tmp_path / "nan.zip")
     with pytest.raises(VerifyError, match="NaN"):
         verify(z, tiny_model_dir, BASE)
+
+
+# ------------------------------------------------------------------------------- vLLM's layout (issue 12)
+
+EXPERT_KEY = "base_model.model.backbone.layers.{l}.mixer.experts.{e}.{p}.lora_{ab}.weight"
+
+
+@pytest.fixture()
+def full_adapter(tiny_model_dir, tmp_path) -> Path:
+    """The winners' target set on the tiny model (routed experts, out_proj and lm_head included), with
+    random non-zero B so that every layout mistake changes the numbers."""
+    from fastnemo.config import GenerationConfig, LoraConfig
+    from fastnemo.lora import FULL_TARGETS
+    from fastnemo.session import ModelSession
+
+    s = ModelSession.load(tiny_model_dir, ModelConfig(path=str(tiny_model_dir), dtype="float32"),
+                          LoraConfig(rank=4, alpha=8, target_modules=list(FULL_TARGETS), train_experts=True),
+                          GenerationConfig(engine="hf"))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in s.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.05)
+    return s.save_adapter(tmp_path / "full")
+
+
+def packed_tensors(z: Path) -> tuple[dict, dict]:
+    from safetensors.torch import load
+
+    with zipfile.ZipFile(z) as zf:
+        return json.loads(zf.read("adapter_config.json")), load(zf.read("adapter_model.safetensors"))
+
+
+def test_full_target_set_packs_per_expert_and_verifies(full_adapter, tiny_model_dir, tmp_path):
+    z = pack(full_adapter, tmp_path / "full.zip")
+    cfg, tensors = packed_tensors(z)
+    assert not cfg["target_parameters"] and not cfg["rank_pattern"] and not cfg["alpha_pattern"]
+    assert set(cfg["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "out_proj", "up_proj",
+                                          "down_proj", "lm_head"}
+    assert all(k.startswith(("base_model.model.backbone.", "base_model.model.lm_head.")) for k in tensors)
+    assert not any("base_layer" in k or k.endswith("lm_head.weight") for k in tensors)
+    for layer in (1, 3):  # every expert of every MoE layer, both projections, 2-D at rank 4
+        for e in range(4):
+            for p, a_shape, b_shape in (("up_proj", (4, 64), (64, 4)), ("down_proj", (4, 64), (64, 4))):
+                assert tensors[EXPERT_KEY.format(l=layer, e=e, p=p, ab="A")].shape == a_shape
+                assert tensors[EXPERT_KEY.format(l=layer, e=e, p=p, ab="B")].shape == b_shape
+    report = verify(z, tiny_model_dir, BASE, load=True)  # loaded back (restacked) into PEFT and run
+    assert report["experts"] == 2 * 4 * 2 and report["tensors"] == len(tensors)
+
+
+def test_unstacked_experts_applied_per_expert_equal_the_stacked_adapter(full_adapter, tiny_model_dir, tmp_path):
+    """What vLLM computes from the packed per-expert keys (each token through its routed experts, x W_e^T +
+    s (x A_e^T) B_e^T) equals PEFT's stacked ParamWrapper on the same inputs."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from fastnemo.lora import allow_out_proj
+
+    cfg, tensors = packed_tensors(pack(full_adapter, tmp_path / "full.zip"))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    with allow_out_proj():
+        stacked = PeftModel.from_pretrained(base, full_adapter)  # PEFT's own (fold W + dW) forward
+    experts = stacked.get_base_model().model.layers[3].mixer.experts
+    w = experts.base_layer.base_layer
+    s = cfg["lora_alpha"] / cfg["r"]
+    x = torch.randn(10, 64, generator=torch.Generator().manual_seed(0))
+    top_k = torch.stack([torch.randperm(4, generator=torch.Generator().manual_seed(i))[:2] for i in range(10)])
+    weights = torch.rand(10, 2, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = experts(x, top_k, weights)
+        got = torch.zeros_like(want)
+        for t in range(10):
+            for j in range(2):
+                e = int(top_k[t, j])
+
+                def lin(v, p, e=e):
+                    a, b = (tensors[EXPERT_KEY.format(l=3, e=e, p=p, ab=ab)] for ab in "AB")
+                    return v @ getattr(w, p)[e].T + s * (v @ a.T) @ b.T
+
+                got[t] += weights[t, j] * lin(w.act_fn(lin(x[t], "up_proj")), "down_proj")
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_pack_bakes_rank_and_alpha_patterns_exactly(tiny_model_dir, tmp_path):
+    """vLLM reads one r and one alpha: pack pads lower ranks with zeros and folds each module's scale into B,
+    so every module's delta weight is PEFT's."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    m = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                       LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "in_proj"],
+                                  rank_pattern={"q_proj": 4}, alpha_pattern={"in_proj": 64}))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+    m.save_pretrained(tmp_path / "pat")
+    z = pack(tmp_path / "pat", tmp_path / "pat.zip")
+    cfg, tensors = packed_tensors(z)
+    assert cfg["r"] == 8 and cfg["lora_alpha"] == 16 and not cfg["rank_pattern"] and not cfg["alpha_pattern"]
+    layers = m.get_base_model().model.layers
+    for key, module in (("layers.2.mixer.q_proj", layers[2].mixer.q_proj),
+                        ("layers.0.mixer.in_proj", layers[0].mixer.in_proj)):
+        a = tensors[f"base_model.model.backbone.{key}.lora_A.weight"]
+        b = tensors[f"base_model.model.backbone.{key}.lora_B.weight"]
+        torch.testing.assert_close(b @ a * (16 / 8), module.get_delta_weight("default"), rtol=1e-5, atol=1e-6)
+    verify(z, tiny_model_dir, None, load=True)
+
+
+@pytest.mark.parametrize(("peft_kwargs", "needle"), [
+    ({"use_dora": True}, "DoRA"),
+    ({"modules_to_save": ["norm_f"]}, "modules_to_save"),
+    ({"bias": "lora_only"}, "bias"),
+])
+def test_pack_refuses_what_vllm_rejects(tiny_model_dir, tmp_path, peft_kwargs, needle):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from fastnemo.pack import PackError
+
+    m = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                       LoraConfig(r=4, target_modules=["q_proj"], **peft_kwargs))
+    m.save_pretrained(tmp_path / "bad")
+    with pytest.raises(PackError, match=needle):
+        pack(tmp_path / "bad", tmp_path / "bad.zip")
+    assert not (tmp_path / "bad.zip").exists()
+
+
+def rewrite(src: Path, dst: Path, tensors_edit=None, extra: dict | None = None, config_edit=None) -> Path:
+    """A copy of zip ``src`` with its tensors edited, its config edited and/or extra raw entries added."""
+    from safetensors.torch import save
+
+    cfg, tensors = packed_tensors(src)
+    if tensors_edit:
+        tensors_edit(tensors)
+    if config_edit:
+        config_edit(cfg)
+    with zipfile.ZipFile(dst, "w") as zf:
+        zf.writestr("adapter_config.json", json.dumps(cfg))
+        zf.writestr("adapter_model.safetensors", save(tensors))
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return dst
+
+
+def _add(key, shape):
+    return lambda t: t.update({key: torch.zeros(shape)})
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    (_add("base_model.model.backbone.layers.2.mixer.q_proj.base_layer.weight", (128, 64)), "base"),
+    (_add("base_model.model.backbone.layers.1.mixer.gate.lora_A.weight", (4, 64)), "router"),
+    (_add("base_model.model.backbone.layers.1.mixer.experts.lora_A.weight", (16, 64)), "stacked"),
+    (_add("base_model.model.backbone.layers.2.mixer.q_proj.lora_magnitude_vector", (128,)), "DoRA"),
+    (_add("base_model.model.backbone.layers.2.mixer.qq_proj.lora_A.weight", (4, 64)), "unknown module suffix"),
+    (_add("base_model.model.model.layers.2.mixer.q_proj.lora_A.weight", (4, 64)), "backbone"),
+    (_add("base_model.model.mtp.layers.0.q_proj.lora_A.weight", (4, 64)), "MTP"),
+])
+def test_verify_names_each_key_vllm_would_reject_or_ignore(good_zip, tmp_path, edit, needle):
+    z = rewrite(good_zip, tmp_path / "k.zip", tensors_edit=edit)
+    with pytest.raises(VerifyError, match=needle):
+        verify(z, None, BASE)
+
+
+def test_verify_names_a_wrong_rank_key(good_zip, tmp_path):
+    def widen(t):
+        k = next(k for k in t if k.endswith("q_proj.lora_A.weight"))
+        t[k] = torch.zeros(8, t[k].shape[1])
+
+    with pytest.raises(VerifyError, match="rank r=4"):
+        verify(rewrite(good_zip, tmp_path / "w.zip", tensors_edit=widen), None, BASE)
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    (lambda c: c.update(rank_pattern={"q_proj": 2}), "rank_pattern"),
+    (lambda c: c.update(alpha_pattern={"q_proj": 2}), "alpha_pattern"),
+    (lambda c: c.update(use_dora=True), "DoRA"),
+    (lambda c: c.update(modules_to_save=["lm_head"]), "modules_to_save"),
+    (lambda c: c.update(bias="all"), "bias"),
+    (lambda c: c.update(target_parameters=["experts.up_proj"]), "stacked"),
+    (lambda c: c.update(use_rslora=True), "sqrt"),
+    (lambda c: c.update(target_modules=".*proj"), "pattern"),
+    (lambda c: c.update(target_modules=[*c["target_modules"], "gate"]), "router"),
+])
+def test_verify_names_each_config_vllm_would_reject_or_ignore(good_zip, tmp_path, edit, needle):
+    with pytest.raises(VerifyError, match=needle):
+        verify(rewrite(good_zip, tmp_path / "c.zip", config_edit=edit), None, BASE)
+
+
+@pytest.mark.parametrize("extra", [
+    {"../../evil.sh": b"#!/bin/sh\nrm -rf ~\n"},
+    {"filler.bin": b"\0" * (1 << 20)},
+    {"adapter/adapter_config.json": b"{}"},
+    {"notes/": b""},
+])
+def test_verify_refuses_any_other_zip_entry(good_zip, tmp_path, extra):
+    z = rewrite(good_zip, tmp_path / "x.zip", extra=extra)
+    with pytest.raises(VerifyError, match="nothing else") as e:
+        verify(z, None, BASE)
+    assert next(iter(extra)) in str(e.value)
+
+
+def test_verify_refuses_a_second_adapter_config(good_zip, tmp_path):
+    import warnings
+
+    z = rewrite(good_zip, tmp_path / "two.zip")
+    with warnings.catch_warnings(), zipfile.ZipFile(z, "a") as zf:
+        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name: that is the point
+        zf.writestr("adapter_config.json", "{}")
+    with pytest.raises(VerifyError, match="second adapter_config.json"):
+        verify(z, None, BASE)
+
+
+def test_verify_refuses_a_stacked_expert_zip(tiny_model_dir, tmp_path):
+    """PEFT's own save (target_parameters, stacked 3-D experts) zipped as-is: vLLM refuses it."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from fastnemo.lora import EXPERT_PARAMETERS
+
+    m = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                       LoraConfig(r=4, target_modules=["q_proj"], target_parameters=list(EXPERT_PARAMETERS)))
+    m.save_pretrained(tmp_path / "st")
+    z = tmp_path / "st.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for n in REQUIRED:
+            zf.write(tmp_path / "st" / n, arcname=n)
+    with pytest.raises(VerifyError, match="stacked"):
+        verify(z, None, None)
+    verify(pack(tmp_path / "st", tmp_path / "packed.zip"), tiny_model_dir, None, load=True)  # pack fixes it

@@ -1,0 +1,410 @@
+"""The full 52-layer Nemotron-3-Nano on the GPU lane, random weights, memory capped like an 80 GB card.
+
+    python3 bench/device/fullsize.py vllm --results R.jsonl     # vLLM 0.26 from the config (load_format dummy)
+    python3 bench/device/fullsize.py hf --results R.jsonl       # transformers generate vs the hf engine, SFT
+
+Why a script of its own: the released model is 59 GiB of bf16 weights and the lane machine has 64 GiB of
+disk, so nothing here is saved. vLLM starts from config.json alone (``load_format="dummy"``) and the
+training model is built on the GPU from the same config (``from_config``, random init), with LoRA r32 on
+fastnemo's default targets. The two cannot share one 80 GB card as separate copies (2 x 59 GiB): in the
+recipes they share weights through Unsloth ``fast_inference``, whose loader needs the weights on disk, so
+the Unsloth form is not measured at full size (the engine tests cover it on a slice).
+
+Each measurement appends one record to ``--results`` (bench/results.py: bench, variant, engine, backend,
+layers, gpu, memory_cap_gib, batch, prompt_len, new_tokens, tok_s, peak_gib, date) as soon as it is made.
+``--layers N`` takes the first N layers of the pattern (a CPU/GPU smoke run; the lane uses all 52).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import torch
+
+from bench import results
+
+CAP_GIB = 79.2  # an 80 GB card's usable memory (torch reports 79.2 GiB for an H100 80GB)
+GIB = 1 << 30
+
+
+def gpu_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
+def total_gib() -> float:
+    return torch.cuda.get_device_properties(0).total_memory / GIB if torch.cuda.is_available() else 0.0
+
+
+def model_dir(layers: int, root: Path, tiny: bool = False) -> Path:
+    """config.json + the tiny tokenizer for the first ``layers`` layers of the released pattern (``tiny``:
+    at fastnemo.tiny's toy widths, the CPU dry run of this script)."""
+    from bench.common import slice_config, slice_layers
+    from fastnemo.tiny import _corpus, tiny_config, train_tokenizer
+
+    out = root / f"nano-{layers}"
+    if (out / "config.json").exists():
+        return out
+    tok = train_tokenizer(_corpus(n=200, seed=0), vocab_size=1024)
+    ids = tok.convert_tokens_to_ids
+    special = {"pad_token_id": ids("<pad>"), "bos_token_id": ids("<s>"), "eos_token_id": ids("<|im_end|>")}
+    if tiny:
+        cfg = tiny_config(len(tok), layers_block_type=slice_layers(str(layers)), **special)
+    else:
+        cfg = slice_config(slice_layers(str(layers)), **special)
+    cfg.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def prompt_ids(tok, n: int, seed: int = 0) -> list[list[int]]:
+    """Real puzzle prompts (generated, six categories), chat-rendered as the competition does."""
+    from bench.common import puzzle_prompts, render_prompt
+
+    return [tok(render_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in puzzle_prompts(n, seed)]
+
+
+def _sync_reset(reset: bool = True) -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        if reset:
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+
+def _peak() -> float | None:
+    return torch.cuda.max_memory_allocated() / GIB if torch.cuda.is_available() else None
+
+
+def base_record(bench: str, layers: int, **kw) -> dict:
+    return results.record(bench, layers=layers, gpu=gpu_name(), memory_cap_gib=CAP_GIB,
+                          source="bench/device/fullsize.py", **kw)
+
+
+# ------------------------------------------------------------------------------------------------- vLLM
+
+
+def random_adapter(path: Path, out: Path, rank: int = 32) -> Path:
+    """A PEFT adapter folder (r=rank, fastnemo's default targets, random A and B) for the model at ``path``,
+    built on the meta device (no weights): what vLLM's LoRA path loads for a trained adapter."""
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from fastnemo.config import DEFAULT_TARGETS
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.bfloat16)
+    peft_model = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules=list(DEFAULT_TARGETS)))
+    g = torch.Generator().manual_seed(0)
+    tensors = {}
+    for name, p in peft_model.named_parameters():
+        if "lora_" in name:
+            key = name.replace(".default", "").replace("base_model.model.model.", "base_model.model.backbone.")
+            tensors[key] = (torch.randn(p.shape, generator=g) * 0.01).to(torch.bfloat16)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, out / "adapter_model.safetensors")
+    peft_model.peft_config["default"].save_pretrained(out)
+    return out
+
+
+def run_vllm(args) -> None:
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    root = Path(tempfile.mkdtemp(prefix="fullsize-"))
+    path = model_dir(args.layers, root)
+    adapter = random_adapter(path, root / "adapter")
+    util = round(CAP_GIB / total_gib(), 4)
+    t0 = time.perf_counter()
+    llm = LLM(model=str(path), load_format="dummy", dtype="bfloat16", max_model_len=8192, max_num_seqs=256,
+              gpu_memory_utilization=util, enable_lora=True, max_lora_rank=32, max_loras=1,
+              enable_sleep_mode=True, enable_prefix_caching=True, seed=0)
+    start_s = time.perf_counter() - t0
+    print(f"engine started in {start_s:.1f} s (gpu_memory_utilization {util})", flush=True)
+    tok = llm.get_tokenizer()
+    lora = LoRARequest("adapter", 1, str(adapter))
+    shapes = [  # (name, prompts, n, temperature, new tokens): the recipes' shapes
+        ("eval", args.eval_prompts, 1, 0.0, args.eval_tokens),
+        ("distill", args.group_prompts, 8, 0.7, args.group_tokens),
+        ("dapo", args.group_prompts, 8, 1.0, args.group_tokens),
+    ]
+    for name, n_prompts, n, temp, new in shapes:
+        prompts = [{"prompt_token_ids": ids} for ids in prompt_ids(tok, n_prompts, seed=len(name))]
+        sp = SamplingParams(n=n, temperature=temp, top_p=1.0, max_tokens=new, min_tokens=new, ignore_eos=True,
+                            seed=0, detokenize=False)
+        llm.generate(prompts[:2], sp, lora_request=lora, use_tqdm=False)  # warm the LoRA slot + graphs
+        llm.reset_prefix_cache()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        outs = llm.generate(prompts, sp, lora_request=lora, use_tqdm=False)
+        secs = time.perf_counter() - t
+        tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
+        plen = sum(len(p["prompt_token_ids"]) for p in prompts) / len(prompts)
+        rec = base_record("generation", args.layers, variant=f"vllm-{name}", engine="vllm", backend="vllm 0.26.0",
+                          batch=n_prompts * n, prompt_len=round(plen), new_tokens=new, tok_s=tokens / secs,
+                          peak_gib=round(util * total_gib(), 1), seconds=secs, tokens=tokens, temperature=temp,
+                          n=n, lora="r32 default targets", engine_start_s=start_s,
+                          note="max_num_seqs 256, LoRA r32, ignore_eos; peak = vLLM's reserved share")
+        results.append(args.results, rec)
+        print(json.dumps(rec), flush=True)
+    # the phase switch, vLLM's side: sleep hands the memory back to training, wake restores it
+    for level in (1, 2):
+        free0 = torch.cuda.mem_get_info()[0]
+        t = time.perf_counter()
+        llm.sleep(level=level)
+        sleep_s = time.perf_counter() - t
+        free1 = torch.cuda.mem_get_info()[0]
+        t = time.perf_counter()
+        llm.wake_up()
+        wake_s = time.perf_counter() - t
+        rec = base_record("phase_switch", args.layers, variant=f"vllm-sleep-level{level}", engine="vllm",
+                          backend="vllm 0.26.0", sleep_s=sleep_s, wake_s=wake_s, freed_gib=(free1 - free0) / GIB,
+                          engine_start_s=start_s,
+                          note="level 2 drops the weights: the trainer re-sends them (weight_sync merge) after wake")
+        results.append(args.results, rec)
+        print(json.dumps(rec), flush=True)
+
+
+# -------------------------------------------------------------------------------------- transformers / SFT
+
+
+def build_model(path: Path, targets: list[str], train_experts: bool = False):
+    """The full model on the GPU from its config (random init), LoRA r32 on ``targets``, as a ModelSession."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from fastnemo import lora
+    from fastnemo.config import GenerationConfig, ModelConfig
+    from fastnemo.session import ModelSession
+
+    torch.manual_seed(0)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.bfloat16,
+                                                 experts_implementation="grouped_mm")
+    peft_cfg = PeftLoraConfig(r=32, lora_alpha=32, target_modules=list(targets), task_type="CAUSAL_LM",
+                              target_parameters=list(lora.EXPERT_PARAMETERS) if train_experts else None)
+    with lora.allow_out_proj():  # what session._load_hf does: the same routes for out_proj/lm_head/experts
+        model = get_peft_model(model, peft_cfg)
+    lora.install(model)
+    tok = AutoTokenizer.from_pretrained(path)
+    return ModelSession(model, tok, ModelConfig(path=str(path), backend="hf"),
+                        GenerationConfig(engine="hf", batch_size=64), path)
+
+
+def gen_records(args, session) -> None:
+    """transformers ``generate`` on the PEFT model vs fastnemo's hf engine (``session.generate``)."""
+    from fastnemo.config import SamplingConfig
+
+    model, tok = session.model, session.tokenizer
+    prompts = prompt_ids(tok, args.hf_prompts, seed=1)
+    texts = [tok.decode(p) for p in prompts]
+    model.eval()
+    new = args.hf_tokens
+
+    def plain():
+        tok.padding_side = "left"
+        enc = tok.pad({"input_ids": prompts}, return_tensors="pt").to(session.device)
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=new, min_new_tokens=new, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+        return int((out[:, enc["input_ids"].shape[1]:] != tok.pad_token_id).sum())
+
+    def engine():
+        out = session.engine.generate(texts, SamplingConfig(n=1, temperature=0.0, max_tokens=new))
+        return sum(c.n_tokens for r in out for c in r)
+
+    for variant, fn, eng in (("transformers-generate", plain, "transformers"), ("fastnemo-hf-engine", engine, "hf")):
+        fn_small = new
+        _sync_reset()
+        t = time.perf_counter()
+        tokens = fn()
+        _sync_reset(reset=False)
+        secs = time.perf_counter() - t
+        rec = base_record("generation", args.layers, variant=f"{variant}-eval", engine=eng, backend="hf",
+                          batch=len(prompts), prompt_len=round(sum(map(len, prompts)) / len(prompts)),
+                          new_tokens=fn_small, tok_s=tokens / secs, peak_gib=_peak(),
+                          seconds=secs, tokens=tokens, temperature=0.0, lora="r32 default targets",
+                          note="greedy; first call of the process includes the Mamba kernels' warm-up")
+        results.append(args.results, rec)
+        print(json.dumps(rec), flush=True)
+
+
+def sft_rows(n: int, seed: int = 0) -> list[dict]:
+    """Puzzle + solver trace rows: the real trace-length distribution of a built mix (no padding up)."""
+    from puzzles import categories
+
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < n:
+        puzzle = categories.generate(categories.CATEGORIES[len(rows) % len(categories.CATEGORIES)], rng)
+        solution = categories.solve(puzzle)
+        if solution is not None:
+            rows.append({"prompt": puzzle.prompt, "completion": categories.trace(puzzle, solution)})
+    return rows
+
+
+class StepClock:
+    """A TrainerCallback: wall time and real (non-pad) tokens of each optimizer step."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class CB(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                _sync_reset(reset=False)
+                clock.t = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                _sync_reset(reset=False)
+                clock.steps.append(time.perf_counter() - clock.t)
+
+        self.steps: list[float] = []
+        self.callback = CB()
+
+
+def sft_variant(args, session, variant: str, rows, token_budget: int, batch: int, plain_trl: bool) -> None:
+    """One SFT measurement: fastnemo ``sft.train`` (or plain TRL SFTTrainer on the same PEFT model),
+    ``args.sft_steps`` optimizer steps, the first one apart (Triton autotuning, compile)."""
+    from fastnemo import sft
+    from fastnemo.config import SFTConfig
+
+    clock = StepClock()
+    cfg = SFTConfig(learning_rate=2e-4, max_steps=args.sft_steps, batch_size=batch, grad_accum=1,
+                    max_length=8192, warmup=0.0, save_steps=10_000, logging_steps=1, token_budget=token_budget)
+    out = Path(tempfile.mkdtemp(prefix=f"sft-{variant}-"))
+    dataset = sft.to_dataset(session, rows)
+    _sync_reset()
+    if plain_trl:
+        from trl import SFTConfig as TRLSFTConfig
+        from trl import SFTTrainer
+
+        targs = TRLSFTConfig(output_dir=str(out), learning_rate=2e-4, max_steps=args.sft_steps,
+                             per_device_train_batch_size=batch, gradient_accumulation_steps=1, max_length=8192,
+                             bf16=torch.cuda.is_available(), use_cpu=not torch.cuda.is_available(),
+                             gradient_checkpointing=True, report_to="none", save_strategy="no",
+                             logging_steps=1, disable_tqdm=True)
+        trainer = SFTTrainer(model=session.model, args=targs, train_dataset=dataset,
+                             processing_class=session.tokenizer, callbacks=[clock.callback])
+        trainer.train()
+        lengths = [min(len(x), 8192) for x in trainer.train_dataset["input_ids"]]
+    else:
+        import trl
+
+        made = []
+        base_cls = trl.SFTTrainer
+
+        class Clocked(base_cls):  # sft.train builds it; the clock rides along as a callback
+            def __init__(self, *a, **kw):
+                kw["callbacks"] = [*kw.get("callbacks", []), clock.callback]
+                super().__init__(*a, **kw)
+                made.append(self)
+
+        trl.SFTTrainer = Clocked
+        try:
+            sft.train(session, rows, cfg, out)
+        finally:
+            trl.SFTTrainer = base_cls
+        lengths = [min(len(x), 8192) for x in made[0].train_dataset["input_ids"]]
+    timed = clock.steps[1:]
+    # tokens per step: each step takes one batch; the mean real tokens of a batch = total / batches
+    n_batches = len(timed) + 1
+    mean_row = sum(lengths) / len(lengths)
+    rows_per_step = batch if not token_budget else len(lengths) / max(1, _n_budget_batches(lengths, token_budget))
+    tok_per_step = rows_per_step * mean_row
+    step_s = sorted(timed)[len(timed) // 2] if timed else float("nan")
+    rec = base_record("sft", args.layers, variant=variant, engine=None, backend="hf",
+                      batch=(f"budget {token_budget}" if token_budget else batch), prompt_len=None,
+                      new_tokens=None, tok_s=tok_per_step / step_s, peak_gib=_peak(),
+                      first_step_s=clock.steps[0] if clock.steps else None, step_s=step_s, steps=n_batches,
+                      mean_row_tokens=mean_row, rows_per_step=rows_per_step,
+                      targets=args.targets_name, trainable=sum(p.numel() for p in session.model.parameters()
+                                                               if p.requires_grad),
+                      note="median step; tokens/step = rows/step x mean row length (real tokens, no padding)")
+    results.append(args.results, rec)
+    print(json.dumps(rec), flush=True)
+
+
+def _n_budget_batches(lengths, budget):
+    from fastnemo.batching import token_budget_batches
+
+    return len(token_budget_batches(lengths, budget))
+
+
+def run_hf(args) -> None:
+    from fastnemo.config import DEFAULT_TARGETS
+    from fastnemo.lora import FULL_TARGETS
+
+    if torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(min(1.0, CAP_GIB / total_gib()))
+    os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
+    root = Path(tempfile.mkdtemp(prefix="fullsize-"))
+    path = model_dir(args.layers, root, tiny=args.tiny)
+    t = time.perf_counter()
+    full = args.targets == "full"
+    session = build_model(path, list(FULL_TARGETS if full else DEFAULT_TARGETS), train_experts=full)
+    print(f"built {args.layers} layers on the GPU in {time.perf_counter() - t:.1f} s; "
+          f"{torch.cuda.memory_allocated() / GIB:.1f} GiB", flush=True)
+    args.targets_name = "full (lm_head, out_proj, routed experts)" if full else "default"
+    if "gen" in args.parts:
+        gen_records(args, session)
+    if "sft" in args.parts:
+        session.model.train()
+        rows = sft_rows(args.sft_rows)
+        tag = "-full" if full else ""
+        runs = [(f"fastnemo-batch1{tag}", 0, False)]
+        if not full:  # plain TRL cannot train lm_head / out_proj / grouped experts (fastnemo.lora's routes)
+            runs.append(("trl-batch1", 0, True))
+        runs += [(f"fastnemo-budget{b}{tag}", b, False) for b in args.budgets]
+        for variant, budget, plain in runs:
+            try:
+                sft_variant(args, session, variant, rows, budget, 1, plain_trl=plain)
+            except torch.OutOfMemoryError as e:  # a record too: what does not fit under the cap
+                rec = base_record("sft", args.layers, variant=variant, backend="hf", batch=f"budget {budget}"
+                                  if budget else 1, tok_s=None, peak_gib=_peak(), targets=args.targets_name,
+                                  note=f"out of memory under the {CAP_GIB} GiB cap: {str(e)[:160]}")
+                results.append(args.results, rec)
+                print(json.dumps(rec), flush=True)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["vllm", "hf"])
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--layers", type=int, default=52)
+    ap.add_argument("--eval-prompts", type=int, default=128)
+    ap.add_argument("--eval-tokens", type=int, default=2048)
+    ap.add_argument("--group-prompts", type=int, default=32)
+    ap.add_argument("--group-tokens", type=int, default=1024)
+    ap.add_argument("--hf-prompts", type=int, default=64)
+    ap.add_argument("--hf-tokens", type=int, default=128)
+    ap.add_argument("--sft-rows", type=int, default=256)
+    ap.add_argument("--sft-steps", type=int, default=6)
+    ap.add_argument("--budgets", type=lambda s: [int(x) for x in s.split(",") if x], default=[8192, 16384])
+    ap.add_argument("--parts", default="gen,sft")
+    ap.add_argument("--tiny", action="store_true", help="Toy widths (a CPU dry run of the code paths).")
+    ap.add_argument("--targets", choices=["default", "full"], default="default")
+    args = ap.parse_args()
+    (run_vllm if args.what == "vllm" else run_hf)(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

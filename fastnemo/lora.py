@@ -1,0 +1,259 @@
+"""LoRA on every module vLLM serves for nemotron_h: target resolution and the three places PEFT + TRL alone
+cannot train.
+
+- ``lm_head``: TRL's fused LM head multiplies the hidden states by ``lm_head.weight`` itself, so a PEFT LoRA
+  there gets no gradient. :func:`install_lm_head_lora` routes around it exactly: ``h W^T + s (h A^T) B^T`` is
+  ``[h, s h A^T] [W, B]^T``, so the fused kernel is handed the widened hidden states and weight.
+- Mamba ``out_proj``: the fused ``mamba_split_conv1d_scan_combined`` kernel reads ``out_proj.weight`` (PEFT
+  refuses the target for that reason). :func:`install_out_proj_lora` makes the kernel return the
+  pre-projection output and applies the ``out_proj`` module, where the LoRA is. The CPU (torch) path already
+  calls ``self.out_proj``.
+- Routed experts: PEFT's ParamWrapper holds the stacked factors (``lora_A`` (E*r, in), ``lora_B`` (out, E*r))
+  but folds ``W + dW`` for all experts on every forward. :func:`install_grouped_expert_lora` replaces that
+  forward with a grouped GEMM per expert over the routed tokens only: ``x W_e^T + s (x A_e^T) B_e^T``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from fastnemo.config import MAX_LORA_RANK
+
+# What vLLM applies of a nemotron_h LoRA (field notes); names are module-name suffixes
+SERVABLE = ("q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "out_proj", "up_proj", "down_proj", "lm_head")
+# The winners' set: every servable module, the routed experts included (train_experts)
+FULL_TARGETS = SERVABLE
+EXPERT_PARAMETERS = ("experts.up_proj", "experts.down_proj")
+REFUSED = {
+    "conv1d": "vLLM does not apply a LoRA on the Mamba conv1d",
+    "gate": "the router (mixer.gate) is ignored by vLLM",
+    "embed_tokens": "an embedding LoRA is not trained by fastnemo (TRL's fused head never reads it)",
+}
+
+
+def check_lora(targets: list[str], rank: int, where: str = "lora") -> None:
+    """Checks that need no model: every target servable by vLLM, rank <= 32. Raises ValueError naming the key."""
+    if not 1 <= rank <= MAX_LORA_RANK:
+        raise ValueError(f"{where}.rank: {rank} is outside 1..{MAX_LORA_RANK} (vLLM's max_lora_rank); lower it")
+    for t in targets:
+        if t in REFUSED:
+            raise ValueError(f"{where}.target_modules: {t!r}: {REFUSED[t]}; remove it")
+        if t not in SERVABLE:
+            raise ValueError(f"{where}.target_modules: {t!r} is not a module vLLM serves for nemotron_h "
+                             f"(available: {list(SERVABLE)})")
+
+
+def check_targets_in_model(model, targets: list[str]) -> None:
+    """Every target must name a module of the model: a typo would otherwise train nothing there."""
+    leaf = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [t for t in targets if t not in leaf]
+    if missing:
+        raise ValueError(
+            f"lora.target_modules: {missing} not found in {model.config.model_type}; modules available "
+            f"include {sorted(n for n in leaf if n.endswith('proj') or n == 'lm_head')}"
+        )
+
+
+@contextlib.contextmanager
+def allow_out_proj():
+    """Lift PEFT's Mamba refusal for ``out_proj`` only (conv1d stays refused): :func:`install_out_proj_lora`
+    makes the fused kernel leave the projection to the module."""
+    import peft.tuners.tuners_utils as tu
+
+    original = tu._check_lora_target_modules_mamba
+
+    def check(peft_config, model, target_name):
+        if target_name != "out_proj":
+            original(peft_config, model, target_name)
+
+    tu._check_lora_target_modules_mamba = check
+    try:
+        yield
+    finally:
+        tu._check_lora_target_modules_mamba = original
+
+
+# ------------------------------------------------------------------------------------------------ lm_head
+
+_LM_HEADS: dict[int, torch.nn.Module] = {}  # id(lm_head.base_layer.weight) -> the PEFT lora.Linear on it
+
+
+def _active_lora(module):
+    """(A, B, scaling) of the single active adapter of a PEFT LoRA layer, or None when it does not apply."""
+    if module.disable_adapters or module.merged:
+        return None
+    names = [a for a in module.active_adapters if a in module.lora_A]
+    if not names:
+        return None
+    (name,) = names  # fastnemo trains one adapter
+    return module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name]
+
+
+class LoraChunkedLogProb:
+    """Wraps TRL's ``_ChunkedLogProbFunction``: when the weight it is handed is a LoRA'd lm_head's base
+    weight, it passes ``[h, s h A^T]`` and ``[W, B]`` instead, whose product is the LoRA'd logits."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def apply(self, hidden, weight, bias, *args, **kwargs):
+        module = _LM_HEADS.get(id(weight))
+        factors = _active_lora(module) if module is not None else None
+        if factors is not None:
+            a, b, s = factors
+            low = torch.nn.functional.linear(hidden.to(a.dtype), a) * s
+            hidden = torch.cat([hidden, low.to(hidden.dtype)], dim=-1)
+            weight = torch.cat([weight, b.to(weight.dtype)], dim=-1)
+        inner = self.inner
+        if inner is None:  # no Triton (CPU torch): the plain-torch equivalent
+            from fastnemo.trl_compat import TorchChunkedLogProb as inner
+        return inner.apply(hidden, weight, bias, *args, **kwargs)
+
+
+def install_lm_head_lora(model) -> None:
+    """Make TRL's fused LM head include the lm_head LoRA of ``model`` (a PeftModel)."""
+    import trl.trainer.utils as trl_utils
+
+    head = model.get_output_embeddings()
+    if not hasattr(head, "lora_A"):
+        return
+    _LM_HEADS[id(head.base_layer.weight)] = head
+    if not isinstance(trl_utils._ChunkedLogProbFunction, LoraChunkedLogProb):
+        trl_utils._ChunkedLogProbFunction = LoraChunkedLogProb(trl_utils._ChunkedLogProbFunction)
+
+
+@contextlib.contextmanager
+def trl_accepts_lm_head(model):
+    """TRL's trainers refuse a PEFT lm_head at construction (their fused head would ignore it). With
+    :func:`install_lm_head_lora` it does not: show them the base layer while they are being built."""
+    head = model.get_output_embeddings()
+    if not hasattr(head, "base_layer"):
+        yield
+        return
+    model.get_output_embeddings = lambda: head.base_layer
+    try:
+        yield
+    finally:
+        del model.get_output_embeddings
+
+
+# ------------------------------------------------------------------------------------------------ out_proj
+
+_OUT_PROJS: dict[int, torch.nn.Module] = {}  # id(out_proj.base_layer.weight) -> the PEFT lora.Linear
+
+
+def _fused_without_out_proj(inner):
+    def fused(*args, outproj_weight=None, outproj_bias=None, **kwargs):
+        module = _OUT_PROJS.get(id(outproj_weight)) if outproj_weight is not None else None
+        if module is None:
+            return inner(*args, outproj_weight=outproj_weight, outproj_bias=outproj_bias, **kwargs)
+        out = inner(*args, outproj_weight=None, outproj_bias=None, **kwargs)
+        if out is None:  # no kernel: transformers falls back to the torch path, which calls out_proj itself
+            return None
+        return module(out.to(outproj_weight.dtype))
+
+    fused.fastnemo_out_proj = True
+    return fused
+
+
+def install_out_proj_lora(model) -> None:
+    """Route every LoRA'd Mamba out_proj of ``model`` through its module on the fused (GPU) path."""
+    from transformers.models.nemotron_h import modeling_nemotron_h as mh
+
+    for name, module in model.named_modules():
+        if name.endswith("mixer.out_proj") and hasattr(module, "lora_A"):
+            _OUT_PROJS[id(module.base_layer.weight)] = module
+    if not getattr(mh.mamba2_split_conv1d_scan_combined, "fastnemo_out_proj", False):
+        mh.mamba2_split_conv1d_scan_combined = _fused_without_out_proj(mh.mamba2_split_conv1d_scan_combined)
+
+
+# ------------------------------------------------------------------------------------------- routed experts
+
+
+def expert_factors(wrapper) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """Per-expert (A (E, r, in), B (E, out, r), scaling) views of a PEFT ParamWrapper's stacked factors
+    (``A.reshape(E, r, in)``, ``B.reshape(out, r, E)``: PEFT's own layout), or None when inactive."""
+    f = _active_lora(wrapper)
+    if f is None:
+        return None
+    a, b, s = f
+    e = wrapper.num_experts
+    return a.reshape(e, -1, a.shape[-1]), b.reshape(b.shape[0], -1, e).permute(2, 0, 1).contiguous(), s
+
+
+def unstack(a: torch.Tensor, b: torch.Tensor, num_experts: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """PEFT's stacked (E*r, in), (out, E*r) factors as one (A_e (r, in), B_e (out, r)) pair per expert."""
+    a3 = a.reshape(num_experts, -1, a.shape[-1])
+    b3 = b.reshape(b.shape[0], -1, num_experts)
+    return [(a3[e].contiguous(), b3[:, :, e].contiguous()) for e in range(num_experts)]
+
+
+def restack(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`unstack`."""
+    a = torch.stack([p[0] for p in pairs]).reshape(-1, pairs[0][0].shape[-1])
+    b = torch.stack([p[1] for p in pairs], dim=-1).reshape(pairs[0][1].shape[0], -1)
+    return a, b
+
+
+def _grouped(x, w, offsets):
+    """x (S, in) @ w (E, out, in)^T per expert group (transformers' grouped GEMM, with its CPU fallback)."""
+    from transformers.integrations.moe import _grouped_linear
+
+    return _grouped_linear(x, w, offsets)
+
+
+def _lora_linear(x, w, factors, offsets, dropout):
+    y = _grouped(x, w, offsets)
+    if factors is not None:
+        a, b, s = factors
+        low = _grouped(dropout(x).to(a.dtype), a, offsets)  # (S, r): routed tokens only
+        y = y + (_grouped(low, b, offsets) * s).to(y.dtype)
+    return y
+
+
+def _dropout(wrapper):
+    names = [a for a in wrapper.active_adapters if a in wrapper.lora_dropout]
+    return wrapper.lora_dropout[names[0]] if names else torch.nn.Identity()
+
+
+def grouped_expert_forward(outer, hidden_states, top_k_index, top_k_weights):
+    """nemotron_h's routed experts (``down(act(up(x)))`` per expert) with the LoRA branch computed per
+    expert on its routed tokens; the base weights are never added to."""
+    down_w, up_w = outer, outer.base_layer
+    experts = up_w.base_layer
+    if outer.disable_adapters or outer.merged:
+        return experts(hidden_states, top_k_index, top_k_weights)
+    k = top_k_index.size(-1)
+    expert_ids, perm = torch.sort(top_k_index.reshape(-1))
+    x = hidden_states[perm // k]
+    counts = torch.bincount(expert_ids, minlength=experts.num_experts)
+    offsets = torch.cumsum(counts, 0, dtype=torch.int32)
+    h = _lora_linear(x, experts.up_proj, expert_factors(up_w), offsets, _dropout(up_w))
+    h = experts.act_fn(h)
+    y = _lora_linear(h, experts.down_proj, expert_factors(down_w), offsets, _dropout(down_w))
+    y = y * top_k_weights.reshape(-1)[perm].unsqueeze(-1).to(y.dtype)
+    out = torch.zeros_like(hidden_states, dtype=y.dtype).index_add_(0, perm // k, y)
+    return out.to(hidden_states.dtype)
+
+
+def install_grouped_expert_lora(model) -> int:
+    """Replace PEFT's fold-everything forward on every nemotron_h experts block that carries LoRA on both
+    up_proj and down_proj. Returns how many blocks were patched."""
+    from peft.tuners.lora.layer import ParamWrapper
+
+    n = 0
+    for _, module in model.named_modules():
+        if (isinstance(module, ParamWrapper) and module.parameter_name == "down_proj"
+                and isinstance(module.base_layer, ParamWrapper) and module.base_layer.parameter_name == "up_proj"):
+            module.forward = grouped_expert_forward.__get__(module)
+            n += 1
+    return n
+
+
+def install(model) -> None:
+    """Every fastnemo LoRA route on a PEFT nemotron_h model: lm_head, Mamba out_proj, grouped experts."""
+    install_lm_head_lora(model)
+    install_out_proj_lora(model)
+    install_grouped_expert_lora(model)

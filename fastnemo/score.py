@@ -1,0 +1,141 @@
+"""``fastnemo score ZIP --data CSV --model M``: the competition's scoring harness, run locally.
+
+Exactly what the metric does (../shared/docs/field-notes.md, "How a submission is scored"): vLLM loads the
+base model with ``LLM_ARGS``, the adapter is served as ``LoRARequest("adapter", 1, dir)`` where dir is the
+folder of the first ``**/adapter_config.json`` of the unzipped submission, each puzzle is the prompt plus
+``PROMPT_SUFFIX`` as one user message rendered with ``enable_thinking=True``, sampled with ``SAMPLING``, and
+scored by the official extraction and comparison (``puzzles.metric.score``). The table is per category.
+
+Options that leave the harness (a random-weight ``load_format="dummy"`` model on the GPU lane, a smaller
+memory share, fewer new tokens for a smoke run) are printed as deviations with the result.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+import click
+
+# The metric's vLLM arguments and sampling (field notes).
+LLM_ARGS = {
+    "tensor_parallel_size": 1,
+    "dtype": "auto",
+    "max_model_len": 8192,
+    "max_num_seqs": 64,
+    "gpu_memory_utilization": 0.85,
+    "enable_lora": True,
+    "max_lora_rank": 32,
+    "enable_prefix_caching": True,
+    "enable_chunked_prefill": True,
+}
+SAMPLING = {"temperature": 0.0, "top_p": 1.0, "max_tokens": 7680}
+
+
+def read_rows(path: str | Path) -> list[dict]:
+    """id,prompt,answer rows of a CSV (train.csv's layout); a missing column names the file."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"prompt", "answer"} - set(reader.fieldnames or [])
+        if missing:
+            raise click.UsageError(f"--data {path}: no column(s) {sorted(missing)} (expected id,prompt,answer)")
+        return [dict(r) for r in reader]
+
+
+def adapter_dir(submission: str | Path, into: Path) -> Path:
+    """The folder of the first ``**/adapter_config.json`` of the unzipped submission (as the metric finds
+    it); a folder is searched in place."""
+    submission = Path(submission)
+    root = submission
+    if submission.is_file():
+        if not zipfile.is_zipfile(submission):
+            raise click.UsageError(f"{submission}: not a zip file")
+        with zipfile.ZipFile(submission) as zf:
+            zf.extractall(into)
+        root = into
+    found = glob.glob(os.path.join(str(root), "**", "adapter_config.json"), recursive=True)
+    if not found:
+        raise click.UsageError(f"{submission}: no adapter_config.json anywhere inside")
+    return Path(found[0]).parent
+
+
+def render(tokenizer, prompt: str) -> str:
+    from puzzles import PROMPT_SUFFIX
+
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt + PROMPT_SUFFIX}],
+        tokenize=False, add_generation_prompt=True, enable_thinking=True,
+    )
+
+
+def run(submission, rows: list[dict], model: str, llm_overrides: dict | None = None,
+        sampling_overrides: dict | None = None) -> list[dict]:
+    """Generate and score every row; returns one dict a row (category, correct, text, token_ids)."""
+    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+    from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    from puzzles import detect_category
+    from puzzles.metric import extract_answer, score
+
+    with tempfile.TemporaryDirectory(prefix="fastnemo-score-") as tmp:
+        lora_dir = adapter_dir(submission, Path(tmp))
+        llm = LLM(model=model, **{**LLM_ARGS, **(llm_overrides or {})})
+        tok = llm.get_tokenizer()
+        prompts = [render(tok, r["prompt"]) for r in rows]
+        params = SamplingParams(**{**SAMPLING, **(sampling_overrides or {})})
+        outputs = llm.generate(prompts, params, lora_request=LoRARequest("adapter", 1, str(lora_dir)))
+    out = []
+    for r, o in zip(rows, outputs):
+        text = o.outputs[0].text
+        out.append({"id": r.get("id"), "category": detect_category(r["prompt"]), "answer": r["answer"],
+                    "predicted": extract_answer(text), "correct": bool(score(text, r["answer"])),
+                    "text": text, "token_ids": list(o.outputs[0].token_ids),
+                    "prompt_token_ids": list(o.prompt_token_ids)})
+    return out
+
+
+def table(scored: list[dict]):
+    from rich.table import Table
+
+    t = Table(title="fastnemo score (the competition's harness)")
+    for col in ("category", "puzzles", "correct", "accuracy"):
+        t.add_column(col, justify="left" if col == "category" else "right")
+    cats = sorted({s["category"] for s in scored})
+    for c in [*cats, "all"]:
+        rows = [s for s in scored if c in ("all", s["category"])]
+        ok = sum(s["correct"] for s in rows)
+        t.add_row(c, str(len(rows)), str(ok), f"{ok / len(rows):.3f}" if rows else "-")
+    return t
+
+
+@click.command("score")
+@click.argument("submission", type=click.Path(exists=True))
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False), help="id,prompt,answer CSV.")
+@click.option("--model", required=True, help="Base model folder (or hub name) vLLM loads.")
+@click.option("--limit", default=0, help="Score only the first N rows (0 = all).")
+@click.option("--max-tokens", default=None, type=int, help="Deviation: fewer new tokens than the metric's 7680.")
+@click.option("--gpu-memory-utilization", default=None, type=float, help="Deviation: vLLM's memory share.")
+@click.option("--load-format", default=None, help="Deviation: e.g. 'dummy' (random weights from config.json).")
+@click.option("--json", "json_path", default=None, help="Write every row's output and score here.")
+def score_command(submission, data, model, limit, max_tokens, gpu_memory_utilization, load_format, json_path):
+    """Score SUBMISSION (the zip, or its unzipped folder) on --data exactly as the competition does."""
+    from fastnemo.progress import console
+
+    rows = read_rows(data)[: limit or None]
+    llm_over = {k: v for k, v in {"gpu_memory_utilization": gpu_memory_utilization,
+                                  "load_format": load_format}.items() if v is not None}
+    samp_over = {"max_tokens": max_tokens} if max_tokens else {}
+    scored = run(submission, rows, model, llm_over, samp_over)
+    console.print(table(scored))
+    if llm_over or samp_over or limit:
+        console.print(f"deviations from the harness: {json.dumps({**llm_over, **samp_over, 'limit': limit})}")
+    if json_path:
+        from fastnemo.files import write_json
+
+        write_json(json_path, scored)
