@@ -104,7 +104,7 @@ def test_lora_parameter_counts_of_the_target_sets():
     """The winners' set is the ~888 M of the field notes; the old defaults the 22.7 M measured (issue 12)."""
     from fastnemo.lora import FULL_TARGETS
 
-    n = lambda t, e: P.lora_params(REAL, P.NANO_LAYERS, 32, t, e)  # noqa: E731
+    n = lambda t, e: P.lora_params(REAL, P.NANO_LAYERS, 32, t, e)
     assert n(list(FULL_TARGETS), True) == pytest.approx(888e6, rel=0.01)
     assert n(MEASURED_TARGETS, False) == pytest.approx(22.7e6, rel=0.01)
 
