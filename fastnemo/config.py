@@ -20,6 +20,9 @@ MAX_LORA_RANK = 32  # the competition loads adapters with max_lora_rank 32
 # `fastnemo plan` they do not fit one 80 GB card at 1 x 8,192 tokens (see LoraConfig.train_experts).
 # Left out on purpose: conv1d (vLLM does not serve it), the router (vLLM ignores it), embed_tokens.
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "out_proj", "up_proj", "down_proj", "lm_head")
+# What plain PEFT + TRL can train on nemotron_h (PEFT refuses out_proj; TRL refuses lm_head): the baselines'
+# set in bench/ and the one the plan's memory measurements were taken on.
+PLAIN_PEFT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "up_proj", "down_proj")
 
 STAGES = ("data", "sft", "eval", "distill", "grpo", "pack")
 
