@@ -44,8 +44,9 @@ def _shapes(text: str) -> list[tuple[int, int]]:
 
 
 def _targets(text: str) -> list[str]:
-    from fastnemo.config import PLAIN_PEFT_TARGETS  # "default": what the plain PEFT + TRL baseline can train too
+    from fastnemo.config import PLAIN_PEFT_TARGETS
 
+    # "default": the set the plain PEFT + TRL baseline can train too
     return list(PLAIN_PEFT_TARGETS) if text == "default" else text.split(",")
 
 
