@@ -41,9 +41,10 @@ def _ints(text: str) -> list[int]:
 
 
 def lora_cfg(rank: int):
-    from fastnemo.config import LoraConfig
+    from fastnemo.config import PLAIN_PEFT_TARGETS, LoraConfig
 
-    return LoraConfig(rank=rank, alpha=rank)
+    # the set the plain PEFT baseline can build too (PEFT refuses out_proj on Mamba)
+    return LoraConfig(rank=rank, alpha=rank, target_modules=list(PLAIN_PEFT_TARGETS))
 
 
 def session_generator(engine: str, path: Path, rank: int, batch_size: int):

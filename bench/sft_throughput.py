@@ -44,9 +44,10 @@ def _shapes(text: str) -> list[tuple[int, int]]:
 
 
 def _targets(text: str) -> list[str]:
-    from fastnemo.config import DEFAULT_TARGETS
+    from fastnemo.config import PLAIN_PEFT_TARGETS
 
-    return list(DEFAULT_TARGETS) if text == "default" else text.split(",")
+    # "default": the set the plain PEFT + TRL baseline can train too
+    return list(PLAIN_PEFT_TARGETS) if text == "default" else text.split(",")
 
 
 def skip_reason(variant: str) -> str | None:

@@ -21,14 +21,15 @@ from typing import ClassVar, Literal
 
 MAX_LORA_RANK = 32  # the competition loads adapters with max_lora_rank 32
 
-# The widest target set that trains correctly on nemotron_h with PEFT + TRL (tests/fastnemo/test_session.py
-# checks that every targeted LoRA weight receives a gradient). Left out on purpose:
-# - the Mamba out_proj and conv1d: PEFT refuses them (transformers' fused Mamba kernel bypasses the LoRA);
-# - lm_head: TRL 1.15's trainers compute log-probs from lm_head.weight directly (fused LM head), so a LoRA
-#   there would never train, and they refuse it;
-# - the fused MoE experts (3-D parameters, not nn.Linear): reachable only through PEFT's target_parameters.
-# The shared experts' up_proj/down_proj are nn.Linear and are adapted.
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "up_proj", "down_proj")
+# The winners' module set (field notes): every module vLLM serves for nemotron_h. lm_head trains through
+# TRL's fused head and the Mamba out_proj past the fused kernel (fastnemo.lora; tests/fastnemo/test_lora.py
+# checks every one of them trains). The routed experts are a separate switch (lora.train_experts): by
+# `fastnemo plan` they do not fit one 80 GB card at 1 x 8,192 tokens (see LoraConfig.train_experts).
+# Left out on purpose: conv1d (vLLM does not serve it), the router (vLLM ignores it), embed_tokens.
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "out_proj", "up_proj", "down_proj", "lm_head")
+# What plain PEFT + TRL can train on nemotron_h (PEFT refuses out_proj; TRL refuses lm_head): the baselines'
+# set in bench/ and the one the plan's memory measurements were taken on.
+PLAIN_PEFT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "up_proj", "down_proj")
 
 Stage = Literal["data", "sft", "eval", "distill", "grpo", "pack"]
 STAGES = typing.get_args(Stage)
@@ -154,9 +155,14 @@ class LoraConfig(Section):
     target_modules: list[str] = key(list(DEFAULT_TARGETS), "Module names to adapt; must exist in the model "
                                     "(checked at load).")
     train_experts: bool = key(
-        False, "Also put LoRA on the fused MoE experts (PEFT target_parameters). Off by default: at rank 32 it "
-        "adds ~13 GiB of fp32 LoRA + Adam state on the full model, and the competition's vLLM serves expert LoRA "
-        "only as per-expert 2-D weights, so a stacked expert adapter would need converting before submission.")
+        False, "Also put LoRA on all routed experts' up/down_proj (computed per expert on the routed tokens, "
+        "fastnemo.lora; packed as vLLM's per-expert keys). Off by default: ~866 M more LoRA parameters at rank "
+        "32, and `fastnemo plan` puts the winners' set at 79.4 GiB at 1 x 8,192 tokens even with optimizer_8bit "
+        "and bf16_weights (0.2 over a 79.2 GiB card); it fits with both at 4,096 tokens.")
+    optimizer_8bit: bool = key(False, "bitsandbytes 8-bit AdamW (GPU): 2 bytes of optimizer state per LoRA "
+                               "parameter instead of 8.")
+    bf16_weights: bool = key(False, "Keep LoRA weights (and grads) in the model's bf16 instead of PEFT's fp32 "
+                             "upcast: 4 bytes a parameter instead of 8.")
 
     def check(self):
         from fastnemo.lora import check_lora  # vLLM-servable targets only (lm_head and out_proj train there)

@@ -208,8 +208,11 @@ def _lora_linear(x, w, factors, offsets, dropout):
     y = _grouped(x, w, offsets)
     if factors is not None:
         a, b, s = factors
-        low = _grouped(dropout(x).to(a.dtype), a, offsets)  # (S, r): routed tokens only
-        y = y + (_grouped(low, b, offsets) * s).to(y.dtype)
+        # in the base weight's dtype: torch._grouped_mm runs bf16 only (fp32 falls back to a per-expert loop);
+        # the cast's backward brings the gradient back to PEFT's fp32 A and B
+        a, b = a.to(w.dtype), b.to(w.dtype)
+        low = _grouped(dropout(x), a, offsets)  # (S, r): routed tokens only
+        y = y + _grouped(low, b, offsets) * s
     return y
 
 

@@ -149,8 +149,16 @@ def plan(
     train_experts: bool = False,
     engine: str = "hf",
     prompt_tokens: int = 512,
+    optimizer_8bit: bool = False,
+    lora_bf16: bool = False,
+    experts_4bit: bool = False,
 ) -> MemoryPlan:
-    """Estimate the peak memory of LoRA SFT / generation for the model described by ``model_cfg_json``."""
+    """Estimate the peak memory of LoRA SFT / generation for the model described by ``model_cfg_json``.
+
+    The levers: ``optimizer_8bit`` (bitsandbytes 8-bit AdamW: 2 bytes of moments per LoRA parameter instead
+    of 8), ``lora_bf16`` (LoRA weights and grads in bf16: 4 bytes instead of 8), ``experts_4bit`` (the FROZEN
+    3-D experts stored in bnb 4-bit, dequantized per layer; vLLM then cannot share them and holds its own bf16
+    copy, which it drops while training: sleep level 2, so generation needs both copies)."""
     from fastnemo.config import DEFAULT_TARGETS
 
     cfg = model_cfg_json
@@ -161,14 +169,15 @@ def plan(
     lin = sum(per[k].get("linear2d", 0) for k in layers)
     exp = sum(per[k].get("experts3d", 0) for k in layers)
     other = sum(per[k].get("other", 0) for k in layers) + 2 * v * h  # + embeddings and lm_head
-    weights = (lin * (0.5625 if load_in_4bit else 2) + (exp + other) * 2) / GIB
+    weights = (lin * (0.5625 if load_in_4bit else 2) + exp * (0.5625 if experts_4bit else 2) + other * 2) / GIB
     notes = []
     if load_in_4bit:
         notes.append(
             f"4-bit packs only {lin / (lin + exp + other):.0%} of the weights; the 3-D experts stay bf16"
         )
     n_lora = lora_params(cfg, layers, rank, targets, train_experts)
-    lora = n_lora * 16 / GIB  # fp32 param + grad + two AdamW moments
+    # param + grad (fp32 as PEFT upcasts, or bf16) + two AdamW moments (fp32, or 8-bit)
+    lora = n_lora * ((4 if lora_bf16 else 8) + (2 if optimizer_8bit else 8)) / GIB
     tokens = batch * seq_len
     if gradient_checkpointing:
         # saved layer inputs + one layer's recompute (the MoE layer: routed copies and their gradients)
@@ -181,6 +190,8 @@ def plan(
         act = len(layers) * tokens * h * 2 * 12 / GIB
         notes.append("no gradient checkpointing: ~12 hidden-size tensors kept per layer per token")
     act += tokens * h * 4 * 2 / GIB  # fused LM head: fp32 hidden states and their grad
+    if "lm_head" in targets:  # fastnemo.lora hands the fused head [W, B] (a bf16 copy) and gets its grad back
+        act += 2 * v * (h + rank) * 2 / GIB
     n_attn = layers.count("full_attention")
     n_mamba = layers.count("linear_attention")
     kv = n_attn * 2 * _get(cfg, "num_key_value_heads") * _get(cfg, "head_dim") * 2 * gen_len * gen_seqs
@@ -196,10 +207,87 @@ def plan(
     logits = gen_seqs * v * 4 * 2  # one step's fp32 logits + sampling copy
     prefill = gen_seqs * prompt_tokens * HF_PREFILL_COPIES * moe_token_bytes(cfg) if engine == "hf" else 0
     gen = (kv + ssm + logits + prefill) / GIB
+    if experts_4bit:  # vLLM's own bf16 weights, back from sleep level 2 for each generation phase
+        gen += (lin + exp + other) * 2 / GIB
+        notes.append("4-bit experts: vLLM keeps its own bf16 weights and sleeps at level 2 while training "
+                     "(weights dropped, reloaded for each generation phase)")
     p = MemoryPlan(weights, lora, act, gen, HEADROOM_GIB, card_gib, notes)
     if not p.fits:
         p.notes.append(suggest(p, batch, seq_len, gen_seqs))
     return p
+
+
+# Target sets, widest first: what won (field notes), then what is dropped to fit, and why.
+TARGET_SETS = (
+    ("winners (all + routed experts)", True, ()),
+    ("routed experts frozen", False, ()),
+    ("no lm_head, out_proj", False, ("lm_head", "out_proj")),
+)
+LEVERS = (
+    ("none", {}),
+    ("8-bit AdamW", {"optimizer_8bit": True}),
+    ("8-bit AdamW + bf16 LoRA", {"optimizer_8bit": True, "lora_bf16": True}),
+    ("8-bit AdamW + bf16 LoRA + 4-bit experts (vLLM sleep 2)",
+     {"optimizer_8bit": True, "lora_bf16": True, "experts_4bit": True}),
+)
+# which levers fastnemo's training implements today (the others are planned only)
+IMPLEMENTED = {"optimizer_8bit": True, "lora_bf16": True, "experts_4bit": False}
+
+
+# The full 52-layer model, today's default targets (22.7 M), 1 x 8,192 tokens, hf backend, H200 under a 79.2
+# GiB cap: 73.4 GiB measured training peak (issue 12). The target-set table adds the plan's gap to it.
+MEASURED_TRAIN_GIB = 73.4
+
+
+def _train_gib(p: MemoryPlan) -> float:
+    return p.weights_gib + p.lora_optimizer_gib + p.activations_gib + p.headroom_gib
+
+
+def target_sets(cfg, *, rank: int = 32, batch: int = 1, seq_len: int = 8192, card_gib: float = CARD_GIB,
+                generation: bool = True, **kw) -> list[dict]:
+    """Every target set x lever: LoRA parameters, the SFT peak (the plan plus its measured gap on the full
+    model), the colocated-generation peak, and whether it fits ``card_gib``."""
+    from fastnemo.config import DEFAULT_TARGETS
+    from fastnemo.lora import FULL_TARGETS
+
+    anchor = _train_gib(plan(NANO_CONFIG, rank=32, targets=[t for t in DEFAULT_TARGETS
+                                                             if t not in ("lm_head", "out_proj")]))
+    gap = max(MEASURED_TRAIN_GIB - anchor, 0.0) if _get(cfg, "hidden_size") == NANO_CONFIG["hidden_size"] else 0.0
+    layers = list(_get(cfg, "layers_block_type") or _get(cfg, "layer_types"))
+    rows = []
+    for name, experts, dropped in TARGET_SETS:
+        targets = [t for t in FULL_TARGETS if t not in dropped]
+        n = lora_params(cfg, layers, rank, targets, experts)
+        for lever, flags in LEVERS:
+            p = plan(cfg, rank=rank, targets=targets, batch=batch, seq_len=seq_len, card_gib=card_gib,
+                     train_experts=experts, **flags, **kw)
+            train = _train_gib(p) + gap
+            gen = p.weights_gib + p.lora_optimizer_gib + p.generation_gib + p.headroom_gib
+            fits = train <= card_gib and (not generation or gen <= card_gib)
+            rows.append({"set": name, "targets": targets, "train_experts": experts, "levers": lever, "flags": flags,
+                         "lora_params": n, "train_gib": train, "generation_gib": gen if generation else None,
+                         "fits": fits, "over_gib": max(train, gen if generation else 0) - card_gib,
+                         "implemented": all(IMPLEMENTED[f] for f in flags)})
+    return rows
+
+
+def widest_fit(rows: list[dict], implemented_only: bool = True) -> dict | None:
+    """The widest target set that fits, with the fewest levers (rows come widest set, fewest levers first)."""
+    return next((r for r in rows if r["fits"] and (r["implemented"] or not implemented_only)), None)
+
+
+def target_sets_table(rows: list[dict], title: str):
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("target set", "levers", "LoRA params", "SFT GiB", "gen GiB", "fits"):
+        t.add_column(col, justify="left" if col in ("target set", "levers") else "right")
+    for r in rows:
+        fits = "[green]yes[/green]" if r["fits"] else f"[red]no[/red] (+{r['over_gib']:.1f})"
+        gen = "-" if r["generation_gib"] is None else f"{r['generation_gib']:.1f}"
+        t.add_row(r["set"], r["levers"] + ("" if r["implemented"] else " (planned only)"),
+                  f"{r['lora_params'] / 1e6:,.1f} M", f"{r['train_gib']:.1f}", gen, fits)
+    return t
 
 
 def suggest(p: MemoryPlan, batch: int, seq_len: int, gen_seqs: int) -> str:
@@ -253,6 +341,8 @@ def plan_recipe(recipe) -> MemoryPlan:
         gen_len=recipe.generation.max_model_len,
         train_experts=recipe.lora.train_experts,
         engine=recipe.generation.engine,
+        optimizer_8bit=recipe.lora.optimizer_8bit,
+        lora_bf16=recipe.lora.bf16_weights,
     )
     if not path.exists():
         p.notes.insert(0, f"{path} not found: planned for the released Nemotron-3-Nano-30B-A3B sizes")
@@ -263,7 +353,7 @@ def plan_command_main(recipe_path: str) -> int:
     """Body of ``fastnemo plan RECIPE``: print the table; exit code 1 when it does not fit."""
     from rich.console import Console
 
-    from fastnemo.config import RecipeError, load_recipe
+    from fastnemo.config import RecipeError, load_recipe, resolve
 
     try:
         recipe = load_recipe(Path(recipe_path))
@@ -276,6 +366,21 @@ def plan_command_main(recipe_path: str) -> int:
     console.print(time_table(recipe))
     for n in p.notes:
         console.print(f"- {n}")
+    rows = target_sets(json.loads((resolve(recipe, recipe.model.path) / "config.json").read_text())
+                       if (resolve(recipe, recipe.model.path) / "config.json").exists() else NANO_CONFIG,
+                       rank=recipe.lora.rank, batch=recipe.sft.batch_size, seq_len=recipe.sft.max_length,
+                       generation=any(st in recipe.stages for st in ("eval", "distill", "grpo")),
+                       engine=recipe.generation.engine, gen_seqs=recipe.generation.batch_size)
+    console.print(target_sets_table(rows, f"target sets at {recipe.sft.batch_size} x {recipe.sft.max_length} "
+                                          "tokens (SFT peak includes the measured gap on the full model)"))
+    best = widest_fit(rows)
+    if best is None:
+        console.print("- no target set fits with the implemented levers")
+    else:
+        console.print(f"- widest set that fits: {best['set']} with {best['levers']}"
+                      + ("" if best is rows[0] else f"; dropped from the winners' set: over by "
+                         f"{min(r['over_gib'] for r in rows[:len(LEVERS)] if r['implemented']):.1f} GiB with "
+                         "every implemented lever"))
     return 0 if p.fits else 1
 
 

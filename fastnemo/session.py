@@ -75,7 +75,7 @@ def _load_hf(path: Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: 
     )
     torch.manual_seed(seed)  # the LoRA A matrices are drawn at random: a run must be reproducible
     with lora.allow_out_proj():
-        peft_model = get_peft_model(model, peft_cfg)
+        peft_model = get_peft_model(model, peft_cfg, autocast_adapter_dtype=not lora_cfg.bf16_weights)
     lora.install(peft_model)  # lm_head through TRL's fused head, out_proj past the fused kernel, grouped experts
     return peft_model, tokenizer
 
@@ -139,7 +139,9 @@ class ModelSession:
         else:
             model, tokenizer = _load_hf(path, model_cfg, lora_cfg, adapter, seed)
         cls.loads += 1
-        return cls(model, tokenizer, model_cfg, gen_cfg or GenerationConfig(), path)
+        session = cls(model, tokenizer, model_cfg, gen_cfg or GenerationConfig(), path)
+        session.lora_cfg = lora_cfg  # the trainers read its optimizer lever
+        return session
 
     @property
     def eos_token_ids(self) -> list[int]:

@@ -41,6 +41,9 @@ def common_args(session, seed: int, save_steps: int) -> dict:
         "report_to": "none",
         "disable_tqdm": True,
         "use_cpu": not on_gpu,
+        # lora.optimizer_8bit: bitsandbytes' 8-bit AdamW (CUDA only; the CPU tests keep torch's AdamW)
+        "optim": "adamw_bnb_8bit" if on_gpu and getattr(getattr(session, "lora_cfg", None), "optimizer_8bit",
+                                                          False) else "adamw_torch",
     }
 
 

@@ -25,7 +25,9 @@ from pathlib import Path
 
 import torch
 
-from fastnemo.config import MAX_LORA_RANK, GenerationConfig, LoraConfig, ModelConfig
+from fastnemo.config import DEFAULT_TARGETS, MAX_LORA_RANK, GenerationConfig, LoraConfig, ModelConfig
+
+UNSLOTH_UNTESTED = ("lm_head", "out_proj")
 
 INSTALL_HINT = (
     "pip install 'fastnemo[gpu]' (unsloth, unsloth_zoo, bitsandbytes, mamba-ssm, causal-conv1d); on the H100 "
@@ -116,13 +118,20 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
         # the adapter's weights: a plain PeftModel.from_pretrained would skip Unsloth's patches.
         adapter = peft_loadable(adapter, Path(tmp.name))
         lora_cfg = saved_lora_config(adapter)
+    targets = list(lora_cfg.target_modules)
+    if adapter is None and tuple(targets) == DEFAULT_TARGETS:
+        # the default set: lm_head and out_proj are trained and tested on the hf backend; on Unsloth (which
+        # patches PEFT and may make lm_head a full modules_to_save copy, which vLLM rejects) only when asked
+        targets = [t for t in targets if t not in UNSLOTH_UNTESTED]
+        print(f"unsloth backend: default targets without {list(UNSLOTH_UNTESTED)} (untested on Unsloth; list "
+              "them in lora.target_modules to try, or use model.backend = 'hf')")
     with lora.allow_out_proj():  # fastnemo.lora routes out_proj past the fused kernel
         model = FastLanguageModel.get_peft_model(
             model,
             r=lora_cfg.rank,
             lora_alpha=lora_cfg.alpha,
             lora_dropout=lora_cfg.dropout,
-            target_modules=list(lora_cfg.target_modules),
+            target_modules=targets,
             bias="none",
             use_gradient_checkpointing=gc,
             random_state=seed,

@@ -244,3 +244,51 @@ def test_packed_zip_reloads_to_the_same_logits(tiny_model_dir, tmp_path):
         torch.testing.assert_close(again.model(input_ids=ids).logits, s.model(input_ids=ids).logits)
     assert sum(p.numel() for p in again.model.parameters() if p.requires_grad) == sum(
         p.numel() for p in s.model.parameters() if p.requires_grad)
+
+
+def test_recipe_with_the_full_target_set_trains_and_packs(tmp_path, tiny_model_dir):
+    """The whole recipe (data -> sft -> pack) with the winners' set and train_experts on the tiny model: the
+    submission it packs is vLLM's layout and verifies (loaded back into PEFT); the trainable count is the
+    plan's."""
+    import json
+    import zipfile
+
+    from fastnemo import plan as P
+    from fastnemo.config import load_recipe
+    from fastnemo.pack import verify
+    from fastnemo.recipe import run_recipe
+
+    rows = [{"id": f"r{i}", "category": "equations", "prompt": f"In Alice's Wonderland, {i} + {i} = ?",
+             "answer": str(2 * i), "completion": f"Add them.</think>\n\\boxed{{{2 * i}}}"} for i in range(4)]
+    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "r.toml").write_text(f"""
+name = "full"
+run_dir = "run"
+stages = ["data", "sft", "pack"]
+[model]
+path = "{tiny_model_dir}"
+dtype = "float32"
+gradient_checkpointing = false
+[lora]
+rank = 4
+alpha = 8
+target_modules = {json.dumps(FULL)}
+train_experts = true
+[data]
+path = "sft.jsonl"
+[sft]
+learning_rate = 1e-3
+max_steps = 2
+batch_size = 4
+grad_accum = 1
+max_length = 256
+save_steps = 100
+""")
+    run_recipe(load_recipe(tmp_path / "r.toml"))
+    (z,) = (tmp_path / "run").rglob("submission.zip")
+    report = verify(z, tiny_model_dir, None, load=True)
+    assert report["experts"] == 2 * 4 * 2 and set(report["target_modules"]) == set(FULL)
+    with zipfile.ZipFile(z) as zf:
+        assert sorted(zf.namelist()) == ["adapter_config.json", "adapter_model.safetensors"]
+    cfg = json.loads((tiny_model_dir / "config.json").read_text())
+    assert report["params"] == P.lora_params(cfg, cfg["layers_block_type"], 4, FULL, True)  # 19,488

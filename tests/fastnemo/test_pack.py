@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastnemo.config import ModelConfig
+from fastnemo.config import DEFAULT_TARGETS, ModelConfig
 from fastnemo.pack import REQUIRED, VerifyError, pack, verify
 
 BASE = ModelConfig.base_model_name
@@ -52,7 +52,8 @@ def test_pack_layout(good_zip, adapter):
         packed = load(zf.read("adapter_model.safetensors"))
     source = load_file(adapter / "adapter_model.safetensors")
     renamed = {k.replace("base_model.model.model.", "base_model.model.backbone."): v for k, v in source.items()}
-    assert packed.keys() == renamed.keys() and all(k.startswith("base_model.model.backbone.") for k in packed)
+    assert packed.keys() == renamed.keys()
+    assert all(k.startswith(("base_model.model.backbone.", "base_model.model.lm_head.lora_")) for k in packed)
     assert all(torch.equal(packed[k], renamed[k]) for k in packed)  # one rank, one scale: unchanged values
     assert not list(good_zip.parent.glob(".submission.zip.*"))  # no temp file left
 
@@ -61,8 +62,7 @@ def test_verify_accepts_a_fastnemo_adapter(good_zip, tiny_model_dir):
     report = verify(good_zip, tiny_model_dir, BASE)
     assert report["rank"] == 4 and report["alpha"] == 8
     assert report["base_model_name_or_path"] == BASE
-    assert set(report["target_modules"]) == {"q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "up_proj",
-                                             "down_proj"}
+    assert set(report["target_modules"]) == set(DEFAULT_TARGETS)  # out_proj and lm_head included
     assert report["tensors"] > 0 and report["params"] > 0 and report["bytes"] == good_zip.stat().st_size
 
 
@@ -249,7 +249,11 @@ def test_rejects_conv1d_target(good_zip, tmp_path):
 
 
 def test_rejects_a_target_without_weights(good_zip, tiny_model_dir, tmp_path):
-    z = rezip(good_zip, tmp_path / "op.zip", lambda c: c.update(target_modules=[*c["target_modules"], "out_proj"]))
+    def drop_out_proj(t):
+        for k in [k for k in t if ".out_proj." in k]:
+            del t[k]
+
+    z = rewrite(good_zip, tmp_path / "op.zip", tensors_edit=drop_out_proj)
     with pytest.raises(VerifyError, match="missing") as e:
         verify(z, tiny_model_dir, BASE)
     assert "out_proj" in str(e.value)

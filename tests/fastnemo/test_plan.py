@@ -52,19 +52,20 @@ def test_activations_grow_with_tokens_and_overflow_is_refused():
 # transformers generate of 8 puzzles x G completions (~250 prompt + 256 new tokens).
 SLICE = dict(REAL, layers_block_type=["linear_attention", "moe", "full_attention", "moe"])
 MEASURED_TRAIN = {(2, 1024): 6.90, (4, 2048): 8.55}
+MEASURED_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "up_proj", "down_proj"]  # the defaults then
 MEASURED_GENERATE = {32: 9.98, 64: 13.66}
 
 
 @pytest.mark.parametrize("shape", list(MEASURED_TRAIN))
 def test_training_estimate_is_within_10_percent_of_the_measured_peak(shape):
-    p = P.plan(SLICE, batch=shape[0], seq_len=shape[1])
+    p = P.plan(SLICE, batch=shape[0], seq_len=shape[1], targets=MEASURED_TARGETS)
     estimate = p.weights_gib + p.lora_optimizer_gib + p.activations_gib  # headroom: not counted by torch
     assert estimate == pytest.approx(MEASURED_TRAIN[shape], rel=0.10)
 
 
 @pytest.mark.parametrize("seqs", list(MEASURED_GENERATE))
 def test_hf_generation_estimate_is_within_10_percent_of_the_measured_peak(seqs):
-    p = P.plan(SLICE, gen_seqs=seqs, gen_len=250 + 256, prompt_tokens=250)
+    p = P.plan(SLICE, gen_seqs=seqs, gen_len=250 + 256, prompt_tokens=250, targets=MEASURED_TARGETS)
     estimate = p.weights_gib + p.lora_optimizer_gib + p.generation_gib
     assert estimate == pytest.approx(MEASURED_GENERATE[seqs], rel=0.10)
 
@@ -94,3 +95,38 @@ def test_time_plan_scales_with_the_work_and_the_engine():
     r.generation.engine = "hf"
     assert {s: h for s, h, _ in P.time_plan(r)}["distill"] > 5 * hours["distill"]
     assert [s for s, _, _ in P.time_plan(r)] == ["distill", "data", "sft", "eval", "grpo"]
+
+
+# ------------------------------------------------------------------------------ target sets and levers
+
+
+def test_lora_parameter_counts_of_the_target_sets():
+    """The winners' set is the ~888 M of the field notes; the old defaults the 22.7 M measured (issue 12)."""
+    from fastnemo.lora import FULL_TARGETS
+
+    n = lambda t, e: P.lora_params(REAL, P.NANO_LAYERS, 32, t, e)
+    assert n(list(FULL_TARGETS), True) == pytest.approx(888e6, rel=0.01)
+    assert n(MEASURED_TARGETS, False) == pytest.approx(22.7e6, rel=0.01)
+
+
+def test_each_lever_lowers_the_lora_state():
+    base = P.plan(REAL, train_experts=True)
+    adam8 = P.plan(REAL, train_experts=True, optimizer_8bit=True)
+    both = P.plan(REAL, train_experts=True, optimizer_8bit=True, lora_bf16=True)
+    assert base.lora_optimizer_gib == pytest.approx(16 / 6 * both.lora_optimizer_gib, rel=0.01)  # 16 -> 6 bytes
+    assert base.lora_optimizer_gib > adam8.lora_optimizer_gib > both.lora_optimizer_gib
+    q4 = P.plan(REAL, train_experts=True, experts_4bit=True)
+    assert base.weights_gib - q4.weights_gib > 35  # the frozen experts are ~93 % of the weights
+    assert any("sleep" in n for n in q4.notes)  # vLLM holds its own bf16 copy: both copies while generating
+
+
+def test_target_sets_say_what_fits_at_8k():
+    rows = P.target_sets(REAL, seq_len=8192, generation=False)
+    winners = [r for r in rows if r["train_experts"]]
+    assert not any(r["fits"] for r in winners if r["implemented"])  # over even with 8-bit AdamW + bf16 LoRA
+    assert min(r["over_gib"] for r in winners if r["implemented"]) < 1.0
+    assert any(r["fits"] for r in winners if not r["implemented"])  # 4-bit experts would make room
+    best = P.widest_fit(rows)
+    assert best["set"].startswith("routed experts frozen") and "lm_head" in best["targets"]
+    shorter = P.widest_fit(P.target_sets(REAL, seq_len=4096, generation=False))
+    assert shorter["train_experts"] and shorter["flags"] == {"optimizer_8bit": True, "lora_bf16": True}
