@@ -104,6 +104,12 @@ class DataConfig:
     """Processes for the mix build."""
     path: str = ""
     """Use this existing SFT JSONL instead of generating ("" = generate)."""
+    shares: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Per-category share overrides, e.g. {equations = 0.25}: renormalised with the categories left out,
+    which keep the `like` file's real shares (the default: {} keeps them all)."""
+    drill_share: float = 0.0
+    """Fraction of the `n` rows that are cryptarithm catalog recall drills (signature -> candidates,
+    ``puzzles.cryptarithm``): the memory the symbolic-equation traces recall from."""
 
 
 @dataclasses.dataclass
@@ -215,6 +221,11 @@ def _check_type(value, hint, where: str):
             raise RecipeError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
         (item,) = typing.get_args(hint)
         return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a table, got {type(value).__name__} {value!r}")
+        _, item = typing.get_args(hint)
+        return {k: _check_type(v, item, f"{where}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float, str, bool) and (type(value) is not hint):
@@ -265,6 +276,14 @@ def validate(recipe: Recipe, where: str) -> None:
     if "lm_head" in recipe.lora.target_modules:
         raise RecipeError(f"{where}: lora.target_modules: 'lm_head' cannot be trained (TRL's trainers compute "
                           "log-probs from lm_head.weight directly; its LoRA would never get a gradient)")
+    from puzzles.base import CATEGORIES
+
+    bad = sorted(set(recipe.data.shares) - set(CATEGORIES))
+    if bad or any(v < 0 for v in recipe.data.shares.values()):
+        raise RecipeError(f"{where}: data.shares: keys must be categories {CATEGORIES} with shares >= 0, "
+                          f"got {recipe.data.shares}")
+    if not 0 <= recipe.data.drill_share < 1:
+        raise RecipeError(f"{where}: data.drill_share must be in [0, 1), got {recipe.data.drill_share}")
     d = recipe.distill
     if not 0 <= d.goldilocks_low <= d.goldilocks_high <= 1:
         raise RecipeError(f"{where}: distill.goldilocks_low/high must satisfy 0 <= low <= high <= 1, "

@@ -25,7 +25,7 @@ import random
 import re
 import time
 
-from puzzles.base import Puzzle, PuzzleFormatError, Solution
+from puzzles.base import AuditStep, Puzzle, PuzzleFormatError, Solution
 
 CATEGORY = "equations"
 HEADER = (
@@ -465,8 +465,17 @@ def trace_numeric(puzzle: Puzzle, solution: Solution) -> str:
 
 
 def trace(puzzle: Puzzle, solution: Solution) -> str:
+    """Numeric: the visible rule deduction. Symbolic: the catalog recall-and-verify trace
+    (``puzzles.cryptarithm``) where it reaches the search solver's deduced answer (the solver checks it),
+    else the decoding the search found."""
     if solution.steps.get("family") == "numeric":
         return trace_numeric(puzzle, solution)
+    if solution.status == "deduced":
+        from puzzles import cryptarithm
+
+        recalled = cryptarithm.recall_trace(puzzle)
+        if recalled.answer == solution.answer:
+            return recalled.reasoning
     return trace_symbolic(puzzle, solution)
 
 
@@ -995,3 +1004,90 @@ def trace_symbolic(puzzle: Puzzle, solution: Solution) -> str:
 
 def _sign_rule(sign: tuple[str, str] | None) -> str:
     return "gpre" if sign is None else ("-" if sign[0] == "-" else "g") + sign[1]
+
+
+# ---------------------------------------------------------------- static audit of the traces
+
+_ARITH = re.compile(r"-?\d+(?: [-+*] -?\d+)*(?: = -?\d+(?: [-+*] -?\d+)*)+")
+_SIG_LINE = re.compile(r"^\s+(.{5}) = (\S*): ([A-J?=#-]+)$")
+_RECALL = re.compile(r"^\s+(.{5}) = (\S*): signature (\S+), recall \[(.*)\]; (\d+) agree")
+_WORLD_LINE = re.compile(r"^\s+(read right to left|read as written), (.{5}) = (\S+) \(a=")
+
+
+def _arith_ok(span: str) -> bool:
+    """Every side of ``x op y = z = ...`` evaluates to the same integer (only + - * on integers)."""
+    values = set()
+    for side in span.split(" = "):
+        tokens = side.split(" ")
+        terms, sign, product = [], 1, int(tokens[0])
+        for op, num in zip(tokens[1::2], tokens[2::2]):
+            if op == "*":
+                product *= int(num)
+            else:
+                terms.append(sign * product)
+                sign, product = (1 if op == "+" else -1), int(num)
+        values.add(sum(terms) + sign * product)
+    return len(values) == 1
+
+
+def _op_claims(line: str) -> bool | None:
+    """A numeric trace line "world, AB?CD = R (a=.., b=..): op -> result ok|no, ...": every claimed result
+    and verdict re-computed (None: not such a line)."""
+    m = _WORLD_LINE.match(line)
+    if m is None:
+        return None
+    rev, lhs, rhs = m.group(1) == "read right to left", m.group(2), m.group(3)
+    seen = 0
+    for op in OPS:
+        for c in re.finditer(r"(?:: |, )" + re.escape(op.text) + r" -> (\S+) (ok|no)", line):
+            seen += 1
+            outs = {r.apply(lhs) for r in _rules_for(op.name) if r.rev == rev}
+            if c.group(1) not in {str(o) for o in outs} or (c.group(2) == "ok") != (rhs in outs):
+                return False
+    return seen > 0
+
+
+def _recall_ok(m: re.Match) -> bool:
+    """A recall line: the signature is the example's, and every recalled candidate is in its catalog entry
+    (all of it for a short entry; the digit-filtered part of a long one)."""
+    from puzzles import cryptarithm
+
+    lhs, rhs, sig, listed = m.group(1), m.group(2), m.group(3), m.group(4)
+    if cryptarithm.signature(lhs, rhs) != sig:
+        return False
+    entry = cryptarithm.full_table().get(sig, ())
+    texts = {cryptarithm._cand_text(c) for c in entry}
+    got = [t for t in listed.split("; ") if t]
+    if sig in cryptarithm.catalog():
+        return got == [cryptarithm._cand_text(c) for c in entry]
+    return all(t in texts for t in got)
+
+
+def audit(puzzle: Puzzle, reasoning: str) -> list[AuditStep]:
+    """Re-derive the checkable lines of an equations trace: arithmetic (every ``x op y = z`` chain), the
+    numeric op-by-op claims, signatures and recalled catalog candidates. A line whose claim does not
+    re-derive is a leap (``derived=False``); a line with no claim is kind "text"."""
+    from puzzles import cryptarithm
+
+    steps = []
+    for i, line in enumerate(reasoning.split("\n"), start=1):
+        kinds: list[tuple[str, bool]] = []
+        if (m := _RECALL.match(line)) is not None:
+            kinds.append(("recall", _recall_ok(m)))
+        elif (m := _SIG_LINE.match(line)) is not None:
+            kinds.append(("signature", cryptarithm.signature(m.group(1), m.group(2)) == m.group(3)))
+        else:
+            ops = _op_claims(line)
+            if ops is not None:
+                kinds.append(("verify", ops))
+            spans = [s for s in _ARITH.findall(line) if re.search(r" [-+*] ", s)]
+            if spans:
+                kinds.append(("arithmetic", all(_arith_ok(s) for s in spans)))
+        if line.startswith("Decoding that fits every example"):
+            kinds.append(("search", False))  # the search trace states a decoding it never derives
+        if not kinds:
+            steps.append(AuditStep(i, "text", True, line))
+            continue
+        bad = [k for k, ok in kinds if not ok]
+        steps.append(AuditStep(i, bad[0] if bad else kinds[0][0], not bad, line))
+    return steps
