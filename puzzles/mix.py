@@ -466,8 +466,9 @@ def build_mix(cfg: MixConfig) -> dict:
 
 
 def drill_component(n: int, seed: int) -> list[dict]:
-    """``n`` SFT rows that teach the cryptarithm catalog (signature -> candidates), as the ``drill`` source;
-    their completion is the recalled entry, boxed like any row (the answer is the candidate count)."""
+    """``n`` SFT rows that teach the cryptarithm catalog (signature -> candidates): equations rows with
+    feature ``drill`` (family "drill"); the completion is the recalled entry, boxed like any row (the
+    answer is the candidate count)."""
     if n <= 0:
         return []
     from puzzles import cryptarithm
@@ -477,7 +478,7 @@ def drill_component(n: int, seed: int) -> list[dict]:
         answer = body.split(": ", 2)[1].split(" ")[0]
         puzzle = Puzzle(id=f"drill-{prompt_key(prompt)[:12]}", category="equations", prompt=prompt,
                         examples=[], query=None, answer=answer, features={"family": "drill"})
-        rows.append(sft_row(puzzle, completion(body, answer), "drill", "deduced"))
+        rows.append(sft_row(puzzle, completion(body, answer), "solver", "deduced", drill=True))
     return rows
 
 
