@@ -71,6 +71,11 @@ def _check_type(value, hint, where: str):
             raise RecipeError(f"{where}: expected a list, got {type(value).__name__} {value!r}")
         (item,) = typing.get_args(hint)
         return [_check_type(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where}: expected a table, got {type(value).__name__} {value!r}")
+        _, item = typing.get_args(hint)
+        return {k: _check_type(v, item, f"{where}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float, str, bool) and (type(value) is not hint):
@@ -208,6 +213,22 @@ class DataConfig(Section):
         "mix toward small answers.")
     workers: int = key(2, "Processes for the mix build.", ge=1)
     path: str = key("", "Use this existing SFT JSONL instead of generating (\"\" = generate).")
+    shares: dict[str, float] = key({}, "Per-category share overrides, e.g. {equations = 0.25}: renormalised "
+                                   "with the categories left out, which keep the `like` file's real shares (the "
+                                   "default: {} keeps them all).")
+    drill_share: float = key(0.0, "Fraction of the `n` rows that are cryptarithm catalog recall drills "
+                             "(signature -> candidates, puzzles.cryptarithm): the memory the symbolic-equation "
+                             "traces recall from.", ge=0.0)
+
+    def check(self):
+        from puzzles.base import CATEGORIES
+
+        bad = sorted(set(self.shares) - set(CATEGORIES))
+        if bad or any(v < 0 for v in self.shares.values()):
+            raise RecipeError(f"data.shares: keys must be categories {CATEGORIES} with shares >= 0, "
+                              f"got {self.shares}")
+        if not self.drill_share < 1:
+            raise RecipeError(f"data.drill_share must be in [0, 1), got {self.drill_share}")
 
 
 @dataclasses.dataclass
@@ -469,6 +490,8 @@ def type_text(hint) -> str:
         return " \\| ".join(f'"{a}"' for a in typing.get_args(hint))
     if typing.get_origin(hint) is list:
         return f"list of {type_text(typing.get_args(hint)[0])}"
+    if typing.get_origin(hint) is dict:
+        return f"table of {type_text(typing.get_args(hint)[1])}"
     return hint.__name__
 
 

@@ -160,7 +160,8 @@ def stage_data(ctx: Context, key: str):
         stats = build_mix(
             MixConfig(n=recipe.data.n, out=str(out), like=like, floor=recipe.data.floor,
                       seed=recipe.seed + 1000 * ctx.round, workers=recipe.data.workers,
-                      keep_guessed=tuple(recipe.data.keep_guessed), progress=True)
+                      keep_guessed=tuple(recipe.data.keep_guessed), progress=True,
+                      shares=dict(recipe.data.shares), drill_share=recipe.data.drill_share)
         )
     with open(out) as f:
         rows = sum(1 for _ in f)

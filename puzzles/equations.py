@@ -25,7 +25,7 @@ import random
 import re
 import time
 
-from puzzles.base import Puzzle, PuzzleFormatError, Solution
+from puzzles.base import AuditStep, Puzzle, PuzzleFormatError, Solution
 
 CATEGORY = "equations"
 HEADER = (
@@ -232,11 +232,66 @@ def analyze_numeric(puzzle: Puzzle) -> NumericAnalysis:
     return NumericAnalysis(fits, revs, signs, cands)
 
 
-def _prior(glyph: str, rule: Rule, used_ops: set[str]) -> tuple:
-    """Sort key (smaller = preferred) for guessing among rules that fit."""
-    table = GLYPH_PRIOR.get(glyph, OP_PRIOR)
-    # Other glyphs' operations rarely repeat; 70 % of real puzzles read right to left.
-    return (rule.op in used_ops, not rule.rev, -table.get(rule.op, 0), rule.sign != "gpre")
+# Operation families: within one prompt no two operator glyphs share a family (true of every real puzzle
+# whose examples fix each glyph's operation), so a glyph's family rules out that family for the others.
+FAMILY = {
+    "add": "add", "add1": "add", "addm1": "add",
+    "mul": "mul", "mul1": "mul", "mulm1": "mul",
+    "sub": "sub", "rsub": "sub", "absdiff": "sub", "negabs": "sub",
+    "cat": "cat", "rcat": "cat",
+    "mod": "mod",
+}  # fmt: skip
+
+# The generator's prior over rules (operation, reversed world, sign style): how often each rule hides behind
+# a glyph whose examples fix it in real puzzles. Joins (cat/rcat: one function across worlds, so rarely
+# "fixed") are weighted low: an unseen glyph that hides a join is rare (weights 3-10 measured best, 90 worst).
+# A rule absent here gets weight 0.5. Used only to rank guesses, never to deduce.
+RULE_PRIOR = {
+    ("add", True, "gpre"): 110, ("mul", True, "gpre"): 109, ("cat", True, "gpre"): 10,
+    ("mul1", True, "gpre"): 44, ("mul", False, "gpre"): 37, ("add1", True, "gpre"): 35,
+    ("mulm1", True, "gpre"): 35, ("cat", False, "gpre"): 3, ("add", False, "gpre"): 28,
+    ("sub", True, "gpre"): 27, ("mulm1", False, "gpre"): 25, ("addm1", False, "gpre"): 25,
+    ("addm1", True, "gpre"): 25, ("add1", False, "gpre"): 22, ("mul1", False, "gpre"): 21,
+    ("mod", False, "gpre"): 16, ("sub", False, "gpre"): 13, ("mod", True, "gpre"): 12,
+    ("rsub", True, "gpost"): 11, ("absdiff", True, "gpre"): 10, ("rcat", True, "gpre"): 8,
+    ("rcat", False, "gpre"): 8, ("negabs", False, "gpre"): 8, ("negabs", True, "gpre"): 7,
+    ("absdiff", False, "gpre"): 3, ("negabs", True, "gpost"): 2,
+}  # fmt: skip
+
+
+def rule_weight(glyph: str, rule: Rule) -> float:
+    """A guess's weight: the rule's prior times how often the operator glyph hides that operation."""
+    glyph_table = GLYPH_PRIOR.get(glyph, {})
+    return RULE_PRIOR.get((rule.op, rule.rev, rule.sign), 0.5) * (glyph_table.get(rule.op, 0) + 1)
+
+
+def used_families(an: NumericAnalysis, query_glyph: str) -> set[str]:
+    """Families the other glyphs' examples pin down (a glyph whose fitting rules all share one family)."""
+    out: set[str] = set()
+    for g, rules in an.fits.items():
+        fams = {FAMILY[r.op] for r in rules}
+        if g != query_glyph and len(fams) == 1:
+            out |= fams
+    return out
+
+
+def ranked_guesses(puzzle: Puzzle, an: NumericAnalysis) -> list[tuple[str, float, Rule]]:
+    """Answers the candidate rules give, best first: (answer, summed weight, heaviest rule giving it).
+    Families another glyph already uses are left out (unless that leaves nothing)."""
+    q = puzzle.query[2]
+    used = used_families(an, q)
+    cands = [r for r in an.candidates if FAMILY[r.op] not in used] or an.candidates
+    score: dict[str, float] = {}
+    best: dict[str, Rule] = {}
+    for r in cands:
+        out = r.apply(puzzle.query)
+        if out is None:
+            continue
+        w = rule_weight(q, r)
+        score[out] = score.get(out, 0.0) + w
+        if out not in best or w > rule_weight(q, best[out]):
+            best[out] = r
+    return sorted(((a, w, best[a]) for a, w in score.items()), key=lambda t: -t[1])
 
 
 def solve_numeric(puzzle: Puzzle) -> Solution | None:
@@ -255,10 +310,13 @@ def solve_numeric(puzzle: Puzzle) -> Solution | None:
         return Solution(
             answer, "deduced", rule=_rule_name(rules[0]), steps={"family": "numeric", "rule": rules[0]}
         )
-    used = {an.fits[g][0].op for g in an.fits if g != q and len({r.op for r in an.fits[g]}) == 1}
-    best = min(an.candidates, key=lambda r: _prior(q, r, used) if r.apply(puzzle.query) is not None else (9,))
+    ranked = ranked_guesses(puzzle, an)
+    answer, _, best = ranked[0]
     return Solution(
-        best.apply(puzzle.query), "guessed", rule=_rule_name(best), steps={"family": "numeric", "rule": best}
+        answer,
+        "guessed",
+        rule=_rule_name(best),
+        steps={"family": "numeric", "rule": best, "ranked": [(a, round(w, 1)) for a, w, _ in ranked[:4]]},
     )
 
 
@@ -407,8 +465,17 @@ def trace_numeric(puzzle: Puzzle, solution: Solution) -> str:
 
 
 def trace(puzzle: Puzzle, solution: Solution) -> str:
+    """Numeric: the visible rule deduction. Symbolic: the catalog recall-and-verify trace
+    (``puzzles.cryptarithm``) where it reaches the search solver's deduced answer (the solver checks it),
+    else the decoding the search found."""
     if solution.steps.get("family") == "numeric":
         return trace_numeric(puzzle, solution)
+    if solution.status == "deduced":
+        from puzzles import cryptarithm
+
+        recalled = cryptarithm.recall_trace(puzzle)
+        if recalled.answer == solution.answer:
+            return recalled.reasoning
     return trace_symbolic(puzzle, solution)
 
 
@@ -937,3 +1004,90 @@ def trace_symbolic(puzzle: Puzzle, solution: Solution) -> str:
 
 def _sign_rule(sign: tuple[str, str] | None) -> str:
     return "gpre" if sign is None else ("-" if sign[0] == "-" else "g") + sign[1]
+
+
+# ---------------------------------------------------------------- static audit of the traces
+
+_ARITH = re.compile(r"-?\d+(?: [-+*] -?\d+)*(?: = -?\d+(?: [-+*] -?\d+)*)+")
+_SIG_LINE = re.compile(r"^\s+(.{5}) = (\S*): ([A-J?=#-]+)$")
+_RECALL = re.compile(r"^\s+(.{5}) = (\S*): signature (\S+), recall \[(.*)\]; (\d+) agree")
+_WORLD_LINE = re.compile(r"^\s+(read right to left|read as written), (.{5}) = (\S+) \(a=")
+
+
+def _arith_ok(span: str) -> bool:
+    """Every side of ``x op y = z = ...`` evaluates to the same integer (only + - * on integers)."""
+    values = set()
+    for side in span.split(" = "):
+        tokens = side.split(" ")
+        terms, sign, product = [], 1, int(tokens[0])
+        for op, num in zip(tokens[1::2], tokens[2::2]):
+            if op == "*":
+                product *= int(num)
+            else:
+                terms.append(sign * product)
+                sign, product = (1 if op == "+" else -1), int(num)
+        values.add(sum(terms) + sign * product)
+    return len(values) == 1
+
+
+def _op_claims(line: str) -> bool | None:
+    """A numeric trace line "world, AB?CD = R (a=.., b=..): op -> result ok|no, ...": every claimed result
+    and verdict re-computed (None: not such a line)."""
+    m = _WORLD_LINE.match(line)
+    if m is None:
+        return None
+    rev, lhs, rhs = m.group(1) == "read right to left", m.group(2), m.group(3)
+    seen = 0
+    for op in OPS:
+        for c in re.finditer(r"(?:: |, )" + re.escape(op.text) + r" -> (\S+) (ok|no)", line):
+            seen += 1
+            outs = {r.apply(lhs) for r in _rules_for(op.name) if r.rev == rev}
+            if c.group(1) not in {str(o) for o in outs} or (c.group(2) == "ok") != (rhs in outs):
+                return False
+    return seen > 0
+
+
+def _recall_ok(m: re.Match) -> bool:
+    """A recall line: the signature is the example's, and every recalled candidate is in its catalog entry
+    (all of it for a short entry; the digit-filtered part of a long one)."""
+    from puzzles import cryptarithm
+
+    lhs, rhs, sig, listed = m.group(1), m.group(2), m.group(3), m.group(4)
+    if cryptarithm.signature(lhs, rhs) != sig:
+        return False
+    entry = cryptarithm.full_table().get(sig, ())
+    texts = {cryptarithm._cand_text(c) for c in entry}
+    got = [t for t in listed.split("; ") if t]
+    if sig in cryptarithm.catalog():
+        return got == [cryptarithm._cand_text(c) for c in entry]
+    return all(t in texts for t in got)
+
+
+def audit(puzzle: Puzzle, reasoning: str) -> list[AuditStep]:
+    """Re-derive the checkable lines of an equations trace: arithmetic (every ``x op y = z`` chain), the
+    numeric op-by-op claims, signatures and recalled catalog candidates. A line whose claim does not
+    re-derive is a leap (``derived=False``); a line with no claim is kind "text"."""
+    from puzzles import cryptarithm
+
+    steps = []
+    for i, line in enumerate(reasoning.split("\n"), start=1):
+        kinds: list[tuple[str, bool]] = []
+        if (m := _RECALL.match(line)) is not None:
+            kinds.append(("recall", _recall_ok(m)))
+        elif (m := _SIG_LINE.match(line)) is not None:
+            kinds.append(("signature", cryptarithm.signature(m.group(1), m.group(2)) == m.group(3)))
+        else:
+            ops = _op_claims(line)
+            if ops is not None:
+                kinds.append(("verify", ops))
+            spans = [s for s in _ARITH.findall(line) if re.search(r" [-+*] ", s)]
+            if spans:
+                kinds.append(("arithmetic", all(_arith_ok(s) for s in spans)))
+        if line.startswith("Decoding that fits every example"):
+            kinds.append(("search", False))  # the search trace states a decoding it never derives
+        if not kinds:
+            steps.append(AuditStep(i, "text", True, line))
+            continue
+        bad = [k for k, ok in kinds if not ok]
+        steps.append(AuditStep(i, bad[0] if bad else kinds[0][0], not bad, line))
+    return steps

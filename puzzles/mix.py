@@ -84,6 +84,12 @@ class MixConfig:
     progress: bool = True
     keep_shards: bool = False
     max_minutes: float | None = None
+    shares: dict[str, float] = dataclasses.field(default_factory=dict)
+    """Per-category share overrides (renormalised with the others); a category left out keeps the
+    reference's share (or 1 without a reference), so the default keeps the real shares."""
+    drill_share: float = 0.0
+    """Fraction of the ``n`` rows that are cryptarithm catalog recall drills (``puzzles.cryptarithm``);
+    the puzzle categories share the rest."""
 
 
 # ------------------------------------------------------------------------------------------- reference
@@ -363,7 +369,13 @@ def build_mix(cfg: MixConfig) -> dict:
     deadline = t0 + 60 * cfg.max_minutes if cfg.max_minutes else None
     ref = measure_reference(dataset.load_csv(cfg.like, skip_bad=True), cfg.categories) if cfg.like else None
     shares = {c: ref.shares[c] for c in cfg.categories} if ref else {c: 1.0 for c in cfg.categories}
-    quotas = allocate(cfg.n, shares, cfg.floor)
+    unknown = set(cfg.shares) - set(cfg.categories)
+    if unknown or any(v < 0 for v in cfg.shares.values()) or not 0 <= cfg.drill_share < 1:
+        raise ValueError(f"mix shares: unknown categories {sorted(unknown)} or a negative share in "
+                         f"{cfg.shares}, or drill_share {cfg.drill_share} not in [0, 1)")
+    shares.update(cfg.shares)
+    n_drills = round(cfg.n * cfg.drill_share)
+    quotas = allocate(cfg.n - n_drills, shares, cfg.floor)
     cells = _cells(cfg, ref, quotas)
     _REF_KEYS = ref.keys if ref else set()
 
@@ -424,6 +436,8 @@ def build_mix(cfg: MixConfig) -> dict:
         progress.update(task, completed=sum(len(v) for v in kept.values()))
 
     rows = [r for cell in cells for r in kept[cell]]
+    drills = drill_component(n_drills, cfg.seed)
+    rows += drills
     by_cat = {c: sum(len(kept[cell]) for cell in cells if cell[0] == c) for c in cfg.categories}
     random.Random(cfg.seed).shuffle(rows)
     write_jsonl(out, rows)
@@ -444,6 +458,7 @@ def build_mix(cfg: MixConfig) -> dict:
         "worker_seconds": {c: round(cpu[c], 1) for c in cfg.categories},
         "shares_reference": ref.shares if ref else None,
         "funnel": {c: dict(sorted(f.items())) for c, f in funnel.items()},
+        "drills": drill_stats(drills, rows),
         "wrong_deduced": sum(f["wrong_deduced"] for f in funnel.values()),
         "notable_failures": {c: v for c, v in notable.items() if v},
         "config": dataclasses.asdict(cfg),
@@ -454,6 +469,36 @@ def build_mix(cfg: MixConfig) -> dict:
             f.unlink()
         shard_dir.rmdir()
     return summary
+
+
+def drill_component(n: int, seed: int) -> list[dict]:
+    """``n`` SFT rows that teach the cryptarithm catalog (signature -> candidates): equations rows with
+    feature ``drill`` (family "drill"); the completion is the recalled entry, boxed like any row (the
+    answer is the candidate count)."""
+    if n <= 0:
+        return []
+    from puzzles import cryptarithm
+
+    rows = []
+    for prompt, body in cryptarithm.drill_rows(n, seed):
+        answer = body.split(": ", 2)[1].split(" ")[0]
+        puzzle = Puzzle(id=f"drill-{prompt_key(prompt)[:12]}", category="equations", prompt=prompt,
+                        examples=[], query=None, answer=answer, features={"family": "drill"})
+        rows.append(sft_row(puzzle, completion(body, answer), "solver", "deduced", drill=True))
+    return rows
+
+
+def drill_stats(drills: list[dict], rows: list[dict]) -> dict:
+    """Drill rows, the catalog's size, and the drills' share of the mix's completion tokens (chars / 4)."""
+    if not drills:
+        return {"rows": 0}
+    from puzzles import cryptarithm
+
+    cat = cryptarithm.catalog()
+    total = sum(len(r["completion"]) for r in rows) or 1
+    return {"rows": len(drills), "catalog_signatures": len(cat),
+            "catalog_candidates": sum(len(v) for v in cat.values()),
+            "token_share": round(sum(len(r["completion"]) for r in drills) / total, 4)}
 
 
 class _RateProgress:

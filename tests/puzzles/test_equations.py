@@ -205,3 +205,56 @@ def test_deduce_only_keeps_exactly_the_deduced_answers():
         else:
             assert fast is None, (p.prompt, full, fast)
     assert deduced >= 50
+
+
+# ---------------------------------------------------------------- rule prior, families, audit
+
+
+def test_unseen_operator_guess_avoids_families_other_glyphs_use():
+    from puzzles.equations import FAMILY, Rule, render
+
+    rule = Rule(True, "add")
+    exs = [(lhs, rule.apply(lhs)) for lhs in ("12+34", "56+21", "40+33")]
+    p = E.parse(render(exs, "23*45"))
+    sol = E.solve(p)
+    assert sol.status == "guessed" and FAMILY[sol.steps["rule"].op] != "add"
+
+
+def _numeric_deduced(n: int):
+    rng = random.Random(5)
+    out = []
+    while len(out) < n:
+        g = E.generate(rng, {"family": "numeric"})
+        p = E.parse(g.prompt)
+        sol = E.solve(p)
+        if sol and sol.status == "deduced":
+            out.append((p, E.trace(p, sol)))
+    return out
+
+
+def test_numeric_traces_audit_clean_and_a_tampered_digit_is_a_leap():
+    for p, text in _numeric_deduced(20):
+        steps = E.audit(p, text)
+        assert all(s.derived for s in steps), [s.text for s in steps if not s.derived]
+        assert {"verify", "arithmetic"} <= {s.kind for s in steps}
+    p, text = _numeric_deduced(1)[0]
+    line = next(s for s in E.audit(p, text) if s.kind == "arithmetic")
+    tampered = line.text.replace(" = ", " = 1", 1)
+    steps = E.audit(p, text.replace(line.text, tampered))
+    assert [s.line for s in steps if not s.derived] == [line.line]
+
+
+def test_real_deduced_traces_have_no_leaps(train_dev_rows):
+    rows = [r for r in train_dev_rows if "transformation rules is applied to equations" in r["prompt"][:200]]
+    checked = 0
+    for r in rows:
+        p = E.parse(r["prompt"])
+        if p.features["family"] != "numeric":
+            continue  # symbolic recall traces: tests/puzzles/test_cryptarithm.py (the search's are leaps)
+        sol = E.solve(p)
+        if sol is None or sol.status != "deduced":
+            continue
+        text = E.trace(p, sol)
+        checked += 1
+        assert all(s.derived for s in E.audit(p, text)), r["id"]
+    assert checked >= 250

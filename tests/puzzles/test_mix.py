@@ -205,3 +205,15 @@ def test_rows_the_official_metric_would_not_read_are_dropped_and_counted(tmp_pat
     build_mix(MixConfig(n=5, out=str(tmp_path / "ok.jsonl"), categories=("numeral_system",), workers=1,
                         progress=False))
     assert all(check_sft_row(r) is None for r in read_jsonl(tmp_path / "ok.jsonl"))
+
+
+def test_drill_share_and_category_shares(tmp_path):
+    s = build_mix(MixConfig(n=40, out=str(tmp_path / "d.jsonl"), categories=("numeral_system", "cipher"),
+                            workers=1, progress=False, drill_share=0.25, shares={"cipher": 3.0}))
+    rows = read_jsonl(tmp_path / "d.jsonl")
+    drills = [r for r in rows if r["features"].get("drill")]
+    assert len(drills) == 10 and s["drills"]["rows"] == 10 and 0 < s["drills"]["token_share"] < 1
+    assert all(check_sft_row(r) is None and r["completion"].endswith("}") for r in drills)
+    assert s["quotas"] == {"numeral_system": 8, "cipher": 22}  # 30 puzzle rows split 1 : 3
+    with pytest.raises(ValueError, match="unknown categories"):
+        build_mix(MixConfig(n=10, out=str(tmp_path / "x.jsonl"), shares={"bogus": 1.0}, progress=False))

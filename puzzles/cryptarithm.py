@@ -1,0 +1,361 @@
+"""Cryptarithms (symbolic equations) the catalog way: recall, then verify; never search in the trace.
+
+An example line ``!#+$# = #!$`` is normalised to its SIGNATURE: operand and result glyphs renamed A, B, C,
+... in order of first appearance, the operator written ``?`` and a sign mark (the operator glyph in the
+result) written ``-``: ``AB?CB=BAC``. The CATALOG maps a signature to every (rule, digits) that produces
+it: rule = (operation, world, sign style) from the generator's rule space (``puzzles.equations``), digits =
+the digit of A, B, C, ... in order. It is built by code from that rule space (every operand pair 00..99
+under every rule), never from real puzzles, and keeps only signatures with at most ``MAX_CANDIDATES``
+entries: those a model can memorise (the recall drills of ``drill_rows`` teach them).
+
+The trace (``recall_trace``):
+1. writes each example's signature;
+2. takes the example whose catalog entry is shortest, RECALLS its candidates, and for each candidate in
+   turn binds the glyphs and VERIFIES the other examples: an example whose operands are all bound is
+   computed (``puzzles.equations`` arithmetic) and its result glyphs checked or bound; otherwise its own
+   catalog entry is recalled and filtered by the bound digits (one nesting level, bounded lines);
+3. decodes the query with the surviving binding and writes the answer in glyphs.
+A puzzle whose trace cannot get there within ``MAX_LINES`` verification lines (or whose examples are not in
+the catalog) is not trace-teachable; the CPU search (``puzzles.equations.solve_symbolic``) still answers it
+and checks every trace's answer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import random
+
+from puzzles.base import Puzzle
+from puzzles.equations import ALL_RULES, FAMILY, OP_BY_NAME, Rule, _arith_text
+
+MAX_CANDIDATES = 24  # catalog entries per signature a model is asked to memorise (drilled)
+MAX_LINES = 80  # verification lines a trace may spend (p99 ~3k tokens, far under the budget)
+JOINS = ("cat", "rcat")
+FILTERED_RECALL = True  # also recall long entries where the digits bound so far leave <= MAX_CANDIDATES
+LETTERS = "ABCDEFGHIJ"
+
+
+def signature(lhs: str, rhs: str) -> str:
+    """``AB?CD=EF``: glyphs renamed by first appearance; the operator ``?``, a sign mark in the result ``-``."""
+    g = lhs[2]
+    names: dict[str, str] = {}
+    out = []
+    for i, c in enumerate(lhs + "=" + rhs):
+        if i == 2:
+            out.append("?")
+        elif c == "=" and i == 5:
+            out.append("=")
+        elif c == g and i > 5:
+            out.append("-")
+        else:
+            out.append(names.setdefault(c, LETTERS[len(names)] if len(names) < 10 else "#"))
+    return "".join(out)
+
+
+def glyph_order(lhs: str, rhs: str) -> list[str]:
+    """The example's digit glyphs in signature-letter order (A first)."""
+    g = lhs[2]
+    return list(dict.fromkeys(c for c in lhs[:2] + lhs[3:] + rhs if c != g))
+
+
+def rule_text(r: Rule) -> str:
+    world = "reversed" if r.rev else "plain"
+    sign = "" if not r.can_be_negative() else (", sign after" if r.sign.endswith("post") else ", sign before")
+    return f"{world} {OP_BY_NAME[r.op].text}{sign}"
+
+
+@functools.lru_cache(maxsize=1)
+def catalog() -> dict[str, tuple[tuple[Rule, str], ...]]:
+    """signature -> ((rule, digits of A, B, C...), ...) for every signature with at most MAX_CANDIDATES
+    entries: the part of ``full_table`` a model memorises."""
+    return {s: v for s, v in full_table().items() if len(v) <= MAX_CANDIDATES}
+
+
+@functools.lru_cache(maxsize=1)
+def full_table() -> dict[str, tuple[tuple[Rule, str], ...]]:
+    """signature -> every (rule, digits of A, B, C...) producing it, over the whole rule space. Joins copy
+    glyphs whatever the digits, so they enter once per signature with digits "". Deterministic: rules in
+    ALL_RULES order, operand pairs ascending (~7 s, cached)."""
+    full: dict[str, list[tuple[Rule, str]]] = {}
+    for r in ALL_RULES:
+        for a in range(100):
+            for b in range(100):
+                lhs = f"{a:02d}?{b:02d}"
+                rhs = r.apply(lhs)
+                if rhs is None:
+                    continue
+                sig = signature(lhs, rhs)
+                if r.op in JOINS:
+                    entry = (r, "")
+                else:
+                    entry = (r, "".join(glyph_order(lhs, rhs)))
+                lst = full.setdefault(sig, [])
+                if entry not in lst:
+                    lst.append(entry)
+    return {s: tuple(v) for s, v in full.items()}
+
+
+def recall(lhs: str, rhs: str) -> tuple[tuple[Rule, str], ...] | None:
+    """The catalog's candidates for one example (None: the signature has too many to memorise)."""
+    return catalog().get(signature(lhs, rhs))
+
+
+# ---------------------------------------------------------------- the recall-and-verify walk
+
+
+@dataclasses.dataclass
+class Walk:
+    """The trace's state: lines written, glyph -> digit binding, operator glyph -> rule, world."""
+
+    lines: list[str]
+    digit: dict[str, str]
+    rules: dict[str, Rule]
+    rev: bool | None = None
+    budget: int = MAX_LINES
+
+    def spend(self, text: str) -> bool:
+        self.lines.append(text)
+        self.budget -= 1
+        return self.budget > 0
+
+
+def _bind(digit: dict[str, str], glyphs: list[str], digits: str) -> dict[str, str] | None:
+    """The binding extended so ``glyphs`` read ``digits`` (injective), or None on a clash."""
+    out = dict(digit)
+    used = {d: c for c, d in out.items()}
+    for c, d in zip(glyphs, digits):
+        if out.get(c, d) != d or used.get(d, c) != c:
+            return None
+        out[c] = d
+        used[d] = c
+    return out
+
+
+def compute(rule: Rule, lhs: str, digit: dict[str, str]) -> tuple[str, str] | None:
+    """(digits-with-sign result, arithmetic text) of a fully bound example under ``rule``."""
+    num = "".join(digit[c] for c in lhs[:2]) + "?" + "".join(digit[c] for c in lhs[3:])
+    x, y = num[:2], num[3:]
+    a, b = (x[::-1], y[::-1]) if rule.rev else (x, y)
+    out = rule.apply(num)
+    if out is None:
+        return None
+    if rule.op in JOINS:
+        return out, f"join -> {out}"
+    text = f"a={a}, b={b}: {_arith_text(rule.op, int(a), int(b))}"
+    if rule.rev:
+        text += f"; written right to left -> {out.replace('?', '-')}"
+    return out, text
+
+
+def _check_result(out: str, rhs: str, g: str, digit: dict[str, str]) -> dict[str, str] | None:
+    """Match a computed result (sign mark ``?``) against the example's glyphs; binds new result glyphs."""
+    if len(out) != len(rhs):
+        return None
+    glyphs, digits = [], ""
+    for o, c in zip(out, rhs):
+        if o == "?":
+            if c != g:
+                return None
+            continue
+        if c == g:
+            return None
+        glyphs.append(c)
+        digits += o
+    return _bind(digit, glyphs, digits)
+
+
+def _fits(cand: tuple[Rule, str], lhs: str, rhs: str, walk: Walk) -> dict[str, str] | None:
+    """The binding after accepting one recalled candidate for an example (None: it clashes)."""
+    r, digits = cand
+    g = lhs[2]
+    if walk.rev is not None and r.rev != walk.rev:
+        return None
+    if g in walk.rules and walk.rules[g] != r:
+        return None
+    if any(FAMILY[o.op] == FAMILY[r.op] for h, o in walk.rules.items() if h != g):
+        return None
+    if r.op in JOINS:
+        return dict(walk.digit)
+    return _bind(walk.digit, glyph_order(lhs, rhs), digits)
+
+
+def _verify(walk: Walk, todo: list[tuple[str, str]]) -> Walk | None:
+    """Verify the remaining examples under the walk's binding, most determined first; recall a catalog
+    entry where an example is not yet computable. Returns the finished walk or None (dead end)."""
+    if not todo:
+        return walk
+    # An example whose operator is known and operands all bound is computed, no recall needed.
+    for i, (lhs, rhs) in enumerate(todo):
+        g = lhs[2]
+        if g in walk.rules and all(c in walk.digit for c in lhs[:2] + lhs[3:]):
+            res = compute(walk.rules[g], lhs, walk.digit)
+            digit = _check_result(res[0], rhs, g, walk.digit) if res else None
+            ok = digit is not None
+            if not walk.spend(f"  check {lhs} = {rhs}: {_decoded(lhs, walk.digit)}; {res[1] if res else 'undefined'}"
+                              f" -> {'fits' if ok else 'does not fit'}"):
+                return None
+            if not ok:
+                return None
+            walk.digit = digit
+            return _verify(walk, todo[:i] + todo[i + 1 :])
+    # An example with bound operands but an operator not met yet: every rule of the world is computed.
+    for i, (lhs, rhs) in enumerate(todo):
+        g = lhs[2]
+        if g not in walk.rules and all(c in walk.digit for c in lhs[:2] + lhs[3:]):
+            return _enumerate(walk, todo, i)
+    # Else recall the example whose catalog entry leaves the fewest candidates.
+    best = None
+    for i, (lhs, rhs) in enumerate(todo):
+        cands = recall(lhs, rhs)
+        if cands is None and FILTERED_RECALL and walk.digit:
+            # A long entry, recalled only where the digits bound so far leave few candidates.
+            cands = tuple(c for c in full_table()[signature(lhs, rhs)] if _fits(c, lhs, rhs, walk) is not None)
+            if len(cands) > MAX_CANDIDATES:
+                continue
+        if cands is None:
+            continue
+        alive = [c for c in cands if _fits(c, lhs, rhs, walk) is not None]
+        if best is None or len(alive) < len(best[2]):
+            best = (i, cands, alive)
+    if best is None:
+        return None  # nothing computable and nothing recallable: not teachable
+    i, cands, alive = best
+    lhs, rhs = todo[i]
+    if not walk.spend(f"  {lhs} = {rhs}: signature {signature(lhs, rhs)}, recall {_cands_text(cands)}; "
+                      f"{len(alive)} agree with the digits so far"):
+        return None
+    for cand in alive:
+        trial = Walk(list(walk.lines), _fits(cand, lhs, rhs, walk), {**walk.rules, lhs[2]: cand[0]},
+                     cand[0].rev, walk.budget)
+        if not trial.spend(f"  try {_cand_text(cand)} for {lhs} = {rhs}"):
+            return None
+        done = _verify(trial, todo[:i] + todo[i + 1 :])
+        if done is not None:
+            return done
+        walk.budget = trial.budget
+        walk.lines = trial.lines + [f"  {_cand_text(cand)} fails"]
+    return None
+
+
+def _enumerate(walk: Walk, todo: list[tuple[str, str]], i: int) -> Walk | None:
+    """Compute every rule (of the walk's world, families not used by other operators) on an example whose
+    operands are bound; branch over the rules whose result fits."""
+    lhs, rhs = todo[i]
+    g = lhs[2]
+    used = {FAMILY[r.op] for h, r in walk.rules.items() if h != g}
+    shown, fits = [], []
+    for r in ALL_RULES:
+        if (walk.rev is not None and r.rev != walk.rev) or FAMILY[r.op] in used:
+            continue
+        res = compute(r, lhs, walk.digit)
+        digit = _check_result(res[0], rhs, g, walk.digit) if res else None
+        if res and (not r.can_be_negative() or r.sign == "gpre" or "?" in res[0]):
+            shown.append(f"{rule_text(r)} -> {res[0].replace('?', '-')} {'fits' if digit is not None else 'no'}")
+        if digit is not None:
+            fits.append((r, digit))
+    if not walk.spend(f"  {lhs} = {rhs}: {_decoded(lhs, walk.digit)}, operator '{g}' is new; " + ", ".join(shown)):
+        return None
+    for r, digit in fits:
+        trial = Walk(list(walk.lines), digit, {**walk.rules, g: r}, r.rev, walk.budget)
+        if not trial.spend(f"  try {rule_text(r)} for '{g}'"):
+            return None
+        done = _verify(trial, todo[:i] + todo[i + 1 :])
+        if done is not None:
+            return done
+        walk.budget = trial.budget
+        walk.lines = trial.lines + [f"  {rule_text(r)} fails"]
+    return None
+
+
+def _decoded(lhs: str, digit: dict[str, str]) -> str:
+    return "".join(digit.get(c, c) for c in lhs[:2]) + lhs[2] + "".join(digit.get(c, c) for c in lhs[3:])
+
+
+def _cand_text(cand: tuple[Rule, str]) -> str:
+    r, digits = cand
+    if r.op in JOINS:
+        return rule_text(r)
+    return f"{rule_text(r)} with " + " ".join(f"{L}={d}" for L, d in zip(LETTERS, digits))
+
+
+def _cands_text(cands) -> str:
+    return "[" + "; ".join(_cand_text(c) for c in cands) + "]"
+
+
+@dataclasses.dataclass
+class RecallResult:
+    answer: str | None  # None: the walk did not reach an answer (not trace-teachable)
+    reasoning: str
+    status: str = "deduced"  # "guessed" when the query operator never appears in the examples
+
+
+def recall_trace(puzzle: Puzzle) -> RecallResult:
+    """The recall-and-verify trace of a symbolic puzzle (see the module doc)."""
+    lines = [INTRO, "", "Signatures:"]
+    for lhs, rhs in puzzle.examples:
+        lines.append(f"  {lhs} = {rhs}: {signature(lhs, rhs)}")
+    lines.append("Recall and verify:")
+    walk = _verify(Walk(lines, {}, {}), list(puzzle.examples))
+    if walk is None:
+        return RecallResult(None, "\n".join(lines))
+    q = puzzle.query
+    g = q[2]
+    rule = walk.rules.get(g)
+    if rule is None:
+        return RecallResult(None, "\n".join(walk.lines))
+    missing = [c for c in q[:2] + q[3:] if c not in walk.digit]
+    if missing and rule.op not in JOINS:
+        return RecallResult(None, "\n".join(walk.lines))
+    walk.lines.append("Digits: " + ", ".join(f"{c}={d}" for c, d in sorted(walk.digit.items(), key=lambda t: t[1])))
+    if rule.op in JOINS:
+        x, y = q[:2], q[3:]
+        answer = (x + y) if (rule.op == "cat") != rule.rev else (y + x)
+        walk.lines.append(f"Query {q}: '{g}' is {rule_text(rule)}, copying the symbols -> {answer}")
+    else:
+        res = compute(rule, q, walk.digit)
+        if res is None:
+            return RecallResult(None, "\n".join(walk.lines))
+        out, text = res
+        inverse = {d: c for c, d in walk.digit.items()}
+        if any(d != "?" and d not in inverse for d in out):
+            return RecallResult(None, "\n".join(walk.lines))
+        answer = "".join(g if d == "?" else inverse[d] for d in out)
+        walk.lines.append(f"Query {q}: '{g}' is {rule_text(rule)}; {_decoded(q, walk.digit)}; {text}")
+        walk.lines.append("Back to symbols: " + " ".join(f"{d}={g if d == '?' else inverse[d]}" for d in out))
+    walk.lines.append(f"Answer: {answer}")
+    return RecallResult(answer, "\n".join(walk.lines))
+
+
+INTRO = (
+    "Each symbol stands for one digit (different symbols, different digits); the middle symbol is the "
+    "operator. Each example's signature (symbols renamed A, B, C... in order, '?' the operator, '-' a sign "
+    "mark) is recalled from the catalog; candidates are verified against the other examples."
+)
+
+
+# ---------------------------------------------------------------- drills: teach the catalog
+
+
+def drill_text(sig: str) -> tuple[str, str]:
+    """(prompt, completion reasoning) of one recall drill row for a catalog signature."""
+    cands = catalog()[sig]
+    prompt = (
+        "In Alice's Wonderland, cryptarithm equations are normalised to signatures. "
+        f"Recall the catalog entry for the signature: {sig}"
+    )
+    body = f"Signature {sig}: {len(cands)} candidate(s): " + "; ".join(_cand_text(c) for c in cands)
+    return prompt, body
+
+
+def drill_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """``n`` drill rows (prompt, reasoning), cycling through the catalog in a seeded shuffle so every
+    entry appears before any repeats."""
+    sigs = sorted(catalog())
+    rng = random.Random(seed)
+    out = []
+    while len(out) < n:
+        order = list(sigs)
+        rng.shuffle(order)
+        out.extend(drill_text(s) for s in order[: n - len(out)])
+    return out
