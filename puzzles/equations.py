@@ -14,7 +14,10 @@ itself) before or after the digits.
 Symbolic solving is exhaustive over decodings (world, operation per operator glyph, injective glyph -> digit
 map), so a single answer across all of them is a deduction. Each example is matched by looking its glyph
 shape up in a per-operation table of all 10,000 operand pairs, the most constrained example first: real
-puzzles take ~10 ms at the median, ~0.2 s at p95 (2 s cap).
+puzzles take ~10 ms at the median, ~0.2 s at p95 (2 s cap). That search is the CHECKER of symbolic traces:
+``trace`` writes the catalog recall-and-verify trace of ``puzzles.cryptarithm`` wherever it reaches the
+search's deduced answer. Numeric guesses are ranked by ``RULE_PRIOR`` with one operation family per prompt.
+``audit(puzzle, reasoning)`` re-derives the traces' arithmetic, op-by-op claims, signatures and recalls.
 """
 
 from __future__ import annotations
