@@ -61,6 +61,8 @@ def model_dir(layers: int, root: Path, tiny: bool = False) -> Path:
         cfg = tiny_config(len(tok), layers_block_type=slice_layers(str(layers)), **special)
     else:
         cfg = slice_config(slice_layers(str(layers)), **special)
+    cfg.architectures = ["NemotronHForCausalLM"]  # vLLM picks the model class from this (save_pretrained of a
+    # bare config writes none, and vLLM then takes the folder for a pooling model)
     cfg.save_pretrained(out)
     tok.save_pretrained(out)
     return out

@@ -42,7 +42,10 @@ step() {
     sft-long) run_step sft-long 900 python3 bench/sft_throughput.py --shapes 4x2048 --warmup 1 --steps 3 \
       --timeout 280 --variants fastnemo,trl,unsloth16,unsloth4 --json "$L/sft-long.json" --log-dir "$L/sft-long-logs" ;;
     # vLLM 0.26 (staged from .wheels/v1..v3) and the full 52-layer model under the 79.2 GiB cap
-    vllm-tests) run_step vllm-tests 560 python3 -m pytest -m gpu tests/fastnemo/test_gpu.py -q -s -k vllm ;;
+    # one process per engine: vLLM's sleep-mode allocator serves one engine per process
+    vllm-tests) run_step vllm-tests 560 python3 -m pytest -m gpu tests/fastnemo/test_gpu.py -q -s -k "vllm and merge" ;;
+    vllm-tests-lora) run_step vllm-tests-lora 400 python3 -m pytest -m gpu tests/fastnemo/test_gpu.py -q -s \
+      -k "vllm and lora" ;;
     lora-tests) run_step lora-tests 500 python3 -m pytest -m gpu tests/fastnemo/test_gpu_lora.py -q -s ;;
     full-vllm) run_step full-vllm 560 python3 bench/device/fullsize.py vllm --results "$L/records.jsonl" ;;
     full-hf) run_step full-hf 560 python3 bench/device/fullsize.py hf --results "$L/records.jsonl" ;;
