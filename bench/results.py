@@ -67,6 +67,7 @@ def find(records: list[dict], rec_id: str) -> dict:
 
 BEGIN, END = "<!-- results:begin (python bench/results.py readme) -->", "<!-- results:end -->"
 COLUMNS = ("variant", "engine", "backend", "layers", "batch", "prompt_len", "new_tokens", "tok_s", "peak_gib",
+           "sleep_s", "wake_s", "freed_gib",
            "memory_cap_gib", "date", "source")
 
 

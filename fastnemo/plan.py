@@ -404,14 +404,19 @@ plan_command = _plan_click()
 # Rates behind the time plan, each with where it comes from. Replace them with bench/ numbers from your card.
 # "Measured" = on the H200 test machine (bench/README.md, GPU results) on a real-width 4-layer slice (M E A E),
 # scaled to the 52 layers by 4/52; an H100 has the same compute and ~70 % of the H200's memory bandwidth.
+# Measured rates: each names its record in bench/results/*.jsonl (id, date); tests/bench/test_results.py
+# checks every value against its record. H200 under a 79.2 GiB cap: decode-bound figures are ~1.4x an H100's.
 RATES = {
-    "train_tok_s_hf": (6_500, ("SFT tokens/s, full model, hf backend (transformers + PEFT, grouped_mm, Mamba "
-                              "kernels, TRL fused LM head): 85k measured on the slice at 8k tokens a step")),
-    "train_tok_s_unsloth": (8_800, "the same with the unsloth backend (16-bit): 114k measured on the slice"),
-    "vllm_tok_s": (3_500, ("vLLM decode tokens/s at 64 sequences: H100 bandwidth / ~58 GB of weights read per "
-                          "step (64 x top-6 routing touches nearly every expert); an estimate, unmeasured")),
-    "hf_tok_s": (230, ("transformers generate tokens/s at 64 sequences: 2,977 measured on the slice (21.5 ms a "
-                      "decode step, launch-bound, so it grows with the layers)")),
+    "train_tok_s_hf": (998, ("SFT tokens/s, full model, hf backend, batch 1 at 880-token rows: record "
+                            "full-sft-fastnemo-batch1, 2026-12-01")),
+    "train_tok_s_hf_budget": (9_358, ("the same with sft.token_budget = 16384 (length-grouped batches): record "
+                                     "full-sft-budget16384, 2026-12-01")),
+    "train_tok_s_unsloth": (998, ("no full-size record for the unsloth backend (its loader needs the weights on "
+                                 "disk): the hf batch-1 record full-sft-fastnemo-batch1, 2026-12-01")),
+    "vllm_tok_s": (9_042, ("vLLM 0.26 tokens/s, LoRA r32, 32 prompts x 8 samples, T 0.7, 1,024 new tokens: record "
+                          "full-vllm-distill, 2026-12-01")),
+    "hf_tok_s": (496, ("transformers generate through the hf engine, 64 sequences, greedy: record full-hf-engine, "
+                      "2026-12-01")),
     "build_rows_s": (250, "data build rows/s on 2 CPU cores (bench: puzzles/mix.py)"),
 }
 SFT_ROW_TOKENS = 900  # prompt + solver trace, mean over the reference mix (bench/traces.py, tiny tokenizer)
@@ -422,6 +427,8 @@ def time_plan(recipe) -> list[tuple[str, float, str]]:
     """(stage, hours, how) for one round of ``recipe``'s stages, from RATES."""
     gen_rate = RATES["vllm_tok_s" if recipe.generation.engine == "vllm" else "hf_tok_s"][0]
     train_rate = RATES[f"train_tok_s_{recipe.model.backend}"][0]
+    if recipe.model.backend == "hf" and getattr(recipe.sft, "token_budget", 0):
+        train_rate = RATES["train_tok_s_hf_budget"][0]
     distills = "distill" in recipe.stages
     if distills:  # verified traces (~half the prompts at a mid-training pass rate) + the carried share
         rows = recipe.distill.prompts * 0.5 * recipe.distill.keep * (1 + recipe.distill.carry_share)
