@@ -199,6 +199,10 @@ class GenerationConfig(Section):
     gpu_memory_utilization: float = key(0.35, "vLLM's share of GPU memory when colocated with training.",
                                         gt=0.0, le=1.0)
     max_model_len: int = key(8192, "vLLM's longest prompt + completion, in tokens.", ge=1)
+    weight_sync: Literal["merge", "lora"] = key(
+        "merge", "How a plain-vLLM engine (backend \"hf\") gets the trained LoRA: \"merge\" sends every weight "
+        "with the LoRA merged in, from memory; \"lora\" writes the adapter and serves it as a vLLM LoRA (both "
+        "checked on the GPU lane: greedy agreement, sync, sleep/wake). Unsloth's engine shares the weights.")
 
 
 @dataclasses.dataclass

@@ -30,5 +30,5 @@ def make_engine(name: str, session) -> Engine:
     if name == "vllm":
         from fastnemo.engines.vllm import VLLMEngine
 
-        return VLLMEngine(session, session.gen_cfg)
+        return VLLMEngine(session, session.gen_cfg, weight_sync=session.gen_cfg.weight_sync)
     raise ValueError(f"generation.engine: unknown engine {name!r} (expected 'hf' or 'vllm')")
