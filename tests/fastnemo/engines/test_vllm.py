@@ -19,7 +19,10 @@ from fastnemo.engines.hf import HFEngine
 from fastnemo.engines.vllm import VLLMEngine
 from fastnemo.session import ModelSession
 
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+# fastnemo's config takes only the modules vLLM serves for nemotron_h (no gate_proj there); the Llama's
+# fused layers are still rebuilt from parts on every sync: q/k/v -> qkv_proj, and gate_proj (sent unchanged,
+# since every weight is sent) + up_proj -> gate_up_proj.
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj", "down_proj"]
 PUZZLES = ["In Alice's Wonderland, 0101 becomes 1010.", "Decrypt: xyz abc", "Convert 12.5 m to wonder units"]
 GREEDY = SamplingConfig(n=1, temperature=0.0, max_tokens=8)
 
