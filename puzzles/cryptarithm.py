@@ -225,17 +225,9 @@ def _verify(walk: Walk, todo: list[tuple[str, str]]) -> Walk | None:
     if not walk.spend(f"  {lhs} = {rhs}: signature {signature(lhs, rhs)}, recall {_cands_text(cands)}; "
                       f"{len(alive)} agree with the digits so far"):
         return None
-    for cand in alive:
-        trial = Walk(list(walk.lines), _fits(cand, lhs, rhs, walk), {**walk.rules, lhs[2]: cand[0]},
-                     cand[0].rev, walk.budget)
-        if not trial.spend(f"  try {_cand_text(cand)} for {lhs} = {rhs}"):
-            return None
-        done = _verify(trial, todo[:i] + todo[i + 1 :])
-        if done is not None:
-            return done
-        walk.budget = trial.budget
-        walk.lines = trial.lines + [f"  {_cand_text(cand)} fails"]
-    return None
+    return _branch(walk, todo, i, [
+        (_cand_text(cand), f" for {lhs} = {rhs}", _fits(cand, lhs, rhs, walk), {**walk.rules, lhs[2]: cand[0]},
+         cand[0].rev) for cand in alive])
 
 
 def _enumerate(walk: Walk, todo: list[tuple[str, str]], i: int) -> Walk | None:
@@ -256,15 +248,22 @@ def _enumerate(walk: Walk, todo: list[tuple[str, str]], i: int) -> Walk | None:
             fits.append((r, digit))
     if not walk.spend(f"  {lhs} = {rhs}: {_decoded(lhs, walk.digit)}, operator '{g}' is new; " + ", ".join(shown)):
         return None
-    for r, digit in fits:
-        trial = Walk(list(walk.lines), digit, {**walk.rules, g: r}, r.rev, walk.budget)
-        if not trial.spend(f"  try {rule_text(r)} for '{g}'"):
+    return _branch(walk, todo, i, [(rule_text(r), f" for '{g}'", digit, {**walk.rules, g: r}, r.rev)
+                                   for r, digit in fits])
+
+
+def _branch(walk: Walk, todo: list[tuple[str, str]], i: int, options: list[tuple]) -> Walk | None:
+    """Try each option (name, where, digits, rules, reading direction) in turn: verify the other examples
+    under it; the first that verifies wins, a failed one is written down and its spent budget carried on."""
+    for name, where, digit, rules, rev in options:
+        trial = Walk(list(walk.lines), digit, rules, rev, walk.budget)
+        if not trial.spend(f"  try {name}{where}"):
             return None
         done = _verify(trial, todo[:i] + todo[i + 1 :])
         if done is not None:
             return done
         walk.budget = trial.budget
-        walk.lines = trial.lines + [f"  {rule_text(r)} fails"]
+        walk.lines = trial.lines + [f"  {name} fails"]
     return None
 
 
