@@ -30,3 +30,13 @@ def tiny_session(tiny_model_dir):
         LoraConfig(rank=4, alpha=8),
         GenerationConfig(engine="hf", batch_size=8),
     )
+
+
+@pytest.fixture(scope="session")
+def slice_dir(tmp_path_factory):
+    """A real-width random slice of Nemotron-3-Nano (Mamba, MoE, attention) for the GPU tests, built once a
+    session for every GPU module (bench.common builds the bench's slices the same way)."""
+    from bench.common import build_slice_model
+
+    return build_slice_model(tmp_path_factory.mktemp("models") / "slice",
+                             ["linear_attention", "moe", "full_attention"])

@@ -19,16 +19,6 @@ pytestmark = [
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-LAYERS = ["linear_attention", "moe", "full_attention"]
-
-
-@pytest.fixture(scope="module")
-def slice_dir(tmp_path_factory):
-    from bench.common import build_slice_model
-
-    return build_slice_model(tmp_path_factory.mktemp("models") / "slice", LAYERS)
-
-
 def _load(path, four_bit: bool, adapter=None, targets=None):
     from fastnemo import unsloth_backend
     from fastnemo.config import DEFAULT_TARGETS, LoraConfig, ModelConfig

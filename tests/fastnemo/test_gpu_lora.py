@@ -22,16 +22,6 @@ pytestmark = [
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-LAYERS = ["linear_attention", "moe", "full_attention"]
-
-
-@pytest.fixture(scope="module")
-def slice_dir(tmp_path_factory):
-    from bench.common import build_slice_model
-
-    return build_slice_model(tmp_path_factory.mktemp("models") / "slice", LAYERS)
-
-
 def _session(path, targets, experts):
     from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig
     from fastnemo.session import ModelSession
