@@ -295,7 +295,10 @@ def train(session, recipe: Recipe, out_dir: Path, prompts_path: Path | None = No
                            server_args=rollout_server_args(recipe))
     session.engine.wake()
     t0 = time.time()
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(ckpt))
+    from fastnemo.lora import lean_checkpoints
+
+    with lean_checkpoints(session.model):
+        result = trainer.train(resume_from_checkpoint=last_checkpoint(ckpt))
     session.engine.sync_weights()
     steps = [r for r in history if "reward" in r]
     last = steps[-max(1, len(steps) // 5):]  # the last fifth of training: what the policy reached

@@ -139,6 +139,23 @@ def trl_accepts_lm_head(model):
         del model.get_output_embeddings
 
 
+@contextlib.contextmanager
+def lean_checkpoints(model):
+    """The Trainer's checkpoints carry the LoRA tensors only. With lm_head a target, PEFT's default
+    ``save_embedding_layers="auto"`` would also write the frozen base lm_head (700 MB at the released vocab
+    and width) into every checkpoint; it is never trained, so resuming does not need it."""
+    own = model.__dict__.get("save_pretrained")  # a backend (Unsloth) may have patched the instance
+    save = model.save_pretrained
+    model.save_pretrained = lambda *a, **kw: save(*a, **{"save_embedding_layers": False, **kw})
+    try:
+        yield
+    finally:
+        if own is None:
+            del model.save_pretrained
+        else:
+            model.save_pretrained = own
+
+
 # ------------------------------------------------------------------------------------------------ out_proj
 
 _OUT_PROJS: dict[int, torch.nn.Module] = {}  # id(out_proj.base_layer.weight) -> the PEFT lora.Linear

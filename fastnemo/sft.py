@@ -113,7 +113,10 @@ def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 
     engine = session.started_engine
     if engine:
         engine.sleep()  # a colocated vLLM hands its memory back while the trainer runs
-    result = trainer.train(resume_from_checkpoint=last_checkpoint(out_dir))
+    from fastnemo.lora import lean_checkpoints
+
+    with lean_checkpoints(session.model):
+        result = trainer.train(resume_from_checkpoint=last_checkpoint(out_dir))
     if engine:
         engine.wake()
         engine.sync_weights()

@@ -185,14 +185,16 @@ def run_vllm(args) -> None:
 # -------------------------------------------------------------------------------------- transformers / SFT
 
 
-def build_model(path: Path, targets: list[str], train_experts: bool = False):
-    """The full model on the GPU from its config (random init), LoRA r32 on ``targets``, as a ModelSession."""
+def build_model(path: Path, targets: list[str], train_experts: bool = False, levers: bool = False):
+    """The full model on the GPU from its config (random init), LoRA r32 on ``targets``, as a ModelSession.
+    ``levers``: the memory levers of ``fastnemo plan`` that training implements (``lora.bf16_weights``: LoRA
+    weights and grads in bf16; ``lora.optimizer_8bit``: bitsandbytes' 8-bit AdamW, read by ``sft.train``)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from fastnemo import lora
-    from fastnemo.config import GenerationConfig, ModelConfig
+    from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig
     from fastnemo.session import ModelSession
 
     torch.manual_seed(0)
@@ -202,11 +204,14 @@ def build_model(path: Path, targets: list[str], train_experts: bool = False):
     peft_cfg = PeftLoraConfig(r=32, lora_alpha=32, target_modules=list(targets), task_type="CAUSAL_LM",
                               target_parameters=list(lora.EXPERT_PARAMETERS) if train_experts else None)
     with lora.allow_out_proj():  # what session._load_hf does: the same routes for out_proj/lm_head/experts
-        model = get_peft_model(model, peft_cfg)
+        model = get_peft_model(model, peft_cfg, autocast_adapter_dtype=not levers)
     lora.install(model)
     tok = AutoTokenizer.from_pretrained(path)
-    return ModelSession(model, tok, ModelConfig(path=str(path), backend="hf"),
-                        GenerationConfig(engine="hf", batch_size=64), path)
+    session = ModelSession(model, tok, ModelConfig(path=str(path), backend="hf"),
+                           GenerationConfig(engine="hf", batch_size=64), path)
+    session.lora_cfg = LoraConfig(target_modules=list(targets), train_experts=train_experts,
+                                  optimizer_8bit=levers, bf16_weights=levers)
+    return session
 
 
 def gen_records(args, session) -> None:
@@ -361,18 +366,20 @@ def run_hf(args) -> None:
     path = model_dir(args.layers, root, tiny=args.tiny)
     t = time.perf_counter()
     full = args.targets == "full"
-    session = build_model(path, list(FULL_TARGETS if full else DEFAULT_TARGETS), train_experts=full)
+    session = build_model(path, list(FULL_TARGETS if full else DEFAULT_TARGETS), train_experts=full,
+                          levers=args.levers)
     print(f"built {args.layers} layers on the GPU in {time.perf_counter() - t:.1f} s; "
           f"{torch.cuda.memory_allocated() / GIB:.1f} GiB", flush=True)
-    args.targets_name = "full (lm_head, out_proj, routed experts)" if full else "default"
+    args.targets_name = ("full (lm_head, out_proj, routed experts)" if full else "default (winners' 9 modules)") + (
+        " + 8-bit AdamW + bf16 LoRA" if args.levers else "")
     if "gen" in args.parts:
         gen_records(args, session)
     if "sft" in args.parts:
         session.model.train()
         rows = sft_rows(args.sft_rows)
-        tag = "-full" if full else ""
-        runs = [(f"fastnemo-batch1{tag}", 0, False)]
-        if not full:  # plain TRL cannot train lm_head / out_proj / grouped experts (fastnemo.lora's routes)
+        tag = ("-full" if full else "-default9") + ("-levers" if args.levers else "")
+        runs = [] if args.no_batch1 else [(f"fastnemo-batch1{tag}", 0, False)]
+        if not full and not args.skip_trl:  # plain TRL: the same model, its own SFTTrainer
             runs.append(("trl-batch1", 0, True))
         runs += [(f"fastnemo-budget{b}{tag}", b, False) for b in args.budgets]
         for variant, budget, plain in runs:
@@ -403,6 +410,9 @@ def main() -> int:
     ap.add_argument("--parts", default="gen,sft")
     ap.add_argument("--tiny", action="store_true", help="Toy widths (a CPU dry run of the code paths).")
     ap.add_argument("--targets", choices=["default", "full"], default="default")
+    ap.add_argument("--levers", action="store_true", help="8-bit AdamW + bf16 LoRA weights (fastnemo plan's levers)")
+    ap.add_argument("--skip-trl", action="store_true", help="no plain-TRL batch-1 run (already measured)")
+    ap.add_argument("--no-batch1", action="store_true", help="only the token-budget runs")
     args = ap.parse_args()
     (run_vllm if args.what == "vllm" else run_hf)(args)
     return 0

@@ -11,7 +11,7 @@
 # that they fit one 30-minute session with staging): gpu-all probe sft-long rollout phase. Also: gpu-tests,
 # gpu-4bit, sft-8k, sft.
 set -uo pipefail
-L=/tmp/lane
+L=${LANE_DIR:-/tmp/lane}  # a second lane beside the first: LANE_DIR=/tmp/lane2 (its own steps, its own tgz)
 cmd="${1:?usage: lane.sh start [STEP...] | wait SECONDS}"
 shift
 
@@ -47,10 +47,17 @@ step() {
     vllm-tests-lora) run_step vllm-tests-lora 400 python3 -m pytest -m gpu tests/fastnemo/test_gpu.py -q -s \
       -k "vllm and lora" ;;
     lora-tests) run_step lora-tests 500 python3 -m pytest -m gpu tests/fastnemo/test_gpu_lora.py -q -s ;;
+    lora-traces) run_step lora-traces 600 python3 -m pytest -m gpu tests/fastnemo/test_gpu_lora.py \
+      tests/fastnemo/test_trace_score.py -q -s -rs ;;
     full-vllm) run_step full-vllm 560 python3 bench/device/fullsize.py vllm --results "$L/records.jsonl" ;;
     full-hf) run_step full-hf 560 python3 bench/device/fullsize.py hf --results "$L/records.jsonl" ;;
     full-hf-fulltargets) run_step full-hf-fulltargets 400 python3 bench/device/fullsize.py hf --targets full \
       --parts sft --budgets 8192 --sft-steps 4 --results "$L/records.jsonl" ;;
+    full-sft-levers) run_step full-sft-levers 500 python3 bench/device/fullsize.py hf --targets full --levers \
+      --parts sft --budgets 4096,8192 --sft-steps 4 --no-batch1 --results "$L/records.jsonl" ;;
+    full-sft-default) run_step full-sft-default 500 python3 bench/device/fullsize.py hf --parts sft \
+      --budgets 8192,16384 --sft-steps 4 --skip-trl --results "$L/records.jsonl" ;;
+    traces-gpu) run_step traces-gpu 300 python3 -m pytest -m gpu tests/fastnemo/test_trace_score.py -q -s ;;
     score) run_step score 400 python3 bench/device/score_slice.py --results "$L/records.jsonl" ;;
     *) echo "unknown step $1" >>"$L/STATUS" ;;
   esac
@@ -86,7 +93,7 @@ case "$cmd" in
     last=$(ls -t "$L"/*.log 2>/dev/null | head -1)
     [ -n "$last" ] && { echo "--- tail of $last"; tail -n 25 "$last"; }
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader 2>/dev/null
-    tar -czf "${OUT:-/tmp}/lane.tgz" -C "$L" --exclude repo . 2>/dev/null
-    [ -f "$L/records.jsonl" ] && cp "$L/records.jsonl" "${OUT:-/tmp}/records.jsonl"
+    tar -czf "${OUT:-/tmp}/$(basename "$L").tgz" -C "$L" --exclude repo . 2>/dev/null
+    [ -f "$L/records.jsonl" ] && cp "$L/records.jsonl" "${OUT:-/tmp}/$(basename "$L")-records.jsonl"
     ;;
 esac

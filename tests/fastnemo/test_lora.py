@@ -132,6 +132,26 @@ def test_lm_head_adapter_holds_only_its_lora(tiny_model_dir, tmp_path):
     assert not any("base_layer" in k or "embed" in k for k in keys)
 
 
+def test_lm_head_checkpoints_hold_only_lora_and_resume(tiny_model_dir, tmp_path):
+    """The Trainer's checkpoints leave the frozen base lm_head out (PEFT's "auto" would save it whole), and
+    training resumes from them."""
+    from safetensors import safe_open
+
+    s = session(tiny_model_dir, ["q_proj", "lm_head"])
+    cfg = sft_cfg(steps=2)
+    cfg.save_steps = 1
+    sft.train(s, ROWS, cfg, tmp_path / "ck")
+    ckpt = tmp_path / "ck" / "checkpoint-2"
+    with safe_open(ckpt / "adapter_model.safetensors", "pt") as f:
+        keys = list(f.keys())
+    assert "base_model.model.lm_head.lora_B.weight" in keys
+    assert not any("base_layer" in k or "embed" in k or k.endswith("lm_head.weight") for k in keys), keys
+    assert "save_pretrained" not in s.model.__dict__  # the lean save is undone after training
+    cfg.max_steps = 3
+    out = sft.train(s, ROWS, cfg, tmp_path / "ck")
+    assert out["steps"] == 3 and (tmp_path / "ck" / "checkpoint-3").exists()
+
+
 def test_full_target_set_trains_every_target(tiny_model_dir, tmp_path):
     """The winners' set (every servable module, the routed experts included) on the tiny model: after a few
     SFT steps every LoRA tensor has moved."""
