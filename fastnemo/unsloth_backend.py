@@ -11,7 +11,12 @@ unchanged on either. What Unsloth changes for nemotron_h (read from unsloth 2026
   30B weights) stay bf16, and Unsloth keeps the Mamba ``out_proj`` unquantized because the fused Mamba
   kernel reads ``out_proj.weight`` directly. So 4-bit saves little memory on this model.
 - The Mamba ``out_proj`` and ``conv1d`` are read by mamba_ssm's fused kernel as plain weights in training:
-  a LoRA there would be bypassed, which is why neither is in the default targets.
+  fastnemo.lora routes out_proj past the kernel (conv1d stays refused: vLLM does not serve it).
+- lm_head: Unsloth turns an lm_head target into ``modules_to_save`` (a full copy; vLLM rejects it) and its
+  fused CE reads ``lm_head.weight``. fastnemo adds a rank-r LoRA there after Unsloth's setup and wraps the
+  fused loss so it sees ``[W, B]`` (``fastnemo.lora.add_lm_head_lora`` / ``install_unsloth_lm_head_loss``).
+  Unsloth's GRPO loss also reads the weight directly: under DAPO on this backend lm_head's LoRA is not in
+  the log-probs (the hf backend's DAPO, through TRL's fused head, includes it).
 
 Unsloth patches transformers, PEFT and TRL when imported, so the caller should import this module before
 transformers is first imported (``fastnemo.session`` does it when ``model.backend == "unsloth"``).
@@ -25,9 +30,7 @@ from pathlib import Path
 
 import torch
 
-from fastnemo.config import DEFAULT_TARGETS, MAX_LORA_RANK, GenerationConfig, LoraConfig, ModelConfig
-
-UNSLOTH_UNTESTED = ("lm_head", "out_proj")
+from fastnemo.config import MAX_LORA_RANK, GenerationConfig, LoraConfig, ModelConfig
 
 INSTALL_HINT = (
     "pip install 'fastnemo[gpu]' (unsloth, unsloth_zoo, bitsandbytes, mamba-ssm, causal-conv1d); on the H100 "
@@ -119,12 +122,10 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
         adapter = peft_loadable(adapter, Path(tmp.name))
         lora_cfg = saved_lora_config(adapter)
     targets = list(lora_cfg.target_modules)
-    if adapter is None and tuple(targets) == DEFAULT_TARGETS:
-        # the default set: lm_head and out_proj are trained and tested on the hf backend; on Unsloth (which
-        # patches PEFT and may make lm_head a full modules_to_save copy, which vLLM rejects) only when asked
-        targets = [t for t in targets if t not in UNSLOTH_UNTESTED]
-        print(f"unsloth backend: default targets without {list(UNSLOTH_UNTESTED)} (untested on Unsloth; list "
-              "them in lora.target_modules to try, or use model.backend = 'hf')")
+    # Unsloth would make an lm_head target a full trainable copy (modules_to_save); fastnemo adds a LoRA there
+    # itself after Unsloth's setup, and its fused loss is taught to include it (fastnemo.lora)
+    head_lora = "lm_head" in targets
+    targets = [t for t in targets if t != "lm_head"]
     with lora.allow_out_proj():  # fastnemo.lora routes out_proj past the fused kernel
         model = FastLanguageModel.get_peft_model(
             model,
@@ -138,6 +139,8 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
             # None lets Unsloth add the fused experts as target_parameters; [] keeps them frozen
             target_parameters=None if lora_cfg.train_experts else [],
         )
+    if head_lora:
+        lora.add_lm_head_lora(model, lora_cfg.rank, lora_cfg.alpha, fp32=not lora_cfg.bf16_weights)
     if adapter is not None:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -147,6 +150,8 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
             raise ValueError(f"adapter {adapter}: weights the LoRA does not have: {result.unexpected_keys[:3]}")
     tmp.cleanup()
     lora.install(model)  # lm_head through TRL's fused head, out_proj past the fused kernel, grouped experts
+    if head_lora:
+        lora.install_unsloth_lm_head_loss()  # Unsloth's own fused CE (SFT) reads lm_head.weight directly
     return model, tokenizer
 
 
