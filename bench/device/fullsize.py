@@ -2,6 +2,7 @@
 
     python3 bench/device/fullsize.py vllm --results R.jsonl     # vLLM 0.26 from the config (load_format dummy)
     python3 bench/device/fullsize.py hf --results R.jsonl       # transformers generate vs the hf engine, SFT
+    python3 bench/device/fullsize.py unsloth --results R.jsonl  # Unsloth fast_inference, weights in /dev/shm
 
 Why a script of its own: the released model is 59 GiB of bf16 weights and the lane machine has 64 GiB of
 disk, so nothing here is saved. vLLM starts from config.json alone (``load_format="dummy"``) and the
@@ -180,6 +181,71 @@ def run_vllm(args) -> None:
                           note="level 2 drops the weights: the trainer re-sends them (weight_sync merge) after wake")
         results.append(args.results, rec)
         print(json.dumps(rec), flush=True)
+
+
+# ------------------------------------------------------------------------------- Unsloth shared weights
+
+
+def run_unsloth(args) -> None:
+    """Unsloth ``fast_inference``: one copy of the weights, trained by Unsloth and served by its vLLM.
+    Its loader reads weights from disk, so the random full model is saved to ``--weights-dir`` first: by
+    default /dev/shm, a RAM disk (the lane has 64 GiB of disk and 128 GiB of RAM; the bf16 model is 59 GiB)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SamplingConfig
+    from fastnemo.session import ModelSession
+
+    torch.cuda.set_per_process_memory_fraction(min(1.0, CAP_GIB / total_gib()))
+    path = model_dir(args.layers, Path(args.weights_dir))
+    t = time.perf_counter()
+    if not any(path.glob("*.safetensors")):
+        torch.manual_seed(0)
+        with torch.device("cuda"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.bfloat16)
+        model.save_pretrained(path, max_shard_size="5GB")
+        del model
+        _sync_reset()
+    save_s = time.perf_counter() - t
+    util = round(CAP_GIB / total_gib(), 4)
+    t = time.perf_counter()
+    session = ModelSession.load(path, ModelConfig(path=str(path), backend="unsloth", max_seq_length=8192),
+                                LoraConfig(rank=32, alpha=32),
+                                GenerationConfig(engine="vllm", gpu_memory_utilization=util, batch_size=256))
+    texts = [session.tokenizer.decode(p) for p in prompt_ids(session.tokenizer, args.eval_prompts, seed=1)]
+    session.engine.generate(texts[:2], SamplingConfig(max_tokens=8))  # the engine starts on first use
+    load_s = time.perf_counter() - t
+    print(f"saved in {save_s:.0f} s; Unsloth + vLLM loaded and started in {load_s:.0f} s", flush=True)
+    shapes = [("eval", args.eval_prompts, 1, 0.0, args.eval_tokens),
+              ("distill", args.group_prompts, 8, 0.7, args.group_tokens)]
+    for name, n_prompts, n, temp, new in shapes:
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        out = session.engine.generate(texts[:n_prompts], SamplingConfig(n=n, temperature=temp, max_tokens=new))
+        secs = time.perf_counter() - t
+        tokens = sum(c.n_tokens for r in out for c in r)
+        used = (torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]) / GIB
+        rec = base_record("generation", args.layers, variant=f"unsloth-vllm-{name}", engine="vllm",
+                          backend="unsloth fast_inference (vllm 0.26.0)", batch=n_prompts * n, new_tokens=new,
+                          prompt_len=None, tok_s=tokens / secs, peak_gib=used, seconds=secs, tokens=tokens,
+                          temperature=temp, n=n, lora="r32 default targets", load_s=load_s, weights="/dev/shm",
+                          note="shared weights (one copy); no forced lengths: random weights rarely emit EOS; "
+                               "peak = GPU memory in use (vLLM pool + trainer)")
+        results.append(args.results, rec)
+        print(json.dumps(rec), flush=True)
+    free0 = torch.cuda.mem_get_info()[0]
+    t = time.perf_counter()
+    session.engine.sleep()
+    sleep_s = time.perf_counter() - t
+    freed = (torch.cuda.mem_get_info()[0] - free0) / GIB
+    t = time.perf_counter()
+    session.engine.wake()
+    rec = base_record("phase_switch", args.layers, variant="unsloth-vllm-sleep", engine="vllm",
+                      backend="unsloth fast_inference (vllm 0.26.0)", sleep_s=sleep_s,
+                      wake_s=time.perf_counter() - t, freed_gib=freed, engine_start_s=load_s,
+                      note="fastnemo's engine.sleep() on the shared-weights engine (the weights stay: training "
+                           "uses them)")
+    results.append(args.results, rec)
+    print(json.dumps(rec), flush=True)
 
 
 # -------------------------------------------------------------------------------------- transformers / SFT
@@ -395,7 +461,7 @@ def run_hf(args) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["vllm", "hf"])
+    ap.add_argument("what", choices=["vllm", "hf", "unsloth"])
     ap.add_argument("--results", required=True)
     ap.add_argument("--layers", type=int, default=52)
     ap.add_argument("--eval-prompts", type=int, default=128)
@@ -410,11 +476,12 @@ def main() -> int:
     ap.add_argument("--parts", default="gen,sft")
     ap.add_argument("--tiny", action="store_true", help="Toy widths (a CPU dry run of the code paths).")
     ap.add_argument("--targets", choices=["default", "full"], default="default")
+    ap.add_argument("--weights-dir", default="/dev/shm/fullsize", help="unsloth: where the random weights are saved")
     ap.add_argument("--levers", action="store_true", help="8-bit AdamW + bf16 LoRA weights (fastnemo plan's levers)")
     ap.add_argument("--skip-trl", action="store_true", help="no plain-TRL batch-1 run (already measured)")
     ap.add_argument("--no-batch1", action="store_true", help="only the token-budget runs")
     args = ap.parse_args()
-    (run_vllm if args.what == "vllm" else run_hf)(args)
+    {"vllm": run_vllm, "hf": run_hf, "unsloth": run_unsloth}[args.what](args)
     return 0
 
 
