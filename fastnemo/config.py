@@ -161,9 +161,9 @@ class LoraConfig(Section):
                                     "(checked at load).")
     train_experts: bool = key(
         False, "Also put LoRA on all routed experts' up/down_proj (computed per expert on the routed tokens, "
-        "fastnemo.lora; packed as vLLM's per-expert keys). Off by default: ~866 M more LoRA parameters at rank "
-        "32, and `fastnemo plan` puts the winners' set at 79.4 GiB at 1 x 8,192 tokens even with optimizer_8bit "
-        "and bf16_weights (0.2 over a 79.2 GiB card); it fits with both at 4,096 tokens.")
+        "fastnemo.lora; packed as vLLM's per-expert keys): ~866 M more LoRA parameters at rank 32. On the full "
+        "model with optimizer_8bit + bf16_weights and sft.token_budget = 8192 it peaks at 67.6 GiB (measured, "
+        "backend hf; recipes/winners.toml). Off by default: the Unsloth backend's experts path is untested.")
     optimizer_8bit: bool = key(False, "bitsandbytes 8-bit AdamW (GPU): 2 bytes of optimizer state per LoRA "
                                "parameter instead of 8.")
     bf16_weights: bool = key(False, "Keep LoRA weights (and grads) in the model's bf16 instead of PEFT's fp32 "

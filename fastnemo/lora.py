@@ -142,61 +142,6 @@ def trl_accepts_lm_head(model):
         del model.get_output_embeddings
 
 
-def add_lm_head_lora(model, rank: int, alpha: int, fp32: bool = True) -> None:
-    """Put a PEFT LoRA on the lm_head of a PeftModel built without it. Unsloth's get_peft_model turns an
-    lm_head target into a full trainable copy (``modules_to_save``: 700 MB of weights plus their AdamW state,
-    and a zip vLLM rejects); fastnemo trains a rank-r LoRA there instead, saved as ``lm_head.lora_A/B``."""
-    from peft.tuners.lora import Linear as LoraLinear
-
-    base = model.get_base_model()
-    head = base.get_output_embeddings()
-    cfg = model.peft_config["default"]  # dropout, init and scaling rules as for the other targets
-    lora = LoraLinear(head, "default", config=cfg, r=rank, lora_alpha=alpha)
-    if fp32:  # as PEFT's get_peft_model keeps adapters (autocast_adapter_dtype)
-        lora.lora_A.float()
-        lora.lora_B.float()
-    base.set_output_embeddings(lora)
-    if isinstance(cfg.target_modules, str):  # Unsloth writes a regex; pack reads targets from the weights
-        cfg.target_modules = f"(?:{cfg.target_modules})|(?:.*\\blm_head)"
-    else:
-        cfg.target_modules = {*cfg.target_modules, "lm_head"}
-
-
-class _Head(torch.nn.Module):
-    """What Unsloth's fused loss reads off the lm_head module: its weight and bias (here the widened ones)."""
-
-    def __init__(self, weight, bias):
-        super().__init__()
-        self.weight, self.bias = weight, bias
-
-
-def _unsloth_head_loss(inner):
-    def loss(hidden_states, lm_head, labels, vocab_size=None, **kwargs):
-        factors = _active_lora(lm_head) if hasattr(lm_head, "lora_A") else None
-        if factors is not None:  # the fused CE reads lm_head.weight, never calls the module
-            hidden_states, weight = widen(hidden_states, lm_head.base_layer.weight, *factors)
-            lm_head = _Head(weight, lm_head.base_layer.bias)
-        return inner(hidden_states, lm_head, labels, vocab_size, **kwargs)
-
-    loss.fastnemo_lm_head = True
-    return loss
-
-
-def install_unsloth_lm_head_loss() -> int:
-    """Make Unsloth's fused LM-head loss include lm_head's LoRA, in every module that imported it (Unsloth's
-    generated forwards call ``unsloth_fused_lm_head_loss(hidden, self.lm_head, labels, ...)``). Returns how
-    many modules were patched."""
-    import sys
-
-    patched = 0
-    for mod in list(sys.modules.values()):
-        f = getattr(mod, "__dict__", {}).get("unsloth_fused_lm_head_loss")
-        if callable(f) and not getattr(f, "fastnemo_lm_head", False):
-            mod.unsloth_fused_lm_head_loss = _unsloth_head_loss(f)
-            patched += 1
-    return patched
-
-
 @contextlib.contextmanager
 def lean_checkpoints(model):
     """The Trainer's checkpoints carry the LoRA tensors only. With lm_head a target, PEFT's default

@@ -12,11 +12,11 @@ unchanged on either. What Unsloth changes for nemotron_h (read from unsloth 2026
   kernel reads ``out_proj.weight`` directly. So 4-bit saves little memory on this model.
 - The Mamba ``out_proj`` and ``conv1d`` are read by mamba_ssm's fused kernel as plain weights in training:
   fastnemo.lora routes out_proj past the kernel (conv1d stays refused: vLLM does not serve it).
-- lm_head: Unsloth turns an lm_head target into ``modules_to_save`` (a full copy; vLLM rejects it) and its
-  fused CE reads ``lm_head.weight``. fastnemo adds a rank-r LoRA there after Unsloth's setup and wraps the
-  fused loss so it sees ``[W, B]`` (``fastnemo.lora.add_lm_head_lora`` / ``install_unsloth_lm_head_loss``).
-  Unsloth's GRPO loss also reads the weight directly: under DAPO on this backend lm_head's LoRA is not in
-  the log-probs (the hf backend's DAPO, through TRL's fused head, includes it).
+  Measured on the GPU lane (2026-12-02): out_proj's LoRA gets its gradient under Unsloth too.
+- lm_head: Unsloth turns an lm_head target into ``modules_to_save`` (a full copy; vLLM rejects it), and its
+  generated forwards' fused CE reads ``lm_head.weight``: a LoRA added after Unsloth's setup got no gradient
+  on the GPU lane, even with Unsloth's ``unsloth_fused_lm_head_loss`` wrapped. So this backend leaves
+  lm_head out; the hf backend trains it (TRL's fused head, ``fastnemo.lora``).
 
 Unsloth patches transformers, PEFT and TRL when imported, so the caller should import this module before
 transformers is first imported (``fastnemo.session`` does it when ``model.backend == "unsloth"``).
@@ -122,10 +122,13 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
         adapter = peft_loadable(adapter, Path(tmp.name))
         lora_cfg = saved_lora_config(adapter)
     targets = list(lora_cfg.target_modules)
-    # Unsloth would make an lm_head target a full trainable copy (modules_to_save); fastnemo adds a LoRA there
-    # itself after Unsloth's setup, and its fused loss is taught to include it (fastnemo.lora)
-    head_lora = "lm_head" in targets
-    targets = [t for t in targets if t != "lm_head"]
+    if "lm_head" in targets:
+        # Unsloth makes an lm_head target a full trainable copy (modules_to_save: 700 MB + its AdamW state, and
+        # a zip vLLM rejects), and a LoRA added there afterwards gets no gradient: its fused CE reads
+        # lm_head.weight (GPU lane 2026-12-02, tests/fastnemo/test_gpu.py). lm_head trains on backend "hf".
+        targets.remove("lm_head")
+        print("unsloth backend: lm_head left out of the LoRA targets (Unsloth's fused loss bypasses an lm_head "
+              "LoRA); model.backend = 'hf' trains it")
     with lora.allow_out_proj():  # fastnemo.lora routes out_proj past the fused kernel
         model = FastLanguageModel.get_peft_model(
             model,
@@ -139,8 +142,6 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
             # None lets Unsloth add the fused experts as target_parameters; [] keeps them frozen
             target_parameters=None if lora_cfg.train_experts else [],
         )
-    if head_lora:
-        lora.add_lm_head_lora(model, lora_cfg.rank, lora_cfg.alpha, fp32=not lora_cfg.bf16_weights)
     if adapter is not None:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -150,8 +151,6 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
             raise ValueError(f"adapter {adapter}: weights the LoRA does not have: {result.unexpected_keys[:3]}")
     tmp.cleanup()
     lora.install(model)  # lm_head through TRL's fused head, out_proj past the fused kernel, grouped experts
-    if head_lora:
-        lora.install_unsloth_lm_head_loss()  # Unsloth's own fused CE (SFT) reads lm_head.weight directly
     return model, tokenizer
 
 

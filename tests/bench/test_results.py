@@ -34,6 +34,15 @@ def test_rates_come_from_records():
     assert cited >= 4
 
 
+def test_measured_sft_peaks_come_from_records():
+    from fastnemo.plan import MEASURED_SFT_GIB, MEASURED_TRAIN_GIB
+
+    records = results.load()
+    for gib, rec_id in MEASURED_SFT_GIB.values():
+        assert round(results.find(records, rec_id)["peak_gib"], 2) == gib, rec_id
+    assert MEASURED_TRAIN_GIB == MEASURED_SFT_GIB[("routed experts frozen", "none")][0]
+
+
 def test_a_bad_record_names_its_file_and_line(tmp_path):
     (tmp_path / "x.jsonl").write_text('{"bench": "x"}\n')
     with pytest.raises(ValueError, match=r"x.jsonl:1: record lacks"):

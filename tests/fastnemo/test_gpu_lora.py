@@ -148,14 +148,11 @@ def test_grouped_expert_lora_matches_param_wrapper_and_times_it(slice_dir):
           "grouped", _timed(step(moe)))
 
 
-def test_unsloth_trains_lm_head_and_out_proj(slice_dir, tmp_path):
-    """The recipes' backend with the winners' modules: Unsloth's LoRA kernels, fastnemo's routes for lm_head
-    (TRL's fused head) and out_proj (past the fused kernel), trained by ``sft.train``: both LoRAs move, and
-    the zip holds their LoRA tensors only (no full lm_head copy, which vLLM would reject)."""
+def test_unsloth_trains_out_proj_and_leaves_lm_head_out(slice_dir, tmp_path):
+    """The recipes' backend with the winners' modules: out_proj's LoRA trains under Unsloth's kernels (routed
+    past the fused Mamba kernel) through ``sft.train``; lm_head is left out, never a full modules_to_save
+    copy (Unsloth's fused loss bypasses an lm_head LoRA: measured here 2026-12-02); the zip verifies."""
     pytest.importorskip("unsloth")
-    import zipfile
-
-    from safetensors import safe_open
 
     from fastnemo import sft
     from fastnemo.config import DEFAULT_TARGETS, GenerationConfig, LoraConfig, ModelConfig, SFTConfig
@@ -165,21 +162,16 @@ def test_unsloth_trains_lm_head_and_out_proj(slice_dir, tmp_path):
     s = ModelSession.load(slice_dir, ModelConfig(path=str(slice_dir), backend="unsloth", max_seq_length=1024),
                           LoraConfig(rank=16, alpha=16, target_modules=list(DEFAULT_TARGETS)),
                           GenerationConfig(engine="hf"))
-    assert not any("modules_to_save" in n for n, _ in s.model.named_parameters())  # no full lm_head copy
+    names = [n for n, _ in s.model.named_parameters()]
+    assert not any("modules_to_save" in n or "lm_head.lora" in n for n in names)
     watched = {n: p.detach().clone() for n, p in s.model.named_parameters()
-               if p.requires_grad and ("lm_head.lora_B" in n or "out_proj.lora_B" in n)}
-    assert any("lm_head" in n for n in watched) and any("out_proj" in n for n in watched), list(watched)
+               if p.requires_grad and "out_proj.lora_B" in n}
+    assert watched, names[:10]
     rows = [{"prompt": f"In Alice's Wonderland, {i} -> {2 * i}. Now {i + 1}?",
              "completion": f"Each number is doubled.</think>\n\\boxed{{{2 * i + 2}}}"} for i in range(8)]
     sft.train(s, rows, SFTConfig(learning_rate=1e-3, max_steps=3, batch_size=4, grad_accum=1, max_length=256,
                                  warmup=0.0, save_steps=100, logging_steps=1), tmp_path / "ckpt")
     still = [n for n, p in s.model.named_parameters() if n in watched and torch.equal(p.detach(), watched[n])]
-    assert not still, f"lm_head/out_proj LoRA tensors that never moved under Unsloth: {still[:4]}"
-    z = pack(s.save_adapter(tmp_path / "adapter"), tmp_path / "submission.zip")
-    print("verify:", verify(z, slice_dir, None))
-    with zipfile.ZipFile(z) as zf:
-        zf.extractall(tmp_path / "unzipped")
-    with safe_open(str(next((tmp_path / "unzipped").rglob("adapter_model.safetensors"))), "pt") as f:
-        keys = list(f.keys())
-    assert any(k.endswith("lm_head.lora_B.weight") for k in keys)
-    assert not any(k.endswith("lm_head.weight") or "modules_to_save" in k for k in keys), keys[:5]
+    assert not still, f"out_proj LoRA tensors that never moved under Unsloth: {still[:4]}"
+    report = verify(pack(s.save_adapter(tmp_path / "adapter"), tmp_path / "submission.zip"), slice_dir, None)
+    assert "out_proj" in report["target_modules"] and "lm_head" not in report["target_modules"]

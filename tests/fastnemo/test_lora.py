@@ -152,37 +152,6 @@ def test_lm_head_checkpoints_hold_only_lora_and_resume(tiny_model_dir, tmp_path)
     assert out["steps"] == 3 and (tmp_path / "ck" / "checkpoint-3").exists()
 
 
-def test_lm_head_lora_added_after_setup_trains_through_a_weight_reading_loss(tiny_model_dir, tmp_path):
-    """The Unsloth route, with Unsloth's kernel replaced by the same contract in torch (a loss that reads
-    ``lm_head.weight`` and never calls the module): add_lm_head_lora puts a LoRA on lm_head after the PEFT
-    setup, the wrapped loss equals the cross-entropy of the LoRA'd logits, its gradient reaches A and B, and
-    the saved adapter holds lm_head's LoRA only."""
-    from safetensors import safe_open
-
-    def weight_reading_loss(hidden_states, lm_head, labels, vocab_size=None, **kw):
-        logits = hidden_states.float() @ lm_head.weight.float().T
-        return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
-
-    s = session(tiny_model_dir, ["q_proj"])
-    lora.add_lm_head_lora(s.model, rank=4, alpha=8)
-    head = s.model.get_output_embeddings()
-    with torch.no_grad():
-        head.lora_B["default"].weight.normal_(std=0.1)
-    ids = torch.randint(8, 200, (2, 16), generator=torch.Generator().manual_seed(0))
-    hidden = s.model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
-    want = torch.nn.functional.cross_entropy(head(hidden).float()[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
-    wrapped = lora._unsloth_head_loss(weight_reading_loss)
-    got = wrapped(hidden, head, ids)
-    assert got.item() == pytest.approx(want.item(), rel=1e-4)
-    assert weight_reading_loss(hidden, head, ids).item() != pytest.approx(want.item(), rel=1e-4)  # unwrapped: no LoRA
-    got.backward()
-    assert head.lora_A["default"].weight.grad.abs().sum() > 0 and head.lora_B["default"].weight.grad.abs().sum() > 0
-    with safe_open(s.save_adapter(tmp_path / "ad") / "adapter_model.safetensors", "pt") as f:
-        names = list(f.keys())
-    keys = [k for k in names if "lm_head" in k]
-    assert sorted(keys) == ["base_model.model.lm_head.lora_A.weight", "base_model.model.lm_head.lora_B.weight"]
-
-
 def test_full_target_set_trains_every_target(tiny_model_dir, tmp_path):
     """The winners' set (every servable module, the routed experts included) on the tiny model: after a few
     SFT steps every LoRA tensor has moved."""
