@@ -347,3 +347,13 @@ def test_every_real_numeric_puzzle_fits_the_slots_and_the_prior_is_the_fitted_on
     for key, table in refit.variant.items():
         for v, x in table.items():
             assert x == pytest.approx(E.NUMERIC_PRIOR.variant[key][v], abs=0.01), (key, v)
+
+
+def test_guessed_trace_names_the_slots_and_ends_with_the_guess():
+    add, mul = E.Rule(True, "add"), E.Rule(True, "mul")
+    p = _numeric([("12+34", add), ("56+21", add), ("40*33", mul), ("17*52", mul)], "23?45")
+    sol = E.solve(p)
+    text = E.trace(p, sol)
+    assert "'+' additive, '*' multiplicative; '?' subtractive" in text
+    assert "never appears in the examples, so its operation is a guess" in text
+    assert text.endswith(f"Answer: {sol.answer}")
