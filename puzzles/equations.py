@@ -16,7 +16,8 @@ map), so a single answer across all of them is a deduction. Each example is matc
 shape up in a per-operation table of all 10,000 operand pairs, the most constrained example first: real
 puzzles take ~10 ms at the median, ~0.2 s at p95 (2 s cap). That search is the CHECKER of symbolic traces:
 ``trace`` writes the catalog recall-and-verify trace of ``puzzles.cryptarithm`` wherever it reaches the
-search's deduced answer. Numeric guesses are ranked by ``RULE_PRIOR`` with one operation family per prompt.
+search's deduced answer. Numeric guesses are ranked by the generator's three operation slots (``SLOTS``)
+and a prior fitted on real puzzles (``NUMERIC_PRIOR``).
 ``audit(puzzle, reasoning)`` re-derives the traces' arithmetic, op-by-op claims, signatures and recalls.
 """
 
@@ -24,6 +25,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
+import math
 import random
 import re
 import time
@@ -108,7 +111,7 @@ SIGNS = ("gpre", "gpost")
 
 
 def value(op: str, a: int, b: int) -> int | None:
-    """The integer result of ``op`` (None where undefined: division by zero)."""
+    """The integer result of ``op`` (None where undefined: mod by a zero operand)."""
     if op == "add":
         return a + b
     if op == "sub":
@@ -129,8 +132,6 @@ def value(op: str, a: int, b: int) -> int | None:
         return a * b + 1
     if op == "mulm1":
         return a * b - 1
-    if op == "div":
-        return a // b if b else None
     if op == "mod":  # the larger operand modulo the smaller, as the real puzzles do
         hi, lo = max(a, b), min(a, b)
         return hi % lo if lo else None
@@ -245,59 +246,188 @@ FAMILY = {
     "mod": "mod",
 }  # fmt: skip
 
-# The generator's prior over rules (operation, reversed world, sign style): how often each rule hides behind
-# a glyph whose examples fix it in real puzzles. Joins (cat/rcat: one function across worlds, so rarely
-# "fixed") are weighted low: an unseen glyph that hides a join is rare (weights 3-10 measured best, 90 worst).
-# A rule absent here gets weight 0.5. Used only to rank guesses, never to deduce.
-RULE_PRIOR = {
-    ("add", True, "gpre"): 110, ("mul", True, "gpre"): 109, ("cat", True, "gpre"): 10,
-    ("mul1", True, "gpre"): 44, ("mul", False, "gpre"): 37, ("add1", True, "gpre"): 35,
-    ("mulm1", True, "gpre"): 35, ("cat", False, "gpre"): 3, ("add", False, "gpre"): 28,
-    ("sub", True, "gpre"): 27, ("mulm1", False, "gpre"): 25, ("addm1", False, "gpre"): 25,
-    ("addm1", True, "gpre"): 25, ("add1", False, "gpre"): 22, ("mul1", False, "gpre"): 21,
-    ("mod", False, "gpre"): 16, ("sub", False, "gpre"): 13, ("mod", True, "gpre"): 12,
-    ("rsub", True, "gpost"): 11, ("absdiff", True, "gpre"): 10, ("rcat", True, "gpre"): 8,
-    ("rcat", False, "gpre"): 8, ("negabs", False, "gpre"): 8, ("negabs", True, "gpre"): 7,
-    ("absdiff", False, "gpre"): 3, ("negabs", True, "gpost"): 2,
+# The generator's operation slots (its structure, checked on every real numeric puzzle in train_dev with its
+# answer: all 433 fit): each operator glyph fills one of three slots and no two glyphs fill the same one, so a
+# puzzle has at most three operators. A join (cat / rcat) fills the additive or the multiplicative slot (two
+# joins in one puzzle fill both); mod is subtractive (it never stands beside a subtraction). A slot's glyph is
+# often its own symbol (+, *, -). Used only to rank guesses, never to deduce.
+SLOTS = {
+    "add": "A", "add1": "A", "addm1": "A",
+    "mul": "M", "mul1": "M", "mulm1": "M",
+    "sub": "S", "rsub": "S", "absdiff": "S", "negabs": "S", "mod": "S",
+    "cat": "AM", "rcat": "AM",
 }  # fmt: skip
+SLOT_TEXT = {"A": "additive", "M": "multiplicative", "S": "subtractive"}
 
 
-def rule_weight(glyph: str, rule: Rule) -> float:
-    """A guess's weight: the rule's prior times how often the operator glyph hides that operation."""
-    glyph_table = GLYPH_PRIOR.get(glyph, {})
-    return RULE_PRIOR.get((rule.op, rule.rev, rule.sign), 0.5) * (glyph_table.get(rule.op, 0) + 1)
+@dataclasses.dataclass(frozen=True)
+class SlotPrior:
+    """The generator's choices as probabilities: the world, which slots a puzzle with n operator glyphs
+    fills, which glyph class a slot shows ("+", "-", "*" or "other"), and which variant (op, sign style) a
+    slot hides in each world."""
+
+    rev: float  # P(reversed world)
+    slot_sets: dict[int, dict[str, float]]  # n glyphs -> sorted slot letters ("AS") -> probability
+    glyph: dict[str, dict[str, float]]  # slot -> glyph class -> probability
+    variant: dict[tuple[bool, str], dict[tuple[str, str], float]]  # (reversed?, slot) -> (op, sign) -> prob
 
 
-def used_families(an: NumericAnalysis, query_glyph: str) -> set[str]:
-    """Families the other glyphs' examples pin down (a glyph whose fitting rules all share one family)."""
-    out: set[str] = set()
-    for g, rules in an.fits.items():
-        fams = {FAMILY[r.op] for r in rules}
-        if g != query_glyph and len(fams) == 1:
-            out |= fams
+# Fitted on train_dev (EM over the slot assignments consistent with each puzzle's examples and answer;
+# ``python bench/fit_numeric_prior.py`` refits, prints this table and the 2-fold estimate).
+NUMERIC_PRIOR = SlotPrior(
+    rev=0.695,
+    slot_sets={
+        1: {"A": 0.1579, "M": 0.2632, "S": 0.5789},
+        2: {"AM": 0.3041, "AS": 0.3949, "MS": 0.301},
+        3: {"AMS": 1.0},
+    },
+    glyph={
+        "A": {"+": 0.3907, "-": 0.0312, "*": 0.0521, "other": 0.5261},
+        "M": {"+": 0.0309, "-": 0.0402, "*": 0.3792, "other": 0.5497},
+        "S": {"+": 0.0411, "-": 0.4098, "*": 0.0491, "other": 0.5},
+    },
+    variant={
+        (False, "A"): {
+            ("add", "gpre"): 0.2998,
+            ("cat", "gpre"): 0.2694,
+            ("add1", "gpre"): 0.1985,
+            ("addm1", "gpre"): 0.114,
+            ("addm1", "gpost"): 0.114,
+            ("rcat", "gpre"): 0.0043,
+        },
+        (False, "M"): {
+            ("mul", "gpre"): 0.3599,
+            ("cat", "gpre"): 0.2064,
+            ("mul1", "gpre"): 0.1951,
+            ("mulm1", "gpre"): 0.1171,
+            ("mulm1", "gpost"): 0.1171,
+            ("rcat", "gpre"): 0.0046,
+        },
+        (False, "S"): {
+            ("sub", "gpre"): 0.3243,
+            ("mod", "gpre"): 0.2288,
+            ("absdiff", "gpre"): 0.2093,
+            ("negabs", "gpre"): 0.2065,
+            ("rsub", "gpre"): 0.0139,
+            ("sub", "gpost"): 0.007,
+            ("rsub", "gpost"): 0.0061,
+            ("negabs", "gpost"): 0.0041,
+        },
+        (True, "A"): {
+            ("add", "gpre"): 0.519,
+            ("cat", "gpre"): 0.1718,
+            ("add1", "gpre"): 0.1601,
+            ("addm1", "gpre"): 0.054,
+            ("addm1", "gpost"): 0.054,
+            ("rcat", "gpre"): 0.041,
+        },
+        (True, "M"): {
+            ("mul", "gpre"): 0.4693,
+            ("mul1", "gpre"): 0.1971,
+            ("cat", "gpre"): 0.1435,
+            ("mulm1", "gpre"): 0.0813,
+            ("mulm1", "gpost"): 0.0813,
+            ("rcat", "gpre"): 0.0276,
+        },
+        (True, "S"): {
+            ("sub", "gpre"): 0.4201,
+            ("absdiff", "gpre"): 0.1781,
+            ("rsub", "gpost"): 0.1272,
+            ("negabs", "gpre"): 0.1157,
+            ("mod", "gpre"): 0.1081,
+            ("negabs", "gpost"): 0.0399,
+            ("rsub", "gpre"): 0.0056,
+            ("sub", "gpost"): 0.0054,
+        },
+    },
+)
+
+
+def glyph_class(g: str) -> str:
+    return g if g in "+-*" else "other"
+
+
+SlotConfig = tuple[float, bool, dict[str, tuple[Rule, str]]]
+
+
+def slot_configs(rules: dict[bool, dict[str, list[Rule]]], prior: SlotPrior) -> list[SlotConfig]:
+    """Every way to give each glyph a rule and a slot, distinct slots, in one world: (prior weight, world,
+    glyph -> (rule, slot)). ``rules`` holds each glyph's candidate rules per world."""
+    out: list[SlotConfig] = []
+    for rev, sets in rules.items():
+        glyphs = list(sets)
+        options = [
+            [
+                (r, s, prior.glyph[s][glyph_class(g)] * prior.variant[(rev, s)].get((r.op, r.sign), 0.0))
+                for r in sets[g]
+                for s in SLOTS[r.op]
+            ]
+            for g in glyphs
+        ]
+        base = prior.rev if rev else 1 - prior.rev
+        for combo in itertools.product(*options):
+            slots = "".join(sorted(s for _, s, _ in combo))
+            w = (
+                base
+                * prior.slot_sets.get(len(glyphs), {}).get(slots, 0.0)
+                * math.prod(x for _, _, x in combo)
+            )
+            if w > 0 and len(set(slots)) == len(slots):
+                out.append((w, rev, {g: (r, s) for g, (r, s, _) in zip(glyphs, combo)}))
     return out
 
 
-def ranked_guesses(puzzle: Puzzle, an: NumericAnalysis) -> list[tuple[str, float, Rule]]:
-    """Answers the candidate rules give, best first: (answer, summed weight, heaviest rule giving it).
-    Families another glyph already uses are left out (unless that leaves nothing)."""
+def ranked_guesses(
+    puzzle: Puzzle, an: NumericAnalysis, prior: SlotPrior | None = None
+) -> list[tuple[str, float, Rule]]:
+    """Answers the query's candidate rules give, best first: (answer, posterior share, the rule of its
+    heaviest slot assignment). The posterior is the slot prior over every assignment of rules and slots to
+    all glyphs that fits the examples (a glyph no rule explains is left out; if the slots cannot hold the
+    glyphs, the query's candidates are weighed alone)."""
+    prior = prior or NUMERIC_PRIOR
     q = puzzle.query[2]
-    used = used_families(an, q)
-    cands = [r for r in an.candidates if FAMILY[r.op] not in used] or an.candidates
+    rules = {
+        rev: {g: [r for r in fit if r.rev == rev] for g, fit in an.fits.items() if fit and g != q}
+        | {q: [r for r in an.candidates if r.rev == rev]}
+        for rev in an.revs
+    }
+    configs = slot_configs(rules, prior) or slot_configs(
+        {rev: {q: sets[q]} for rev, sets in rules.items()},
+        dataclasses.replace(prior, slot_sets={1: {"A": 1, "M": 1, "S": 1}}),
+    )
     score: dict[str, float] = {}
-    best: dict[str, Rule] = {}
-    for r in cands:
-        out = r.apply(puzzle.query)
+    best: dict[str, tuple[float, Rule]] = {}
+    for w, _, assign in configs:
+        rule = assign[q][0]
+        out = rule.apply(puzzle.query)
         if out is None:
             continue
-        w = rule_weight(q, r)
         score[out] = score.get(out, 0.0) + w
-        if out not in best or w > rule_weight(q, best[out]):
-            best[out] = r
-    return sorted(((a, w, best[a]) for a, w in score.items()), key=lambda t: -t[1])
+        if out not in best or w > best[out][0]:
+            best[out] = (w, rule)
+    total = sum(score.values()) or 1.0
+    return sorted(((a, w / total, best[a][1]) for a, w in score.items()), key=lambda t: -t[1])
 
 
-def solve_numeric(puzzle: Puzzle) -> Solution | None:
+def query_slot_text(puzzle: Puzzle, an: NumericAnalysis, rule: Rule, prior: SlotPrior | None = None) -> str:
+    """The slots the other glyphs take in the heaviest assignment that gives the query ``rule``."""
+    prior = prior or NUMERIC_PRIOR
+    q = puzzle.query[2]
+    rules = {
+        rule.rev: {g: [r for r in fit if r.rev == rule.rev] for g, fit in an.fits.items() if fit and g != q}
+        | {q: [rule]}
+    }
+    configs = slot_configs(rules, prior)
+    if not configs:
+        return ""
+    _, _, assign = max(configs, key=lambda c: c[0])
+    taken = ", ".join(f"'{g}' {SLOT_TEXT[s]}" for g, (_, s) in assign.items() if g != q)
+    return f"{taken}; '{q}' {SLOT_TEXT[assign[q][1]]}" if taken else f"'{q}' {SLOT_TEXT[assign[q][1]]}"
+
+
+def solve_numeric(puzzle: Puzzle, prior: SlotPrior | None = None) -> Solution | None:
+    """Deduced where every candidate rule of the query glyph (world and sign style fixed puzzle-wide) gives
+    one answer; else the slot posterior's best answer, guessed."""
     an = analyze_numeric(puzzle)
     q = puzzle.query[2]
     answers = {}
@@ -313,13 +443,13 @@ def solve_numeric(puzzle: Puzzle) -> Solution | None:
         return Solution(
             answer, "deduced", rule=_rule_name(rules[0]), steps={"family": "numeric", "rule": rules[0]}
         )
-    ranked = ranked_guesses(puzzle, an)
+    ranked = ranked_guesses(puzzle, an, prior)
     answer, _, best = ranked[0]
     return Solution(
         answer,
         "guessed",
         rule=_rule_name(best),
-        steps={"family": "numeric", "rule": best, "ranked": [(a, round(w, 1)) for a, w, _ in ranked[:4]]},
+        steps={"family": "numeric", "rule": best, "ranked": [(a, round(w, 3)) for a, w, _ in ranked[:4]]},
     )
 
 
@@ -376,11 +506,8 @@ def _arith_text(op: str, a: int, b: int) -> str:
         )
     if op == "mod":
         hi, lo = max(a, b), min(a, b)
-        return (
-            f"{hi} mod {lo}: {hi} = {lo} * {hi // lo} + {hi % lo}, remainder {hi % lo}" if lo else "undefined"
-        )
-    if op == "div":
-        return f"{a} // {b} = {a // b}" if b else "undefined"
+        # Callers write only defined results (every traced rule gave an answer), so lo > 0 here.
+        return f"{hi} mod {lo}: {hi} = {lo} * {hi // lo} + {hi % lo}, remainder {hi % lo}"
     raise KeyError(op)
 
 
@@ -394,10 +521,8 @@ def _apply_text(rule: Rule, lhs: str) -> str:
         if rule.rev:
             body += f"; write right to left -> {s[::-1]}"
         return body
-    v = value(rule.op, int(x), int(y))
+    v = value(rule.op, int(x), int(y))  # defined: every traced rule gave the line its answer
     body = f"a={x}, b={y}: " + _arith_text(rule.op, int(x), int(y))
-    if v is None:
-        return body
     digits = str(abs(v))
     if rule.rev:
         body += f"; digits {digits} written right to left -> {digits[::-1]}"
@@ -445,19 +570,21 @@ def trace_numeric(puzzle: Puzzle, solution: Solution) -> str:
                     break
             verdict = ", ".join(OP_BY_NAME[o].text for o in alive) if alive else "nothing fits"
             lines.append(f"  {_world_text(rev)}: {verdict}")
-        if g == q and q in an.fits and len(an.revs) == 1:
-            pass
     world = "; ".join(_world_text(r) for r in sorted(an.revs, reverse=True))
     lines.append("")
     lines.append(f"Reading that fits every operator: {world}.")
-    if q not in an.fits:
+    if solution.status == "guessed":
+        slots = query_slot_text(puzzle, an, chosen)
         lines.append(
-            f"Operator '{q}' never appears in the examples, so its operation is a guess: "
-            f"{OP_BY_NAME[chosen.op].text}, the most common choice."
+            "Each operator fills its own slot: additive (+, +1, -1), multiplicative (*, *+1, *-1) or "
+            "subtractive (-, |-|, mod); a join is additive or multiplicative"
+            + (f". Here: {slots}." if slots else ".")
         )
-    elif solution.status == "guessed":
         lines.append(
-            f"Several operations fit '{q}' and give different answers; the most common one is "
+            f"Operator '{q}' never appears in the examples, so its operation is a guess: the likeliest is "
+            f"{OP_BY_NAME[chosen.op].text}."
+            if q not in an.fits
+            else f"Several operations fit '{q}' and give different answers; the likeliest is "
             f"{OP_BY_NAME[chosen.op].text}."
         )
     else:

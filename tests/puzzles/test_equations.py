@@ -1,3 +1,4 @@
+import dataclasses
 import random
 
 import pytest
@@ -258,3 +259,101 @@ def test_real_deduced_traces_have_no_leaps(train_dev_rows):
         checked += 1
         assert all(s.derived for s in E.audit(p, text)), r["id"]
     assert checked >= 250
+
+
+# ---------------------------------------------------------------- numeric guesses: operation slots
+
+
+def _numeric(examples_rules: list[tuple[str, E.Rule]], query: str):
+    return E.parse(E.render([(lhs, rule.apply(lhs)) for lhs, rule in examples_rules], query))
+
+
+def test_slot_prior_covers_every_rule():
+    for rule in E.ALL_RULES:
+        for slot in E.SLOTS[rule.op]:
+            assert E.NUMERIC_PRIOR.variant[(rule.rev, slot)][(rule.op, rule.sign)] > 0, rule
+    for slot in "AMS":
+        assert sum(E.NUMERIC_PRIOR.glyph[slot].values()) == pytest.approx(1, abs=1e-3)
+
+
+def test_unseen_operator_takes_the_slot_the_others_leave():
+    add, mul = E.Rule(True, "add"), E.Rule(True, "mul")
+    p = _numeric([("12+34", add), ("56+21", add), ("40*33", mul), ("17*52", mul)], "23?45")
+    sol = E.solve(p)
+    assert sol.status == "guessed" and E.SLOTS[sol.steps["rule"].op] == "S"
+    # Two joins fill the additive and the multiplicative slot: a third operator is subtractive.
+    cat = E.Rule(True, "cat")
+    p = _numeric([("12+34", cat), ("56+21", cat), ("40*33", cat), ("17*52", cat)], "23?45")
+    assert E.SLOTS[E.solve(p).steps["rule"].op] == "S"
+
+
+def test_guess_shares_are_a_distribution_best_first():
+    p = _numeric([("12-34", E.Rule(True, "sub")), ("56*21", E.Rule(True, "mul"))], "83-36")
+    ranked = E.ranked_guesses(p, E.analyze_numeric(p))
+    shares = [w for _, w, _ in ranked]
+    assert shares == sorted(shares, reverse=True) and sum(shares) == pytest.approx(1)
+    assert all(rule.apply(p.query) == answer for answer, _, rule in ranked)
+
+
+def test_glyphs_the_slots_cannot_hold_still_get_a_guess():
+    # Four operator glyphs (or two additive ones, as a synthetic puzzle may have): no slot assignment fits,
+    # so the query's candidates are weighed alone.
+    add = E.Rule(False, "add")
+    p = _numeric([("12+34", add), ("56#21", add), ("40&33", add), ("17@52", add)], "23?45")
+    sol = E.solve(p)
+    assert sol is not None and sol.status == "guessed" and sol.steps["ranked"]
+
+
+def _fit_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "fit_numeric_prior.py"
+    spec = importlib.util.spec_from_file_location("fit_numeric_prior", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_prior_fit_recovers_the_world_share_and_prints_valid_source():
+    fit = _fit_module()
+    rng = random.Random(3)
+    puzzles = []
+    for i in range(60):
+        rev = i % 4 != 0  # 75 % reversed
+        ops = rng.choice([("add", "mul"), ("add", "sub"), ("mul", "mod"), ("cat", "sub")])
+        g = E.generate(rng, {"family": "numeric", "ops": ops, "n_ops": 2, "rev": rev, "query_seen": 1.0})
+        puzzles.append(dataclasses.replace(E.parse(g.prompt), answer=g.answer))
+    prior = fit.fit(puzzles, iters=15)
+    assert prior.rev == pytest.approx(0.75, abs=0.08)
+    s_rev = prior.variant[(True, "S")]  # drawn: sub and mod only; absdiff and negabs merely fit some lines
+    sub = s_rev[("sub", "gpre")] + s_rev[("sub", "gpost")]
+    assert sub > s_rev[("mod", "gpre")] > s_rev[("absdiff", "gpre")] and sub > 4 * s_rev[("negabs", "gpre")]
+    source = fit.prior_literal(prior)
+    assert eval(source.split("=", 1)[1], {"SlotPrior": E.SlotPrior}) == prior
+
+
+def test_every_real_numeric_puzzle_fits_the_slots_and_the_prior_is_the_fitted_one(train_dev_rows):
+    fit = _fit_module()
+    puzzles = []
+    for r in train_dev_rows:
+        if "transformation rules is applied to equations" in r["prompt"][:200]:
+            p = E.parse(r["prompt"])
+            if p.features["family"] == "numeric":
+                puzzles.append(dataclasses.replace(p, id=r["id"], answer=r["answer"]))
+    assert all(E.slot_configs(fit.with_answer(p), E.NUMERIC_PRIOR) for p in puzzles)
+    refit = fit.fit(puzzles, iters=40)
+    assert refit.rev == pytest.approx(E.NUMERIC_PRIOR.rev, abs=0.01)
+    for key, table in refit.variant.items():
+        for v, x in table.items():
+            assert x == pytest.approx(E.NUMERIC_PRIOR.variant[key][v], abs=0.01), (key, v)
+
+
+def test_guessed_trace_names_the_slots_and_ends_with_the_guess():
+    add, mul = E.Rule(True, "add"), E.Rule(True, "mul")
+    p = _numeric([("12+34", add), ("56+21", add), ("40*33", mul), ("17*52", mul)], "23?45")
+    sol = E.solve(p)
+    text = E.trace(p, sol)
+    assert "'+' additive, '*' multiplicative; '?' subtractive" in text
+    assert "never appears in the examples, so its operation is a guess" in text
+    assert text.endswith(f"Answer: {sol.answer}")
