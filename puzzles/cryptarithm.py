@@ -15,7 +15,7 @@ The trace (``recall_trace``):
    computed (``puzzles.equations`` arithmetic) and its result glyphs checked or bound; otherwise its own
    catalog entry is recalled and filtered by the bound digits (one nesting level, bounded lines);
 3. decodes the query with the surviving binding and writes the answer in glyphs.
-A puzzle whose trace cannot get there within ``MAX_LINES`` verification lines (or whose examples are not in
+A puzzle whose trace cannot get there within ``TOKEN_BUDGET`` estimated tokens (or whose examples are not in
 the catalog) is not trace-teachable; the CPU search (``puzzles.equations.solve_symbolic``) still answers it
 and checks every trace's answer.
 """
@@ -30,7 +30,8 @@ from puzzles.base import Puzzle
 from puzzles.equations import ALL_RULES, FAMILY, OP_BY_NAME, Rule, _arith_text
 
 MAX_CANDIDATES = 24  # catalog entries per signature a model is asked to memorise (drilled)
-MAX_LINES = 80  # verification lines a trace may spend (p99 ~3k tokens, far under the budget)
+TOKEN_BUDGET = 6000  # estimated real tokens (puzzles.audit.estimate_real_tokens) the walk may write: the
+# competition allows 7,680 generated tokens and the estimate leans high, so 6,000 leaves room for the rest
 JOINS = ("cat", "rcat")
 FILTERED_RECALL = True  # also recall long entries where the digits bound so far leave <= MAX_CANDIDATES
 LETTERS = "ABCDEFGHIJ"
@@ -76,8 +77,8 @@ def catalog() -> dict[str, tuple[tuple[Rule, str], ...]]:
 def full_table() -> dict[str, tuple[tuple[Rule, str], ...]]:
     """signature -> every (rule, digits of A, B, C...) producing it, over the whole rule space. Joins copy
     glyphs whatever the digits, so they enter once per signature with digits "". Deterministic: rules in
-    ALL_RULES order, operand pairs ascending (~7 s, cached)."""
-    full: dict[str, list[tuple[Rule, str]]] = {}
+    ALL_RULES order, operand pairs ascending (~3 s, cached)."""
+    full: dict[str, dict[tuple[Rule, str], None]] = {}  # ordered sets: membership is O(1)
     for r in ALL_RULES:
         for a in range(100):
             for b in range(100):
@@ -90,9 +91,7 @@ def full_table() -> dict[str, tuple[tuple[Rule, str], ...]]:
                     entry = (r, "")
                 else:
                     entry = (r, "".join(glyph_order(lhs, rhs)))
-                lst = full.setdefault(sig, [])
-                if entry not in lst:
-                    lst.append(entry)
+                full.setdefault(sig, {})[entry] = None
     return {s: tuple(v) for s, v in full.items()}
 
 
@@ -112,12 +111,19 @@ class Walk:
     digit: dict[str, str]
     rules: dict[str, Rule]
     rev: bool | None = None
-    budget: int = MAX_LINES
+    budget: int = TOKEN_BUDGET
+    recalled: frozenset[str] = frozenset()  # signatures whose full entry is already written above
 
     def spend(self, text: str) -> bool:
         self.lines.append(text)
-        self.budget -= 1
+        self.budget -= _tokens(text)
         return self.budget > 0
+
+
+def _tokens(text: str) -> int:
+    from puzzles.audit import estimate_real_tokens
+
+    return estimate_real_tokens(text) + 1
 
 
 def _bind(digit: dict[str, str], glyphs: list[str], digits: str) -> dict[str, str] | None:
@@ -208,7 +214,7 @@ def _verify(walk: Walk, todo: list[tuple[str, str]]) -> Walk | None:
     best = None
     for i, (lhs, rhs) in enumerate(todo):
         cands = recall(lhs, rhs)
-        if cands is None and FILTERED_RECALL and walk.digit:
+        if cands is None and FILTERED_RECALL and (walk.digit or walk.rules):
             # A long entry, recalled only where the digits bound so far leave few candidates.
             cands = tuple(c for c in full_table()[signature(lhs, rhs)] if _fits(c, lhs, rhs, walk) is not None)
             if len(cands) > MAX_CANDIDATES:
@@ -222,8 +228,14 @@ def _verify(walk: Walk, todo: list[tuple[str, str]]) -> Walk | None:
         return None  # nothing computable and nothing recallable: not teachable
     i, cands, alive = best
     lhs, rhs = todo[i]
-    if not walk.spend(f"  {lhs} = {rhs}: signature {signature(lhs, rhs)}, recall {_cands_text(cands)}; "
-                      f"{len(alive)} agree with the digits so far"):
+    sig = signature(lhs, rhs)
+    if sig in walk.recalled:  # written in full above: only the candidates that agree now
+        text = f"  {lhs} = {rhs}: signature {sig} (recalled above), agree with the digits so far {_cands_text(alive)}"
+    else:
+        text = (f"  {lhs} = {rhs}: signature {sig}, recall {_cands_text(cands)}; "
+                f"{len(alive)} agree with the digits so far")
+        walk.recalled = walk.recalled | {sig}
+    if not walk.spend(text):
         return None
     return _branch(walk, todo, i, [
         (_cand_text(cand), f" for {lhs} = {rhs}", _fits(cand, lhs, rhs, walk), {**walk.rules, lhs[2]: cand[0]},
@@ -256,13 +268,13 @@ def _branch(walk: Walk, todo: list[tuple[str, str]], i: int, options: list[tuple
     """Try each option (name, where, digits, rules, reading direction) in turn: verify the other examples
     under it; the first that verifies wins, a failed one is written down and its spent budget carried on."""
     for name, where, digit, rules, rev in options:
-        trial = Walk(list(walk.lines), digit, rules, rev, walk.budget)
+        trial = Walk(list(walk.lines), digit, rules, rev, walk.budget, walk.recalled)
         if not trial.spend(f"  try {name}{where}"):
             return None
         done = _verify(trial, todo[:i] + todo[i + 1 :])
         if done is not None:
             return done
-        walk.budget = trial.budget
+        walk.budget, walk.recalled = trial.budget - _tokens(f"  {name} fails"), trial.recalled
         walk.lines = trial.lines + [f"  {name} fails"]
     return None
 
@@ -279,7 +291,26 @@ def _cand_text(cand: tuple[Rule, str]) -> str:
 
 
 def _cands_text(cands) -> str:
-    return "[" + "; ".join(_cand_text(c) for c in cands) + "]"
+    """``[plain a * b: 2051 3462; reversed a then b]``: candidates grouped by rule (consecutive runs), each
+    candidate the digits of A, B, C... in letter order."""
+    groups: list[tuple[Rule, list[str]]] = []
+    for r, digits in cands:
+        if groups and groups[-1][0] == r and digits:
+            groups[-1][1].append(digits)
+        else:
+            groups.append((r, [digits] if digits else []))
+    return "[" + "; ".join(rule_text(r) + (": " + " ".join(ds) if ds else "") for r, ds in groups) + "]"
+
+
+def parse_cands(text: str) -> list[tuple[str, str]] | None:
+    """The (rule text, digits) items of a ``_cands_text`` listing, without its brackets (None: malformed)."""
+    items = []
+    for group in filter(None, text.split("; ")):
+        rule, _, ds = group.partition(": ")
+        if ds and not all(d.isdigit() for d in ds.split(" ")):
+            return None
+        items.extend((rule, d) for d in ds.split(" ")) if ds else items.append((rule, ""))
+    return items
 
 
 @dataclasses.dataclass
@@ -295,7 +326,7 @@ def recall_trace(puzzle: Puzzle) -> RecallResult:
     for lhs, rhs in puzzle.examples:
         lines.append(f"  {lhs} = {rhs}: {signature(lhs, rhs)}")
     lines.append("Recall and verify:")
-    walk = _verify(Walk(lines, {}, {}), list(puzzle.examples))
+    walk = _verify(Walk(lines, {}, {}, budget=TOKEN_BUDGET), list(puzzle.examples))
     if walk is None:
         return RecallResult(None, "\n".join(lines))
     q = puzzle.query
@@ -343,7 +374,7 @@ def drill_text(sig: str) -> tuple[str, str]:
         "In Alice's Wonderland, cryptarithm equations are normalised to signatures. "
         f"Recall the catalog entry for the signature: {sig}"
     )
-    body = f"Signature {sig}: {len(cands)} candidate(s): " + "; ".join(_cand_text(c) for c in cands)
+    body = f"Signature {sig}: {len(cands)} candidate(s): " + _cands_text(cands)
     return prompt, body
 
 

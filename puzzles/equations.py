@@ -1013,7 +1013,8 @@ def _sign_rule(sign: tuple[str, str] | None) -> str:
 
 _ARITH = re.compile(r"-?\d+(?: [-+*] -?\d+)*(?: = -?\d+(?: [-+*] -?\d+)*)+")
 _SIG_LINE = re.compile(r"^\s+(.{5}) = (\S*): ([A-J?=#-]+)$")
-_RECALL = re.compile(r"^\s+(.{5}) = (\S*): signature (\S+), recall \[(.*)\]; (\d+) agree")
+_RECALL = re.compile(r"^\s+(.{5}) = (\S*): signature (\S+),(?: recall \[(.*)\]; \d+ agree"
+                     r"|( \(recalled above\), agree with the digits so far \[)(.*)\]$)")
 _WORLD_LINE = re.compile(r"^\s+(read right to left|read as written), (.{5}) = (\S+) \(a=")
 
 
@@ -1052,18 +1053,22 @@ def _op_claims(line: str) -> bool | None:
 
 def _recall_ok(m: re.Match) -> bool:
     """A recall line: the signature is the example's, and every recalled candidate is in its catalog entry
-    (all of it for a short entry; the digit-filtered part of a long one)."""
+    (all of it, in catalog order, for a drilled entry; the digit-filtered part of a long one or of an entry
+    written in full above)."""
     from puzzles import cryptarithm
 
-    lhs, rhs, sig, listed = m.group(1), m.group(2), m.group(3), m.group(4)
+    lhs, rhs, sig = m.group(1), m.group(2), m.group(3)
+    listed = m.group(4) if m.group(5) is None else m.group(6)
     if cryptarithm.signature(lhs, rhs) != sig:
         return False
     entry = cryptarithm.full_table().get(sig, ())
-    texts = {cryptarithm._cand_text(c) for c in entry}
-    got = [t for t in listed.split("; ") if t]
-    if sig in cryptarithm.catalog():
-        return got == [cryptarithm._cand_text(c) for c in entry]
-    return all(t in texts for t in got)
+    got = cryptarithm.parse_cands(listed)
+    if got is None:
+        return False
+    if sig in cryptarithm.catalog() and m.group(5) is None:
+        return listed == cryptarithm._cands_text(entry)[1:-1]
+    items = {(cryptarithm.rule_text(r), d) for r, d in entry}
+    return all(t in items for t in got)
 
 
 def audit(puzzle: Puzzle, reasoning: str) -> list[AuditStep]:

@@ -55,7 +55,13 @@ def test_a_tampered_recall_is_a_leap():
     puzzle, _, res = _recallable(1)[0]
     lines = res.reasoning.split("\n")
     i = next(i for i, line in enumerate(lines) if "recall [" in line)
-    lines[i] = lines[i].replace("=", "~", 1) if " A=" not in lines[i] else lines[i].replace(" A=", " A=9", 1)
+    head, listing = lines[i].split("recall [", 1)
+    j = next((k for k, c in enumerate(listing) if c.isdigit()), None)
+    if j is None:  # a join-only entry: drop its last candidate
+        listing = listing.rsplit("; ", 1)[0] + "]" + listing.split("]", 1)[1]
+    else:  # one recalled digit changed
+        listing = listing[:j] + str((int(listing[j]) + 1) % 10) + listing[j + 1 :]
+    lines[i] = head + "recall [" + listing
     assert not all(s.derived for s in E.audit(puzzle, "\n".join(lines)))
 
 
