@@ -16,7 +16,8 @@ map), so a single answer across all of them is a deduction. Each example is matc
 shape up in a per-operation table of all 10,000 operand pairs, the most constrained example first: real
 puzzles take ~10 ms at the median, ~0.2 s at p95 (2 s cap). That search is the CHECKER of symbolic traces:
 ``trace`` writes the catalog recall-and-verify trace of ``puzzles.cryptarithm`` wherever it reaches the
-search's deduced answer. Numeric guesses are ranked by ``RULE_PRIOR`` with one operation family per prompt.
+search's deduced answer, and raises ``NotTeachable`` elsewhere (the search itself is never a trace). Numeric guesses are
+ranked by ``RULE_PRIOR`` with one operation family per prompt.
 ``audit(puzzle, reasoning)`` re-derives the traces' arithmetic, op-by-op claims, signatures and recalls.
 """
 
