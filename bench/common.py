@@ -409,7 +409,10 @@ def sft_rows(tokenizer, n: int, seq: int, seed: int = 0) -> list[dict]:
         )
         if n_prompt > seq - 32:
             continue
-        completion = categories.trace(puzzle, solution)
+        try:
+            completion = categories.trace(puzzle, solution)
+        except ValueError:  # equations.NotTeachable: a cryptarithm with no recall trace
+            continue
         while n_prompt + len(tokenizer(completion, add_special_tokens=False)["input_ids"]) < seq + 8:
             completion += "\n" + categories.trace(puzzle, solution)
         rows.append({"prompt": puzzle.prompt, "completion": completion})

@@ -144,7 +144,9 @@ def solve(in_csv, out, workers, skip_bad, traces_out) -> None:
     write_csv(out, ["id", "prediction"], [(p.id, pred.get(p.id, "")) for p in raw])
     if traces_out is not None:
         write_jsonl(traces_out, rows)
-        click.echo(f"wrote {traces_out}: {len(rows)} traces of deduced puzzles", err=True)
+        skipped = sum(1 for r in records if r.get("not_teachable"))
+        click.echo(f"wrote {traces_out}: {len(rows)} traces of deduced puzzles ({skipped} deduced cryptarithms "
+                   f"skipped: no recall-and-verify trace reaches them, and the search is never a trace)", err=True)
     answered = sum(1 for v in pred.values() if v)
     click.echo(f"wrote {out}: {len(raw)} rows, {answered} answered, {len(raw) - answered} empty", err=True)
     if any(p.answer for p in parsed.values()):

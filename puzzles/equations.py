@@ -16,8 +16,9 @@ map), so a single answer across all of them is a deduction. Each example is matc
 shape up in a per-operation table of all 10,000 operand pairs, the most constrained example first: real
 puzzles take ~10 ms at the median, ~0.2 s at p95 (2 s cap). That search is the CHECKER of symbolic traces:
 ``trace`` writes the catalog recall-and-verify trace of ``puzzles.cryptarithm`` wherever it reaches the
-search's deduced answer. Numeric guesses are ranked by the generator's three operation slots (``SLOTS``)
-and a prior fitted on real puzzles (``NUMERIC_PRIOR``).
+search's deduced answer, and raises ``NotTeachable`` elsewhere (the search itself is never a trace).
+Numeric guesses are ranked by the generator's three operation slots (``SLOTS``) and a prior fitted on real
+puzzles (``NUMERIC_PRIOR``).
 ``audit(puzzle, reasoning)`` re-derives the traces' arithmetic, op-by-op claims, signatures and recalls.
 """
 
@@ -594,19 +595,23 @@ def trace_numeric(puzzle: Puzzle, solution: Solution) -> str:
     return "\n".join(lines)
 
 
+class NotTeachable(ValueError):
+    """A symbolic puzzle whose recall-and-verify trace does not reach the solver's answer within its budget:
+    it gets NO trace (the search that answers it cannot be taught as reasoning); builders skip and count it."""
+
+
 def trace(puzzle: Puzzle, solution: Solution) -> str:
     """Numeric: the visible rule deduction. Symbolic: the catalog recall-and-verify trace
-    (``puzzles.cryptarithm``) where it reaches the search solver's deduced answer (the solver checks it),
-    else the decoding the search found."""
+    (``puzzles.cryptarithm``) where it reaches the search solver's answer (the solver checks it); else
+    ``NotTeachable`` (the search's own decoding is never written as a trace)."""
     if solution.steps.get("family") == "numeric":
         return trace_numeric(puzzle, solution)
-    if solution.status == "deduced":
-        from puzzles import cryptarithm
+    from puzzles import cryptarithm
 
-        recalled = cryptarithm.recall_trace(puzzle)
-        if recalled.answer == solution.answer:
-            return recalled.reasoning
-    return trace_symbolic(puzzle, solution)
+    recalled = cryptarithm.recall_trace(puzzle)
+    if recalled.answer is None or recalled.answer != solution.answer:
+        raise NotTeachable(f"the recall trace reaches {recalled.answer!r}, the search {solution.answer!r}")
+    return recalled.reasoning
 
 
 # ---------------------------------------------------------------- symbolic: glyphs stand for digits
@@ -1057,90 +1062,13 @@ def generate(rng: random.Random, difficulty: dict | None = None) -> Puzzle:
     )
 
 
-# ---------------------------------------------------------------- symbolic traces
-
-
-def _decode_text(lhs: str, digit: dict[str, str]) -> str:
-    return ", ".join(f"{c}={digit[c]}" for c in dict.fromkeys(lhs[:2] + lhs[3:]) if c in digit)
-
-
-_SYMBOLIC_INTRO = (
-    "Each symbol stands for one digit (different symbols, different digits); the middle symbol is "
-    "the operator, hiding one operation. Numbers may be read right to left (then results are also "
-    "written right to left); a negative result carries a sign mark."
-)
-
-
-def trace_symbolic(puzzle: Puzzle, solution: Solution) -> str:
-    dec = solution.steps.get("decoding")
-    if not dec:
-        return f"No decoding of the symbols fits every example; best guess.\nAnswer: {solution.answer}"
-    digit, ops, rev, sign = dec["digit"], dec["ops"], dec["rev"], dec["sign"]
-    q = puzzle.query[2]
-    lines = [_SYMBOLIC_INTRO, ""]
-    lines.append(
-        f"Decoding that fits every example: numbers {_world_text(rev)}; "
-        + "; ".join(
-            f"'{g}' is {OP_BY_NAME[o].text}"
-            for g, o in ops.items()
-            if g != q or q in {x[2] for x, _ in puzzle.examples}
-        )
-    )
-    if sign:
-        marker = "the operator symbol" if sign[0] == "g" else "'-'"
-        lines.append(f"Negative results put {marker} {'before' if sign[1] == 'pre' else 'after'} the digits.")
-    known: dict[str, str] = {}
-    lines.append("Checking each example and collecting digits:")
-    for lhs, rhs in _order(puzzle.examples):
-        g, x, y = lhs[2], lhs[:2], lhs[3:]
-        op = ops[g]
-        if op in ("cat", "rcat"):
-            lines.append(
-                f"  {lhs} = {rhs}: {OP_BY_NAME[op].text} copies symbols -> {_glyph_cat(op, rev, x, y)} ok"
-            )
-            continue
-        dx, dy = "".join(digit[c] for c in x), "".join(digit[c] for c in y)
-        new = [c for c in dict.fromkeys(x + y + rhs) if c in digit and c not in known]
-        known.update({c: digit[c] for c in new})
-        num = f"{dx}{g}{dy}"
-        applied = _apply_text(Rule(rev, op, _sign_rule(sign)), num)
-        lines.append(
-            f"  {lhs} = {rhs}: {_decode_text(lhs, digit)} so {num}; {applied}"
-            f"; result symbols " + " ".join(f"{c}={digit[c]}" for c in rhs if c in digit) + " ok"
-        )
-    lines.append(
-        "Digits so far: " + ", ".join(f"{c}={d}" for c, d in sorted(known.items(), key=lambda t: t[1]))
-    )
-    lhs = puzzle.query
-    op = ops.get(q)
-    if q not in {x[2] for x, _ in puzzle.examples}:
-        lines.append(f"Operator '{q}' never appears in the examples; guess {OP_BY_NAME[op].text}.")
-    if op in ("cat", "rcat"):
-        lines.append(f"Query {lhs}: {OP_BY_NAME[op].text} copies symbols -> {solution.answer}")
-    else:
-        dx = "".join(digit[c] for c in lhs[:2])
-        dy = "".join(digit[c] for c in lhs[3:])
-        num = f"{dx}{q}{dy}"
-        inverse = {d: c for c, d in digit.items()}
-        lines.append(
-            f"Query {lhs}: {_decode_text(lhs, digit)} so {num}; "
-            f"{_apply_text(Rule(rev, op, _sign_rule(sign)), num)}"
-        )
-        res = Rule(rev, op, _sign_rule(sign)).apply(num) or ""
-        lines.append("Back to symbols: " + " ".join(f"{d}={inverse.get(d, d)}" for d in res))
-    lines.append(f"Answer: {solution.answer}")
-    return "\n".join(lines)
-
-
-def _sign_rule(sign: tuple[str, str] | None) -> str:
-    return "gpre" if sign is None else ("-" if sign[0] == "-" else "g") + sign[1]
-
-
 # ---------------------------------------------------------------- static audit of the traces
 
 _ARITH = re.compile(r"-?\d+(?: [-+*] -?\d+)*(?: = -?\d+(?: [-+*] -?\d+)*)+")
 _SIG_LINE = re.compile(r"^\s+(.{5}) = (\S*): ([A-J?=#-]+)$")
-_RECALL = re.compile(r"^\s+(.{5}) = (\S*): signature (\S+), recall \[(.*)\]; (\d+) agree")
+_RECALL = re.compile(r"^\s+(.{5}) = (\S*): signature (\S+),(?: recall \[(.*)\]; \d+ agree"
+                     r"|( \(recalled above\), agree with the digits so far \[)(.*)\]$)")
+_RECITE = re.compile(r"^\s+(.{5}) = (\S*): signature (\S+), recall its (\d+) candidates one at a time; \d+ agree")
 _WORLD_LINE = re.compile(r"^\s+(read right to left|read as written), (.{5}) = (\S+) \(a=")
 
 
@@ -1179,18 +1107,22 @@ def _op_claims(line: str) -> bool | None:
 
 def _recall_ok(m: re.Match) -> bool:
     """A recall line: the signature is the example's, and every recalled candidate is in its catalog entry
-    (all of it for a short entry; the digit-filtered part of a long one)."""
+    (all of it, in catalog order, for a drilled entry; the digit-filtered part of a long one or of an entry
+    written in full above)."""
     from puzzles import cryptarithm
 
-    lhs, rhs, sig, listed = m.group(1), m.group(2), m.group(3), m.group(4)
+    lhs, rhs, sig = m.group(1), m.group(2), m.group(3)
+    listed = m.group(4) if m.group(5) is None else m.group(6)
     if cryptarithm.signature(lhs, rhs) != sig:
         return False
     entry = cryptarithm.full_table().get(sig, ())
-    texts = {cryptarithm._cand_text(c) for c in entry}
-    got = [t for t in listed.split("; ") if t]
-    if sig in cryptarithm.catalog():
-        return got == [cryptarithm._cand_text(c) for c in entry]
-    return all(t in texts for t in got)
+    got = cryptarithm.parse_cands(listed)
+    if got is None:
+        return False
+    if sig in cryptarithm.catalog() and m.group(5) is None:
+        return listed == cryptarithm._cands_text(entry)[1:-1]
+    items = {(cryptarithm.rule_text(r), d) for r, d in entry}
+    return all(t in items for t in got)
 
 
 def audit(puzzle: Puzzle, reasoning: str) -> list[AuditStep]:
@@ -1200,10 +1132,15 @@ def audit(puzzle: Puzzle, reasoning: str) -> list[AuditStep]:
     from puzzles import cryptarithm
 
     steps = []
-    for i, line in enumerate(reasoning.split("\n"), start=1):
+    for i, line in enumerate(reasoning.split("\n")):  # 0-based, as puzzles.audit.audit_steps keys lines
         kinds: list[tuple[str, bool]] = []
         if (m := _RECALL.match(line)) is not None:
             kinds.append(("recall", _recall_ok(m)))
+        elif (m := _RECITE.match(line)) is not None:  # a long drilled entry, recited candidate by candidate
+            sig = m.group(3)
+            entry = cryptarithm.catalog().get(sig)
+            ok = cryptarithm.signature(m.group(1), m.group(2)) == sig and entry is not None
+            kinds.append(("recall", ok and len(entry) == int(m.group(4))))
         elif (m := _SIG_LINE.match(line)) is not None:
             kinds.append(("signature", cryptarithm.signature(m.group(1), m.group(2)) == m.group(3)))
         else:

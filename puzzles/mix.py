@@ -209,8 +209,12 @@ def make_row(generated: Puzzle, statuses: tuple[str, ...]) -> tuple[dict | None,
         return None, f"wrong_{sol.status}", detail
     if sol.status not in statuses:
         return None, f"dropped_{sol.status}", ""
+    from puzzles.equations import NotTeachable
+
     try:
         text = categories.trace(puzzle, sol)
+    except NotTeachable:  # a cryptarithm the recall trace cannot reach: the search is never trained
+        return None, "not_teachable", ""
     except Exception as e:  # noqa: BLE001 -- counted and reported, never fatal
         return None, "trace_error", f"{type(e).__name__}: {e}"
     puzzle.answer = generated.answer

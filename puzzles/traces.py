@@ -67,7 +67,14 @@ def solve_traced(puzzle) -> tuple[dict, dict | None]:
         rec["outcome"] = f"{'deduced' if sol.status == 'deduced' else 'guessed'}_{right}"
     if sol is None or sol.status != "deduced":
         return rec, None
-    text = completion(categories.trace(puzzle, sol), sol.answer)
+    from puzzles.equations import NotTeachable
+
+    try:
+        reasoning = categories.trace(puzzle, sol)
+    except NotTeachable:  # deduced by the search, but no recall trace reaches it: no SFT row (counted)
+        rec["not_teachable"] = True
+        return rec, None
+    text = completion(reasoning, sol.answer)
     row = sft_row(puzzle, text, "solver", sol.status, solver_answer=sol.answer, solver_rule=sol.rule)
     row["answer"] = puzzle.answer if puzzle.answer is not None else sol.answer
     return rec, row

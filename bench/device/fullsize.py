@@ -327,8 +327,12 @@ def sft_rows(n: int, seed: int = 0) -> list[dict]:
     while len(rows) < n:
         puzzle = categories.generate(categories.CATEGORIES[len(rows) % len(categories.CATEGORIES)], rng)
         solution = categories.solve(puzzle)
-        if solution is not None:
+        if solution is None:
+            continue
+        try:
             rows.append({"prompt": puzzle.prompt, "completion": categories.trace(puzzle, solution)})
+        except ValueError:  # equations.NotTeachable: a cryptarithm with no recall trace
+            continue
     return rows
 
 

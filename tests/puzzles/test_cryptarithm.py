@@ -55,7 +55,13 @@ def test_a_tampered_recall_is_a_leap():
     puzzle, _, res = _recallable(1)[0]
     lines = res.reasoning.split("\n")
     i = next(i for i, line in enumerate(lines) if "recall [" in line)
-    lines[i] = lines[i].replace("=", "~", 1) if " A=" not in lines[i] else lines[i].replace(" A=", " A=9", 1)
+    head, listing = lines[i].split("recall [", 1)
+    j = next((k for k, c in enumerate(listing) if c.isdigit()), None)
+    if j is None:  # a join-only entry: drop its last candidate
+        listing = listing.rsplit("; ", 1)[0] + "]" + listing.split("]", 1)[1]
+    else:  # one recalled digit changed
+        listing = listing[:j] + str((int(listing[j]) + 1) % 10) + listing[j + 1 :]
+    lines[i] = head + "recall [" + listing
     assert not all(s.derived for s in E.audit(puzzle, "\n".join(lines)))
 
 
@@ -65,3 +71,51 @@ def test_drill_rows_cover_the_catalog_before_repeating():
     assert len(set(prompts[: len(C.catalog())])) == len(C.catalog())
     sig = prompts[0].rsplit(": ", 1)[1]
     assert rows[0][1].startswith(f"Signature {sig}: {len(C.catalog()[sig])} candidate")
+
+
+def test_candidate_listing_parses_back():
+    sig = next(s for s, v in C.catalog().items() if 3 <= len(v) <= C.LIST_MAX and v[0][1])
+    text = C._cands_text(C.catalog()[sig])
+    items = C.parse_cands(text[1:-1])
+    assert items == [(C.rule_text(r), d) for r, d in C.catalog()[sig]]
+    assert C.parse_cands("plain a + b: 12x4") is None
+
+
+def test_a_long_entry_is_recited_and_its_count_audited():
+    rng = random.Random(8)
+    for _ in range(400):
+        q = E.parse(E.generate(rng, {"family": "symbolic"}).prompt)
+        res = C.recall_trace(q)
+        if res.answer is not None and "one at a time" in res.reasoning:
+            break
+    else:
+        raise AssertionError("no generated puzzle recites a long entry")
+    assert all(s.derived for s in E.audit(q, res.reasoning))
+    line = next(x for x in res.reasoning.split("\n") if "one at a time" in x)
+    n = line.split("recall its ")[1].split(" ")[0]
+    bad = res.reasoning.replace(line, line.replace(f"recall its {n} ", f"recall its {int(n) + 1} "))
+    assert not all(s.derived for s in E.audit(q, bad))
+
+
+def test_unseen_operator_is_a_prior_guess_in_the_walks_world():
+    walk = C.Walk([], {}, {"+": E.Rule(True, "add")}, rev=True)
+    r = C.guess_rule("*", walk)
+    assert r.rev and E.FAMILY[r.op] != "add"
+    assert r == max((x for x in E.ALL_RULES if x.rev and E.FAMILY[x.op] != "add"),
+                    key=lambda x: E.rule_weight("*", x))
+
+
+def test_no_search_trace_for_a_cryptarithm_the_recall_cannot_reach():
+    from puzzles.base import Solution
+
+    rng = random.Random(4)
+    for _ in range(300):
+        p = E.parse(E.generate(rng, {"family": "symbolic"}).prompt)
+        if C.recall_trace(p).answer is None:
+            break
+    sol = Solution("??", "deduced", rule="symbolic", steps={"family": "symbolic"})
+    try:
+        E.trace(p, sol)
+    except E.NotTeachable:
+        return
+    raise AssertionError("a symbolic trace was written without the recall walk reaching the answer")

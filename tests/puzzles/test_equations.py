@@ -4,6 +4,7 @@ import random
 import pytest
 
 from puzzles import equations as E
+from puzzles.audit import estimate_real_tokens
 from puzzles.base import PuzzleFormatError
 
 NUMERIC_OPS = [op.name for op in E.OPS]
@@ -111,9 +112,13 @@ def test_trace_ends_with_answer_and_is_short():
             sol = E.solve(E.parse(p.prompt), time_cap=0.5)
             if sol is None or sol.status != "deduced":
                 continue
-            text = E.trace(p, sol)
+            try:
+                text = E.trace(p, sol)
+            except E.NotTeachable:
+                assert family == "symbolic"  # no recall trace reaches it: no trace at all (never the search)
+                continue
             assert text.rstrip().endswith(sol.answer)
-            assert len(text) < 12000  # ~4,000 tokens at the worst ~3 characters a token
+            assert estimate_real_tokens(text) < 7680  # the competition's generation budget
             n += 1
         assert n >= 2
 

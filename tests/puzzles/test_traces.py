@@ -54,3 +54,21 @@ def test_solve_traced_gives_the_record_and_the_trace_of_a_real_style_puzzle(tmp_
     assert rec["outcome"] == "deduced_right" and rec["prediction"] == p.answer
     assert row["answer"] == p.answer and check_sft_row(row) is None
     assert row["features"]["solver_answer"] == p.answer
+
+
+def test_solve_traced_makes_no_row_for_a_deduced_cryptarithm_the_recall_cannot_reach():
+    import random
+
+    from puzzles import cryptarithm, equations
+
+    rng = random.Random(2)
+    for _ in range(400):
+        p = equations.parse(equations.generate(rng, {"family": "symbolic"}).prompt)
+        sol = equations.solve(p)
+        if sol is not None and sol.status == "deduced" and cryptarithm.recall_trace(p).answer != sol.answer:
+            break
+    else:
+        pytest.skip("no generated cryptarithm the search deduces and the recall walk misses")
+    p.id = "sym-1"
+    rec, row = solve_traced(p)
+    assert row is None and rec["not_teachable"] and rec["outcome"] == "deduced"
