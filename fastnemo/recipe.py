@@ -143,11 +143,10 @@ def stage_data(ctx: Context, key: str):
         stats = mix_next(ctx.run.artifact(distilled, "traces"), prev_sft, out,
                          carry_share=recipe.distill.carry_share, seed=recipe.seed + ctx.round)
     elif recipe.data.path:
-        from fastnemo.files import write_atomic
-        from puzzles.dataset import read_jsonl
+        from fastnemo.files import read_jsonl, write_atomic
 
         source = resolve(recipe, recipe.data.path)
-        for i, row in enumerate(read_jsonl(source), start=1):  # what SFT reads: fail now, not after loading
+        for i, row in enumerate(read_jsonl(source, strict=True), start=1):  # what SFT reads: fail now, not after loading
             bad = [k for k in ("prompt", "completion") if not isinstance(row.get(k), str) or not row[k].strip()]
             if bad:
                 raise ValueError(f"data.path {source}: line {i}: missing or empty {bad} (SFT needs both)")
@@ -172,14 +171,14 @@ def stage_data(ctx: Context, key: str):
 
 def stage_sft(ctx: Context, key: str):
     from fastnemo import sft
-    from puzzles.dataset import read_jsonl
+    from fastnemo.files import read_jsonl
 
     d = ctx.run.path / key  # not cleaned: it holds the trainer's checkpoints for a resume
     d.mkdir(exist_ok=True)
     data_key = ctx.finished("data")
     if data_key is None:
         raise ValueError(f"{key}: no data stage has finished before it (put 'data' before 'sft' in stages)")
-    rows = read_jsonl(ctx.run.artifact(data_key, "sft"))
+    rows = read_jsonl(ctx.run.artifact(data_key, "sft"), strict=True)
     session = ctx.get_session()
     summary = sft.train(session, rows, ctx.recipe.sft, d / "checkpoints", seed=ctx.recipe.seed,
                         log=lambda rec: ctx.run.log({"stage": key, **rec}))

@@ -9,8 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from fastnemo.files import read_jsonl
 from puzzles.base import PROMPT_SUFFIX, Puzzle
-from puzzles.dataset import check_sft_row, read_jsonl
+from puzzles.dataset import check_sft_row
 from puzzles.teacher import RateLimiter, TeacherConfig, TeacherError, fill
 
 GOLD = {f"p{i}": f"{10 + i}.50" for i in range(6)}
@@ -101,7 +102,7 @@ def test_retries_filter_tokens_and_cache_resume(server, tmp_path):
         assert r["completion"].endswith(f"</think>\n\\boxed{{{GOLD[r['id']]}}}")
         assert "<think>" not in r["completion"]
     assert next(r for r in rows if r["id"] == "p1")["completion"].startswith("reasoning for p1")
-    assert len(read_jsonl(cache)) == 6  # one record per decided sample, failures included
+    assert len(read_jsonl(cache, strict=True)) == 6  # one record per decided sample, failures included
 
     # Resume: a torn last line (kill mid-append) is dropped, everything decided costs no request.
     with open(cache, "a") as f:
@@ -110,7 +111,7 @@ def test_retries_filter_tokens_and_cache_resume(server, tmp_path):
     rows2, stats2 = fill(_puzzles(), _cfg(server["url"]), cache, progress=False)
     assert server["fake"].requests == []
     assert stats2["cached"] == 6 and sorted(r["id"] for r in rows2) == sorted(r["id"] for r in rows)
-    assert len(read_jsonl(cache)) == 6
+    assert len(read_jsonl(cache, strict=True)) == 6
 
     # More samples allowed: only the rejected puzzles are asked again, and now pass.
     rows3, _ = fill(_puzzles(), _cfg(server["url"], samples=2), cache, progress=False)
@@ -146,7 +147,7 @@ def test_gives_up_after_retries_and_does_not_cache(server, tmp_path):
     cache = tmp_path / "c.jsonl"
     rows, stats = fill(_puzzles(), _cfg(server["url"], max_retries=2), cache, progress=False)
     assert stats["gave_up"] == 1 and len(rows) == 5
-    assert "p0" not in {r["id"] for r in read_jsonl(cache)}
+    assert "p0" not in {r["id"] for r in read_jsonl(cache, strict=True)}
 
 
 def test_puzzles_without_gold_are_refused(tmp_path):
