@@ -160,7 +160,7 @@ def audit(puzzle: Puzzle, reasoning: str) -> list:
     from puzzles.base import AuditStep
 
     lines = reasoning.split("\n")
-    steps = fit_steps(lines, puzzle.examples, lambda g, t: round2(HALF * g * t * t))
+    steps = fit_steps(lines, puzzle.examples, lambda g, t: HALF * g * t * t)
     for i, line in enumerate(lines):
         if m := re.match(r"^Step 3: the query t = (\S+)s\.$", line):
             steps.append(AuditStep(i, "restate", m.group(1) == str(puzzle.query), line))
