@@ -428,10 +428,7 @@ def traces_score(model_path, adapter, sft, overrides, out_dir, batch_size, limit
     summary = trace_score.summarize(records)
     trace_score.print_table(summary, f"teacher-forced trace scores: {sft} under {model_path}")
     if out_dir:
-        from fastnemo.files import write_json, write_jsonl
-
-        write_json(Path(out_dir) / "trace_scores.json", summary)
-        write_jsonl(Path(out_dir) / "trace_scores.jsonl", ({k: v for k, v in r.items() if k != "logp"} for r in records))
+        trace_score.write(out_dir, summary, records)
         click.echo(f"wrote {out_dir}/trace_scores.json and trace_scores.jsonl", err=True)
 
 

@@ -20,15 +20,16 @@ from puzzles import CATEGORIES, Puzzle
 from puzzles.metric import boxed_contents, extract_answer, is_correct
 
 
-def stratified(puzzles: list[Puzzle], limit: int, seed: int = 0) -> list[Puzzle]:
-    """At most ``limit`` puzzles, the same share of each category (round-robin over a fixed shuffle)."""
+def stratified(puzzles: list, limit: int, seed: int = 0) -> list:
+    """At most ``limit`` puzzles (or SFT rows), the same share of each category (round-robin over a fixed
+    shuffle)."""
     import random
 
     if not limit or limit >= len(puzzles):
         return puzzles
     by_cat = collections.defaultdict(list)
     for p in puzzles:
-        by_cat[p.category].append(p)
+        by_cat[p["category"] if isinstance(p, dict) else p.category].append(p)
     rng = random.Random(seed)
     for rows in by_cat.values():
         rng.shuffle(rows)

@@ -245,7 +245,35 @@ def stage_eval(ctx: Context, key: str):
     summary["checkpoint"] = ctx.adapter_key
     ctx.run.log({"stage": key, "eval_accuracy": summary["accuracy"], "checkpoint": ctx.adapter_key,
                  **{f"acc/{c}": v["accuracy"] for c, v in summary["per_category"].items()}})
-    return {"results": d / "results.jsonl"}, summary
+    artifacts = {"results": d / "results.jsonl"}
+    if ctx.recipe.eval.trace_set:
+        scores = distributed.on_main(score_trace_set, ctx, session, d)  # one forward pass a batch: rank 0
+        ctx.run.log({"stage": key, "checkpoint": ctx.adapter_key, **trace_metrics(scores)})
+        summary["traces"] = {c: {k: v for k, v in e.items() if k != "weakest_lines"} for c, e in scores.items()}
+        artifacts["trace_scores"] = d / "trace_scores.json"
+    return artifacts, summary
+
+
+def score_trace_set(ctx: Context, session, d: Path) -> dict:
+    """Teacher-forced scores of ``eval.trace_set`` under the session's model (``fastnemo.trace_score``),
+    written to ``d``/trace_scores.json(l)."""
+    from fastnemo import trace_score
+    from fastnemo.evaluate import stratified
+    from puzzles.audit import read_rows
+
+    e = ctx.recipe.eval
+    rows = stratified(read_rows(resolve(ctx.recipe, e.trace_set)), e.trace_limit)
+    records = trace_score.score_rows(session, rows, batch_size=e.trace_batch_size, progress=True)
+    summary = trace_score.summarize(records)
+    trace_score.print_table(summary, f"teacher-forced trace scores: {e.trace_set} ({ctx.adapter_key or 'base'})")
+    trace_score.write(d, summary, records)
+    return summary
+
+
+def trace_metrics(scores: dict) -> dict:
+    """The per-category trace scores as flat metrics keys (``trace/<category>/<measure>``)."""
+    keys = ("mean_logp", "min_logp", "share_below_ln2", "first_divergence_median", "greedy_match_rows", "rows")
+    return {f"trace/{c}/{k}": e[k] for c, e in scores.items() for k in keys}
 
 
 def stage_distill(ctx: Context, key: str):
@@ -333,6 +361,13 @@ def preflight(recipe: Recipe) -> list[str]:
     for field, value in {"data.path": recipe.data.path, "start_from": recipe.start_from}.items():
         if value and not resolve(recipe, value).exists():
             raise RecipeError(f"{where}: {field} {resolve(recipe, value)} does not exist")
+    if recipe.eval.trace_set and "eval" in recipe.stages:
+        from puzzles.audit import AuditError, read_rows
+
+        try:
+            notes.append(f"eval.trace_set: {len(read_rows(resolve(recipe, recipe.eval.trace_set)))} traces")
+        except AuditError as e:
+            raise RecipeError(f"{where}: eval.trace_set: {e}") from None
     if recipe.hardware.gpus > 1:
         notes.append(distributed.check_machine(recipe))
     return notes
