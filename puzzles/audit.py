@@ -250,6 +250,10 @@ def audit_file(path: str | Path, tokenizer=None, progress: bool = False, workers
     rows = read_rows(path)
     _TOKENIZE = (lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]) if tokenizer is not None else None
     if workers > 1:
+        # One row of each category first, here: its lazy tables (the cryptarithm catalog takes minutes) are then
+        # built once and inherited by every forked worker, not rebuilt in each.
+        for row in {r["category"]: r for r in reversed(rows)}.values():
+            _audit_one(row)
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             pairs = list(track(pool.imap(_audit_one, rows, chunksize=32), total=len(rows), description="auditing",
                                disable=not progress))
