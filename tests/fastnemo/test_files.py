@@ -141,43 +141,27 @@ def teacher_puzzles():
                    f"Puzzle {pid}.", examples=[], query=None, answer=gold) for pid, gold in GOLD.items()]
 
 
-@pytest.fixture()
-def teacher_url():
-    """A real chat-completions endpoint on 127.0.0.1 that answers each puzzle right, with a reasoning longer
-    than a page (so an append needs new blocks: a full disk refuses it); ``asked`` lists the puzzles asked."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class RightTeacher:
+    """Answers each puzzle right, with a reasoning longer than a page (so an append needs new blocks: a full
+    disk refuses it); ``asked`` lists the puzzles asked."""
 
-    asked = []
+    def __init__(self):
+        self.asked = []
 
-    class Reply(BaseHTTPRequestHandler):
-        def do_POST(self):
-            prompt = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["messages"][-1]["content"]
-            pid = prompt.split("Puzzle ")[1].split(".")[0]
-            asked.append(pid)
-            msg = {"role": "assistant", "content": f"<think>{'x' * 6000}</think>\\boxed{{{GOLD[pid]}}}"}
-            data = json.dumps({"choices": [{"message": msg}]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Reply)
-    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", asked
-    httpd.shutdown()
-    httpd.server_close()
+    def reply(self, body: dict) -> tuple[int, dict]:
+        pid = body["messages"][-1]["content"].split("Puzzle ")[1].split(".")[0]
+        self.asked.append(pid)
+        return 200, {"choices": [{"message": {"role": "assistant",
+                                              "content": f"<think>{'x' * 6000}</think>\\boxed{{{GOLD[pid]}}}"}}]}
 
 
-def test_teacher_cache_survives_a_full_disk_and_a_torn_tail(small_disk, teacher_url):
+def test_teacher_cache_survives_a_full_disk_and_a_torn_tail(small_disk, chat_server):
     from puzzles.teacher import TeacherConfig
     from puzzles.teacher import fill as teacher_fill
 
-    url, asked = teacher_url
-    cfg = TeacherConfig(base_url=url, model="t", rps=500, concurrency=1, max_retries=0)
+    chat_server["fake"] = teacher = RightTeacher()
+    asked = teacher.asked
+    cfg = TeacherConfig(base_url=chat_server["url"], model="t", rps=500, concurrency=1, max_retries=0)
     cache, puzzles = small_disk / "teacher.jsonl", teacher_puzzles()
     teacher_fill(puzzles[:1], cfg, cache, progress=False)
     filler = fill(small_disk, 0)

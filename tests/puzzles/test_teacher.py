@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -29,6 +27,7 @@ class FakeTeacher:
         self.lock = threading.Lock()
 
     def reply(self, body: dict) -> tuple[int, dict]:
+        assert body["model"] == "tiny-teacher"
         prompt = body["messages"][-1]["content"]
         pid = next(p for p, text in PROMPTS.items() if prompt == text + PROMPT_SUFFIX)
         with self.lock:
@@ -46,34 +45,8 @@ class FakeTeacher:
 
 
 @pytest.fixture
-def server():
-    holder = {}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            if self.path != "/v1/chat/completions":
-                self.send_error(404)
-                return
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            assert body["model"] == "tiny-teacher"
-            code, payload = holder["fake"].reply(body)
-            data = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    holder["url"] = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    yield holder
-    httpd.shutdown()
-    httpd.server_close()
+def server(chat_server):
+    return chat_server  # tests/conftest.py: set server["fake"] to a FakeTeacher
 
 
 def _puzzles():
