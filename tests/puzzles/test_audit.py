@@ -39,7 +39,7 @@ def test_unreferenced_numbers_are_found():
     assert audit.unreferenced("the value 12.5", lines) == [(1, "99")]
 
 
-@pytest.mark.parametrize("category", ["cipher", "numeral_system", "unit_conversion", "gravity"])
+@pytest.mark.parametrize("category", ["cipher", "numeral_system", "unit_conversion", "gravity", "bit_manipulation"])
 def test_solver_traces_of_audited_categories_have_no_wrong_steps(category):
     rec = audit.audit_row(_row(category))
     assert rec["metric_ok"] and rec["steps"] > 3
