@@ -133,3 +133,18 @@ def test_cli_writes_json_and_png_and_names_the_bad_row(tmp_path):
     r = CliRunner().invoke(data, ["audit", str(path), "--out", str(tmp_path / "rep2")])
     assert r.exit_code != 0 and "row 2" in r.output and str(path) in r.output
     assert not (tmp_path / "rep2").exists()
+
+
+def test_an_interval_end_a_last_digit_off_is_no_way_onto_a_tie():
+    # hi = 24.115 / 26.5 computes as 0.91000...01 (28 digits), so 0.91 looked inside; 26.5 * 0.91 = 24.115
+    prompt = ("In Alice's Wonderland, a secret unit conversion is applied to measurements. For example:\n"
+              "26.5 m becomes 24.11\n18.46 m becomes 16.80\n46.62 m becomes 42.42\n31.47 m becomes 28.64\n"
+              "Now, convert the following measurement: 49.89 m")
+    from puzzles import units
+
+    puzzle = categories.parse(prompt)
+    sol = units.solve(puzzle)
+    assert sol.steps["hi"] > sol.steps["factor"] and str(sol.steps["factor"]) != "0.91"
+    row = {"id": "t", "category": "unit_conversion", "prompt": prompt, "answer": sol.answer,
+           "completion": completion(units.trace(puzzle, sol), sol.answer)}
+    assert audit.audit_row(row)["leaps"] == []
