@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from fastnemo import files
 from fastnemo.plan import NANO_CONFIG
 
 # Nemotron-3-Nano-30B-A3B's widths (fastnemo.plan keeps them; the layer pattern comes from --slice) plus
@@ -349,8 +350,6 @@ _T0 = time.perf_counter()
 def write_json(path: str | Path | None, payload: dict) -> None:
     if not path:
         return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "hardware": hardware(),
         "load_average": load_average(),
@@ -358,7 +357,7 @@ def write_json(path: str | Path | None, payload: dict) -> None:
         "argv": sys.argv,
         **payload,
     }
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    files.write_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ data and runs

@@ -10,9 +10,10 @@ peak_gib, date, plus ``id`` (what a RATES entry cites) and ``source`` (where a s
 from __future__ import annotations
 
 import datetime
-import json
 import sys
 from pathlib import Path
+
+from fastnemo import files
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FIELDS = ("bench", "variant", "engine", "backend", "layers", "gpu", "memory_cap_gib", "batch", "prompt_len",
@@ -32,23 +33,14 @@ def append(path: str | Path, rec: dict) -> None:
     missing = [k for k in FIELDS if k not in rec]
     if missing:
         raise ValueError(f"{path}: record lacks {missing}: {rec}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(rec, default=str) + "\n")
+    files.append_jsonl(path, [rec])
 
 
 def load(root: str | Path = RESULTS) -> list[dict]:
     """Every record under ``root``, file by file, line by line; a bad line names its file and line."""
     out = []
     for path in sorted(Path(root).glob("*.jsonl")):
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{n}: not JSON ({e})") from e
+        for n, rec in enumerate(files.read_jsonl(path, strict=True), 1):  # a bad line: JsonlError names it
             missing = [k for k in FIELDS if k not in rec]
             if missing:
                 raise ValueError(f"{path}:{n}: record lacks {missing}")

@@ -25,8 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from fastnemo.files import read_jsonl
 from puzzles.analyze import group_of
-from puzzles.dataset import read_jsonl
 
 TRAIN_DEV = REPO.parent / "shared" / "data" / "train_dev.csv"
 MAX_COMPLETION = 7680
@@ -81,14 +81,14 @@ def _pct(xs: list[float], q: float) -> float:
 
 def _sft_rows(args) -> list[dict]:
     if args.sft:
-        return read_jsonl(args.sft)
+        return read_jsonl(args.sft, strict=True)
     from puzzles.mix import MixConfig, build_mix
 
     out = Path(tempfile.mkdtemp()) / "mix.jsonl"
     like = str(TRAIN_DEV) if TRAIN_DEV.exists() else None
     print(f"building a {args.n}-row mix{' like ' + like if like else ''} ...", file=sys.stderr)
     build_mix(MixConfig(n=args.n, out=str(out), like=like, workers=2, progress=sys.stderr.isatty()))
-    return read_jsonl(out)
+    return read_jsonl(out, strict=True)
 
 
 def main() -> int:

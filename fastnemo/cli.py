@@ -232,10 +232,14 @@ def sft(model_path, adapter, data, out, overrides):
         _fail(f"{Path(out) / 'adapter'} exists; refusing to overwrite it (choose another --out)")
     _lock_out(out)
     from fastnemo import sft as sft_mod
-    from puzzles.dataset import read_jsonl
+    from fastnemo.files import JsonlError, read_jsonl
 
+    try:
+        rows = read_jsonl(data, strict=True)
+    except JsonlError as e:
+        _fail(str(e))
     session = _load_session(r, adapter)
-    summary = sft_mod.train(session, read_jsonl(data), r.sft, Path(out) / "checkpoints", seed=r.seed)
+    summary = sft_mod.train(session, rows, r.sft, Path(out) / "checkpoints", seed=r.seed)
     try:
         session.save_adapter(Path(out) / "adapter")
     except FileExistsError as e:
@@ -424,12 +428,7 @@ def traces_score(model_path, adapter, sft, overrides, out_dir, batch_size, limit
     summary = trace_score.summarize(records)
     trace_score.print_table(summary, f"teacher-forced trace scores: {sft} under {model_path}")
     if out_dir:
-        from fastnemo.files import write_atomic, write_json
-
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        write_json(Path(out_dir) / "trace_scores.json", summary)
-        write_atomic(Path(out_dir) / "trace_scores.jsonl",
-                     "".join(json.dumps({k: v for k, v in r.items() if k != "logp"}) + "\n" for r in records))
+        trace_score.write(out_dir, summary, records)
         click.echo(f"wrote {out_dir}/trace_scores.json and trace_scores.jsonl", err=True)
 
 

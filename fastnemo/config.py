@@ -265,6 +265,14 @@ class EvalConfig(Section):
     limit: int = key(0, "Evaluate at most this many rows, stratified by category (0 = all).", ge=0)
     n_generated: int = key(120, "Size of the held-out generated set when `data` is empty.", ge=1)
     sampling: SamplingConfig = section(SamplingConfig, "How evaluation generates (the competition's settings).")
+    trace_set: str = key("", "SFT JSONL of held-out traces (e.g. `fastnemo data solve --traces` of train.csv) "
+                         "that each eval also scores by teacher forcing (`fastnemo traces score`): per category "
+                         "mean/min token log-prob, share under ln 2, first greedy divergence, logged to "
+                         "metrics.jsonl. \"\" = off.")
+    trace_limit: int = key(240, "Score at most this many rows of `trace_set`, the same share of each category "
+                           "(0 = all).", ge=0)
+    trace_batch_size: int = key(4, "Rows per teacher-forced forward pass (its logits are rows x length x vocab).",
+                                ge=1)
 
 
 @dataclasses.dataclass

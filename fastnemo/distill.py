@@ -27,12 +27,11 @@ import time
 from pathlib import Path
 
 from fastnemo.config import Recipe, SamplingConfig, resolve
-from fastnemo.files import append_jsonl
-from fastnemo.files import read_jsonl as read_jsonl_log
+from fastnemo.files import append_jsonl, read_jsonl, write_jsonl
 from fastnemo.progress import console, task
 from fastnemo.rewards import THINK_CLOSE, well_formatted
 from puzzles import CATEGORIES, Puzzle
-from puzzles.dataset import read_jsonl, sft_row, write_jsonl
+from puzzles.dataset import sft_row
 from puzzles.metric import score
 from puzzles.mix import prompt_key
 from puzzles.traces import completion as trace_completion
@@ -61,7 +60,7 @@ def read_puzzles(path: Path) -> list[Puzzle]:
     from puzzles.base import detect_category
 
     out = []
-    for r in read_jsonl(path):
+    for r in read_jsonl(path, strict=True):
         category = r.get("category") or detect_category(r["prompt"])
         out.append(Puzzle(id=str(r["id"]), category=category, prompt=r["prompt"], examples=[], query=None,
                           answer=str(r["answer"])))
@@ -136,7 +135,7 @@ def goldilocks(passrates: list[dict], low: float, high: float) -> list[dict]:
 def read_cache(path: Path) -> dict[str, dict]:
     """Cached records (``cache_record``) by puzzle id. A last line cut by a kill is skipped (and cut off before
     the next append), so its puzzle is generated again."""
-    return {r["id"]: r for r in read_jsonl_log(path)}
+    return {r["id"]: r for r in read_jsonl(path)}
 
 
 # ------------------------------------------------------------------------------------------------- run
@@ -267,8 +266,8 @@ def mix_next(traces_path, prev_sft_path, out_path, carry_share: float, seed: int
     (default: half an equal share of the output), topped up from the previous rows not carried, so a
     category the model cannot solve yet does not vanish from training."""
     rng = random.Random(f"mix_next:{seed}")
-    new = read_jsonl(traces_path)
-    prev = read_jsonl(prev_sft_path)
+    new = read_jsonl(traces_path, strict=True)
+    prev = read_jsonl(prev_sft_path, strict=True)
     out, seen = [], set()
     for r in new:
         key = prompt_key(r["prompt"])

@@ -265,31 +265,30 @@ def merge(puzzles: list, records: dict[str, dict], what: str) -> list[dict]:
 def evaluate_shard(session, puzzles: list, sampling, out_path: Path, batch_size: int, r: int, n: int) -> Path:
     """Evaluate rank ``r``'s shard into ``results.rank{r}.jsonl`` beside ``out_path``; resumable."""
     from fastnemo.evaluate import evaluate
+    from fastnemo.files import move_into_place
 
     out_path = Path(out_path)
     mine = out_path.with_name(f"{out_path.stem}.rank{r}.jsonl")
     partial = mine.with_suffix(".partial.jsonl")
     if mine.exists() and not partial.exists():
-        os.replace(mine, partial)  # a finished shard: evaluate re-reads it and generates nothing
+        move_into_place(mine, partial)  # a finished shard: evaluate re-reads it and generates nothing
     evaluate(session, shard(puzzles, r, n), sampling, mine, batch_size=batch_size)
     return mine
 
 
 def merge_eval(puzzles: list, out_path: Path) -> dict:
     """Join every rank's results file into ``out_path`` (the puzzles' order) and summarize it."""
-    import json
-
     from fastnemo.evaluate import summarize, table
-    from fastnemo.files import write_atomic
+    from fastnemo.files import read_jsonl, write_jsonl
     from fastnemo.progress import console
 
     out_path = Path(out_path)
     records = {}
     for f in sorted(out_path.parent.glob(f"{out_path.stem}.rank*.jsonl")):
         if ".partial" not in f.name:
-            records.update((r["id"], r) for r in map(json.loads, f.read_text().splitlines()))
+            records.update((r["id"], r) for r in read_jsonl(f, strict=True))
     results = merge(puzzles, records, f"eval {out_path.parent.name}")
-    write_atomic(out_path, "".join(json.dumps(r) + "\n" for r in results))
+    write_jsonl(out_path, results)
     summary = summarize(results)
     console.print(table(summary))
     return summary
@@ -331,14 +330,9 @@ def distill_sharded(session, recipe: Recipe, out_dir: Path, seed: int = 0, log=N
 def read_caches(out_dir: Path) -> dict[str, dict]:
     """Every distill cache record of ``out_dir`` (one process's and each rank's), by puzzle id; a line cut
     short by a crash is skipped (its owner cuts it off before appending)."""
-    import json
+    from fastnemo.files import read_jsonl
 
     done = {}
     for f in sorted(Path(out_dir).glob("generations*.jsonl")):
-        for line in f.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[r["id"]] = r
+        done.update((r["id"], r) for r in read_jsonl(f))
     return done

@@ -9,27 +9,27 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import os
 from pathlib import Path
 
 from rich.table import Table
 
 from fastnemo.config import SamplingConfig
-from fastnemo.files import append_jsonl, read_jsonl
+from fastnemo.files import append_jsonl, move_into_place, read_jsonl
 from fastnemo.progress import console, task
 from puzzles import CATEGORIES, Puzzle
 from puzzles.metric import boxed_contents, extract_answer, is_correct
 
 
-def stratified(puzzles: list[Puzzle], limit: int, seed: int = 0) -> list[Puzzle]:
-    """At most ``limit`` puzzles, the same share of each category (round-robin over a fixed shuffle)."""
+def stratified(puzzles: list, limit: int, seed: int = 0) -> list:
+    """At most ``limit`` puzzles (or SFT rows), the same share of each category (round-robin over a fixed
+    shuffle)."""
     import random
 
     if not limit or limit >= len(puzzles):
         return puzzles
     by_cat = collections.defaultdict(list)
     for p in puzzles:
-        by_cat[p.category].append(p)
+        by_cat[p["category"] if isinstance(p, dict) else p.category].append(p)
     rng = random.Random(seed)
     for rows in by_cat.values():
         rng.shuffle(rows)
@@ -98,7 +98,7 @@ def evaluate(session, puzzles: list[Puzzle], sampling: SamplingConfig, out_path:
             scored = [done[p.id] for p in puzzles if p.id in done]
             advance(len(batch), info=f"acc {sum(r['correct'] for r in scored) / len(scored):.1%}")
     results = [done[p.id] for p in puzzles]
-    os.replace(partial, out_path)
+    move_into_place(partial, out_path)
     summary = summarize(results)
     console.print(table(summary))
     return summary

@@ -4,8 +4,9 @@
   temp name beside the target, fsynced, then renamed; nothing half-written ever sits at a final path, and
   ``atomic_dir`` never overwrites a finished artifact. Disk full (ENOSPC) mid-write leaves the target as it
   was and removes the temp copy.
-- Append-only logs and caches (``append_jsonl``, ``read_jsonl``): records appended in one write and fsynced;
-  a kill leaves at most one torn last line, which readers skip and the next append cuts off first.
+- JSONL: ``write_jsonl`` (a whole file, atomic), ``append_jsonl`` (logs and caches: records appended in one
+  write and fsynced; a kill leaves at most one torn last line, which ``read_jsonl`` skips and the next
+  append cuts off first), ``read_jsonl`` (``strict`` for data files: every line must be a JSON object).
 
 Standard library only: ``puzzles`` (no torch) uses it too.
 """
@@ -19,6 +20,7 @@ import os
 import shutil
 import signal
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 # Power loss mid-write, for the crash tests: a process whose FASTNEMO_CRASH_AT names a file kills itself
@@ -119,32 +121,85 @@ def drop_torn_tail(path: str | Path) -> None:
         f.truncate(f.read().rfind(b"\n") + 1)
 
 
+def _jsonable(o):
+    """What ``json`` cannot write itself: a number-like (numpy or torch scalar, one-element tensor) as its
+    float, anything else (a Path, a solver's small object) as its text, so a record never fails to write."""
+    try:
+        return float(o)
+    except (TypeError, ValueError, RuntimeError):
+        return str(o)
+
+
+def jsonl_line(record: dict) -> str:
+    """One JSONL line, as every writer here writes it (so a file appended record by record and one written
+    whole are byte for byte the same)."""
+    return json.dumps(record, ensure_ascii=False, default=_jsonable) + "\n"
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
+    """Write ``records`` as a whole JSONL file, atomically; returns how many were written."""
+    n = 0
+    with atomic_open(path) as f:
+        for r in records:
+            f.write(jsonl_line(r))
+            n += 1
+    return n
+
+
 def append_jsonl(path: str | Path, records: list[dict]) -> None:
     """Append ``records`` as JSONL lines in one write and fsync them: a kill leaves at most one torn last line,
     which is cut first here (else it would swallow the first record appended) and by ``read_jsonl``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     drop_torn_tail(path)
-    with open(path, "a") as f:
-        f.write("".join(json.dumps(r, default=float) + "\n" for r in records))
+    with open(path, "a", encoding="utf-8") as f:
+        f.write("".join(jsonl_line(r) for r in records))
         f.flush()
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    """The records of an append-only JSONL file (``append_jsonl``); an absent file has none. A line that is
-    no JSON is skipped: the last one is a record whose append a kill cut short (it is redone), and
-    ``append_jsonl`` cuts such a line before appending, so no other line can be torn."""
+class JsonlError(ValueError):
+    """A JSONL file that cannot be read: named with the line at fault."""
+
+
+def read_jsonl(path: str | Path, *, strict: bool = False) -> list[dict]:
+    """The records (JSON objects, one a line) of a JSONL file; blank lines are skipped.
+
+    - Default, for append-only logs and caches (``append_jsonl``): an absent file has none, and a last line
+      that is no JSON is skipped: a record whose append a kill cut short (it is redone).
+    - ``strict``, for data files written whole (``write_jsonl``, or a user's SFT file): an absent file and a
+      bad last line are errors too.
+
+    Any other bad line raises ``JsonlError`` naming the file and line: ``append_jsonl`` cuts a torn line
+    before it appends, so a kill cannot leave one anywhere but at the end."""
     path = Path(path)
     if not path.exists():
+        if strict:
+            raise JsonlError(f"{path}: no such file")
         return []
+    lines = path.read_text(encoding="utf-8").splitlines()
     out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
             continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if not strict and i == len(lines):
+                break
+            raise JsonlError(f"{path}: line {i}: not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise JsonlError(f"{path}: line {i}: expected a JSON object, got {type(rec).__name__}")
+        out.append(rec)
     return out
+
+
+def move_into_place(src: str | Path, final: str | Path) -> Path:
+    """Publish a finished file (a log whose last record is in) under its final name: rename, fsync the
+    folder."""
+    os.replace(src, final)
+    fsync_dir(Path(final).parent)
+    return Path(final)
 
 
 def sha256(path: str | Path) -> str:

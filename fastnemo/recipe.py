@@ -143,11 +143,10 @@ def stage_data(ctx: Context, key: str):
         stats = mix_next(ctx.run.artifact(distilled, "traces"), prev_sft, out,
                          carry_share=recipe.distill.carry_share, seed=recipe.seed + ctx.round)
     elif recipe.data.path:
-        from fastnemo.files import write_atomic
-        from puzzles.dataset import read_jsonl
+        from fastnemo.files import read_jsonl, write_atomic
 
         source = resolve(recipe, recipe.data.path)
-        for i, row in enumerate(read_jsonl(source), start=1):  # what SFT reads: fail now, not after loading
+        for i, row in enumerate(read_jsonl(source, strict=True), start=1):  # what SFT reads: fail now, not after loading
             bad = [k for k in ("prompt", "completion") if not isinstance(row.get(k), str) or not row[k].strip()]
             if bad:
                 raise ValueError(f"data.path {source}: line {i}: missing or empty {bad} (SFT needs both)")
@@ -172,14 +171,14 @@ def stage_data(ctx: Context, key: str):
 
 def stage_sft(ctx: Context, key: str):
     from fastnemo import sft
-    from puzzles.dataset import read_jsonl
+    from fastnemo.files import read_jsonl
 
     d = ctx.run.path / key  # not cleaned: it holds the trainer's checkpoints for a resume
     d.mkdir(exist_ok=True)
     data_key = ctx.finished("data")
     if data_key is None:
         raise ValueError(f"{key}: no data stage has finished before it (put 'data' before 'sft' in stages)")
-    rows = read_jsonl(ctx.run.artifact(data_key, "sft"))
+    rows = read_jsonl(ctx.run.artifact(data_key, "sft"), strict=True)
     session = ctx.get_session()
     summary = sft.train(session, rows, ctx.recipe.sft, d / "checkpoints", seed=ctx.recipe.seed,
                         log=lambda rec: ctx.run.log({"stage": key, **rec}))
@@ -246,7 +245,35 @@ def stage_eval(ctx: Context, key: str):
     summary["checkpoint"] = ctx.adapter_key
     ctx.run.log({"stage": key, "eval_accuracy": summary["accuracy"], "checkpoint": ctx.adapter_key,
                  **{f"acc/{c}": v["accuracy"] for c, v in summary["per_category"].items()}})
-    return {"results": d / "results.jsonl"}, summary
+    artifacts = {"results": d / "results.jsonl"}
+    if ctx.recipe.eval.trace_set:
+        scores = distributed.on_main(score_trace_set, ctx, session, d)  # one forward pass a batch: rank 0
+        ctx.run.log({"stage": key, "checkpoint": ctx.adapter_key, **trace_metrics(scores)})
+        summary["traces"] = {c: {k: v for k, v in e.items() if k != "weakest_lines"} for c, e in scores.items()}
+        artifacts["trace_scores"] = d / "trace_scores.json"
+    return artifacts, summary
+
+
+def score_trace_set(ctx: Context, session, d: Path) -> dict:
+    """Teacher-forced scores of ``eval.trace_set`` under the session's model (``fastnemo.trace_score``),
+    written to ``d``/trace_scores.json(l)."""
+    from fastnemo import trace_score
+    from fastnemo.evaluate import stratified
+    from puzzles.audit import read_rows
+
+    e = ctx.recipe.eval
+    rows = stratified(read_rows(resolve(ctx.recipe, e.trace_set)), e.trace_limit)
+    records = trace_score.score_rows(session, rows, batch_size=e.trace_batch_size, progress=True)
+    summary = trace_score.summarize(records)
+    trace_score.print_table(summary, f"teacher-forced trace scores: {e.trace_set} ({ctx.adapter_key or 'base'})")
+    trace_score.write(d, summary, records)
+    return summary
+
+
+def trace_metrics(scores: dict) -> dict:
+    """The per-category trace scores as flat metrics keys (``trace/<category>/<measure>``)."""
+    keys = ("mean_logp", "min_logp", "share_below_ln2", "first_divergence_median", "greedy_match_rows", "rows")
+    return {f"trace/{c}/{k}": e[k] for c, e in scores.items() for k in keys}
 
 
 def stage_distill(ctx: Context, key: str):
@@ -334,6 +361,13 @@ def preflight(recipe: Recipe) -> list[str]:
     for field, value in {"data.path": recipe.data.path, "start_from": recipe.start_from}.items():
         if value and not resolve(recipe, value).exists():
             raise RecipeError(f"{where}: {field} {resolve(recipe, value)} does not exist")
+    if recipe.eval.trace_set and "eval" in recipe.stages:
+        from puzzles.audit import AuditError, read_rows
+
+        try:
+            notes.append(f"eval.trace_set: {len(read_rows(resolve(recipe, recipe.eval.trace_set)))} traces")
+        except AuditError as e:
+            raise RecipeError(f"{where}: eval.trace_set: {e}") from None
     if recipe.hardware.gpus > 1:
         notes.append(distributed.check_machine(recipe))
     return notes

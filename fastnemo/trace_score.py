@@ -109,6 +109,17 @@ def summarize(records: list[dict], weakest: int = 5) -> dict[str, Any]:
     return out
 
 
+def write(out_dir, summary: dict[str, Any], records: list[dict]) -> None:
+    """``out_dir``/trace_scores.json (the summary) and trace_scores.jsonl (per row, without the per-token
+    log-probs)."""
+    from pathlib import Path
+
+    from fastnemo.files import write_json, write_jsonl
+
+    write_json(Path(out_dir) / "trace_scores.json", summary)
+    write_jsonl(Path(out_dir) / "trace_scores.jsonl", ({k: v for k, v in r.items() if k != "logp"} for r in records))
+
+
 def print_table(summary: dict[str, Any], title: str, console=None) -> None:
     from rich.console import Console
     from rich.table import Table

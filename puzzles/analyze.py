@@ -12,7 +12,6 @@ they are different problems with very different solver coverage.
 from __future__ import annotations
 
 import collections
-import json
 import multiprocessing
 import re
 import statistics
@@ -21,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from fastnemo.files import read_jsonl, write_json
 from puzzles.base import CATEGORIES, Puzzle
 from puzzles.metric import is_correct
 
@@ -210,7 +210,7 @@ def load_any(path: str | Path, skip_bad: bool = True) -> tuple[list[Puzzle], dic
 
     path = Path(path)
     if path.suffix == ".jsonl":
-        rows = dataset.read_jsonl(path)
+        rows = read_jsonl(path, strict=True)
         puzzles = []
         for r in rows:
             p = categories.parse(r["prompt"])
@@ -262,9 +262,7 @@ def analyze(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        from puzzles.dataset import _atomic_write
-
-        _atomic_write(out / "report.json", lambda f: json.dump(report, f, indent=2))
+        write_json(out / "report.json", report)
         plot(report, puzzles, records, out / "report.png")
     return report
 

@@ -174,23 +174,18 @@ def estimate_real_tokens(text: str) -> int:
 
 def read_rows(path: str | Path) -> list[dict]:
     """SFT rows with the fields the audit needs; AuditError naming the file and row otherwise."""
-    import json
+    from fastnemo.files import JsonlError, read_jsonl
 
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise AuditError(f"{path}: row {n}: not JSON ({e.msg})") from None
-            missing = [k for k in ("id", "category", "prompt", "answer", "completion") if not row.get(k)]
-            if missing:
-                raise AuditError(f"{path}: row {n}: missing or empty {missing}")
-            if THINK_CLOSE not in row["completion"]:
-                raise AuditError(f"{path}: row {n} ({row['id']}): completion has no {THINK_CLOSE} final answer line")
-            rows.append(row)
+    try:
+        rows = read_jsonl(path, strict=True)
+    except JsonlError as e:
+        raise AuditError(str(e)) from None
+    for n, row in enumerate(rows, 1):
+        missing = [k for k in ("id", "category", "prompt", "answer", "completion") if not row.get(k)]
+        if missing:
+            raise AuditError(f"{path}: row {n}: missing or empty {missing}")
+        if THINK_CLOSE not in row["completion"]:
+            raise AuditError(f"{path}: row {n} ({row['id']}): completion has no {THINK_CLOSE} final answer line")
     if not rows:
         raise AuditError(f"{path}: no rows")
     return rows
@@ -255,6 +250,10 @@ def audit_file(path: str | Path, tokenizer=None, progress: bool = False, workers
     rows = read_rows(path)
     _TOKENIZE = (lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]) if tokenizer is not None else None
     if workers > 1:
+        # One row of each category first, here: its lazy tables (the cryptarithm catalog takes minutes) are then
+        # built once and inherited by every forked worker, not rebuilt in each.
+        for row in {r["category"]: r for r in reversed(rows)}.values():
+            _audit_one(row)
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             pairs = list(track(pool.imap(_audit_one, rows, chunksize=32), total=len(rows), description="auditing",
                                disable=not progress))
@@ -273,10 +272,20 @@ _GIVEN = re.compile(r"-> (-?\d+\.\d+), given (-?\d+(?:\.\d+)?), matches\.$")
 _ROUNDED = re.compile(r"^Rounded to 2 decimals: (-?\d+(?:\.\d+)?)$")
 
 
-def fit_steps(lines: list[str], examples: list[tuple[str, str]], predict) -> list[AuditStep]:
-    """Steps of a fitted-constant trace: the constant's choice (re-checked on every example with
-    ``predict(constant, x) -> rounded output``), each "given Y, matches" (Y must be that example's output in
-    the prompt, and the rounding must give it) and the final rounding (of the previous line's last number)."""
+def _rounds_to(exact: str, rounded: str) -> bool:
+    """``exact`` rounds to ``rounded`` at 2 decimals under EVERY rounding convention: strictly within half a
+    cent. A product exactly on a half cent is a tie that the convention decides (ours half-up, the
+    generator's binary float ``round``), so a trace that claims a match there states what may be false."""
+    from decimal import Decimal
+
+    return abs(Decimal(exact) - Decimal(rounded)) < Decimal("0.005")
+
+
+def fit_steps(lines: list[str], examples: list[tuple[str, str]], product) -> list[AuditStep]:
+    """Steps of a fitted-constant trace: the constant's choice (re-checked on every example: the exact
+    ``product(constant, x)`` must round to its output, ties excluded), each "P -> R, given Y, matches" (R must
+    be Y, Y that example's output in the prompt, and P must round to R: no tie) and the final rounding (of the
+    previous line's last number, no tie)."""
     from decimal import Decimal
 
     outputs = [str(y) for _, y in examples]
@@ -284,17 +293,19 @@ def fit_steps(lines: list[str], examples: list[tuple[str, str]], predict) -> lis
     for i, line in enumerate(lines):
         if m := _CHOICE.search(line):
             c = Decimal(m.group(2))
-            ok = all(predict(c, Decimal(str(x))) == Decimal(str(y)) for x, y in examples)
+            ok = all(_rounds_to(str(product(c, Decimal(str(x)))), y) for x, y in examples)
             if m.group(3) is not None:
                 ok = ok and Decimal(m.group(3)) == c / 2
             steps.append(AuditStep(i, "choice", ok, line))
         elif m := _GIVEN.search(line):
             claims = arithmetic_claims(line) or [True]
-            ok = all(claims) and m.group(1) == m.group(2) and m.group(2) in outputs
+            stated = _NUM.findall(line.split("->")[0])
+            ok = (all(claims) and m.group(1) == m.group(2) and m.group(2) in outputs and bool(stated)
+                  and _rounds_to(stated[-1], m.group(1)))
             steps.append(AuditStep(i, "verify", ok, line))
         elif (m := _ROUNDED.match(line)) and i > 0:
             prev = _NUM.findall(lines[i - 1])
-            ok = bool(prev) and abs(float(prev[-1]) - float(m.group(1))) <= 0.005 + 1e-9
+            ok = bool(prev) and _rounds_to(prev[-1], m.group(1))
             steps.append(AuditStep(i, "rounding", ok, line))
     return steps
 

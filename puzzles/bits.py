@@ -523,7 +523,8 @@ def audit(puzzle: Puzzle, reasoning: str) -> list[AuditStep]:
     completion may be given: what follows ``</think>`` (the box) is left to ``puzzles.audit``."""
     state = _Audit(puzzle)
     steps = []
-    for n, line in enumerate(reasoning.split("</think>")[0].strip().split("\n"), start=1):
+    # lines numbered from 0, as puzzles.audit indexes the reasoning (its own verdict on a line is replaced)
+    for n, line in enumerate(reasoning.split("</think>")[0].strip().split("\n")):
         kind, ok = state.check(line)
         steps.append(AuditStep(line=n, kind=kind, derived=bool(ok), text=line))
         if kind == "hypothesis" and ok:

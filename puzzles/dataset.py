@@ -1,4 +1,4 @@
-"""Reading competition CSVs and reading/writing SFT JSONL files.
+"""Reading competition CSVs, writing predictions, and the SFT row contract.
 
 The SFT row format is the contract with fastnemo's trainer (JSONL, one object per line)::
 
@@ -8,8 +8,8 @@ The SFT row format is the contract with fastnemo's trainer (JSONL, one object pe
 ``puzzles.traces.completion(trace_text, answer)``; ``source`` is "solver", "teacher" or "distill";
 ``status`` is "deduced" or "guessed".
 
-Every writer here is atomic (a temporary file beside the target, fsynced, then ``os.replace``), so a killed
-run never leaves half a file under the final name.
+SFT files are read and written through ``fastnemo.files`` (``read_jsonl(path, strict=True)``, ``write_jsonl``),
+the one I/O layer: every write is atomic, so a killed run never leaves half a file under the final name.
 """
 
 from __future__ import annotations
@@ -17,15 +17,12 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
-import io
-import json
-import os
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fastnemo.files import atomic_open, drop_torn_tail  # noqa: F401  (the one I/O module; re-exported)
+from fastnemo.files import atomic_open
 from puzzles.base import Puzzle, PuzzleFormatError
 from puzzles.metric import extract_answer, score
 from puzzles.traces import answer_tail
@@ -168,70 +165,13 @@ def load_csv(path: str | Path, require_answer: bool = False, skip_bad: bool = Fa
 # ---------------------------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: str | Path, write_fn, newline: str | None = None) -> None:
-    with atomic_open(path, "w", newline=newline) as f:  # fastnemo.files: the one atomic writer
-        write_fn(f)
-
-
-def _dumps(row: dict) -> str:
-    # default=str: features may hold tuples or small objects from a solver; a row must never fail to write.
-    return json.dumps(row, ensure_ascii=False, default=str)
-
-
-def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
-    """Write rows as JSONL atomically; returns the number of rows written."""
-    n = 0
-
-    def write(f: io.TextIOBase) -> None:
-        nonlocal n
-        for row in rows:
-            f.write(_dumps(row) + "\n")
-            n += 1
-
-    _atomic_write(path, write)
-    return n
-
-
-def append_jsonl(f: io.TextIOBase, row: dict) -> None:
-    """Append one row to an open file and fsync: a cache that survives a kill mid-run."""
-    f.write(_dumps(row) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
-
-
-def read_jsonl(path: str | Path, tolerate_torn_tail: bool = False) -> list[dict]:
-    """Rows of a JSONL file. A bad line raises DatasetError with file and line number; with
-    ``tolerate_torn_tail`` an unparseable LAST line (a write cut off by a kill) is dropped instead."""
-    path = Path(path)
-    if not path.exists():
-        raise DatasetError(f"{path}: no such file")
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            if tolerate_torn_tail and i == len(lines):
-                break
-            raise DatasetError(f"{path}: line {i}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise DatasetError(f"{path}: line {i}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
-    return rows
-
-
 def write_csv(path: str | Path, header: list[str], rows: Iterable[Iterable[Any]]) -> None:
     """Write a CSV atomically (predictions, submissions)."""
 
-    def write(f: io.TextIOBase) -> None:
+    with atomic_open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)
-
-    _atomic_write(path, write, newline="")
 
 
 def check_sft_row(row: dict) -> str | None:

@@ -104,7 +104,8 @@ def solve(puzzle: Puzzle) -> Solution | None:
     value = round2(half_t2 * (lo + hi) / 2)
     # the shortest 0.5 * g that fits the examples and gives that answer: the trace multiplies by it
     half_g = shortest_decimal(
-        max(lo / 2, (value - HALF_CENT) / (t * t)), min(hi / 2, (value + HALF_CENT) / (t * t))
+        max(lo / 2, (value - HALF_CENT) / (t * t)), min(hi / 2, (value + HALF_CENT) / (t * t)),
+        lambda c: all(abs(s * s * c - d) < HALF_CENT for s, d in pairs + [(t, value)]),
     )
     g = 2 * half_g
     exact = round2(half_t2 * lo) == round2(half_t2 * hi)
@@ -160,7 +161,7 @@ def audit(puzzle: Puzzle, reasoning: str) -> list:
     from puzzles.base import AuditStep
 
     lines = reasoning.split("\n")
-    steps = fit_steps(lines, puzzle.examples, lambda g, t: round2(HALF * g * t * t))
+    steps = fit_steps(lines, puzzle.examples, lambda g, t: HALF * g * t * t)
     for i, line in enumerate(lines):
         if m := re.match(r"^Step 3: the query t = (\S+)s\.$", line):
             steps.append(AuditStep(i, "restate", m.group(1) == str(puzzle.query), line))

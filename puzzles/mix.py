@@ -36,8 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fastnemo.files import read_jsonl, write_json, write_jsonl
 from puzzles.base import CATEGORIES, Puzzle
-from puzzles.dataset import _atomic_write, read_jsonl, sft_row, write_jsonl
+from puzzles.dataset import sft_row
 from puzzles.metric import extract_answer, score
 from puzzles.traces import completion
 
@@ -333,7 +334,7 @@ def _run_shards(cfg: MixConfig, shards: list[Shard], shard_dir: Path, progress, 
     for s in shards:
         rows_path, stats_path = shard_dir / f"{s.name}.jsonl", shard_dir / f"{s.name}.stats.json"
         if rows_path.exists() and stats_path.exists():
-            done[s.name] = (read_jsonl(rows_path), json.loads(stats_path.read_text()))
+            done[s.name] = (read_jsonl(rows_path, strict=True), json.loads(stats_path.read_text()))
             progress.advance(task, len(done[s.name][0]))
         else:
             todo.append(s)
@@ -341,7 +342,7 @@ def _run_shards(cfg: MixConfig, shards: list[Shard], shard_dir: Path, progress, 
     def finish(name, rows, stats):
         if not stats["counts"].get("deadline"):  # a shard cut by the deadline is partial: redo it on resume
             write_jsonl(shard_dir / f"{name}.jsonl", rows)
-            _atomic_write(shard_dir / f"{name}.stats.json", lambda f: json.dump(stats, f))
+            write_json(shard_dir / f"{name}.stats.json", stats)
         done[name] = (rows, stats)
         progress.advance(task, len(rows))
 
@@ -394,7 +395,7 @@ def build_mix(cfg: MixConfig) -> dict:
     if cfg_path.exists() and json.loads(cfg_path.read_text()) != ident:
         for f in shard_dir.iterdir():
             f.unlink()
-    _atomic_write(cfg_path, lambda f: json.dump(ident, f))
+    write_json(cfg_path, ident)
 
     kept: dict[Cell, list[dict]] = {cell: [] for cell in cells}
     keys: set[str] = set()
@@ -467,7 +468,7 @@ def build_mix(cfg: MixConfig) -> dict:
         "notable_failures": {c: v for c, v in notable.items() if v},
         "config": dataclasses.asdict(cfg),
     }
-    _atomic_write(out.with_name(out.name + ".stats.json"), lambda f: json.dump(summary, f, indent=2))
+    write_json(out.with_name(out.name + ".stats.json"), summary)
     if not cfg.keep_shards:
         for f in shard_dir.iterdir():
             f.unlink()

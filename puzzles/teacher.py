@@ -27,8 +27,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from fastnemo.files import append_jsonl, drop_torn_tail, read_jsonl
 from puzzles.base import PROMPT_SUFFIX, Puzzle
-from puzzles.dataset import append_jsonl, drop_torn_tail, read_jsonl, sft_row
+from puzzles.dataset import sft_row
 from puzzles.metric import extract_answer, is_correct
 from puzzles.traces import completion
 
@@ -199,12 +200,11 @@ def to_row(puzzle: Puzzle, rec: dict) -> dict:
 
 
 def load_cache(path: Path, model: str) -> dict[str, list[dict]]:
-    """Cached records of ``model`` by puzzle id; a torn last line (a kill mid-write) is ignored."""
+    """Cached records of ``model`` by puzzle id; a torn last line (a kill mid-write) is skipped."""
     by: dict[str, list[dict]] = collections.defaultdict(list)
-    if path.exists():
-        for rec in read_jsonl(path, tolerate_torn_tail=True):
-            if rec.get("model") == model:
-                by[rec["id"]].append(rec)
+    for rec in read_jsonl(path):
+        if rec.get("model") == model:
+            by[rec["id"]].append(rec)
     return by
 
 
@@ -221,8 +221,7 @@ def fill(
             f"{len(missing)} puzzle(s) have no gold answer to check against, e.g. {missing[:3]}"
         )
     cache_path = Path(cache_path)
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    drop_torn_tail(cache_path)
+    drop_torn_tail(cache_path)  # a resume that appends nothing still leaves whole lines only
     cache = load_cache(cache_path, cfg.model)
     key = os.environ.get(cfg.api_key_env) or None
     limiter, counter, lock = RateLimiter(cfg.rps), Counter(), threading.Lock()
@@ -235,17 +234,8 @@ def fill(
     todo = [p for p in puzzles if not decided(cache.get(p.id, []))]
     stats["cached"] = len(puzzles) - len(todo)
 
-    with (
-        open(cache_path, "a", encoding="utf-8") as cache_file,
-        Progress(
-            TextColumn("[bold]teacher"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[info]}"),
-            disable=not progress,
-        ) as bar,
-    ):
+    with Progress(TextColumn("[bold]teacher"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[info]}"), disable=not progress) as bar:
         task = bar.add_task("teacher", total=len(todo), info="")
 
         def work(p: Puzzle) -> None:
@@ -253,7 +243,7 @@ def fill(
             while not decided(recs) and not stop.is_set():
                 rec = _ask(p, len(recs), cfg, limiter, counter, key)
                 with lock:
-                    append_jsonl(cache_file, rec)
+                    append_jsonl(cache_path, [rec])  # fsynced: a kill loses at most this reply
                     cache[p.id] = recs = recs + [rec]
             with lock:
                 bar.advance(task)

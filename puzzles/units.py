@@ -51,14 +51,18 @@ def round2(x: Decimal) -> Decimal:
     return x.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
-def shortest_decimal(lo: Decimal, hi: Decimal) -> Decimal:
-    """The decimal with the fewest digits in [lo, hi], closest to the middle: the value a trace can state."""
+def shortest_decimal(lo: Decimal, hi: Decimal, fits=lambda c: True) -> Decimal:
+    """The decimal with the fewest digits strictly inside (lo, hi), closest to the middle: the value a trace
+    can state. Not on an end: there one product sits exactly on a half cent, a tie that the rounding
+    convention decides (ours half-up, the generator's binary float), and the trace's "matches" may be false.
+    ``fits(c)`` re-checks a candidate exactly: ``lo`` and ``hi`` come from 28-digit divisions, so an end can
+    lie a last digit off (24.115 / 26.5 gives 0.91000...01, and 0.91 would pass as inside)."""
     mid = (lo + hi) / 2
     for places in range(12):
         step = Decimal(1).scaleb(-places)
         best = (mid / step).to_integral_value() * step
         for cand in (best, best - step, best + step):
-            if lo <= cand <= hi:
+            if lo < cand < hi and fits(cand):
                 return cand
     return mid
 
@@ -134,7 +138,8 @@ def solve(puzzle: Puzzle) -> Solution | None:
         return None
     value = round2(q * (lo + hi) / 2)  # the answer of the middle factor: right in ~91 % of ambiguous cases
     # the simplest factor that fits the examples AND gives that answer, so the trace's arithmetic agrees
-    f = shortest_decimal(max(lo, (value - HALF_CENT) / q), min(hi, (value + HALF_CENT) / q))
+    f = shortest_decimal(max(lo, (value - HALF_CENT) / q), min(hi, (value + HALF_CENT) / q),
+                         lambda c: all(abs(x * c - y) < HALF_CENT for x, y in pairs + [(q, value)]))
     exact = round2(q * lo) == round2(q * hi)
     return Solution(
         answer=f"{value:.2f}",
@@ -185,4 +190,4 @@ def audit(puzzle: Puzzle, reasoning: str) -> list:
     """Re-derive the factor's choice, each example check and the final rounding (see ``puzzles.audit``)."""
     from puzzles.audit import fit_steps
 
-    return fit_steps(reasoning.split("\n"), puzzle.examples, lambda f, x: round2(x * f))
+    return fit_steps(reasoning.split("\n"), puzzle.examples, lambda f, x: x * f)

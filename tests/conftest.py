@@ -24,3 +24,38 @@ def train_dev_path() -> Path:
 def train_dev_rows(train_dev_path) -> list[dict]:
     with open(train_dev_path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def chat_server():
+    """A real OpenAI-style endpoint on 127.0.0.1 (stdlib http.server in a thread) for the teacher tests: set
+    ``holder["fake"]`` to an object whose ``reply(body) -> (status, payload)`` answers each
+    /v1/chat/completions request; ``holder["url"]`` is the base URL."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    holder = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            if self.path != "/v1/chat/completions":
+                self.send_error(404)
+                return
+            code, payload = holder["fake"].reply(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            data = json.dumps(payload).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    holder["url"] = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    yield holder
+    httpd.shutdown()
+    httpd.server_close()

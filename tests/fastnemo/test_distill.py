@@ -9,8 +9,9 @@ import pytest
 
 from fastnemo import distill, files
 from fastnemo.config import DistillConfig, Recipe
+from fastnemo.files import read_jsonl, write_jsonl
 from puzzles import Puzzle
-from puzzles.dataset import check_sft_row, read_jsonl, write_jsonl
+from puzzles.dataset import check_sft_row
 
 
 def cand(text, n_tokens, finish="stop"):
@@ -88,7 +89,7 @@ def test_mix_next_carry_dedupe_and_floors(tmp_path):
     write_jsonl(tmp_path / "prev.jsonl", prev)
     stats = distill.mix_next(tmp_path / "traces.jsonl", tmp_path / "prev.jsonl", tmp_path / "out.jsonl",
                              carry_share=0.1, seed=0, floor=5)
-    rows = read_jsonl(tmp_path / "out.jsonl")
+    rows = read_jsonl(tmp_path / "out.jsonl", strict=True)
     prompts = [" ".join(r["prompt"].split()) for r in rows]
     assert len(prompts) == len(set(prompts))  # deduplicated by prompt
     assert sum(r["source"] == "distill" for r in rows) == 7  # every new trace
@@ -99,7 +100,7 @@ def test_mix_next_carry_dedupe_and_floors(tmp_path):
     assert stats["rows"] == len(rows) == 7 + 4 + stats["topped_up"]
     again = distill.mix_next(tmp_path / "traces.jsonl", tmp_path / "prev.jsonl", tmp_path / "out2.jsonl",
                              carry_share=0.1, seed=0, floor=5)
-    assert again == stats and read_jsonl(tmp_path / "out2.jsonl") == rows  # deterministic per seed
+    assert again == stats and read_jsonl(tmp_path / "out2.jsonl", strict=True) == rows  # deterministic per seed
 
 
 def test_generate_puzzles_deterministic():
@@ -127,11 +128,11 @@ def test_run_on_tiny_model_resumes_and_keeps_planted_trace(tiny_session, tmp_pat
     summary = distill.run(tiny_session, recipe, tmp_path, seed=0)
 
     assert asked == [p.prompt for p in puzzles[1:]]  # the cached puzzle was not generated again
-    traces = read_jsonl(tmp_path / "traces.jsonl")
+    traces = read_jsonl(tmp_path / "traces.jsonl", strict=True)
     assert [(t["id"], t["completion"]) for t in traces] == [(first.id, planted[0]["text"])]
-    rates = {r["id"]: r["pass_rate"] for r in read_jsonl(tmp_path / "passrates.jsonl")}
+    rates = {r["id"]: r["pass_rate"] for r in read_jsonl(tmp_path / "passrates.jsonl", strict=True)}
     assert rates[first.id] == 0.5 and len(rates) == 3
-    assert [g["id"] for g in read_jsonl(tmp_path / "goldilocks.jsonl")] == [first.id]
+    assert [g["id"] for g in read_jsonl(tmp_path / "goldilocks.jsonl", strict=True)] == [first.id]
     assert (tmp_path / "passrates.png").stat().st_size > 1000
     assert summary["prompts"] == 3 and summary["traces"] == 1 and summary["candidates"] == 6
     cached = [json.loads(line) for line in (tmp_path / distill.CACHE).read_text().splitlines()]

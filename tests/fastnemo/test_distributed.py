@@ -22,54 +22,20 @@ ROWS = [
 ]
 
 
-def write_recipe(tmp_path: Path, model_dir: Path, gpus: int, stages: list[str], extra: str = "") -> Path:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    p = tmp_path / "recipe.toml"
-    p.write_text(f"""
-name = "dist"
-run_dir = "run"
-stages = {json.dumps(stages)}
-
-[hardware]
-gpus = {gpus}
-
-[model]
-path = "{model_dir}"
-dtype = "float32"
-gradient_checkpointing = false
-
-[lora]
-rank = 4
-alpha = 8
-
-[generation]
-batch_size = 8
-
-[data]
-path = "sft.jsonl"
-
-[sft]
-learning_rate = 1e-3
-max_steps = 3
-batch_size = 4
-grad_accum = 1
-max_length = 256
-save_steps = 100
-logging_steps = 1
-{extra}""")
-    return p
+def write_recipe(tiny_recipe, folder: Path, stages: list[str], hardware: dict, **keys) -> Path:
+    """The tiny recipe on these ROWS, 3 SFT steps, with the test's [hardware] table."""
+    return tiny_recipe(folder, stages, rows=ROWS, name="dist", hardware=hardware, sft={"max_steps": 3}, **keys)
 
 
 def adapter_weights(run_dir: Path, key: str) -> dict[str, torch.Tensor]:
     return load_file(run_dir / key / "adapter" / "adapter_model.safetensors")
 
 
-def test_two_gloo_processes_train_the_same_adapter_as_one(tmp_path, tiny_model_dir):
+def test_two_gloo_processes_train_the_same_adapter_as_one(tmp_path, tiny_recipe):
     """DDP over 2 CPU processes, 2 rows each, = 1 process with the same global batch of 4 (same rows, same
     order, the loss a mean over the global batch's tokens): the same LoRA weights up to float rounding."""
-    one = run_recipe(load_recipe(write_recipe(tmp_path / "one", tiny_model_dir, 1, ["data", "sft"])))
-    two = run_recipe(load_recipe(write_recipe(tmp_path / "two", tiny_model_dir, 2, ["data", "sft"])))
+    one = run_recipe(load_recipe(write_recipe(tiny_recipe, tmp_path / "one", ["data", "sft"], {"gpus": 1})))
+    two = run_recipe(load_recipe(write_recipe(tiny_recipe, tmp_path / "two", ["data", "sft"], {"gpus": 2})))
     a, b = adapter_weights(one.path, "r1-sft"), adapter_weights(two.path, "r1-sft")
     assert a.keys() == b.keys() and a
     for k in a:
@@ -120,25 +86,24 @@ def test_per_rank_keeps_the_global_batch(batch, accum, n, want):
     assert want[0] * want[1] * n == batch * accum and want[0] <= batch
 
 
-def test_hardware_errors_name_the_key(tmp_path, tiny_model_dir):
-    bad = {
-        "gpus = 0": "hardware.gpus must be >= 1",
-        "gpus = 2\nrollout_gpus = 2": "rollout_gpus must be in 0..gpus-1",
-        "gpus = 2\nrollout_gpus = 1": "stages have no 'grpo'",
-        "gpus = 3": "4 rows per step does not split over 3",
-    }
-    for i, (table, message) in enumerate(bad.items()):
-        p = write_recipe(tmp_path / str(i), tiny_model_dir, 1, ["data", "sft"])
-        p.write_text(p.read_text().replace("gpus = 1", table))
+def test_hardware_errors_name_the_key(tmp_path, tiny_recipe):
+    bad = [
+        ({"gpus": 0}, "hardware.gpus must be >= 1"),
+        ({"gpus": 2, "rollout_gpus": 2}, "rollout_gpus must be in 0..gpus-1"),
+        ({"gpus": 2, "rollout_gpus": 1}, "stages have no 'grpo'"),
+        ({"gpus": 3}, "4 rows per step does not split over 3"),
+    ]
+    for i, (hardware, message) in enumerate(bad):
+        p = write_recipe(tiny_recipe, tmp_path / str(i), ["data", "sft"], hardware)
         with pytest.raises(RecipeError, match=message):
             load_recipe(p)
 
 
-def test_the_machine_decides_how_many_processes(tmp_path, tiny_model_dir, monkeypatch):
+def test_the_machine_decides_how_many_processes(tmp_path, tiny_recipe, monkeypatch):
     """No CUDA: up to one CPU process per core, hf backend and engine only."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr("os.cpu_count", lambda: 2)
-    r = load_recipe(write_recipe(tmp_path, tiny_model_dir, 2, ["data", "sft"]))
+    r = load_recipe(write_recipe(tiny_recipe, tmp_path, ["data", "sft"], {"gpus": 2}))
     assert "2 CPU processes over gloo" in distributed.check_machine(r)
     r.hardware.gpus = 4
     r.sft.batch_size = 8
@@ -149,12 +114,11 @@ def test_the_machine_decides_how_many_processes(tmp_path, tiny_model_dir, monkey
         distributed.check_machine(r)
 
 
-def test_rollout_gpus_start_trls_vllm_server_on_the_last_gpus(tmp_path, tiny_model_dir, monkeypatch):
+def test_rollout_gpus_start_trls_vllm_server_on_the_last_gpus(tmp_path, tiny_recipe, monkeypatch):
     """The wiring of DAPO's server mode (GPU only, so checked as commands and TRL settings here)."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
-    p = write_recipe(tmp_path, tiny_model_dir, 4, ["data", "sft", "grpo"],
-                     "[grpo]\ngroup_size = 4\nbatch_prompts = 2\n")
-    p.write_text(p.read_text().replace("gpus = 4", "gpus = 4\nrollout_gpus = 2"))
+    p = write_recipe(tiny_recipe, tmp_path, ["data", "sft", "grpo"], {"gpus": 4, "rollout_gpus": 2},
+                     grpo={"group_size": 4, "batch_prompts": 2})
     r = load_recipe(p)
     argv, env, server, server_env = distributed.launch_commands(r, str(p))
     assert "--nproc-per-node=2" in argv and argv[-3:] == ["fastnemo", "recipe", str(p)]

@@ -89,6 +89,101 @@ def test_disk_full_during_an_append_leaves_whole_records(small_disk):
     assert [r["step"] for r in files.read_jsonl(log)] == [1, 3]
 
 
+# ------------------------------------------------------------------------------- JSONL files and logs
+
+
+def test_jsonl_round_trip_atomic_and_errors(tmp_path):
+    rows = [{"id": str(i), "features": {"t": (1, 2)}, "text": "ünï\ncode"} for i in range(5)]
+    path = tmp_path / "sub" / "rows.jsonl"
+    assert files.write_jsonl(path, rows) == 5
+    back = files.read_jsonl(path, strict=True)
+    assert back[0] == {"id": "0", "features": {"t": [1, 2]}, "text": "ünï\ncode"} and len(back) == 5
+    assert [f for f in os.listdir(path.parent)] == ["rows.jsonl"]  # no temp file left behind
+
+    def boom():  # a writer that fails midway leaves the old file intact and no temp file
+        yield {"id": "new"}
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        files.write_jsonl(path, boom())
+    assert len(files.read_jsonl(path, strict=True)) == 5 and os.listdir(path.parent) == ["rows.jsonl"]
+
+    files.append_jsonl(path, [{"id": "5"}])
+    with open(path, "a") as f:
+        f.write('{"id": "torn')
+    with pytest.raises(files.JsonlError, match=r"rows\.jsonl: line 7: not valid JSON"):
+        files.read_jsonl(path, strict=True)  # a data file: a torn line is an error, named
+    assert len(files.read_jsonl(path)) == 6  # a log: the torn last line is a record a kill cut short
+    with pytest.raises(files.JsonlError, match="no such file"):
+        files.read_jsonl(tmp_path / "nope.jsonl", strict=True)
+    assert files.read_jsonl(tmp_path / "nope.jsonl") == []  # a log not started yet
+
+
+def test_a_bad_line_before_the_last_is_an_error_even_in_a_log(tmp_path):
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1}\n{"step": 2, "lo\n[3]\n{"step": 4}\n')
+    with pytest.raises(files.JsonlError, match=r"metrics\.jsonl: line 2: not valid JSON"):
+        files.read_jsonl(log)  # append_jsonl cuts a torn line before appending: this is no kill's doing
+    log.write_text('{"step": 1}\n[3]\n')
+    with pytest.raises(files.JsonlError, match="line 2: expected a JSON object, got list"):
+        files.read_jsonl(log)
+
+
+# ------------------------------------------------------------------------------------- teacher cache
+
+GOLD = {f"p{i}": f"{10 + i}.50" for i in range(4)}
+
+
+def teacher_puzzles():
+    from puzzles.base import Puzzle
+
+    return [Puzzle(id=pid, category="unit_conversion", prompt=f"In Alice's Wonderland, a secret unit conversion. "
+                   f"Puzzle {pid}.", examples=[], query=None, answer=gold) for pid, gold in GOLD.items()]
+
+
+class RightTeacher:
+    """Answers each puzzle right, with a reasoning longer than a page (so an append needs new blocks: a full
+    disk refuses it); ``asked`` lists the puzzles asked."""
+
+    def __init__(self):
+        self.asked = []
+
+    def reply(self, body: dict) -> tuple[int, dict]:
+        pid = body["messages"][-1]["content"].split("Puzzle ")[1].split(".")[0]
+        self.asked.append(pid)
+        return 200, {"choices": [{"message": {"role": "assistant",
+                                              "content": f"<think>{'x' * 6000}</think>\\boxed{{{GOLD[pid]}}}"}}]}
+
+
+def test_teacher_cache_survives_a_full_disk_and_a_torn_tail(small_disk, chat_server):
+    from puzzles.teacher import TeacherConfig
+    from puzzles.teacher import fill as teacher_fill
+
+    chat_server["fake"] = teacher = RightTeacher()
+    asked = teacher.asked
+    cfg = TeacherConfig(base_url=chat_server["url"], model="t", rps=500, concurrency=1, max_retries=0)
+    cache, puzzles = small_disk / "teacher.jsonl", teacher_puzzles()
+    teacher_fill(puzzles[:1], cfg, cache, progress=False)
+    filler = fill(small_disk, 0)
+    with pytest.raises(OSError) as e:  # the next reply cannot be cached: the run stops, naming why
+        teacher_fill(puzzles, cfg, cache, progress=False)
+    assert e.value.errno == errno.ENOSPC
+    assert [r["id"] for r in files.read_jsonl(cache)] == ["p0"]  # what was cached is whole
+    filler.unlink()
+    with open(cache, "a") as f:
+        f.write('{"id": "p1", "sample": 0, "mod')  # and a kill cut the next append short
+    asked.clear()
+    rows, stats = teacher_fill(puzzles, cfg, cache, progress=False)  # resume
+    assert sorted(asked) == ["p1", "p2", "p3"] and stats["cached"] == 1  # p0 costs no request again
+    assert [r["id"] for r in rows] == list(GOLD) and all(r["completion"].startswith("x" * 100) for r in rows)
+    assert sorted(r["id"] for r in files.read_jsonl(cache, strict=True)) == list(GOLD)  # the torn line is gone
+    asked.clear()
+    with open(cache, "a") as f:
+        f.write('{"id": "p2", "sam')  # torn again, with every puzzle decided
+    again, _ = teacher_fill(puzzles, cfg, cache, progress=False)
+    assert asked == [] and again == rows and len(files.read_jsonl(cache, strict=True)) == len(GOLD)
+
+
 # --------------------------------------------------------------------------- a checkpoint cut short
 
 

@@ -266,7 +266,7 @@ def test_packed_zip_reloads_to_the_same_logits(tiny_model_dir, tmp_path):
         p.numel() for p in s.model.parameters() if p.requires_grad)
 
 
-def test_recipe_with_the_full_target_set_trains_and_packs(tmp_path, tiny_model_dir):
+def test_recipe_with_the_full_target_set_trains_and_packs(tmp_path, tiny_model_dir, tiny_recipe):
     """The whole recipe (data -> sft -> pack) with the winners' set and train_experts on the tiny model: the
     submission it packs is vLLM's layout and verifies (loaded back into PEFT); the trainable count is the
     plan's."""
@@ -278,33 +278,9 @@ def test_recipe_with_the_full_target_set_trains_and_packs(tmp_path, tiny_model_d
     from fastnemo.pack import verify
     from fastnemo.recipe import run_recipe
 
-    rows = [{"id": f"r{i}", "category": "equations", "prompt": f"In Alice's Wonderland, {i} + {i} = ?",
-             "answer": str(2 * i), "completion": f"Add them.</think>\n\\boxed{{{2 * i}}}"} for i in range(4)]
-    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "r.toml").write_text(f"""
-name = "full"
-run_dir = "run"
-stages = ["data", "sft", "pack"]
-[model]
-path = "{tiny_model_dir}"
-dtype = "float32"
-gradient_checkpointing = false
-[lora]
-rank = 4
-alpha = 8
-target_modules = {json.dumps(FULL)}
-train_experts = true
-[data]
-path = "sft.jsonl"
-[sft]
-learning_rate = 1e-3
-max_steps = 2
-batch_size = 4
-grad_accum = 1
-max_length = 256
-save_steps = 100
-""")
-    run_recipe(load_recipe(tmp_path / "r.toml"))
+    path = tiny_recipe(tmp_path, ["data", "sft", "pack"], name="full",
+                       lora={"target_modules": FULL, "train_experts": True})
+    run_recipe(load_recipe(path))
     (z,) = (tmp_path / "run").rglob("submission.zip")
     report = verify(z, tiny_model_dir, None, load=True)
     assert report["experts"] == 2 * 4 * 2 and set(report["target_modules"]) == set(FULL)

@@ -15,53 +15,11 @@ from fastnemo.recipe import plan_keys, run_recipe
 from fastnemo.run import RunDir, RunLocked
 from fastnemo.session import ModelSession
 
-ROWS = [
-    {"id": f"r{i}", "category": "equations", "prompt": f"In Alice's Wonderland, {i} + {i} = ?",
-     "answer": str(2 * i), "completion": f"Add them.</think>\n\\boxed{{{2 * i}}}"}
-    for i in range(4)
-]
 
-
-def write_recipe(tmp_path: Path, model_dir: Path, stages: list[str]) -> Path:
-    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    text = f"""
-name = "test"
-run_dir = "run"
-stages = {json.dumps(stages)}
-
-[model]
-path = "{model_dir}"
-dtype = "float32"
-gradient_checkpointing = false
-
-[lora]
-rank = 4
-alpha = 8
-
-[generation]
-batch_size = 8
-
-[data]
-path = "sft.jsonl"
-
-[sft]
-learning_rate = 1e-3
-max_steps = 2
-batch_size = 4
-grad_accum = 1
-max_length = 256
-save_steps = 100
-logging_steps = 1
-
-[eval]
-n_generated = 6
-
-[eval.sampling]
-max_tokens = 2
-"""
-    p = tmp_path / "recipe.toml"
-    p.write_text(text)
-    return p
+def write_recipe(tiny_recipe, folder: Path, stages: list[str], eval: dict | None = None, **keys) -> Path:
+    """The tiny recipe of these tests: TINY_ROWS as data.path, a 6-puzzle generated eval of 2 tokens each."""
+    eval = {"n_generated": 6, "sampling": {"max_tokens": 2}, **(eval or {})}
+    return tiny_recipe(folder, stages, name="test", eval=eval, **keys)
 
 
 @pytest.fixture()
@@ -86,15 +44,15 @@ def test_plan_keys_name_rounds_and_evals():
     assert plan_keys(Recipe(stages=["data"]))[-1] == (1, "data", "r1-data")
 
 
-def test_recipe_runs_then_resumes_without_redoing_anything(tmp_path, tiny_model_dir, entered, capsys):
-    recipe = load_recipe(write_recipe(tmp_path, tiny_model_dir, ["data", "sft", "eval", "pack"]))
+def test_recipe_runs_then_resumes_without_redoing_anything(tmp_path, tiny_model_dir, tiny_recipe, entered, capsys):
+    recipe = load_recipe(write_recipe(tiny_recipe, tmp_path, ["data", "sft", "eval", "pack"]))
     loads = ModelSession.loads
     run = run_recipe(recipe)
     assert entered == ["r1-data", "r1-sft", "r1-eval-sft", "pack"]
     assert ModelSession.loads == loads + 1  # one model for the whole run
     stages = run.manifest()["stages"]
     assert list(stages) == ["r1-data", "r1-sft", "r1-eval-sft", "pack"]
-    assert stages["r1-data"]["summary"]["rows"] == len(ROWS)
+    assert stages["r1-data"]["summary"]["rows"] == len((tmp_path / "sft.jsonl").read_text().splitlines()) == 4
     assert stages["r1-sft"]["summary"]["steps"] == 2
     assert stages["r1-eval-sft"]["summary"]["checkpoint"] == "r1-sft" and stages["r1-eval-sft"]["summary"]["n"] == 6
     assert stages["pack"]["summary"]["checkpoint"] == "r1-sft"
@@ -133,8 +91,8 @@ def test_recipe_runs_then_resumes_without_redoing_anything(tmp_path, tiny_model_
     assert stages["r1-eval-sft"]["summary"]["checkpoint"] == "r1-sft"
 
 
-def test_data_only_recipe_never_loads_the_model(tmp_path, tiny_model_dir, entered):
-    recipe = load_recipe(write_recipe(tmp_path, tiny_model_dir, ["data"]))
+def test_data_only_recipe_never_loads_the_model(tmp_path, tiny_recipe, entered):
+    recipe = load_recipe(write_recipe(tiny_recipe, tmp_path, ["data"]))
     loads = ModelSession.loads
     run = run_recipe(recipe)
     run_recipe(recipe)
@@ -142,8 +100,8 @@ def test_data_only_recipe_never_loads_the_model(tmp_path, tiny_model_dir, entere
     assert run.artifact("r1-data", "sft").read_text() == (tmp_path / "sft.jsonl").read_text()
 
 
-def test_changed_artifact_stops_the_resume(tmp_path, tiny_model_dir, entered):
-    recipe = load_recipe(write_recipe(tmp_path, tiny_model_dir, ["data"]))
+def test_changed_artifact_stops_the_resume(tmp_path, tiny_recipe, entered):
+    recipe = load_recipe(write_recipe(tiny_recipe, tmp_path, ["data"]))
     run = run_recipe(recipe)
     with open(run.artifact("r1-data", "sft"), "a") as f:
         f.write("{}\n")
@@ -151,8 +109,8 @@ def test_changed_artifact_stops_the_resume(tmp_path, tiny_model_dir, entered):
         run_recipe(recipe)
 
 
-def test_locked_run_refuses(tmp_path, tiny_model_dir, entered):
-    recipe = load_recipe(write_recipe(tmp_path, tiny_model_dir, ["data"]))
+def test_locked_run_refuses(tmp_path, tiny_recipe, entered):
+    recipe = load_recipe(write_recipe(tiny_recipe, tmp_path, ["data"]))
     holder = RunDir(tmp_path / "run").lock()
     try:
         with pytest.raises(RunLocked):
@@ -180,9 +138,8 @@ def test_ledger_best_prefers_the_earlier_checkpoint_on_a_tie(tmp_path):
     assert ledger.best(run)["checkpoint"] == "r2-grpo"
 
 
-def test_a_plateau_stops_the_rounds_and_still_packs(tmp_path, tiny_model_dir):
-    path = write_recipe(tmp_path, tiny_model_dir, ["data", "sft", "eval", "pack"])
-    path.write_text(path.read_text().replace('stages =', 'rounds = 4\nuntil_plateau = 1\nstages =', 1))
+def test_a_plateau_stops_the_rounds_and_still_packs(tmp_path, tiny_recipe):
+    path = write_recipe(tiny_recipe, tmp_path, ["data", "sft", "eval", "pack"], rounds=4, until_plateau=1)
     run = run_recipe(load_recipe(path))
     stages = list(run.manifest()["stages"])
     # round 2 scored no better than round 1 (a random model scores 0 everywhere): stop there, then pack
@@ -191,8 +148,8 @@ def test_a_plateau_stops_the_rounds_and_still_packs(tmp_path, tiny_model_dir):
     assert (run.path / "pack" / "submission.zip").exists()
 
 
-def test_an_adapter_saved_just_before_a_crash_does_not_block_the_resume(tmp_path, tiny_model_dir):
-    path = write_recipe(tmp_path, tiny_model_dir, ["data", "sft"])
+def test_an_adapter_saved_just_before_a_crash_does_not_block_the_resume(tmp_path, tiny_recipe):
+    path = write_recipe(tiny_recipe, tmp_path, ["data", "sft"])
     run = run_recipe(load_recipe(path))
     # the crash came after the adapter was written but before the manifest entry
     manifest = run.manifest()
@@ -204,14 +161,9 @@ def test_an_adapter_saved_just_before_a_crash_does_not_block_the_resume(tmp_path
     assert run.done("r1-sft")
 
 
-def test_start_from_a_run_scores_its_best_adapter_and_can_ship_it(tmp_path, tiny_model_dir):
-    first = tmp_path / "first"
-    first.mkdir()
-    run1 = run_recipe(load_recipe(write_recipe(first, tiny_model_dir, ["data", "sft"])))
-    second = tmp_path / "second"
-    second.mkdir()
-    path = write_recipe(second, tiny_model_dir, ["eval", "pack"])
-    path.write_text(f'start_from = "{run1.path}"\n' + path.read_text())
+def test_start_from_a_run_scores_its_best_adapter_and_can_ship_it(tmp_path, tiny_recipe):
+    run1 = run_recipe(load_recipe(write_recipe(tiny_recipe, tmp_path / "first", ["data", "sft"])))
+    path = write_recipe(tiny_recipe, tmp_path / "second", ["eval", "pack"], start_from=str(run1.path))
     recipe = load_recipe(path)
     assert [k for _, _, k in plan_keys(recipe)] == ["start", "r0-eval-start", "pack"]
     run2 = run_recipe(recipe)
@@ -219,3 +171,35 @@ def test_start_from_a_run_scores_its_best_adapter_and_can_ship_it(tmp_path, tiny
     assert stages["start"]["artifacts"]["adapter"]["sha256"] == run1.manifest()["stages"]["r1-sft"]["artifacts"]["adapter"]["sha256"]
     assert stages["r0-eval-start"]["summary"]["checkpoint"] == "start"
     assert stages["pack"]["summary"]["checkpoint"] == "start"
+
+
+def test_eval_scores_a_held_out_trace_set_under_each_checkpoint(tmp_path, tiny_recipe):
+    """eval.trace_set: teacher-forced scores of real solver traces under the base model, then under the SFT
+    adapter (trained on other rows), logged per category to metrics.jsonl and kept as an artifact."""
+    import random
+
+    from puzzles import categories
+    from puzzles.traces import solve_traced
+
+    traces, seed = [], 0
+    while len(traces) < 6:
+        _, row = solve_traced(categories.generate(["numeral_system", "cipher", "gravity"][len(traces) % 3],
+                                                  random.Random(seed)))
+        seed += 1
+        traces += [row] if row else []
+    (tmp_path / "held_out.jsonl").write_text("".join(json.dumps(r) + "\n" for r in traces))
+    path = write_recipe(tiny_recipe, tmp_path, ["eval", "data", "sft", "eval"],
+                        eval={"trace_set": "held_out.jsonl", "trace_limit": 4, "trace_batch_size": 3})
+    run = run_recipe(load_recipe(path))
+    logged = {m["stage"]: m for m in run.read_metrics() if "trace/all/mean_logp" in m}
+    assert set(logged) == {"r1-eval-base", "r1-eval-sft"}
+    for key, m in logged.items():
+        assert m["trace/all/rows"] == 4 and m["trace/numeral_system/rows"] == 2  # stratified: 2 + 1 + 1
+        assert m["trace/all/min_logp"] <= m["trace/all/mean_logp"] < 0
+        assert 0 < m["trace/all/share_below_ln2"] <= 1  # a random model: most tokens are unlikely
+        summary = run.manifest()["stages"][key]["summary"]["traces"]
+        assert summary["all"]["mean_logp"] == m["trace/all/mean_logp"]
+        scores = json.loads(run.artifact(key, "trace_scores").read_text())
+        assert scores["all"]["weakest_lines"] and scores["all"]["rows"] == 4
+    # the SFT adapter moved the model: the same traces score differently under it
+    assert logged["r1-eval-base"]["trace/all/mean_logp"] != logged["r1-eval-sft"]["trace/all/mean_logp"]

@@ -17,42 +17,12 @@ from safetensors.torch import load as load_safetensors
 
 REPO = Path(__file__).resolve().parents[2]
 
-RECIPE = """
-name = "crash"
-run_dir = "run"
-seed = 0
-stages = ["data", "sft", "eval", "pack"]
+def crash_recipe(tiny_recipe, folder: Path) -> Path:
+    """data (24 generated rows) -> 6 SFT steps, a checkpoint every 2 -> eval -> pack."""
+    return tiny_recipe(folder, ["data", "sft", "eval", "pack"], rows=None, name="crash", seed=0, data={"n": 24},
+                       sft={"max_steps": 6, "batch_size": 2, "max_length": 384, "save_steps": 2},
+                       eval={"n_generated": 6, "sampling": {"max_tokens": 8}})
 
-[model]
-path = "{model}"
-dtype = "float32"
-gradient_checkpointing = false
-
-[lora]
-rank = 4
-alpha = 8
-
-[generation]
-batch_size = 8
-
-[data]
-n = 24
-
-[sft]
-learning_rate = 1e-3
-max_steps = 6
-batch_size = 2
-grad_accum = 1
-max_length = 384
-save_steps = 2
-logging_steps = 1
-
-[eval]
-n_generated = 6
-
-[eval.sampling]
-max_tokens = 8
-"""
 
 
 def start(workdir: Path, **env) -> subprocess.Popen:
@@ -84,19 +54,16 @@ def adapter_tensors(run: Path) -> dict:
         return load_safetensors(zf.read("adapter_model.safetensors"))
 
 
-def workdirs(tmp_path: Path, recipe: str, model_dir: Path) -> tuple[Path, Path]:
+def workdirs(tmp_path: Path, write_recipe, tiny_recipe) -> tuple[Path, Path]:
     """Two run folders with the same recipe: one runs uninterrupted, the other is killed and resumed."""
-    dirs = []
-    for name in ("clean", "killed"):
-        d = tmp_path / name
-        d.mkdir()
-        (d / "recipe.toml").write_text(recipe.format(model=model_dir))
-        dirs.append(d)
-    return dirs[0], dirs[1]
+    dirs = tmp_path / "clean", tmp_path / "killed"
+    for d in dirs:
+        write_recipe(tiny_recipe, d)
+    return dirs
 
 
-def test_killed_during_sft_and_mid_pack_write_ends_like_an_uninterrupted_run(tmp_path, tiny_model_dir):
-    clean, killed = workdirs(tmp_path, RECIPE, tiny_model_dir)
+def test_killed_during_sft_and_mid_pack_write_ends_like_an_uninterrupted_run(tmp_path, tiny_recipe):
+    clean, killed = workdirs(tmp_path, crash_recipe, tiny_recipe)
     assert finish(clean).returncode == 0
 
     # 1. SIGKILL during SFT, right after its first checkpoint is complete
@@ -132,33 +99,15 @@ def test_killed_during_sft_and_mid_pack_write_ends_like_an_uninterrupted_run(tmp
     assert leftovers == []
 
 
-DISTILL_RECIPE = """
-name = "crash-distill"
-run_dir = "run"
-seed = 3
-stages = ["distill"]
-
-[model]
-path = "{model}"
-dtype = "float32"
-
-[lora]
-rank = 4
-alpha = 8
-
-[generation]
-batch_size = 4
-
-[distill]
-prompts = 16
-k = 2
-max_tokens = 24
-temperature = 1.0
-"""
+def distill_recipe(tiny_recipe, folder: Path) -> Path:
+    """A distill stage alone: 16 prompts, 2 candidates of up to 24 tokens each."""
+    return tiny_recipe(folder, ["distill"], rows=None, name="crash-distill", seed=3, generation={"batch_size": 4},
+                       distill={"prompts": 16, "k": 2, "max_tokens": 24, "temperature": 1.0})
 
 
-def test_killed_during_distillation_resumes_to_the_same_samples(tmp_path, tiny_model_dir):
-    clean, killed = workdirs(tmp_path, DISTILL_RECIPE, tiny_model_dir)
+
+def test_killed_during_distillation_resumes_to_the_same_samples(tmp_path, tiny_recipe):
+    clean, killed = workdirs(tmp_path, distill_recipe, tiny_recipe)
     assert finish(clean).returncode == 0
 
     cache = killed / "run" / "r1-distill" / "generations.jsonl"

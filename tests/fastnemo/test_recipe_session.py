@@ -10,56 +10,18 @@ from fastnemo.config import load_recipe
 from fastnemo.recipe import run_recipe
 from fastnemo.session import ModelSession
 
-RECIPE = """
-name = "one-model"
-run_dir = "run"
-stages = ["data", "sft", "eval", "distill", "grpo", "eval"]
-
-[model]
-path = "{model}"
-dtype = "float32"
-gradient_checkpointing = false
-
-[lora]
-rank = 4
-alpha = 8
-
-[generation]
-batch_size = 8
-
-[data]
-n = 12
-
-[sft]
-learning_rate = 5e-3
-max_steps = 2
-batch_size = 2
-grad_accum = 1
-max_length = 256
-
-[eval]
-n_generated = 6
-
-[eval.sampling]
-max_tokens = 8
-
-[distill]
-prompts = 4
-k = 2
-max_tokens = 8
-
-[grpo]
-prompts = 4
-max_steps = 1
-group_size = 2
-batch_prompts = 1
-max_tokens = 8
-learning_rate = 1e-2
-dynamic_sampling = false
-"""
+# data -> SFT -> eval -> distill -> DAPO -> eval on 12 generated rows, each stage as small as it goes
+KEYS = {
+    "name": "one-model", "rows": None, "data": {"n": 12},
+    "sft": {"learning_rate": 5e-3, "max_steps": 2, "batch_size": 2},
+    "eval": {"n_generated": 6, "sampling": {"max_tokens": 8}},
+    "distill": {"prompts": 4, "k": 2, "max_tokens": 8},
+    "grpo": {"prompts": 4, "max_steps": 1, "group_size": 2, "batch_prompts": 1, "max_tokens": 8,
+             "learning_rate": 1e-2, "dynamic_sampling": False},
+}
 
 
-def test_a_whole_recipe_loads_one_model_and_generates_with_what_it_trained(tmp_path, tiny_model_dir, monkeypatch):
+def test_a_whole_recipe_loads_one_model_and_generates_with_what_it_trained(tmp_path, tiny_recipe, monkeypatch):
     sessions = []
     original = ModelSession.load.__func__
 
@@ -78,8 +40,8 @@ def test_a_whole_recipe_loads_one_model_and_generates_with_what_it_trained(tmp_p
 
     monkeypatch.setattr(ModelSession, "generate", recording_generate)
 
-    (tmp_path / "recipe.toml").write_text(RECIPE.format(model=tiny_model_dir))
-    run = run_recipe(load_recipe(tmp_path / "recipe.toml"))
+    stages = ["data", "sft", "eval", "distill", "grpo", "eval"]
+    run = run_recipe(load_recipe(tiny_recipe(tmp_path, stages, **KEYS)))
 
     assert len(sessions) == 1, "the recipe loaded a second model"
     session = sessions[0]

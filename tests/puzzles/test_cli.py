@@ -8,9 +8,10 @@ import random
 
 from click.testing import CliRunner
 
+from fastnemo.files import read_jsonl
 from puzzles import categories
 from puzzles.cli import data
-from puzzles.dataset import check_sft_row, read_jsonl
+from puzzles.dataset import check_sft_row
 
 
 def _csv(path, rows, header=("id", "prompt", "answer")):
@@ -41,7 +42,7 @@ def test_build_writes_contract_rows(tmp_path):
     res = CliRunner().invoke(data, ["build", "--n", "16", "--like", str(ref), "--floor", "2", "--out", str(out),
                                     "--workers", "1", "--category", "numeral_system", "--category", "gravity"])
     assert res.exit_code == 0, res.output
-    rows = read_jsonl(out)
+    rows = read_jsonl(out, strict=True)
     assert len(rows) == 16 and all(check_sft_row(r) is None for r in rows)
     assert json.loads((tmp_path / "sft.jsonl.stats.json").read_text())["rows"] == 16
     assert "rows/s" in res.output

@@ -1,22 +1,18 @@
-"""CSV loading with row-level errors, atomic JSONL round trips, the SFT row contract."""
+"""CSV loading with row-level errors, the SFT row contract (JSONL files: tests/fastnemo/test_files.py)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 
 import pytest
 
 from puzzles.dataset import (
     DatasetError,
-    append_jsonl,
     check_sft_row,
     load_csv,
     read_csv,
-    read_jsonl,
     write_csv,
-    write_jsonl,
 )
 
 NUMERAL = ("In Alice's Wonderland, numbers are secretly converted into a different numeral system. Some examples "
@@ -86,31 +82,6 @@ def test_missing_file_and_bad_header(tmp_path):
     p = _write(tmp_path / "h.csv", ["ident", "text"], [["a", NUMERAL]])
     with pytest.raises(DatasetError, match=r"lacks column\(s\) \['id', 'prompt'\]"):
         load_csv(p)
-
-
-def test_jsonl_round_trip_atomic_and_errors(tmp_path):
-    rows = [{"id": str(i), "features": {"t": (1, 2)}, "text": "ünï\ncode"} for i in range(5)]
-    path = tmp_path / "sub" / "rows.jsonl"
-    assert write_jsonl(path, rows) == 5
-    back = read_jsonl(path)
-    assert back[0] == {"id": "0", "features": {"t": [1, 2]}, "text": "ünï\ncode"} and len(back) == 5
-    assert [f for f in os.listdir(path.parent)] == ["rows.jsonl"]  # no temp file left behind
-
-    # A failing writer leaves the old file intact and no temp file.
-    def boom():
-        yield {"id": "new"}
-        raise RuntimeError("killed")
-
-    with pytest.raises(RuntimeError):
-        write_jsonl(path, boom())
-    assert len(read_jsonl(path)) == 5 and os.listdir(path.parent) == ["rows.jsonl"]
-
-    with open(path, "a") as f:
-        append_jsonl(f, {"id": "5"})
-        f.write('{"id": "torn')
-    with pytest.raises(DatasetError, match=r"rows\.jsonl: line 7: not valid JSON"):
-        read_jsonl(path)
-    assert len(read_jsonl(path, tolerate_torn_tail=True)) == 6
 
 
 def test_write_csv(tmp_path):

@@ -8,8 +8,9 @@ import random
 
 import pytest
 
+from fastnemo.files import read_jsonl
 from puzzles import categories, mix
-from puzzles.dataset import check_sft_row, read_jsonl
+from puzzles.dataset import check_sft_row
 from puzzles.mix import MixConfig, Shard, allocate, build_mix, measure_reference, prompt_key, run_shard
 
 # The fast, complete categories; bits and equations solvers are exercised by their own tests.
@@ -47,7 +48,7 @@ def test_build_matches_reference_and_floor(reference_csv, tmp_path):
     out = tmp_path / "mix.jsonl"
     s = build_mix(MixConfig(n=120, out=str(out), like=str(reference_csv), floor=15, categories=CATS,
                             workers=2, shard_size=10, progress=False))
-    rows = read_jsonl(out)
+    rows = read_jsonl(out, strict=True)
     counts = collections.Counter(r["category"] for r in rows)
     # shares 30:12:6:2 of 120 -> 72:28.8:14.4:4.8, then unit_conversion and gravity pinned to the floor.
     assert s["quotas"] == {"numeral_system": 64, "cipher": 26, "unit_conversion": 15, "gravity": 15}
@@ -87,7 +88,7 @@ def test_duplicates_removed_within_and_across_shards(tmp_path, monkeypatch):
     monkeypatch.setattr(categories, "generate", lambda cat, rng, d=None: rng.choice(pool))
     s = build_mix(MixConfig(n=20, out=str(tmp_path / "d.jsonl"), categories=("numeral_system",), workers=1,
                             shard_size=4, max_attempts=5, max_rounds=2, progress=False))
-    rows = read_jsonl(tmp_path / "d.jsonl")
+    rows = read_jsonl(tmp_path / "d.jsonl", strict=True)
     assert len(rows) == len({r["prompt"] for r in rows}) == 6
     assert s["short"] == {"numeral_system": 14}
     f = s["funnel"]["numeral_system"]
@@ -99,18 +100,18 @@ def test_resume_reuses_finished_shards(tmp_path):
     cfg = MixConfig(n=30, out=str(out), categories=("numeral_system", "gravity"), workers=1, shard_size=5,
                     progress=False, keep_shards=True)
     build_mix(cfg)
-    first = read_jsonl(out)
+    first = read_jsonl(out, strict=True)
     shard = out.parent / "r.jsonl.shards" / "gravity-r0-00001.jsonl"
     marked = shard.read_text().replace('"source": "solver"', '"source": "distill"')
     shard.write_text(marked)  # proof of reuse: the rebuilt mix carries the edited shard
     out.unlink()
     build_mix(cfg)
-    second = read_jsonl(out)
+    second = read_jsonl(out, strict=True)
     assert [r["id"] for r in second] == [r["id"] for r in first]
     assert sum(r["source"] == "distill" for r in second) == 5
     # Other arguments: stale shards are discarded, not mixed in.
     build_mix(MixConfig(**{**cfg.__dict__, "seed": 1}))
-    assert all(r["source"] == "solver" for r in read_jsonl(out))
+    assert all(r["source"] == "solver" for r in read_jsonl(out, strict=True))
 
 
 def test_equations_family_is_a_matched_feature():
@@ -129,10 +130,10 @@ def test_deadline_writes_a_short_mix_and_saves_no_partial_shard(tmp_path):
     s = build_mix(MixConfig(n=3000, out=str(out), categories=("cipher",), workers=1, shard_size=1000,
                             max_minutes=0.3 / 60, progress=False, keep_shards=True))
     assert s["rows"] < 3000 and s["short"]["cipher"] == 3000 - s["rows"]
-    assert len(read_jsonl(out)) == s["rows"] and s["funnel"]["cipher"]["deadline"] >= 1
+    assert len(read_jsonl(out, strict=True)) == s["rows"] and s["funnel"]["cipher"]["deadline"] >= 1
     # Only whole shards are saved for resume; the one the deadline cut is redone.
     saved = list((tmp_path / "t.jsonl.shards").glob("cipher-*[0-9].jsonl"))
-    assert all(len(read_jsonl(f)) == 1000 for f in saved) and len(saved) < 3
+    assert all(len(read_jsonl(f, strict=True)) == 1000 for f in saved) and len(saved) < 3
 
 
 def _write_ref(path, prompts):
@@ -152,7 +153,7 @@ def test_equations_family_split_follows_the_reference(tmp_path):
     _write_ref(tmp_path / "ref.csv", [(p.prompt, p.answer) for p in ref])
     s = build_mix(MixConfig(n=40, out=str(tmp_path / "e.jsonl"), like=str(tmp_path / "ref.csv"),
                             categories=("equations",), workers=1, shard_size=20, progress=False))
-    rows = read_jsonl(tmp_path / "e.jsonl")
+    rows = read_jsonl(tmp_path / "e.jsonl", strict=True)
     families = collections.Counter(r["features"]["family"] for r in rows)
     assert families == {"numeric": 10, "symbolic": 30} and s["short"] == {}
     assert s["strata"] == {"equations/numeric/4": {"quota": 10, "kept": 10},
@@ -184,7 +185,7 @@ def test_guessed_rows_only_where_allowed_and_only_when_exact():
 def test_keep_guessed_per_category(tmp_path):
     s = build_mix(MixConfig(n=200, out=str(tmp_path / "g.jsonl"), categories=("unit_conversion", "gravity"),
                             keep_guessed=("unit_conversion",), workers=1, shard_size=50, progress=False))
-    rows = read_jsonl(tmp_path / "g.jsonl")
+    rows = read_jsonl(tmp_path / "g.jsonl", strict=True)
     status = {c: collections.Counter(r["status"] for r in rows if r["category"] == c) for c in s["quotas"]}
     assert status["unit_conversion"]["guessed"] > 10 and set(status["gravity"]) == {"deduced"}
     assert s["statuses"] == {c: dict(v) for c, v in status.items()}
@@ -204,13 +205,13 @@ def test_rows_the_official_metric_would_not_read_are_dropped_and_counted(tmp_pat
     monkeypatch.setattr(mix, "completion", real)
     build_mix(MixConfig(n=5, out=str(tmp_path / "ok.jsonl"), categories=("numeral_system",), workers=1,
                         progress=False))
-    assert all(check_sft_row(r) is None for r in read_jsonl(tmp_path / "ok.jsonl"))
+    assert all(check_sft_row(r) is None for r in read_jsonl(tmp_path / "ok.jsonl", strict=True))
 
 
 def test_drill_share_and_category_shares(tmp_path):
     s = build_mix(MixConfig(n=40, out=str(tmp_path / "d.jsonl"), categories=("numeral_system", "cipher"),
                             workers=1, progress=False, drill_share=0.25, shares={"cipher": 3.0}))
-    rows = read_jsonl(tmp_path / "d.jsonl")
+    rows = read_jsonl(tmp_path / "d.jsonl", strict=True)
     drills = [r for r in rows if r["features"].get("drill")]
     assert len(drills) == 10 and s["drills"]["rows"] == 10 and 0 < s["drills"]["token_share"] < 1
     assert all(check_sft_row(r) is None and r["completion"].endswith("}") for r in drills)

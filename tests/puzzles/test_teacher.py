@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from fastnemo.files import read_jsonl
 from puzzles.base import PROMPT_SUFFIX, Puzzle
-from puzzles.dataset import check_sft_row, read_jsonl
+from puzzles.dataset import check_sft_row
 from puzzles.teacher import RateLimiter, TeacherConfig, TeacherError, fill
 
 GOLD = {f"p{i}": f"{10 + i}.50" for i in range(6)}
@@ -28,6 +27,7 @@ class FakeTeacher:
         self.lock = threading.Lock()
 
     def reply(self, body: dict) -> tuple[int, dict]:
+        assert body["model"] == "tiny-teacher"
         prompt = body["messages"][-1]["content"]
         pid = next(p for p, text in PROMPTS.items() if prompt == text + PROMPT_SUFFIX)
         with self.lock:
@@ -45,34 +45,8 @@ class FakeTeacher:
 
 
 @pytest.fixture
-def server():
-    holder = {}
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self):
-            if self.path != "/v1/chat/completions":
-                self.send_error(404)
-                return
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            assert body["model"] == "tiny-teacher"
-            code, payload = holder["fake"].reply(body)
-            data = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    holder["url"] = f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    yield holder
-    httpd.shutdown()
-    httpd.server_close()
+def server(chat_server):
+    return chat_server  # tests/conftest.py: set server["fake"] to a FakeTeacher
 
 
 def _puzzles():
@@ -101,7 +75,7 @@ def test_retries_filter_tokens_and_cache_resume(server, tmp_path):
         assert r["completion"].endswith(f"</think>\n\\boxed{{{GOLD[r['id']]}}}")
         assert "<think>" not in r["completion"]
     assert next(r for r in rows if r["id"] == "p1")["completion"].startswith("reasoning for p1")
-    assert len(read_jsonl(cache)) == 6  # one record per decided sample, failures included
+    assert len(read_jsonl(cache, strict=True)) == 6  # one record per decided sample, failures included
 
     # Resume: a torn last line (kill mid-append) is dropped, everything decided costs no request.
     with open(cache, "a") as f:
@@ -110,7 +84,7 @@ def test_retries_filter_tokens_and_cache_resume(server, tmp_path):
     rows2, stats2 = fill(_puzzles(), _cfg(server["url"]), cache, progress=False)
     assert server["fake"].requests == []
     assert stats2["cached"] == 6 and sorted(r["id"] for r in rows2) == sorted(r["id"] for r in rows)
-    assert len(read_jsonl(cache)) == 6
+    assert len(read_jsonl(cache, strict=True)) == 6
 
     # More samples allowed: only the rejected puzzles are asked again, and now pass.
     rows3, _ = fill(_puzzles(), _cfg(server["url"], samples=2), cache, progress=False)
@@ -146,7 +120,7 @@ def test_gives_up_after_retries_and_does_not_cache(server, tmp_path):
     cache = tmp_path / "c.jsonl"
     rows, stats = fill(_puzzles(), _cfg(server["url"], max_retries=2), cache, progress=False)
     assert stats["gave_up"] == 1 and len(rows) == 5
-    assert "p0" not in {r["id"] for r in read_jsonl(cache)}
+    assert "p0" not in {r["id"] for r in read_jsonl(cache, strict=True)}
 
 
 def test_puzzles_without_gold_are_refused(tmp_path):
