@@ -209,13 +209,8 @@ def _verify(walk: Walk, todo: list[tuple[str, str]]) -> Walk | None:
     for i, (lhs, rhs) in enumerate(todo):
         g = lhs[2]
         if g in walk.rules and all(c in walk.digit for c in lhs[:2] + lhs[3:]):
-            res = compute(walk.rules[g], lhs, walk.digit)
-            digit = _check_result(res[0], rhs, g, walk.digit) if res else None
-            ok = digit is not None
-            if not walk.spend(f"  check {lhs} = {rhs}: {_decoded(lhs, walk.digit)}; {res[1] if res else 'undefined'}"
-                              f" -> {'fits' if ok else 'does not fit'}"):
-                return None
-            if not ok:
+            text, digit = _check_line(walk, lhs, rhs)
+            if not walk.spend(text) or digit is None:
                 return None
             walk.digit = digit
             return _verify(walk, todo[:i] + todo[i + 1 :])
@@ -227,42 +222,70 @@ def _verify(walk: Walk, todo: list[tuple[str, str]]) -> Walk | None:
     # Else recall the example whose catalog entry leaves the fewest candidates.
     best = None
     for i, (lhs, rhs) in enumerate(todo):
-        cands = recall(lhs, rhs)
-        if cands is None and FILTERED_RECALL and (walk.digit or walk.rules):
-            # A long entry, recalled only where the digits bound so far leave few candidates.
-            cands = tuple(c for c in full_table()[signature(lhs, rhs)] if _fits(c, lhs, rhs, walk) is not None)
-            if len(cands) > MAX_CANDIDATES:
-                continue
-        if cands is None:
-            continue
-        alive = [c for c in cands if _fits(c, lhs, rhs, walk) is not None]
-        if best is None or len(alive) < len(best[2]):
-            best = (i, cands, alive)
+        got = _recall_options(walk, lhs, rhs)
+        if got is not None and (best is None or len(got[1]) < len(best[2])):
+            best = (i, *got)
     if best is None:
         return None  # nothing computable and nothing recallable: not teachable
     i, cands, alive = best
     lhs, rhs = todo[i]
+    if not walk.spend(_recall_line(walk, lhs, rhs, cands, alive)):
+        return None
+    return _branch(walk, todo, i, _recall_branches(walk, lhs, rhs, alive))
+
+
+def _check_line(walk: Walk, lhs: str, rhs: str) -> tuple[str, dict[str, str] | None]:
+    """(check line, binding after it; None: it does not fit) of an example with known operator and bound
+    operands."""
+    g = lhs[2]
+    res = compute(walk.rules[g], lhs, walk.digit)
+    digit = _check_result(res[0], rhs, g, walk.digit) if res else None
+    return (f"  check {lhs} = {rhs}: {_decoded(lhs, walk.digit)}; {res[1] if res else 'undefined'}"
+            f" -> {'fits' if digit is not None else 'does not fit'}"), digit
+
+
+def _recall_options(walk: Walk, lhs: str, rhs: str) -> tuple[tuple, list] | None:
+    """(recalled candidates, those that agree with the walk) of an example (None: not recallable)."""
+    cands = recall(lhs, rhs)
+    if cands is None and FILTERED_RECALL and (walk.digit or walk.rules):
+        # A long entry, recalled only where the digits bound so far leave few candidates.
+        cands = tuple(c for c in full_table()[signature(lhs, rhs)] if _fits(c, lhs, rhs, walk) is not None)
+        if len(cands) > MAX_CANDIDATES:
+            return None
+    if cands is None:
+        return None
+    return cands, [c for c in cands if _fits(c, lhs, rhs, walk) is not None]
+
+
+def _recall_line(walk: Walk, lhs: str, rhs: str, cands: tuple, alive: list) -> str:
+    """The recall line of an example; marks its signature as written in full where it is."""
     sig = signature(lhs, rhs)
     if sig in walk.recalled:  # written in full above: only the candidates that agree now
-        text = f"  {lhs} = {rhs}: signature {sig} (recalled above), agree with the digits so far {_cands_text(alive)}"
-    elif len(cands) > LIST_MAX and sig in catalog():  # a long entry is recited one candidate at a time
-        text = (f"  {lhs} = {rhs}: signature {sig}, recall its {len(cands)} candidates one at a time; "
+        return f"  {lhs} = {rhs}: signature {sig} (recalled above), agree with the digits so far {_cands_text(alive)}"
+    if len(cands) > LIST_MAX and sig in catalog():  # a long entry is recited one candidate at a time
+        return (f"  {lhs} = {rhs}: signature {sig}, recall its {len(cands)} candidates one at a time; "
                 f"{len(alive)} agree with the digits so far")
-    else:
-        text = (f"  {lhs} = {rhs}: signature {sig}, recall {_cands_text(cands)}; "
-                f"{len(alive)} agree with the digits so far")
-        walk.recalled = walk.recalled | {sig}
-    if not walk.spend(text):
-        return None
-    return _branch(walk, todo, i, [
-        (_try_text(cand, lhs, rhs), "", _fits(cand, lhs, rhs, walk), {**walk.rules, lhs[2]: cand[0]},
-         cand[0].rev) for cand in alive])
+    walk.recalled = walk.recalled | {sig}
+    return f"  {lhs} = {rhs}: signature {sig}, recall {_cands_text(cands)}; {len(alive)} agree with the digits so far"
+
+
+def _recall_branches(walk: Walk, lhs: str, rhs: str, alive: list) -> list[tuple]:
+    """The ``_branch`` options of a recall: each agreeing candidate's binding."""
+    return [(_try_text(cand, lhs, rhs), "", _fits(cand, lhs, rhs, walk), {**walk.rules, lhs[2]: cand[0]},
+             cand[0].rev) for cand in alive]
 
 
 def _enumerate(walk: Walk, todo: list[tuple[str, str]], i: int) -> Walk | None:
     """Compute every rule (of the walk's world, families not used by other operators) on an example whose
     operands are bound; branch over the rules whose result fits."""
-    lhs, rhs = todo[i]
+    text, options = _enumerate_line(walk, *todo[i])
+    if not walk.spend(text):
+        return None
+    return _branch(walk, todo, i, options)
+
+
+def _enumerate_line(walk: Walk, lhs: str, rhs: str) -> tuple[str, list[tuple]]:
+    """(new-operator line, ``_branch`` options: the rules that fit) of an example with bound operands."""
     g = lhs[2]
     used = {FAMILY[r.op] for h, r in walk.rules.items() if h != g}
     shown, fits = [], []
@@ -283,10 +306,8 @@ def _enumerate(walk: Walk, todo: list[tuple[str, str]], i: int) -> Walk | None:
         world = "" if walk.rev is not None else ("reversed " if r.rev else "plain ")
         shown.append(f"{world}{OP_BY_NAME[r.op].text} -> {res[0].replace('?', '-') if res else 'undefined'} "
                      f"{'fits' if fit else 'no'}")
-    if not walk.spend(f"  {lhs} = {rhs}: {_decoded(lhs, walk.digit)}, operator '{g}' is new; " + ", ".join(shown)):
-        return None
-    return _branch(walk, todo, i, [(rule_text(r), f" for '{g}'", digit, {**walk.rules, g: r}, r.rev)
-                                   for r, digit in fits])
+    return (f"  {lhs} = {rhs}: {_decoded(lhs, walk.digit)}, operator '{g}' is new; " + ", ".join(shown),
+            [(rule_text(r), f" for '{g}'", digit, {**walk.rules, g: r}, r.rev) for r, digit in fits])
 
 
 def _branch(walk: Walk, todo: list[tuple[str, str]], i: int, options: list[tuple]) -> Walk | None:
@@ -344,6 +365,68 @@ def parse_cands(text: str) -> list[tuple[str, str]] | None:
             return None
         items.extend((rule, d) for d in ds.split(" ")) if ds else items.append((rule, ""))
     return items
+
+
+def audit_walk(puzzle: Puzzle, lines: list[str]) -> dict[int, tuple[str, bool]]:
+    """Replay the recall-and-verify walk from the trace's own lines: line index -> (kind, derived) for each
+    walk line. The state (bound digits, operator rules, world, entries written in full) comes only from
+    earlier lines; each line is re-derived from it with the walk's own line builders: a recall line
+    (its "N agree" count), a check or new-operator line (computation and verdict) must read exactly as the
+    builder writes it, a "try" line must name an option of the innermost open branch and a "fails" line a
+    branch tried above. A line that does not re-derive is a leap; later lines are judged on the state the derived
+    lines give (a check's binding and a recall's options are the re-computed ones)."""
+    out: dict[int, tuple[str, bool]] = {}
+    walk = Walk([], {}, {}, budget=10**9)
+    frames: list[dict] = []  # open branch points: state before it, its options, the option now tried
+    start = lines.index("Recall and verify:") + 1 if "Recall and verify:" in lines else len(lines)
+    for i in range(start, len(lines)):
+        line = lines[i]
+        if not line.startswith("  "):
+            break  # the walk ends where the query's lines begin
+        if line.startswith("  try "):
+            name = line[len("  try "):]
+            frame = frames[-1] if frames else None
+            opt = next((o for o in frame["options"] if o[0] + o[1] == name), None) if frame else None
+            out[i] = ("try", opt is not None)
+            if opt is not None:
+                frame["tried"] = opt[0]
+                walk = Walk([], dict(opt[2]), dict(opt[3]), opt[4], 10**9, walk.recalled)
+            continue
+        if line.endswith(" fails"):
+            name = line[2 : -len(" fails")]
+            k = next((k for k in range(len(frames) - 1, -1, -1) if frames[k]["tried"] == name), None)
+            out[i] = ("try", k is not None)
+            if k is not None:  # the branches opened inside it are closed too
+                del frames[k + 1 :]
+                frames[k]["tried"] = None
+                base = frames[k]["base"]
+                walk = Walk([], dict(base.digit), dict(base.rules), base.rev, 10**9, walk.recalled)
+            continue
+        ex = next(((lhs, rhs) for lhs, rhs in puzzle.examples
+                   if line.startswith((f"  {lhs} = {rhs}: ", f"  check {lhs} = {rhs}: "))), None)
+        if ex is None:
+            out[i] = ("verify", False)
+            continue
+        lhs, rhs = ex
+        bound = all(c in walk.digit for c in lhs[:2] + lhs[3:])
+        base = Walk([], dict(walk.digit), dict(walk.rules), walk.rev, 10**9, walk.recalled)
+        if line.startswith("  check "):
+            ok = lhs[2] in walk.rules and bound
+            text, digit = _check_line(walk, lhs, rhs) if ok else ("", None)
+            out[i] = ("verify", ok and text == line)
+            if digit is not None:
+                walk.digit = digit
+        elif ", operator '" in line and bound and lhs[2] not in walk.rules:
+            text, options = _enumerate_line(walk, lhs, rhs)
+            out[i] = ("verify", text == line)
+            frames.append({"base": base, "options": options, "tried": None})
+        else:
+            got = _recall_options(walk, lhs, rhs)
+            text = _recall_line(walk, lhs, rhs, *got) if got else ""
+            out[i] = ("recall", text == line)
+            frames.append({"base": base, "options": _recall_branches(base, lhs, rhs, got[1]) if got else [],
+                           "tried": None})
+    return out
 
 
 @dataclasses.dataclass

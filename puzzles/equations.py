@@ -1151,13 +1151,16 @@ def _recall_ok(m: re.Match) -> bool:
 
 def audit(puzzle: Puzzle, reasoning: str) -> list[AuditStep]:
     """Re-derive the checkable lines of an equations trace: arithmetic (every ``x op y = z`` chain), the
-    numeric op-by-op claims, signatures and recalled catalog candidates. A line whose claim does not
+    numeric op-by-op claims, signatures, recalled catalog candidates and the cryptarithm walk's lines
+    (``cryptarithm.audit_walk``: bindings tried, verdicts, "N agree" counts). A line whose claim does not
     re-derive is a leap (``derived=False``); a line with no claim is kind "text"."""
     from puzzles import cryptarithm
 
     steps = []
-    for i, line in enumerate(reasoning.split("\n")):  # 0-based, as puzzles.audit.audit_steps keys lines
-        kinds: list[tuple[str, bool]] = []
+    lines = reasoning.split("\n")
+    walk = cryptarithm.audit_walk(puzzle, lines)  # the recall-and-verify lines, replayed
+    for i, line in enumerate(lines):  # 0-based, as puzzles.audit.audit_steps keys lines
+        kinds: list[tuple[str, bool]] = [walk[i]] if i in walk else []
         if (m := _RECALL.match(line)) is not None:
             kinds.append(("recall", _recall_ok(m)))
         elif (m := _RECITE.match(line)) is not None:  # a long drilled entry, recited candidate by candidate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 from puzzles import cryptarithm as C
 from puzzles import equations as E
@@ -119,3 +120,64 @@ def test_no_search_trace_for_a_cryptarithm_the_recall_cannot_reach():
     except E.NotTeachable:
         return
     raise AssertionError("a symbolic trace was written without the recall walk reaching the answer")
+
+
+def _walk_with(marker: str) -> tuple[Puzzle, list[str]]:
+    """A generated puzzle whose recall-and-verify trace has a line containing ``marker``, and its lines."""
+    rng = random.Random(5)
+    for _ in range(400):
+        q = E.parse(E.generate(rng, {"family": "symbolic"}).prompt)
+        res = C.recall_trace(q)
+        if res.answer is not None and marker in res.reasoning:
+            return q, res.reasoning.split("\n")
+    raise AssertionError(f"no generated trace has {marker!r}")
+
+
+def _leaps(puzzle: Puzzle, lines: list[str]) -> list[tuple[str, str]]:
+    return [(s.kind, s.text) for s in E.audit(puzzle, "\n".join(lines)) if not s.derived]
+
+
+def test_walk_lines_are_replayed_not_taken_as_text():
+    puzzle, lines = _walk_with("is new; ")
+    steps = E.audit(puzzle, "\n".join(lines))
+    assert not [s for s in steps if not s.derived]
+    walk = [s for s in steps if s.text.startswith("  ")]
+    assert walk and all(s.kind != "text" for s in walk)  # every walk line's claim was re-derived
+    assert {"try", "verify", "recall"} <= {s.kind for s in walk}
+
+
+def _tamper(lines: list[str], pick, change) -> list[str]:
+    i = next(i for i, line in enumerate(lines) if pick(line))
+    return lines[:i] + [change(lines[i])] + lines[i + 1 :]
+
+
+def _bump_last_digit(text: str) -> str:
+    j = max(k for k, c in enumerate(text) if c.isdigit())
+    return text[:j] + str((int(text[j]) + 1) % 10) + text[j + 1 :]
+
+
+def test_a_tampered_try_binding_is_a_leap():
+    puzzle, lines = _walk_with("  try ")
+    bad = _tamper(lines, lambda x: x.startswith("  try ") and "=" in x, _bump_last_digit)
+    assert ("try", next(x for x in bad if x not in lines)) in _leaps(puzzle, bad)
+
+
+def test_a_flipped_check_verdict_is_a_leap():
+    puzzle, lines = _walk_with("  check ")
+    bad = _tamper(lines, lambda x: x.startswith("  check ") and x.endswith(" -> fits"),
+                  lambda x: x[: -len("fits")] + "does not fit")
+    assert [k for k, _ in _leaps(puzzle, bad)] == ["verify"]
+
+
+def test_a_flipped_new_operator_verdict_is_a_leap():
+    puzzle, lines = _walk_with("is new; ")
+    bad = _tamper(lines, lambda x: "is new; " in x, lambda x: x.replace(" fits", " no", 1) if " fits" in x
+                  else x.replace(" no", " fits", 1))
+    assert "verify" in [k for k, _ in _leaps(puzzle, bad)]
+
+
+def test_a_changed_agree_count_is_a_leap():
+    puzzle, lines = _walk_with(" agree with the digits so far")
+    bad = _tamper(lines, lambda x: x.endswith(" agree with the digits so far"),
+                  lambda x: re.sub(r"; (\d+) agree", lambda m: f"; {int(m.group(1)) + 1} agree", x))
+    assert [k for k, _ in _leaps(puzzle, bad)] == ["recall"]
