@@ -373,16 +373,15 @@ def audit_walk(puzzle: Puzzle, lines: list[str]) -> dict[int, tuple[str, bool]]:
     earlier lines; each line is re-derived from it with the walk's own line builders: a recall line
     (its "N agree" count), a check or new-operator line (computation and verdict) must read exactly as the
     builder writes it, a "try" line must name an option of the innermost open branch and a "fails" line a
-    branch tried above. A line that does not re-derive is a leap; later lines are judged on the state the derived
+    branch tried above; the query's lines must read as ``_query_lines`` writes them from the final state. A line that does not re-derive is a leap; later lines are judged on the state the derived
     lines give (a check's binding and a recall's options are the re-computed ones)."""
     out: dict[int, tuple[str, bool]] = {}
     walk = Walk([], {}, {}, budget=10**9)
     frames: list[dict] = []  # open branch points: state before it, its options, the option now tried
     start = lines.index("Recall and verify:") + 1 if "Recall and verify:" in lines else len(lines)
-    for i in range(start, len(lines)):
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("  ")), len(lines))
+    for i in range(start, end):
         line = lines[i]
-        if not line.startswith("  "):
-            break  # the walk ends where the query's lines begin
         if line.startswith("  try "):
             name = line[len("  try "):]
             frame = frames[-1] if frames else None
@@ -426,6 +425,9 @@ def audit_walk(puzzle: Puzzle, lines: list[str]) -> dict[int, tuple[str, bool]]:
             out[i] = ("recall", text == line)
             frames.append({"base": base, "options": _recall_branches(base, lhs, rhs, got[1]) if got else [],
                            "tried": None})
+    # The query's lines (guessed rule, digits, decoding, answer) from the binding the walk ends with.
+    for i, want in zip(range(end, len(lines)), _query_lines(walk, puzzle.query)[0] if end > start else []):
+        out[i] = ("decode", lines[i] == want)
     return out
 
 
@@ -445,34 +447,40 @@ def recall_trace(puzzle: Puzzle) -> RecallResult:
     walk = _verify(Walk(lines, {}, {}, budget=TOKEN_BUDGET), list(puzzle.examples))
     if walk is None:
         return RecallResult(None, "\n".join(lines))
-    q = puzzle.query
+    tail, answer, status = _query_lines(walk, puzzle.query)
+    return RecallResult(answer, "\n".join(walk.lines + tail), status)
+
+
+def _query_lines(walk: Walk, q: str) -> tuple[list[str], str | None, str]:
+    """(lines, answer, status) that decode the query with the walk's binding (answer None: it cannot)."""
     g = q[2]
+    lines: list[str] = []
     rule, status = walk.rules.get(g), "deduced"
     if rule is None:  # the query's operator never appears: the generator's likeliest rule (a guess)
         rule, status = guess_rule(g, walk), "guessed"
-        walk.lines.append(f"Operator '{g}' never appears in the examples; guess the likeliest rule for it "
-                          f"(same reading, an operation family no other operator uses): {rule_text(rule)}")
+        lines.append(f"Operator '{g}' never appears in the examples; guess the likeliest rule for it "
+                     f"(same reading, an operation family no other operator uses): {rule_text(rule)}")
     missing = [c for c in q[:2] + q[3:] if c not in walk.digit]
     if missing and rule.op not in JOINS:
-        return RecallResult(None, "\n".join(walk.lines))
-    walk.lines.append("Digits: " + ", ".join(f"{c}={d}" for c, d in sorted(walk.digit.items(), key=lambda t: t[1])))
+        return lines, None, status
+    lines.append("Digits: " + ", ".join(f"{c}={d}" for c, d in sorted(walk.digit.items(), key=lambda t: t[1])))
     if rule.op in JOINS:
         x, y = q[:2], q[3:]
         answer = (x + y) if (rule.op == "cat") != rule.rev else (y + x)
-        walk.lines.append(f"Query {q}: '{g}' is {rule_text(rule)}, copying the symbols -> {answer}")
+        lines.append(f"Query {q}: '{g}' is {rule_text(rule)}, copying the symbols -> {answer}")
     else:
         res = compute(rule, q, walk.digit)
         if res is None:
-            return RecallResult(None, "\n".join(walk.lines))
+            return lines, None, status
         out, text = res
         inverse = {d: c for c, d in walk.digit.items()}
         if any(d != "?" and d not in inverse for d in out):
-            return RecallResult(None, "\n".join(walk.lines))
+            return lines, None, status
         answer = "".join(g if d == "?" else inverse[d] for d in out)
-        walk.lines.append(f"Query {q}: '{g}' is {rule_text(rule)}; {_decoded(q, walk.digit)}; {text}")
-        walk.lines.append("Back to symbols: " + " ".join(f"{d}={g if d == '?' else inverse[d]}" for d in out))
-    walk.lines.append(f"Answer: {answer}")
-    return RecallResult(answer, "\n".join(walk.lines), status)
+        lines.append(f"Query {q}: '{g}' is {rule_text(rule)}; {_decoded(q, walk.digit)}; {text}")
+        lines.append("Back to symbols: " + " ".join(f"{d}={g if d == '?' else inverse[d]}" for d in out))
+    lines.append(f"Answer: {answer}")
+    return lines, answer, status
 
 
 def guess_rule(g: str, walk: Walk) -> Rule:

@@ -181,3 +181,10 @@ def test_a_changed_agree_count_is_a_leap():
     bad = _tamper(lines, lambda x: x.endswith(" agree with the digits so far"),
                   lambda x: re.sub(r"; (\d+) agree", lambda m: f"; {int(m.group(1)) + 1} agree", x))
     assert [k for k, _ in _leaps(puzzle, bad)] == ["recall"]
+
+
+def test_a_tampered_query_line_is_a_leap():
+    puzzle, lines = _walk_with("Back to symbols: ")
+    assert all(s.kind == "decode" for s in E.audit(puzzle, "\n".join(lines)) if s.text.startswith("Digits: "))
+    bad = _tamper(lines, lambda x: x.startswith("Digits: "), _bump_last_digit)
+    assert [k for k, _ in _leaps(puzzle, bad)] == ["decode"]
