@@ -91,12 +91,6 @@ def _active_lora(module):
     return module.lora_A[name].weight, module.lora_B[name].weight, module.scaling[name]
 
 
-def widen(hidden, weight, a, b, s):
-    """``[h, s h A^T]`` and ``[W, B]``: their product is the LoRA'd head's logits ``h W^T + s (h A^T) B^T``."""
-    low = torch.nn.functional.linear(hidden.to(a.dtype), a) * s
-    return torch.cat([hidden, low.to(hidden.dtype)], dim=-1), torch.cat([weight, b.to(weight.dtype)], dim=-1)
-
-
 class LoraChunkedLogProb:
     """Wraps TRL's ``_ChunkedLogProbFunction``: when the weight it is handed is a LoRA'd lm_head's base
     weight, it passes ``[h, s h A^T]`` and ``[W, B]`` instead, whose product is the LoRA'd logits."""
@@ -108,7 +102,10 @@ class LoraChunkedLogProb:
         module = _LM_HEADS.get(id(weight))
         factors = _active_lora(module) if module is not None else None
         if factors is not None:
-            hidden, weight = widen(hidden, weight, *factors)
+            a, b, s = factors
+            low = torch.nn.functional.linear(hidden.to(a.dtype), a) * s
+            hidden = torch.cat([hidden, low.to(hidden.dtype)], dim=-1)
+            weight = torch.cat([weight, b.to(weight.dtype)], dim=-1)
         inner = self.inner
         if inner is None:  # no Triton (CPU torch): the plain-torch equivalent
             from fastnemo.trl_compat import TorchChunkedLogProb as inner

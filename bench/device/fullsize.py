@@ -223,7 +223,8 @@ def run_unsloth(args) -> None:
         out = session.engine.generate(texts[:n_prompts], SamplingConfig(n=n, temperature=temp, max_tokens=new))
         secs = time.perf_counter() - t
         tokens = sum(c.n_tokens for r in out for c in r)
-        used = (torch.cuda.mem_get_info()[1] - torch.cuda.mem_get_info()[0]) / GIB
+        free, total = torch.cuda.mem_get_info()
+        used = (total - free) / GIB
         rec = base_record("generation", args.layers, variant=f"unsloth-vllm-{name}", engine="vllm",
                           backend="unsloth fast_inference (vllm 0.26.0)", batch=n_prompts * n, new_tokens=new,
                           prompt_len=None, tok_s=tokens / secs, peak_gib=used, seconds=secs, tokens=tokens,
