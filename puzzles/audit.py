@@ -94,13 +94,15 @@ def _licensed(known: set[str]) -> set[str]:
     return out
 
 
-def unreferenced(prompt: str, lines: list[str]) -> list[tuple[int, str]]:
-    """(line number, number) pairs a line uses (left of its first ``=`` or ``->``) before anything stated it."""
+def unreferenced(prompt: str, lines: list[str], rederived: set[int] = frozenset()) -> list[tuple[int, str]]:
+    """(line number, number) pairs a line uses (left of its first ``=`` or ``->``) before anything stated it.
+    Lines in ``rederived`` are skipped: a category's own audit rebuilt them whole from earlier lines (a
+    cryptarithm query "15-08" is its symbols read through the stated digit table, not a number from nowhere)."""
     ok = _licensed(set(_NUM.findall(prompt)))
     bad = []
     for i, line in enumerate(lines):
         left = re.split(r"=|->", line, maxsplit=1)[0] if ("=" in line or "->" in line) else ""
-        bad += [(i, n) for n in _NUM.findall(left) if n not in ok]
+        bad += [(i, n) for n in _NUM.findall(left) if n not in ok and i not in rederived]
         ok |= _licensed(set(_NUM.findall(line)))
     return bad
 
@@ -112,10 +114,17 @@ def reasoning_of(completion: str) -> str:
     return completion.split(THINK_CLOSE)[0]
 
 
-def audit_steps(puzzle: Puzzle, reasoning: str) -> list[AuditStep]:
-    """Generic verdicts per line, replaced line by line by the category module's ``audit`` where it has one."""
+def category_steps(puzzle: Puzzle, reasoning: str) -> list[AuditStep]:
+    """The category module's own verdicts (``audit(puzzle, reasoning)``), or none where it has no auditor."""
     from puzzles import categories
 
+    own = getattr(categories.module(puzzle.category), "audit", None)
+    return own(puzzle, reasoning) if own is not None else []
+
+
+def audit_steps(puzzle: Puzzle, reasoning: str, own: list[AuditStep] | None = None) -> list[AuditStep]:
+    """Generic verdicts per line, replaced line by line by the category module's (``own``, computed when
+    not given) where it has one."""
     lines = reasoning.split("\n")
     steps: dict[int, AuditStep] = {}
     for i, line in enumerate(lines):
@@ -126,11 +135,9 @@ def audit_steps(puzzle: Puzzle, reasoning: str) -> list[AuditStep]:
             steps[i] = AuditStep(i, "arithmetic" if all(verdicts) else "arithmetic_wrong", all(verdicts), line)
         elif "=" in line or "->" in line:
             steps[i] = AuditStep(i, "unchecked", False, line)
-    own = getattr(categories.module(puzzle.category), "audit", None)
-    if own is not None:
-        for s in own(puzzle, reasoning):
-            s.text = s.text or (lines[s.line] if 0 <= s.line < len(lines) else "")
-            steps[s.line] = s
+    for s in category_steps(puzzle, reasoning) if own is None else own:
+        s.text = s.text or (lines[s.line] if 0 <= s.line < len(lines) else "")
+        steps[s.line] = s
     return [steps[i] for i in sorted(steps)]
 
 
@@ -148,7 +155,8 @@ def audit_row(row: dict, tokenize=None) -> dict[str, Any]:
     puzzle = categories.parse(row["prompt"])
     puzzle.answer = row["answer"]
     reasoning = reasoning_of(row["completion"])
-    steps = audit_steps(puzzle, reasoning)
+    own = category_steps(puzzle, reasoning)
+    steps = audit_steps(puzzle, reasoning, own)
     text = row["completion"]
     return {
         "id": row["id"],
@@ -158,7 +166,7 @@ def audit_row(row: dict, tokenize=None) -> dict[str, Any]:
         "steps": len(steps),
         "leaps": [(s.kind, s.line, s.text[:160]) for s in steps if not s.derived],
         "derived": collections.Counter(s.kind for s in steps if s.derived),
-        "unreferenced": unreferenced(row["prompt"], reasoning.split("\n")),
+        "unreferenced": unreferenced(row["prompt"], reasoning.split("\n"), {s.line for s in own if s.derived}),
         "tokens": len(tokenize(text)) if tokenize else None,
         "est_tokens": estimate_real_tokens(text),
     }

@@ -39,6 +39,23 @@ def test_unreferenced_numbers_are_found():
     assert audit.unreferenced("the value 12.5", lines) == [(1, "99")]
 
 
+def test_a_rederived_cryptarithm_query_is_referenced_and_a_tampered_one_is_not():
+    """The query line's operands ("91-81") are its symbols read through the stated digits: the cryptarithm
+    audit re-derives the line, so they count as referenced; a line it cannot re-derive gets no such pass."""
+    for s in range(1, 400):
+        _, row = solve_traced(categories.generate("equations", random.Random(s)))
+        if row is not None and "Recall and verify:" in row["completion"]:
+            break
+    rec = audit.audit_row(row)
+    assert rec["metric_ok"] and not rec["leaps"] and not rec["unreferenced"]
+    query = next(line for line in audit.reasoning_of(row["completion"]).split("\n") if line.startswith("Query "))
+    operands = query.split("; ")[1]
+    tampered = operands.replace(operands[0], str((int(operands[0]) + 1) % 10), 1)
+    bad = dict(row, completion=row["completion"].replace(f"; {operands};", f"; {tampered};"))
+    rec = audit.audit_row(bad)
+    assert [k for k, *_ in rec["leaps"]] == ["decode"] and rec["unreferenced"]
+
+
 @pytest.mark.parametrize("category", ["cipher", "numeral_system", "unit_conversion", "gravity", "bit_manipulation"])
 def test_solver_traces_of_audited_categories_have_no_wrong_steps(category):
     rec = audit.audit_row(_row(category))
