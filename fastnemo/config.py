@@ -196,8 +196,11 @@ class GenerationConfig(Section):
     engine: Literal["hf", "vllm"] = key("hf", "\"hf\" (transformers generate on the training model) or \"vllm\" "
                                         "(in-process, colocated).")
     batch_size: int = key(64, "Prompts per generate call (the competition runs max_num_seqs 64).", ge=1)
-    gpu_memory_utilization: float = key(0.35, "vLLM's share of GPU memory when colocated with training.",
-                                        gt=0.0, le=1.0)
+    gpu_memory_utilization: float = key(
+        0.35, "vLLM's share of the GPU's memory (its weights, KV cache and graphs) when colocated with "
+        "training. Backend \"unsloth\" shares the weights with the trainer and counts them here: the full "
+        "model's 59 GiB need >= 0.85 of an 80 GB card; backend \"hf\" gives vLLM its own copy.",
+        gt=0.0, le=1.0)
     max_model_len: int = key(8192, "vLLM's longest prompt + completion, in tokens.", ge=1)
     weight_sync: Literal["merge", "lora"] = key(
         "merge", "How a plain-vLLM engine (backend \"hf\") gets the trained LoRA: \"merge\" sends every weight "

@@ -75,6 +75,10 @@ def import_first(vllm_engine: bool = False) -> None:
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")
     if vllm_engine:
         os.environ.setdefault("UNSLOTH_VLLM_STANDBY", "1")
+        # Standby mode otherwise replaces gpu_memory_utilization with its own ~0.88 of the whole card, which
+        # ignores generation.gpu_memory_utilization and, under a per-process memory cap, runs out of memory
+        # (GPU lane 2026-12-02: 0.88 of an H200 under a 79.2 GiB cap). The recipe's share is the share.
+        os.environ.setdefault("UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE", "1")
     import unsloth  # noqa: F401
 
 

@@ -206,7 +206,9 @@ def run_unsloth(args) -> None:
         del model
         _sync_reset()
     save_s = time.perf_counter() - t
-    util = round(CAP_GIB / total_gib(), 4)
+    # Unsloth's standby default is ~0.88 of the card (vllm >= 0.11: 0.925 x 0.95); the same share of the
+    # user's card, scaled to the cap (fastnemo sets UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE so it is taken as is)
+    util = round(args.unsloth_share * CAP_GIB / total_gib(), 4)
     t = time.perf_counter()
     session = ModelSession.load(path, ModelConfig(path=str(path), backend="unsloth", max_seq_length=8192),
                                 LoraConfig(rank=32, alpha=32),
@@ -214,7 +216,9 @@ def run_unsloth(args) -> None:
     texts = [session.tokenizer.decode(p) for p in prompt_ids(session.tokenizer, args.eval_prompts, seed=1)]
     session.engine.generate(texts[:2], SamplingConfig(max_tokens=8))  # the engine starts on first use
     load_s = time.perf_counter() - t
-    print(f"saved in {save_s:.0f} s; Unsloth + vLLM loaded and started in {load_s:.0f} s", flush=True)
+    print(f"saved in {save_s:.0f} s; Unsloth + vLLM loaded and started in {load_s:.0f} s "
+          f"(gpu_memory_utilization {util} = {args.unsloth_share} of a {CAP_GIB} GiB card)", flush=True)
+    backend = "unsloth fast_inference (vllm 0.26.0)"
     shapes = [("eval", args.eval_prompts, 1, 0.0, args.eval_tokens),
               ("distill", args.group_prompts, 8, 0.7, args.group_tokens)]
     for name, n_prompts, n, temp, new in shapes:
@@ -223,30 +227,48 @@ def run_unsloth(args) -> None:
         out = session.engine.generate(texts[:n_prompts], SamplingConfig(n=n, temperature=temp, max_tokens=new))
         secs = time.perf_counter() - t
         tokens = sum(c.n_tokens for r in out for c in r)
-        free, total = torch.cuda.mem_get_info()
-        used = (total - free) / GIB
         rec = base_record("generation", args.layers, variant=f"unsloth-vllm-{name}", engine="vllm",
-                          backend="unsloth fast_inference (vllm 0.26.0)", batch=n_prompts * n, new_tokens=new,
-                          prompt_len=None, tok_s=tokens / secs, peak_gib=used, seconds=secs, tokens=tokens,
-                          temperature=temp, n=n, lora="r32 default targets", load_s=load_s, weights="/dev/shm",
+                          backend=backend, batch=n_prompts * n, new_tokens=new, prompt_len=None,
+                          tok_s=tokens / secs, peak_gib=_used_gib(), seconds=secs, tokens=tokens,
+                          temperature=temp, n=n, lora="r32 default targets (lm_head left out)", load_s=load_s,
+                          weights=args.weights_dir, gpu_memory_utilization=util,
                           note="shared weights (one copy); no forced lengths: random weights rarely emit EOS; "
                                "peak = GPU memory in use (vLLM pool + trainer)")
         results.append(args.results, rec)
         print(json.dumps(rec), flush=True)
-    free0 = torch.cuda.mem_get_info()[0]
+    # the phase switch the rounds make: sleep, SFT on the shared weights, wake, sync the LoRA, generate
+    greedy = SamplingConfig(max_tokens=32)
+    before = session.engine.generate(texts[:4], greedy)
+    used0 = _used_gib()
     t = time.perf_counter()
     session.engine.sleep()
     sleep_s = time.perf_counter() - t
-    freed = (torch.cuda.mem_get_info()[0] - free0) / GIB
+    freed = used0 - _used_gib()
+    args.targets_name = "default (winners' 9 modules; lm_head left out on unsloth)"
+    for budget in args.budgets[:1]:
+        sft_variant(args, session, f"unsloth-shared-budget{budget}", sft_rows(args.sft_rows), budget, 1,
+                    plain_trl=False)
     t = time.perf_counter()
     session.engine.wake()
-    rec = base_record("phase_switch", args.layers, variant="unsloth-vllm-sleep", engine="vllm",
-                      backend="unsloth fast_inference (vllm 0.26.0)", sleep_s=sleep_s,
-                      wake_s=time.perf_counter() - t, freed_gib=freed, engine_start_s=load_s,
-                      note="fastnemo's engine.sleep() on the shared-weights engine (the weights stay: training "
-                           "uses them)")
+    wake_s = time.perf_counter() - t
+    t = time.perf_counter()
+    session.engine.sync_weights()
+    sync_s = time.perf_counter() - t
+    after = session.engine.generate(texts[:4], greedy)
+    changed = sum(a[0].text != b[0].text for a, b in zip(after, before))
+    rec = base_record("phase_switch", args.layers, variant="unsloth-vllm-sleep-train-wake", engine="vllm",
+                      backend=backend, sleep_s=sleep_s, wake_s=wake_s, sync_s=sync_s, freed_gib=freed,
+                      engine_start_s=load_s, peak_gib=_peak(), gpu_memory_utilization=util,
+                      greedy_changed_after_training=f"{changed}/4",
+                      note="fastnemo's engine.sleep() (level 1: the KV cache goes, the shared weights stay), "
+                           f"{args.sft_steps} SFT steps, wake, sync_weights (the trained LoRA into vLLM), greedy")
     results.append(args.results, rec)
     print(json.dumps(rec), flush=True)
+
+
+def _used_gib() -> float:
+    free, total = torch.cuda.mem_get_info()
+    return (total - free) / GIB
 
 
 # -------------------------------------------------------------------------------------- transformers / SFT
@@ -408,7 +430,7 @@ def sft_variant(args, session, variant: str, rows, token_budget: int, batch: int
     rows_per_step = batch if not token_budget else len(lengths) / max(1, _n_budget_batches(lengths, token_budget))
     tok_per_step = rows_per_step * mean_row
     step_s = sorted(timed)[len(timed) // 2] if timed else float("nan")
-    rec = base_record("sft", args.layers, variant=variant, engine=None, backend="hf",
+    rec = base_record("sft", args.layers, variant=variant, engine=None, backend=session.model_cfg.backend,
                       batch=(f"budget {token_budget}" if token_budget else batch), prompt_len=None,
                       new_tokens=None, tok_s=tok_per_step / step_s, peak_gib=_peak(),
                       first_step_s=clock.steps[0] if clock.steps else None, step_s=step_s, steps=n_batches,
@@ -482,6 +504,8 @@ def main() -> int:
     ap.add_argument("--tiny", action="store_true", help="Toy widths (a CPU dry run of the code paths).")
     ap.add_argument("--targets", choices=["default", "full"], default="default")
     ap.add_argument("--weights-dir", default="/dev/shm/fullsize", help="unsloth: where the random weights are saved")
+    ap.add_argument("--unsloth-share", type=float, default=0.85,
+                    help="unsloth: vLLM's share of the user's card (scaled to the cap on a bigger GPU)")
     ap.add_argument("--levers", action="store_true", help="8-bit AdamW + bf16 LoRA weights (fastnemo plan's levers)")
     ap.add_argument("--skip-trl", action="store_true", help="no plain-TRL batch-1 run (already measured)")
     ap.add_argument("--no-batch1", action="store_true", help="only the token-budget runs")
