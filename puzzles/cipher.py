@@ -13,11 +13,21 @@ query word's length, agree with every known letter, map unknown encrypted letter
 other encrypted letter already takes, and keep the mapping injective across the whole phrase. If exactly one
 decryption survives (after the sentence shapes ``TEMPLATES`` break remaining ties), it is "deduced";
 otherwise the solver abstains.
+
+The trace never searches out of sight (the catalog way of ``puzzles.cryptarithm``): step 1 builds the table,
+step 2 decodes the query with '?' for unknown letters, and step 3 (``resolve_lines``) takes each word with a
+'?', RECITES the vocabulary entry of its length (``WORDS`` of that length, then example words outside it,
+said as such) and gives every entry word its verdict letter by letter (``verdict``: the first reason it
+fails, or the new letters it fits with); the only fitting word fixes its letters. Words that fit several
+ways are checked again once other words fix letters, then jointly (every combination's verdict over the
+whole phrase, at most ``MAX_COMBINATIONS``; else ``puzzles.equations.NotTeachable``, which builders count
+and skip). ``audit`` re-derives every such line from the audited table and ``WORDS``.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
 import re
 import string
@@ -279,15 +289,161 @@ def solve(puzzle: Puzzle) -> Solution | None:
     )
 
 
+# ---------------------------------------------------------------- the trace: recall the word list, verify it
+
+MAX_COMBINATIONS = 6  # joint-check lines a trace may write; a puzzle needing more is not trace-teachable
+RULE = (
+    "Each example is a letter-for-letter substitution: an encrypted letter always stands for the same "
+    "plain letter, and two different encrypted letters never stand for the same plain letter."
+)
+STEP3 = (
+    "Step 3: for each word with a '?', recall the words of its length and check each one letter by letter: "
+    "x≠y (the word has x, the table y), x taken by e (encrypted e already stands for x), e->x≠y (a repeated "
+    "encrypted letter would need two letters). The only word that fits fixes its new letters."
+)
+JOINT = (
+    "Joint check: the words left open, in every combination, over the whole phrase: an encrypted letter "
+    "gets one plain letter, a plain letter one encrypted letter, and the phrase must have a sentence shape."
+)
+
+
+def _decode(enc: str, table: dict[str, str]) -> str:
+    return "".join(table.get(e, "?") for e in enc)
+
+
+def _pairs(new) -> str:
+    return ", ".join(f"{e}->{p}" for e, p in new)
+
+
+def entry(puzzle: Puzzle, n: int) -> tuple[list[str], list[str]]:
+    """The word list recited for an n-letter word: ``WORDS`` of that length (the catalog a model
+    memorises), then the examples' plain words of that length that ``WORDS`` lacks (read off the prompt)."""
+    extra = {w for _, plain in puzzle.examples for w in plain.split() if len(w) == n and w not in WORDS}
+    return [w for w in WORDS if len(w) == n], sorted(extra)
+
+
+def verdict(table: dict[str, str], enc: str, word: str) -> tuple[str, list[tuple[str, str]] | None]:
+    """(verdict, new letters) of reading ``enc`` as ``word`` letter by letter under ``table``: the first
+    reason it fails (new letters None), or "fits" and the encrypted -> plain letters it adds."""
+    owner = {p: e for e, p in table.items()}
+    new: dict[str, str] = {}
+    for e, p in zip(enc, word, strict=True):
+        if e in table:
+            if table[e] != p:
+                return f"{p}≠{table[e]}", None
+        elif e in new:
+            if new[e] != p:
+                return f"{e}->{new[e]}≠{p}", None
+        elif p in owner:
+            return f"{p} taken by {owner[p]}", None
+        else:
+            new[e], owner[p] = p, e
+    return f"fits {_pairs(new.items())}", list(new.items())
+
+
+def block(puzzle: Puzzle, table: dict[str, str], enc: str) -> tuple[list[str], list[tuple[str, list]]]:
+    """(recall, check and conclusion lines, fitting (word, new letters)) of one word with unknown letters."""
+    partial = _decode(enc, table)
+    vocab, extra = entry(puzzle, len(enc))
+    recall = f"{enc} = {partial}: the {len(enc)}-letter words are {' '.join(vocab) or 'none'}"
+    if extra:
+        recall += f"; from the examples also {' '.join(extra)}"
+    checks, fits = [], []
+    for w in vocab + extra:
+        text, new = verdict(table, enc, w)
+        checks.append(f"{w} {text}")
+        if new is not None:
+            fits.append((w, new))
+    if len(fits) == 1:
+        end = f"{partial}: the only fitting word is {fits[0][0]}, so {_pairs(fits[0][1])}."
+    elif fits:
+        end = f"{partial}: {', '.join(w for w, _ in fits)} fit; left open for now."
+    else:
+        end = f"{partial}: no word fits."
+    return [recall, f"{partial}: check " + "; ".join(checks), end], fits
+
+
+def joint(puzzle: Puzzle, table: dict[str, str], open_: dict[str, list[str]]) -> tuple[list[str], list | None]:
+    """(combination lines and conclusion, new letters of the one combination that fits, else None) of the
+    words still open: every combination of their fitting words, judged over the whole phrase."""
+    lines, fits = [], []
+    for combo in itertools.product(*open_.values()):
+        chosen = dict(zip(open_, combo))
+        words = [chosen.get(e) or _decode(e, table) for e in puzzle.query.split()]
+        why, new = _combo_verdict(table, chosen, words)
+        lines.append(f"  {' '.join(words)}: {why}")
+        if new is not None:
+            fits.append((words, new))
+    if len(fits) != 1:
+        return [*lines, f"{len(fits)} combinations fit."], None
+    words, new = fits[0]
+    return [*lines, f"Only {' '.join(words)} fits, so {_pairs(new)}."], new
+
+
+def _combo_verdict(table: dict[str, str], chosen: dict[str, str], words: list[str]) -> tuple[str, list | None]:
+    merged: dict[str, str] = {}
+    owner: dict[str, str] = {}
+    for enc, w in chosen.items():
+        for e, p in verdict(table, enc, w)[1]:
+            if merged.get(e, p) != p:
+                return f"encrypted {e} mapped twice ({merged[e]}, {p})", None
+            if owner.get(p, e) != e:
+                return f"plain {p} used twice ({owner[p]}, {e})", None
+            merged[e], owner[p] = p, e
+    if not _fits_template(words):
+        return "not a sentence shape", None
+    return "fits", list(merged.items())
+
+
+def resolve_lines(puzzle: Puzzle, table: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """Step 3's lines after its header and the table they end with. Words are checked in query order;
+    a word that fits one way fixes its letters, one that fits several ways is left open and checked again
+    after a pass fixes new letters; words still open after a pass that fixes nothing get the joint check
+    (raises ``NotTeachable`` when that takes more than ``MAX_COMBINATIONS`` lines or nothing decides)."""
+    from puzzles.equations import NotTeachable
+
+    table = dict(table)
+    lines: list[str] = []
+    todo = list(dict.fromkeys(e for e in puzzle.query.split() if "?" in _decode(e, table)))
+    open_: dict[str, list[str]] = {}
+    progress = True
+    while todo and progress:
+        progress, open_ = False, {}
+        for enc in todo:
+            if "?" not in _decode(enc, table):
+                lines.append(f"{enc} = {_decode(enc, table)} now, with the letters found above")
+                continue
+            text, fits = block(puzzle, table, enc)
+            lines += text
+            if not fits:
+                raise NotTeachable(f"no word of the list fits {enc}")
+            if len(fits) == 1:
+                table.update(fits[0][1])
+                progress = True
+            else:
+                open_[enc] = [w for w, _ in fits]
+        todo = list(open_)
+    if open_:
+        n = math.prod(len(ws) for ws in open_.values())
+        if n > MAX_COMBINATIONS:
+            raise NotTeachable(f"{n} combinations of the open words: more than {MAX_COMBINATIONS}")
+        text, new = joint(puzzle, table, open_)
+        if new is None:
+            raise NotTeachable("the joint check leaves no single combination")
+        lines += [JOINT, *text]
+        table.update(new)
+    return lines, table
+
+
 def trace(puzzle: Puzzle, solution: Solution) -> str:
+    """Steps 1-2 build the table and decode the query; step 3 resolves each unknown word by reciting the
+    vocabulary entry of its length and giving every word a letter-by-letter verdict (``resolve_lines``).
+    Raises ``puzzles.equations.NotTeachable`` where step 3 cannot decide visibly or reaches another answer
+    than the solver (builders skip and count such puzzles)."""
+    from puzzles.equations import NotTeachable
+
     table: dict[str, str] = {}
-    out = [
-        (
-            "Each example is a letter-for-letter substitution: an encrypted letter always stands for the same "
-            "plain letter, and two different encrypted letters never stand for the same plain letter."
-        ),
-        "Step 1: build the letter table (encrypted -> plain) from the examples, word by word.",
-    ]
+    out = [RULE, "Step 1: build the letter table (encrypted -> plain) from the examples, word by word."]
     for enc, plain in puzzle.examples:
         for e_word, p_word in zip(enc.split(), plain.split()):
             new = []
@@ -298,50 +454,85 @@ def trace(puzzle: Puzzle, solution: Solution) -> str:
             out.append(f"{e_word} = {p_word}: " + (", ".join(new) if new else "nothing new"))
     out.append("Table: " + ", ".join(f"{e}->{table[e]}" for e in sorted(table)))
     out += ["", "Step 2: decode the query letter by letter (? = letter not in the table)."]
-    unknown = []  # (encrypted word, partial decoding, plain word, candidate words)
-    for e_word, word, cands in zip(
-        puzzle.query.split(), solution.answer.split(), solution.steps["candidates"]
-    ):
+    for e_word in puzzle.query.split():
         letters = " ".join(f"{e}->{table.get(e, '?')}" for e in e_word)
-        partial = "".join(table.get(e, "?") for e in e_word)
-        out.append(f"{e_word}: {letters} = {partial}")
-        if "?" in partial:
-            unknown.append((e_word, partial, word, cands))
-    if unknown:
-        out += [
-            "",
-            (
-                "Step 3: resolve the unknown letters with the word list of these puzzles. A candidate must match "
-                "the known letters, and an unknown letter can only be a plain letter the table does not use yet."
-            ),
-            "Plain letters already used: " + ", ".join(sorted(table.values())),
-        ]
-        for e_word, partial, word, cands in unknown:
-            new = ", ".join(f"{e}->{p}" for e, p in dict(zip(e_word, word)).items() if e not in table)
-            if len(cands) == 1:
-                out.append(f"{partial}: the only fitting word is {word}, so {new}.")
-            else:
-                out.append(
-                    f"{partial}: fitting words {', '.join(cands)}; only {word} agrees with the other query "
-                    f"words and the sentence shape, so {new}."
-                )
-            for e, p in zip(e_word, word):
-                table.setdefault(e, p)
-    out += ["", f"The decrypted text is: {solution.answer}"]
+        out.append(f"{e_word}: {letters} = {_decode(e_word, table)}")
+    if any("?" in _decode(e, table) for e in puzzle.query.split()):
+        lines, resolved = resolve_lines(puzzle, table)
+        out += ["", STEP3, "Plain letters already used: " + ", ".join(sorted(table.values())), *lines]
+        table = resolved
+    answer = " ".join(_decode(e, table) for e in puzzle.query.split())
+    if answer != solution.answer:
+        raise NotTeachable(f"the trace reaches {answer!r}, the solver {solution.answer!r}")
+    out += ["", f"The decrypted text is: {answer}"]
     return "\n".join(out)
 
 
+_RECALL = re.compile(r"^([a-z]+) = ([a-z?]+): the \d+-letter words are ")
+_NOW = re.compile(r"^([a-z]+) = ([a-z]+) now, with the letters found above$")
+_CHECK = re.compile(r"^[a-z?]+: check ")
+_END = re.compile(r"^[a-z?]+: (?:the only fitting word is .*|.* fit; left open for now\.|no word fits\.)$")
+_JOINT_END = re.compile(r"^(?:Only .* fits, so .*\.|\d+ combinations fit\.)$")
+
+
 def audit(puzzle: Puzzle, reasoning: str) -> list:
-    """Re-build the letter table from the examples and re-check every table line and every decoded letter
-    (a letter used before the table holds it is a leap)."""
+    """Re-build the letter table from the examples and re-check every table line and decoded letter (a
+    letter used before the table holds it is a leap); replay step 3 from the table the audited lines give
+    and from ``WORDS``: a recall line must recite exactly the entry (``block``), a check line give every
+    word its true first reason, a conclusion name exactly the fitting words and follow its own re-derived
+    recall and check lines, and a joint check list every combination with its true verdict. Later lines
+    are judged on the re-derived letters, not the stated ones."""
     from puzzles.base import AuditStep
 
     pairs = [(e, p) for enc, plain in puzzle.examples for e, p in zip(enc.split(), plain.split())]
     query = puzzle.query.split()
     table: dict[str, str] = {}
-    steps, decoded = [], []
+    steps = []
+    cur = None  # the open word's block: its expected lines, fitting words and whether its lines re-derived
+    open_: dict[str, list[str]] = {}  # words left open (several fit), their fitting words
+    want: list[str] | None = None  # the joint check's expected lines, once its header is read
+    k, joint_ok, joint_new = 0, False, None
     for i, line in enumerate(reasoning.split("\n")):
-        if m := re.match(r"^([a-z]+) = ([a-z]+): (.*)$", line):
+        if m := _RECALL.match(line):
+            enc = m.group(1)
+            ok = enc in query and "?" in _decode(enc, table)
+            text, fits = block(puzzle, table, enc) if ok else (["", "", ""], [])
+            cur = {"enc": enc, "lines": text, "fits": fits, "recalled": ok and line == text[0], "checked": False}
+            steps.append(AuditStep(i, "recall", cur["recalled"], line))
+        elif _CHECK.match(line):
+            ok = cur is not None and line == cur["lines"][1]
+            if cur is not None:
+                cur["checked"] = ok
+            steps.append(AuditStep(i, "verify", ok, line))
+        elif _END.match(line):  # derived only after its own re-derived recall and check lines
+            ok = cur is not None and cur["recalled"] and cur["checked"] and line == cur["lines"][2]
+            if cur is not None and len(cur["fits"]) == 1:
+                table.update(cur["fits"][0][1])
+                open_.pop(cur["enc"], None)
+            elif cur is not None and cur["fits"]:
+                open_[cur["enc"]] = [w for w, _ in cur["fits"]]
+            cur = None
+            steps.append(AuditStep(i, "resolve", ok, line))
+        elif m := _NOW.match(line):
+            enc, word = m.groups()
+            steps.append(AuditStep(i, "table_lookup", enc in query and _decode(enc, table) == word, line))
+        elif line == JOINT:
+            n = math.prod(len(ws) for ws in open_.values()) if open_ else 0
+            want, joint_new = joint(puzzle, table, open_) if 0 < n <= MAX_COMBINATIONS else ([], None)
+            k, joint_ok = 0, bool(want)
+            steps.append(AuditStep(i, "rule", True, line))
+        elif want is not None and line.startswith("  "):
+            ok = k < len(want) - 1 and line == want[k]
+            joint_ok, k = joint_ok and ok, k + 1
+            steps.append(AuditStep(i, "verify", ok, line))
+        elif want is not None and _JOINT_END.match(line):
+            ok = joint_ok and k == len(want) - 1 and line == want[-1]
+            if joint_new is not None:
+                table.update(joint_new)
+                open_ = {}
+            want = None
+            steps.append(AuditStep(i, "resolve", ok, line))
+        elif m := re.match(r"^([a-z]+) = ([a-z]+): (.*)$", line):
             e_word, p_word, rest = m.groups()
             new = [f"{e}->{p}" for e, p in dict(zip(e_word, p_word)).items() if e not in table]
             ok = (e_word, p_word) in pairs and rest == (", ".join(new) if new else "nothing new")
@@ -350,24 +541,18 @@ def audit(puzzle: Puzzle, reasoning: str) -> list:
         elif line.startswith("Table: "):
             ok = line == "Table: " + ", ".join(f"{e}->{table[e]}" for e in sorted(table))
             steps.append(AuditStep(i, "table", ok, line))
+        elif line.startswith("Plain letters already used: "):
+            ok = line == "Plain letters already used: " + ", ".join(sorted(table.values()))
+            steps.append(AuditStep(i, "table", ok, line))
         elif m := re.match(r"^([a-z]+): ((?:[a-z]->[a-z?] ?)+) = ([a-z?]+)$", line):
             e_word, letters, partial = m.groups()
             ok = (e_word in query and letters.strip() == " ".join(f"{e}->{table.get(e, '?')}" for e in e_word)
-                  and partial == "".join(table.get(e, "?") for e in e_word))
-            decoded.append(partial)
+                  and partial == _decode(e_word, table))
             steps.append(AuditStep(i, "table_lookup", ok, line))
-        elif m := re.match(r"^([a-z?]+): (?:the only fitting word is|fitting words) .*, so (.*)\.$", line):
-            steps.append(AuditStep(i, "recall", False, line))  # the word list is memory, not the prompt
-            for pair in m.group(2).split(", "):
-                if "->" in pair:
-                    table.setdefault(*pair.split("->"))
-        elif line.startswith(("Each example is a letter-for-letter", "Step 1: build the letter table",
-                                  "Step 2: decode the query")):
+        elif line in (RULE, STEP3) or line.startswith(("Step 1: build the letter table",
+                                                         "Step 2: decode the query")):
             steps.append(AuditStep(i, "rule", True, line))  # the rule every table line below re-checks
         elif line.startswith("The decrypted text is: "):
-            ans = line.split(": ", 1)[1]
-            words = ans.split()
-            ok = len(words) == len(decoded) and all(
-                len(w) == len(d) and all(c in ("?", x) for c, x in zip(d, w)) for w, d in zip(words, decoded))
-            steps.append(AuditStep(i, "answer", ok, line))
+            decoded = " ".join(_decode(e, table) for e in query)
+            steps.append(AuditStep(i, "answer", "?" not in decoded and line.split(": ", 1)[1] == decoded, line))
     return steps

@@ -60,7 +60,8 @@ def test_a_rederived_cryptarithm_query_is_referenced_and_a_tampered_one_is_not()
 def test_solver_traces_of_audited_categories_have_no_wrong_steps(category):
     rec = audit.audit_row(_row(category))
     assert rec["metric_ok"] and rec["steps"] > 3
-    assert all(kind in ("recall",) for kind, *_ in rec["leaps"]), rec["leaps"]
+    allowed = () if category == "cipher" else ("recall",)  # cipher's word recall is re-derived from WORDS
+    assert all(kind in allowed for kind, *_ in rec["leaps"]), rec["leaps"]
 
 
 @pytest.mark.parametrize(("category", "old", "new"), [
