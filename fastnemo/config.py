@@ -162,7 +162,7 @@ class LoraConfig(Section):
     train_experts: bool = key(
         False, "Also put LoRA on all routed experts' up/down_proj (computed per expert on the routed tokens, "
         "fastnemo.lora; packed as vLLM's per-expert keys): ~866 M more LoRA parameters at rank 32. On the full "
-        "model with optimizer_8bit + bf16_weights and sft.token_budget = 8192 it peaks at 67.6 GiB (measured, "
+        "model with optimizer_8bit + bf16_weights it peaks at 67.6 GiB with sft.token_budget = 8192, 71.2 at 16384 (measured, "
         "backend hf; recipes/winners.toml). Off by default: the Unsloth backend's experts path is untested.")
     optimizer_8bit: bool = key(False, "bitsandbytes 8-bit AdamW (GPU): 2 bytes of optimizer state per LoRA "
                                "parameter instead of 8.")

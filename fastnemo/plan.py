@@ -419,13 +419,18 @@ RATES = {
                             "full-sft-fastnemo-batch1, 2026-12-01")),
     "train_tok_s_hf_budget": (9_358, ("the same with sft.token_budget = 16384 (length-grouped batches): record "
                                      "full-sft-budget16384, 2026-12-01")),
-    "train_tok_s_hf_budget_experts": (6_653, ("the winners' full set (routed experts, 888 M) with 8-bit AdamW + "
-                                             "bf16 LoRA, sft.token_budget = 8192: record "
-                                             "full-sft-full-levers-budget8192, 2026-12-02")),
-    "train_tok_s_unsloth": (998, ("no full-size record for the unsloth backend (its loader needs the weights on "
-                                 "disk): the hf batch-1 record full-sft-fastnemo-batch1, 2026-12-01")),
+    "train_tok_s_hf_budget_experts": (8_443, ("the winners' full set (routed experts, 888 M) with 8-bit AdamW + "
+                                             "bf16 LoRA, sft.token_budget = 16384 (peak 71.2 GiB): record "
+                                             "full-sft-full-levers-budget16384, 2026-12-02")),
+    "train_tok_s_unsloth": (998, ("no batch-1 record for the unsloth backend: the hf batch-1 record "
+                                 "full-sft-fastnemo-batch1, 2026-12-01")),
+    "train_tok_s_unsloth_budget": (5_395, ("unsloth backend, sft.token_budget = 8192, default targets (lm_head "
+                                          "left out), beside its sleeping vLLM: record "
+                                          "full-sft-unsloth-shared-budget8192, 2026-12-02")),
     "vllm_tok_s": (9_042, ("vLLM 0.26 tokens/s, LoRA r32, 32 prompts x 8 samples, T 0.7, 1,024 new tokens: record "
                           "full-vllm-distill, 2026-12-01")),
+    "vllm_tok_s_unsloth": (4_158, ("Unsloth fast_inference (shared weights, 0.85 of the card, max_num_seqs 64), "
+                                  "the same shape: record full-unsloth-vllm-distill-seqs64, 2026-12-02")),
     "hf_tok_s": (496, ("transformers generate through the hf engine, 64 sequences, greedy: record full-hf-engine, "
                       "2026-12-01")),
     "build_rows_s": (250, "data build rows/s on 2 CPU cores (bench: puzzles/mix.py)"),
@@ -437,10 +442,13 @@ DAPO_REGEN = 1.5  # rollouts per kept rollout under dynamic sampling (assumed: ~
 
 def time_plan(recipe) -> list[tuple[str, float, str]]:
     """(stage, hours, how) for one round of ``recipe``'s stages, from RATES."""
-    gen_rate = RATES["vllm_tok_s" if recipe.generation.engine == "vllm" else "hf_tok_s"][0]
+    unsloth = recipe.model.backend == "unsloth"
+    gen_rate = RATES["hf_tok_s" if recipe.generation.engine != "vllm" else
+                     "vllm_tok_s_unsloth" if unsloth else "vllm_tok_s"][0]
     train_rate = RATES[f"train_tok_s_{recipe.model.backend}"][0]
-    if recipe.model.backend == "hf" and getattr(recipe.sft, "token_budget", 0):
-        train_rate = RATES["train_tok_s_hf_budget_experts" if recipe.lora.train_experts else "train_tok_s_hf_budget"][0]
+    if getattr(recipe.sft, "token_budget", 0):
+        train_rate = RATES["train_tok_s_unsloth_budget" if unsloth else "train_tok_s_hf_budget_experts"
+                           if recipe.lora.train_experts else "train_tok_s_hf_budget"][0]
     distills = "distill" in recipe.stages
     if distills:  # verified traces (~half the prompts at a mid-training pass rate) + the carried share
         rows = recipe.distill.prompts * 0.5 * recipe.distill.keep * (1 + recipe.distill.carry_share)

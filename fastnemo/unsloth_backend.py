@@ -109,8 +109,10 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
         local_files_only=True,
         experts_implementation=experts_implementation(model_cfg),
         **(
+            # max_num_seqs: Unsloth's own pick from its memory estimate was 16 at full size under 80 GB
+            # (1.7 k tok/s, GPU lane 2026-12-02); the engine's batch is what generation asks for
             {"fast_inference": True, "gpu_memory_utilization": gen_cfg.gpu_memory_utilization,
-                 "max_lora_rank": MAX_LORA_RANK}
+                 "max_lora_rank": MAX_LORA_RANK, "max_num_seqs": gen_cfg.batch_size}
             if fast_inference else {}
         ),
     )

@@ -212,7 +212,8 @@ def run_unsloth(args) -> None:
     t = time.perf_counter()
     session = ModelSession.load(path, ModelConfig(path=str(path), backend="unsloth", max_seq_length=8192),
                                 LoraConfig(rank=32, alpha=32),
-                                GenerationConfig(engine="vllm", gpu_memory_utilization=util, batch_size=256))
+                                GenerationConfig(engine="vllm", gpu_memory_utilization=util,
+                                                 batch_size=args.unsloth_seqs))
     texts = [session.tokenizer.decode(p) for p in prompt_ids(session.tokenizer, args.eval_prompts, seed=1)]
     session.engine.generate(texts[:2], SamplingConfig(max_tokens=8))  # the engine starts on first use
     load_s = time.perf_counter() - t
@@ -230,12 +231,14 @@ def run_unsloth(args) -> None:
         rec = base_record("generation", args.layers, variant=f"unsloth-vllm-{name}", engine="vllm",
                           backend=backend, batch=n_prompts * n, new_tokens=new, prompt_len=None,
                           tok_s=tokens / secs, peak_gib=_used_gib(), seconds=secs, tokens=tokens,
-                          temperature=temp, n=n, lora="r32 default targets (lm_head left out)", load_s=load_s,
+                          temperature=temp, n=n, lora="r32 default targets (lm_head left out)", load_s=load_s, max_num_seqs=args.unsloth_seqs,
                           weights=args.weights_dir, gpu_memory_utilization=util,
                           note="shared weights (one copy); no forced lengths: random weights rarely emit EOS; "
                                "peak = GPU memory in use (vLLM pool + trainer)")
         results.append(args.results, rec)
         print(json.dumps(rec), flush=True)
+    if "sft" not in args.parts:
+        return
     # the phase switch the rounds make: sleep, SFT on the shared weights, wake, sync the LoRA, generate
     greedy = SamplingConfig(max_tokens=32)
     before = session.engine.generate(texts[:4], greedy)
@@ -504,6 +507,7 @@ def main() -> int:
     ap.add_argument("--tiny", action="store_true", help="Toy widths (a CPU dry run of the code paths).")
     ap.add_argument("--targets", choices=["default", "full"], default="default")
     ap.add_argument("--weights-dir", default="/dev/shm/fullsize", help="unsloth: where the random weights are saved")
+    ap.add_argument("--unsloth-seqs", type=int, default=64, help="unsloth: vLLM's max_num_seqs")
     ap.add_argument("--unsloth-share", type=float, default=0.85,
                     help="unsloth: vLLM's share of the user's card (scaled to the cap on a bigger GPU)")
     ap.add_argument("--levers", action="store_true", help="8-bit AdamW + bf16 LoRA weights (fastnemo plan's levers)")

@@ -60,6 +60,9 @@ step() {
     full-unsloth) run_step full-unsloth 900 python3 bench/device/fullsize.py unsloth --eval-prompts 128 \
       --eval-tokens 1024 --group-prompts 32 --group-tokens 1024 --budgets 8192 --sft-steps 4 --sft-rows 128 \
       --results "$L/records.jsonl" ;;
+    full-unsloth-gen) run_step full-unsloth-gen 600 python3 bench/device/fullsize.py unsloth --parts gen \
+      --eval-prompts 128 --eval-tokens 1024 --group-prompts 32 --group-tokens 1024 --unsloth-seqs 64 \
+      --results "$L/records.jsonl" ;;
     full-sft-full) run_step full-sft-full 600 python3 bench/device/fullsize.py hf --targets full --levers \
       --parts sft --budgets 8192,16384 --sft-steps 5 --no-batch1 --results "$L/records.jsonl" ;;
     unsloth-tests) run_step unsloth-tests 560 python3 -m pytest -m gpu tests/fastnemo/test_gpu.py \
