@@ -223,9 +223,9 @@ class DataConfig(Section):
     shares: dict[str, float] = key({}, "Per-category share overrides, e.g. {equations = 0.25}: renormalised "
                                    "with the categories left out, which keep the `like` file's real shares (the "
                                    "default: {} keeps them all).")
-    drill_share: float = key(0.0, "Fraction of the `n` rows that are cryptarithm catalog recall drills "
-                             "(signature -> candidates, puzzles.cryptarithm): the memory the symbolic-equation "
-                             "traces recall from.", ge=0.0)
+    drill_share: float = key(0.0, "Fraction of the `n` rows that are recall drills: the memory traces recall "
+                             "from. The cipher word list (one row a length, 9 rows) and the cryptarithm catalog "
+                             "(signature -> candidates, puzzles.cryptarithm) for the rest.", ge=0.0)
 
     def check(self):
         from puzzles.base import CATEGORIES

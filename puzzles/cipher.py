@@ -556,3 +556,18 @@ def audit(puzzle: Puzzle, reasoning: str) -> list:
             decoded = " ".join(_decode(e, table) for e in query)
             steps.append(AuditStep(i, "answer", "?" not in decoded and line.split(": ", 1)[1] == decoded, line))
     return steps
+
+
+# ---------------------------------------------------------------- drills: teach the word list
+
+
+def drill_rows() -> list[tuple[str, str]]:
+    """(prompt, completion reasoning) of one recall drill per word length: the WORDS entry the trace recites
+    ("the 5-letter words are ..."), so the mix teaches the list the audit checks recitations against."""
+    out = []
+    for n in sorted({len(w) for w in WORDS}):
+        words = sorted(w for w in WORDS if len(w) == n)
+        prompt = ("In Alice's Wonderland, secret encryption rules are used on text. "
+                  f"Recall the word list of these puzzles for words of {n} letters.")
+        out.append((prompt, f"The {n}-letter words are {' '.join(words)}: {len(words)} word(s)."))
+    return out

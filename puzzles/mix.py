@@ -32,6 +32,7 @@ import hashlib
 import json
 import multiprocessing
 import random
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -89,8 +90,8 @@ class MixConfig:
     """Per-category share overrides (renormalised with the others); a category left out keeps the
     reference's share (or 1 without a reference), so the default keeps the real shares."""
     drill_share: float = 0.0
-    """Fraction of the ``n`` rows that are cryptarithm catalog recall drills (``puzzles.cryptarithm``);
-    the puzzle categories share the rest."""
+    """Fraction of the ``n`` rows that are recall drills (``drill_component``: the cipher word list, then
+    the cryptarithm catalog); the puzzle categories share the rest."""
 
 
 # ------------------------------------------------------------------------------------------- reference
@@ -477,17 +478,20 @@ def build_mix(cfg: MixConfig) -> dict:
 
 
 def drill_component(n: int, seed: int) -> list[dict]:
-    """``n`` SFT rows that teach the cryptarithm catalog (signature -> candidates): equations rows with
-    feature ``drill`` (family "drill"); the completion is the recalled entry, boxed like any row (the
-    answer is the candidate count)."""
+    """``n`` SFT rows that teach what traces recall: the cipher word list by length (one row a length, first:
+    9 rows) and the cryptarithm catalog (signature -> candidates) for the rest. Rows carry feature
+    ``drill`` (family "drill"); the completion is the recalled entry, boxed like any row (the answer is its
+    count)."""
     if n <= 0:
         return []
-    from puzzles import cryptarithm
+    from puzzles import cipher, cryptarithm
 
+    words = cipher.drill_rows()[:n]
     rows = []
-    for prompt, body in cryptarithm.drill_rows(n, seed):
-        answer = body.split(": ", 2)[1].split(" ")[0]
-        puzzle = Puzzle(id=f"drill-{prompt_key(prompt)[:12]}", category="equations", prompt=prompt,
+    for category, (prompt, body) in [*(("cipher", d) for d in words),
+                                     *(("equations", d) for d in cryptarithm.drill_rows(n - len(words), seed))]:
+        answer = re.findall(r"(\d+) (?:candidate|word)", body)[-1]
+        puzzle = Puzzle(id=f"drill-{prompt_key(prompt)[:12]}", category=category, prompt=prompt,
                         examples=[], query=None, answer=answer, features={"family": "drill"})
         rows.append(sft_row(puzzle, completion(body, answer), "solver", "deduced", drill=True))
     return rows

@@ -272,3 +272,21 @@ def test_example_words_outside_the_vocabulary_are_recited_as_such():
 def test_a_query_the_table_covers_needs_no_step_3():
     p, text = _traced(0, {"unseen_letters": 0})
     assert "Step 3" not in text and "Plain letters already used" not in text and _leaps(p, text) == []
+
+
+def test_drills_teach_the_exact_lists_the_traces_recite():
+    import random
+
+    from puzzles.traces import solve_traced
+
+    drills = {body.split(" are ")[0].split()[1]: body.split(" are ")[1].split(":")[0]
+              for _, body in cipher.drill_rows()}
+    recited = 0
+    for seed in range(40):
+        _, row = solve_traced(cipher.generate(random.Random(seed), {"unseen_letters": (1, 3)}))
+        for line in row["completion"].split("\n"):
+            if "-letter words are " in line:
+                n_letters, words = line.split(": the ")[1].split(" words are ")
+                assert drills[n_letters] == words.split(";")[0]
+                recited += 1
+    assert recited >= 40

@@ -215,6 +215,9 @@ def test_drill_share_and_category_shares(tmp_path):
     drills = [r for r in rows if r["features"].get("drill")]
     assert len(drills) == 10 and s["drills"]["rows"] == 10 and 0 < s["drills"]["token_share"] < 1
     assert all(check_sft_row(r) is None and r["completion"].endswith("}") for r in drills)
+    # the cipher word list, one row a length, and the cryptarithm catalog for the rest
+    assert collections.Counter(r["category"] for r in drills) == {"cipher": 9, "equations": 1}
+    assert "The 6-letter words are " in next(r["completion"] for r in drills if "6 letters" in r["prompt"])
     assert s["quotas"] == {"numeral_system": 8, "cipher": 22}  # 30 puzzle rows split 1 : 3
     with pytest.raises(ValueError, match="unknown categories"):
         build_mix(MixConfig(n=10, out=str(tmp_path / "x.jsonl"), shares={"bogus": 1.0}, progress=False))
