@@ -190,6 +190,10 @@ def prompt_rows(session, recipe: Recipe, prompts_path: Path | None, seed: int) -
                       "band); training on new generated puzzles instead")
     if not puzzles:
         puzzles = generate_puzzles(cfg.prompts, seed)
+    elif len(puzzles) < cfg.batch_prompts:  # too few for one step: top up with new puzzles, said aloud
+        console.print(f"[yellow]grpo: {len(puzzles)} Goldilocks prompt(s) < batch_prompts {cfg.batch_prompts}; "
+                      "topped up with new generated puzzles")
+        puzzles += generate_puzzles(cfg.batch_prompts - len(puzzles), seed + 7919)  # ids apart from distill's
     if cfg.prompts:
         puzzles = puzzles[: cfg.prompts]
     if not puzzles:

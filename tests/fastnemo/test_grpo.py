@@ -230,3 +230,16 @@ def test_dapo_module_refuses_another_trl_version():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, check=False)
     assert r.returncode != 0 and "ImportError" in r.stderr
     assert "0.0.1" in r.stderr and f"trl=={pinned}" in r.stderr
+
+
+def test_too_few_goldilocks_prompts_are_topped_up_to_one_step(tiny_session, tmp_path):
+    from fastnemo.distill import generate_puzzles
+    from fastnemo.files import write_jsonl
+
+    one = generate_puzzles(1, 0)[0]
+    path = tmp_path / "goldilocks.jsonl"
+    write_jsonl(path, [{"id": one.id, "prompt": one.prompt, "answer": one.answer, "category": one.category}])
+    recipe = Recipe()
+    recipe.grpo = GRPOConfig(prompts=8, batch_prompts=3)
+    rows = grpo.prompt_rows(tiny_session, recipe, path, seed=0)
+    assert len(rows) == 3 and rows[0]["id"] == one.id and len({r["id"] for r in rows}) == 3
