@@ -442,13 +442,15 @@ DAPO_REGEN = 1.5  # rollouts per kept rollout under dynamic sampling (assumed: ~
 
 def time_plan(recipe) -> list[tuple[str, float, str]]:
     """(stage, hours, how) for one round of ``recipe``'s stages, from RATES."""
-    unsloth = recipe.model.backend == "unsloth"
-    gen_rate = RATES["hf_tok_s" if recipe.generation.engine != "vllm" else
-                     "vllm_tok_s_unsloth" if unsloth else "vllm_tok_s"][0]
-    train_rate = RATES[f"train_tok_s_{recipe.model.backend}"][0]
+    backend = recipe.model.backend
+    if recipe.generation.engine != "vllm":
+        gen_rate = RATES["hf_tok_s"][0]
+    else:  # Unsloth's vLLM shares the card with the trainer: a smaller KV pool, a lower rate
+        gen_rate = RATES["vllm_tok_s_unsloth" if backend == "unsloth" else "vllm_tok_s"][0]
+    train_key = f"train_tok_s_{backend}"
     if getattr(recipe.sft, "token_budget", 0):
-        train_rate = RATES["train_tok_s_unsloth_budget" if unsloth else "train_tok_s_hf_budget_experts"
-                           if recipe.lora.train_experts else "train_tok_s_hf_budget"][0]
+        train_key += "_budget_experts" if backend == "hf" and recipe.lora.train_experts else "_budget"
+    train_rate = RATES[train_key][0]
     distills = "distill" in recipe.stages
     if distills:  # verified traces (~half the prompts at a mid-training pass rate) + the carried share
         rows = recipe.distill.prompts * 0.5 * recipe.distill.keep * (1 + recipe.distill.carry_share)

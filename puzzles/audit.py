@@ -122,9 +122,8 @@ def category_steps(puzzle: Puzzle, reasoning: str) -> list[AuditStep]:
     return own(puzzle, reasoning) if own is not None else []
 
 
-def audit_steps(puzzle: Puzzle, reasoning: str, own: list[AuditStep] | None = None) -> list[AuditStep]:
-    """Generic verdicts per line, replaced line by line by the category module's (``own``, computed when
-    not given) where it has one."""
+def audit_steps(puzzle: Puzzle, reasoning: str, own: list[AuditStep]) -> list[AuditStep]:
+    """Generic verdicts per line, replaced line by line by the category module's own (``category_steps``)."""
     lines = reasoning.split("\n")
     steps: dict[int, AuditStep] = {}
     for i, line in enumerate(lines):
@@ -135,7 +134,7 @@ def audit_steps(puzzle: Puzzle, reasoning: str, own: list[AuditStep] | None = No
             steps[i] = AuditStep(i, "arithmetic" if all(verdicts) else "arithmetic_wrong", all(verdicts), line)
         elif "=" in line or "->" in line:
             steps[i] = AuditStep(i, "unchecked", False, line)
-    for s in category_steps(puzzle, reasoning) if own is None else own:
+    for s in own:
         s.text = s.text or (lines[s.line] if 0 <= s.line < len(lines) else "")
         steps[s.line] = s
     return [steps[i] for i in sorted(steps)]

@@ -561,13 +561,13 @@ def audit(puzzle: Puzzle, reasoning: str) -> list:
 # ---------------------------------------------------------------- drills: teach the word list
 
 
-def drill_rows() -> list[tuple[str, str]]:
-    """(prompt, completion reasoning) of one recall drill per word length: the WORDS entry the trace recites
+def drill_rows() -> list[tuple[str, str, str]]:
+    """(prompt, completion reasoning, answer: the word count) of one recall drill per word length: the WORDS entry the trace recites
     ("the 5-letter words are ..."), so the mix teaches the list the audit checks recitations against."""
     out = []
     for n in sorted({len(w) for w in WORDS}):
         words = sorted(w for w in WORDS if len(w) == n)
         prompt = ("In Alice's Wonderland, secret encryption rules are used on text. "
                   f"Recall the word list of these puzzles for words of {n} letters.")
-        out.append((prompt, f"The {n}-letter words are {' '.join(words)}: {len(words)} word(s)."))
+        out.append((prompt, f"The {n}-letter words are {' '.join(words)}: {len(words)} word(s).", str(len(words))))
     return out

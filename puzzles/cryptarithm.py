@@ -503,19 +503,19 @@ INTRO = (
 # ---------------------------------------------------------------- drills: teach the catalog
 
 
-def drill_text(sig: str) -> tuple[str, str]:
-    """(prompt, completion reasoning) of one recall drill row for a catalog signature."""
+def drill_text(sig: str) -> tuple[str, str, str]:
+    """(prompt, completion reasoning, answer: the candidate count) of one recall drill row for a signature."""
     cands = catalog()[sig]
     prompt = (
         "In Alice's Wonderland, cryptarithm equations are normalised to signatures. "
         f"Recall the catalog entry for the signature: {sig}"
     )
     body = f"Signature {sig}: {len(cands)} candidate(s): " + _cands_text(cands)
-    return prompt, body
+    return prompt, body, str(len(cands))
 
 
-def drill_rows(n: int, seed: int = 0) -> list[tuple[str, str]]:
-    """``n`` drill rows (prompt, reasoning), cycling through the catalog in a seeded shuffle so every
+def drill_rows(n: int, seed: int = 0) -> list[tuple[str, str, str]]:
+    """``n`` drill rows (``drill_text``'s prompt, reasoning, answer), cycling through the catalog in a seeded shuffle so every
     entry appears before any repeats."""
     sigs = sorted(catalog())
     rng = random.Random(seed)

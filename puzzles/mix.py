@@ -32,7 +32,6 @@ import hashlib
 import json
 import multiprocessing
 import random
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -488,9 +487,8 @@ def drill_component(n: int, seed: int) -> list[dict]:
 
     words = cipher.drill_rows()[:n]
     rows = []
-    for category, (prompt, body) in [*(("cipher", d) for d in words),
-                                     *(("equations", d) for d in cryptarithm.drill_rows(n - len(words), seed))]:
-        answer = re.findall(r"(\d+) (?:candidate|word)", body)[-1]
+    for category, (prompt, body, answer) in [*(("cipher", d) for d in words), *(
+            ("equations", d) for d in cryptarithm.drill_rows(n - len(words), seed))]:
         puzzle = Puzzle(id=f"drill-{prompt_key(prompt)[:12]}", category=category, prompt=prompt,
                         examples=[], query=None, answer=answer, features={"family": "drill"})
         rows.append(sft_row(puzzle, completion(body, answer), "solver", "deduced", drill=True))

@@ -231,8 +231,8 @@ def run_unsloth(args) -> None:
         rec = base_record("generation", args.layers, variant=f"unsloth-vllm-{name}", engine="vllm",
                           backend=backend, batch=n_prompts * n, new_tokens=new, prompt_len=None,
                           tok_s=tokens / secs, peak_gib=_used_gib(), seconds=secs, tokens=tokens,
-                          temperature=temp, n=n, lora="r32 default targets (lm_head left out)", load_s=load_s, max_num_seqs=args.unsloth_seqs,
-                          weights=args.weights_dir, gpu_memory_utilization=util,
+                          temperature=temp, n=n, lora="r32 default targets (lm_head left out)", load_s=load_s,
+                          max_num_seqs=args.unsloth_seqs, weights=args.weights_dir, gpu_memory_utilization=util,
                           note="shared weights (one copy); no forced lengths: random weights rarely emit EOS; "
                                "peak = GPU memory in use (vLLM pool + trainer)")
         results.append(args.results, rec)

@@ -280,7 +280,7 @@ def test_drills_teach_the_exact_lists_the_traces_recite():
     from puzzles.traces import solve_traced
 
     drills = {body.split(" are ")[0].split()[1]: body.split(" are ")[1].split(":")[0]
-              for _, body in cipher.drill_rows()}
+              for _, body, _ in cipher.drill_rows()}
     recited = 0
     for seed in range(40):
         _, row = solve_traced(cipher.generate(random.Random(seed), {"unseen_letters": (1, 3)}))

@@ -68,7 +68,7 @@ def test_a_tampered_recall_is_a_leap():
 
 def test_drill_rows_cover_the_catalog_before_repeating():
     rows = C.drill_rows(len(C.catalog()) + 3, seed=1)
-    prompts = [p for p, _ in rows]
+    prompts = [p for p, *_ in rows]
     assert len(set(prompts[: len(C.catalog())])) == len(C.catalog())
     sig = prompts[0].rsplit(": ", 1)[1]
     assert rows[0][1].startswith(f"Signature {sig}: {len(C.catalog()[sig])} candidate")
