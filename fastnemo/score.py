@@ -49,15 +49,19 @@ def read_rows(path: str | Path) -> list[dict]:
 
 def adapter_dir(submission: str | Path, into: Path) -> Path:
     """The folder of the first ``**/adapter_config.json`` of the unzipped submission (as the metric finds
-    it); a folder is searched in place."""
+    it); a folder is searched in place. A zip is verified first (``fastnemo.pack.extract_checked``) and only
+    its two checked entries are written."""
+    from fastnemo.pack import VerifyError, extract_checked
+
     submission = Path(submission)
     root = submission
     if submission.is_file():
         if not zipfile.is_zipfile(submission):
             raise click.UsageError(f"{submission}: not a zip file")
-        with zipfile.ZipFile(submission) as zf:
-            zf.extractall(into)
-        root = into
+        try:
+            root = extract_checked(submission, into)
+        except VerifyError as e:
+            raise click.UsageError(str(e)) from None
     found = glob.glob(os.path.join(str(root), "**", "adapter_config.json"), recursive=True)
     if not found:
         raise click.UsageError(f"{submission}: no adapter_config.json anywhere inside")

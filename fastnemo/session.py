@@ -188,4 +188,6 @@ def set_base_model_name(adapter_dir: Path, name: str) -> None:
     cfg_path = Path(adapter_dir) / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = name
+    if isinstance(cfg.get("target_modules"), list):  # PEFT writes a set's order: sorted, two runs match byte for byte
+        cfg["target_modules"] = sorted(cfg["target_modules"])
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))
