@@ -14,6 +14,7 @@ Standard library only: ``puzzles`` (no torch) uses it too.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -71,6 +72,23 @@ def atomic_open(path: str | Path, mode: str = "w", newline: str | None = None):
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC, raised as an OSError or inside another library's error (safetensors' SafetensorError carries
+    only the text)."""
+    return (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e)
+
+
+@contextlib.contextmanager
+def disk_full_at(path: str | Path):
+    """Turn a full disk while writing ``path`` into one OSError(ENOSPC) naming it, whatever library raised."""
+    try:
+        yield
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        raise OSError(errno.ENOSPC, f"disk full at {path}: free some space and rerun") from None
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> Path:
@@ -177,17 +195,22 @@ def read_jsonl(path: str | Path, *, strict: bool = False) -> list[dict]:
         if strict:
             raise JsonlError(f"{path}: no such file")
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_bytes().split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the newline that ends the last line
     out = []
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
+    for i, raw in enumerate(lines, start=1):
+        try:  # line by line, from bytes: a kill can cut the last line inside a multi-byte character
+            line = raw.decode("utf-8")
+            if not line.strip():
+                continue
             rec = json.loads(line)
-        except json.JSONDecodeError as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
             if not strict and i == len(lines):
                 break
-            raise JsonlError(f"{path}: line {i}: not valid JSON ({e.msg})") from None
+            why = f"not UTF-8 ({e.reason})" if isinstance(e, UnicodeDecodeError) else (
+                f"not valid JSON ({e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__})")
+            raise JsonlError(f"{path}: line {i}: {why}") from None
         if not isinstance(rec, dict):
             raise JsonlError(f"{path}: line {i}: expected a JSON object, got {type(rec).__name__}")
         out.append(rec)
