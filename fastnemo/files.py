@@ -176,7 +176,12 @@ def append_jsonl(path: str | Path, records: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-class JsonlError(ValueError):
+class InputError(ValueError):
+    """Input that cannot be used (a file, a row, a key): the message names it and says what is wrong in one
+    line. Every reader's error derives from it, and the CLI prints it without a traceback."""
+
+
+class JsonlError(InputError):
     """A JSONL file that cannot be read: named with the line at fault."""
 
 

@@ -22,7 +22,7 @@ import zlib
 from pathlib import Path
 
 from fastnemo.config import MAX_LORA_RANK
-from fastnemo.files import write_atomic
+from fastnemo.files import InputError, write_atomic
 from fastnemo.lora import REFUSED, SERVABLE
 
 REQUIRED = ("adapter_config.json", "adapter_model.safetensors")
@@ -39,11 +39,11 @@ EMBED_KEY = re.compile(rf"{re.escape(PREFIX)}backbone\.embeddings\.lora_embeddin
 EXPERT_ORDER = ("up_proj", "down_proj")
 
 
-class VerifyError(Exception):
+class VerifyError(InputError):
     """One failed check: the message names the key or file and what was expected."""
 
 
-class PackError(ValueError):
+class PackError(InputError):
     """An adapter that cannot be converted into something vLLM serves unchanged."""
 
 

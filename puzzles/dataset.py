@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fastnemo.files import atomic_open
+from fastnemo.files import InputError, atomic_open
 from puzzles.base import Puzzle, PuzzleFormatError
 from puzzles.metric import extract_answer, score
 from puzzles.traces import answer_tail
@@ -36,7 +36,7 @@ STATUSES = ("deduced", "guessed", "verified")  # verified: a model sample checke
 csv.field_size_limit(max(csv.field_size_limit(), 1 << 20))
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A file that cannot be read as asked; the message names the file, the row and the reason."""
 
 

@@ -166,3 +166,23 @@ def test_an_interval_end_a_last_digit_off_is_no_way_onto_a_tie():
     row = {"id": "t", "category": "unit_conversion", "prompt": prompt, "answer": sol.answer,
            "completion": completion(units.trace(puzzle, sol), sol.answer)}
     assert audit.audit_row(row)["leaps"] == []
+
+
+def test_a_tower_of_exponents_is_no_claim_and_does_not_hang():
+    """'9^9^9' is a 369-million-digit integer in Python's ints: the audit hung on model outputs holding it."""
+    import signal
+
+    from puzzles.audit import arithmetic_claims
+
+    def hang(*_):
+        raise TimeoutError("arithmetic_claims hung")
+
+    old = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(5)
+    try:
+        assert arithmetic_claims("9^9^9 = 1") is None
+        assert arithmetic_claims("x: 99^99^99^99 = 2, 2^10 = 1024") == [True]
+        assert arithmetic_claims("(" * 10_000 + "1" + ")" * 10_000 + " = 1") is None
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
