@@ -13,6 +13,7 @@ Standard library only: ``puzzles`` (no torch) uses it too.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import hashlib
@@ -220,6 +221,29 @@ def read_jsonl(path: str | Path, *, strict: bool = False) -> list[dict]:
             raise JsonlError(f"{path}: line {i}: expected a JSON object, got {type(rec).__name__}")
         out.append(rec)
     return out
+
+
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def read_text(path: str | Path) -> str:
+    """A text file a user made (a CSV from a spreadsheet): UTF-8, or UTF-8/16/32 with its byte-order mark.
+    Anything else (latin-1, binary) is an InputError naming the file, the line and the fix: without a mark
+    an encoding cannot be told apart reliably, and a guess would silently change the puzzles' text."""
+    path = Path(path)
+    data = path.read_bytes()
+    encoding = next((enc for bom, enc in BOMS if data.startswith(bom)), "utf-8")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise InputError(f"{path}: line {line}: not {encoding.upper().removesuffix('-SIG')} (byte "
+                         f"{data[e.start:e.start + 1].hex()} at offset {e.start}); save it as UTF-8") from None
+    if "\0" in text:
+        raise InputError(f"{path}: line {text[: text.index(chr(0))].count(chr(10)) + 1}: a NUL byte: a binary "
+                         "file, not text")
+    return text
 
 
 def move_into_place(src: str | Path, final: str | Path) -> Path:

@@ -39,12 +39,20 @@ SAMPLING = {"temperature": 0.0, "top_p": 1.0, "max_tokens": 7680}
 
 def read_rows(path: str | Path) -> list[dict]:
     """id,prompt,answer rows of a CSV (train.csv's layout); a missing column names the file."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+    import io
+
+    from fastnemo.files import InputError, read_text
+
+    try:
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
         missing = {"prompt", "answer"} - set(reader.fieldnames or [])
         if missing:
             raise click.UsageError(f"--data {path}: no column(s) {sorted(missing)} (expected id,prompt,answer)")
         return [dict(r) for r in reader]
+    except InputError as e:
+        raise click.UsageError(f"--data {e}") from None
+    except csv.Error as e:
+        raise click.UsageError(f"--data {path}: line {reader.line_num}: not valid CSV ({e})") from None
 
 
 def adapter_dir(submission: str | Path, into: Path) -> Path:

@@ -275,6 +275,13 @@ def plot(report: dict, puzzles: list[Puzzle], records: list[dict], path: Path) -
     import matplotlib.pyplot as plt
 
     groups = [g for g in GROUPS if g in report["rows_per_group"]]
+    if not groups:  # every row was skipped: a plot that says so (matplotlib cannot box-plot nothing)
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.text(0.5, 0.5, "no usable rows (see the report's skipped rows)", ha="center", va="center")
+        ax.set_axis_off()
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        return
     fig, axes = plt.subplots(1, 3 if records else 2, figsize=(18 if records else 12, 5))
     ax = axes[0]
     ax.barh(groups, [report["rows_per_group"][g] for g in groups], color="tab:blue")

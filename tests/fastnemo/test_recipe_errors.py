@@ -87,7 +87,7 @@ def test_a_verify_failure_at_pack_is_one_line_not_a_traceback(tmp_path, tiny_mod
             for i in range(4)]
     (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     recipe = write_recipe(tmp_path, tiny_model_dir, data='path = "sft.jsonl"',
-                          sft="learning_rate = 1e38\nmax_steps = 3\nbatch_size = 2\nmax_length = 64")
+                          sft="learning_rate = 1e38\nmax_steps = 3\nbatch_size = 2\nmax_length = 512")
     text = (tmp_path / "recipe.toml").read_text().replace('stages = ["data", "sft", "eval", "pack"]',
                                                           'stages = ["data", "sft", "pack"]')
     (tmp_path / "recipe.toml").write_text(text.replace("[model]\n", '[model]\ndtype = "float32"\n'
