@@ -80,19 +80,21 @@ def test_a_data_path_of_blank_lines_is_refused_not_recorded_as_rows(tmp_path, ti
     assert not manifest.exists() or "r1-data" not in json.loads(manifest.read_text())["stages"]
 
 
-def test_a_verify_failure_at_pack_is_one_line_not_a_traceback(tmp_path, tiny_model_dir):
-    """A learning rate of 1e38 (finite: the config takes it) trains an inf/NaN adapter; pack's verify refuses
-    it, and the CLI prints the VerifyError as a message (it used to escape as a traceback)."""
-    rows = [{"prompt": f"In Alice's Wonderland, {i} + {i}?", "completion": f"add</think>\\boxed{{{2 * i}}}"}
-            for i in range(4)]
-    (tmp_path / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    recipe = write_recipe(tmp_path, tiny_model_dir, data='path = "sft.jsonl"',
-                          sft="learning_rate = 1e38\nmax_steps = 3\nbatch_size = 2\nmax_length = 512")
+def test_a_verify_failure_at_pack_is_one_line_not_a_traceback(tmp_path, tiny_session, tiny_model_dir):
+    """An adapter with a NaN weight (what a NaN learning rate trains) reaches pack: verify refuses it, and the
+    CLI prints the VerifyError as a message (it used to escape as a traceback)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    adapter = tiny_session.save_adapter(tmp_path / "nan-adapter")
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    next(iter(tensors.values())).fill_(float("nan"))
+    save_file(tensors, adapter / "adapter_model.safetensors")
+    recipe = write_recipe(tmp_path, tiny_model_dir)
     text = (tmp_path / "recipe.toml").read_text().replace('stages = ["data", "sft", "eval", "pack"]',
-                                                          'stages = ["data", "sft", "pack"]')
-    (tmp_path / "recipe.toml").write_text(text.replace("[model]\n", '[model]\ndtype = "float32"\n'
-                                                       "gradient_checkpointing = false\n", 1))
+                                                          f'stages = ["pack"]\nstart_from = "{adapter}"')
+    (tmp_path / "recipe.toml").write_text(text)
     r = run(recipe)
     assert r.exit_code == 1, r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    assert isinstance(r.exception, SystemExit), repr(r.exception)
     assert "NaN or inf" in r.output and "Traceback" not in r.output
