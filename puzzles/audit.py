@@ -212,6 +212,9 @@ def read_rows(path: str | Path) -> list[dict]:
         missing = [k for k in ("id", "category", "prompt", "answer", "completion") if not row.get(k)]
         if missing:
             raise AuditError(f"{path}: row {n}: missing or empty {missing}")
+        not_text = [k for k in ("id", "category", "prompt", "answer", "completion") if not isinstance(row[k], str)]
+        if not_text:
+            raise AuditError(f"{path}: row {n}: {not_text} must be strings")
         if THINK_CLOSE not in row["completion"]:
             raise AuditError(f"{path}: row {n} ({row['id']}): completion has no {THINK_CLOSE} final answer line")
     if not rows:

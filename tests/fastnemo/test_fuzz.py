@@ -9,6 +9,7 @@ Derandomized: CI sees the same inputs every run; about 10 s for the whole file o
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import io
 import json
 import signal
@@ -47,9 +48,13 @@ def alarm(seconds: int):
 
     old = signal.signal(signal.SIGALRM, fire)
     signal.alarm(seconds)
+    # a hang inside C (a huge int power) never runs the signal handler: a watchdog thread ends the process
+    # instead, with every thread's stack, so CI fails rather than waits forever
+    faulthandler.dump_traceback_later(6 * seconds, exit=True)
     try:
         yield
     finally:
+        faulthandler.cancel_dump_traceback_later()
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
 
