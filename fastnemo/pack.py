@@ -157,8 +157,18 @@ def pack(adapter_dir: str | Path, out_zip: str | Path, overwrite: bool = False) 
             raise FileNotFoundError(f"{adapter_dir}: {name} missing (expected a PEFT adapter folder)")
     if out_zip.exists() and not overwrite:
         raise FileExistsError(f"{out_zip} exists; refusing to overwrite it (pass overwrite to replace)")
-    config, tensors = to_vllm(json.loads((adapter_dir / REQUIRED[0]).read_text()),
-                              load_file(adapter_dir / REQUIRED[1]))
+    try:
+        raw = parse_config((adapter_dir / REQUIRED[0]).read_bytes(), str(adapter_dir / REQUIRED[0]))
+    except VerifyError as e:
+        raise PackError(str(e)) from None
+    try:
+        tensors = load_file(adapter_dir / REQUIRED[1])
+    except Exception as e:  # noqa: BLE001 -- safetensors raises its own error types
+        raise PackError(f"{adapter_dir / REQUIRED[1]}: unreadable ({e})") from None
+    try:
+        config, tensors = to_vllm(raw, tensors)
+    except (KeyError, TypeError) as e:  # a config field missing or of the wrong type
+        raise PackError(f"{adapter_dir / REQUIRED[0]}: {type(e).__name__}: {e}") from None
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, data in ((REQUIRED[0], json.dumps(config, indent=2, sort_keys=True)),

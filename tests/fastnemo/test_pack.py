@@ -664,3 +664,19 @@ def test_pack_writes_the_same_bytes_twice(adapter, tmp_path):
     assert a.read_bytes() == b.read_bytes()
     assert json.loads((adapter / "adapter_config.json").read_text())["target_modules"] == sorted(
         json.loads((adapter / "adapter_config.json").read_text())["target_modules"])
+
+
+@pytest.mark.parametrize(("config", "weights", "needle"), [
+    (b"{not json", None, "adapter_config.json: not valid JSON"),
+    (json.dumps(GOOD_CONFIG).encode("utf-16"), None, "adapter_config.json: not UTF-8"),
+    (None, b"\0" * 10, "adapter_model.safetensors: unreadable"),
+])
+def test_pack_names_an_unreadable_adapter_file(adapter, tmp_path, config, weights, needle):
+    from fastnemo.pack import PackError
+
+    if config is not None:
+        (adapter / "adapter_config.json").write_bytes(config)
+    if weights is not None:
+        (adapter / "adapter_model.safetensors").write_bytes(weights)
+    with pytest.raises(PackError, match=needle):
+        pack(adapter, tmp_path / "s.zip")
