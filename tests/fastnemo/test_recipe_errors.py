@@ -83,7 +83,6 @@ def test_a_data_path_of_blank_lines_is_refused_not_recorded_as_rows(tmp_path, ti
 def test_a_verify_failure_at_pack_is_one_line_not_a_traceback(tmp_path, tiny_session, tiny_model_dir):
     """An adapter with a NaN weight (what a NaN learning rate trains) reaches pack: verify refuses it, and the
     CLI prints the VerifyError as a message (it used to escape as a traceback)."""
-    import torch
     from safetensors.torch import load_file, save_file
 
     adapter = tiny_session.save_adapter(tmp_path / "nan-adapter")
