@@ -92,8 +92,13 @@ def solve_traced(puzzle) -> tuple[dict, dict | None]:
         sol = categories.solve(puzzle)
     except Exception:  # noqa: BLE001 -- solve_one reports the crash the same way the plain command does
         return solve_one(puzzle), None
-    rec = {"id": puzzle.id, "group": group_of(puzzle), "seconds": time.perf_counter() - t0,
-           "prediction": sol.answer if sol else None, "status": sol.status if sol else None}
+    rec = {
+        "id": puzzle.id,
+        "group": group_of(puzzle),
+        "seconds": time.perf_counter() - t0,
+        "prediction": sol.answer if sol else None,
+        "status": sol.status if sol else None,
+    }
     if sol is None:
         rec["outcome"] = "abstained"
     elif puzzle.answer is None:

@@ -13,9 +13,13 @@ from puzzles.equations_rules import OPS, rules_for
 
 _ARITH = re.compile(r"-?\d+(?: [-+*] -?\d+)*(?: = -?\d+(?: [-+*] -?\d+)*)+")
 _SIG_LINE = re.compile(r"^\s+(.{5}) = (\S*): ([A-J?=#-]+)$")
-_RECALL = re.compile(r"^\s+(.{5}) = (\S*): signature (\S+),(?: recall \[(.*)\]; \d+ agree"
-                     r"|( \(recalled above\), agree with the digits so far \[)(.*)\]$)")
-_RECITE = re.compile(r"^\s+(.{5}) = (\S*): signature (\S+), recall its (\d+) candidates one at a time; \d+ agree")
+_RECALL = re.compile(
+    r"^\s+(.{5}) = (\S*): signature (\S+),(?: recall \[(.*)\]; \d+ agree"
+    r"|( \(recalled above\), agree with the digits so far \[)(.*)\]$)"
+)
+_RECITE = re.compile(
+    r"^\s+(.{5}) = (\S*): signature (\S+), recall its (\d+) candidates one at a time; \d+ agree"
+)
 _WORLD_LINE = re.compile(r"^\s+(read right to left|read as written), (.{5}) = (\S+) \(a=")
 
 

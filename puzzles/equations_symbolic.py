@@ -297,9 +297,7 @@ def analyze_symbolic(
     examples = _order(puzzle.examples)
     try:
         for rev in (False, True):
-            for st in search(
-                SymbolicState(rev, {}, {}, {}), examples, tuple(range(len(examples))), deadline
-            ):
+            for st in search(SymbolicState(rev, {}, {}, {}), examples, tuple(range(len(examples))), deadline):
                 n += 1
                 if n > max_solutions:
                     raise _Timeout
@@ -363,4 +361,3 @@ def solve_symbolic(puzzle: Puzzle, time_cap: float = 2.0, deduce_only: bool = Fa
         rule="symbolic",
         steps={"family": "symbolic", "decoding": res.example, "answers": len(res.answers)},
     )
-
