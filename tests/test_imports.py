@@ -2,9 +2,9 @@
 (the data foundation) imports nothing from fastnemo, the layer above it.
 
 The graph is read from the source with ``ast``, so it sees every import, the ones inside functions included
-(those run late and hide a cycle from a plain ``import``), and the module names a registry hands to
-``importlib`` as strings (``puzzles.categories.MODULES``). A module importing its own parent package is not
-an edge: Python runs a package's ``__init__`` before any of its modules, whatever they import.
+(those run late and hide a cycle from a plain ``import``). With ``registry=True`` it also follows the module
+names a registry hands to ``importlib`` as strings (``puzzles.categories.MODULES``). A module importing its
+own parent package is not an edge: Python runs a package's ``__init__`` before any of its modules.
 """
 
 from __future__ import annotations
@@ -51,9 +51,15 @@ def imported_names(module: str, path: Path, registry: bool = False) -> set[str]:
                 base = ".".join(anchor + ([base] if base else []))
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
-        elif registry and isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value:
-            names.update([node.value] if all(p.isidentifier() for p in node.value.split(".")) else [])
+        elif registry and _is_dotted_name(node):
+            names.add(node.value)
     return names
+
+
+def _is_dotted_name(node: ast.AST) -> bool:
+    """A string literal shaped like a dotted module name ("puzzles.bits")."""
+    value = node.value if isinstance(node, ast.Constant) else None
+    return isinstance(value, str) and "." in value and all(part.isidentifier() for part in value.split("."))
 
 
 def import_graph(packages: list[str], registry: bool = False) -> dict[str, set[str]]:
@@ -127,10 +133,13 @@ def test_no_import_cycle(package):
     )
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN, issue 26: units, gravity and cryptarithm import puzzles.audit's line "
-                   "checks (fit_steps, estimate_real_tokens), and puzzles.audit reaches every category module "
-                   "through the registry (categories.MODULES, importlib): the checks move below the categories "
-                   "once the audit.py edits in flight have merged; then drop this mark")
+@pytest.mark.xfail(
+    strict=True,
+    reason="KNOWN, issue 26: units, gravity and cryptarithm import puzzles.audit's line "
+    "checks (fit_steps, estimate_real_tokens), and puzzles.audit reaches every category module "
+    "through the registry (categories.MODULES, importlib): the checks move below the categories "
+    "once the audit.py edits in flight have merged; then drop this mark",
+)
 def test_no_import_cycle_through_the_category_registry():
     assert cycles(import_graph(["puzzles"], registry=True)) == []
 
@@ -140,7 +149,8 @@ def test_puzzles_imports_nothing_from_fastnemo():
         (module, name)
         for module, path in package_modules("puzzles").items()
         for name in imported_names(module, path)
-        if name.split(".")[0] == "fastnemo" and name not in PUZZLES_MAY_IMPORT_FROM_FASTNEMO
+        if name.split(".")[0] == "fastnemo"
+        and name not in PUZZLES_MAY_IMPORT_FROM_FASTNEMO
         and not any(name.startswith(ok + ".") for ok in PUZZLES_MAY_IMPORT_FROM_FASTNEMO)
     }
     assert not upward, f"puzzles imports from fastnemo (the layer above): {sorted(upward)}"
