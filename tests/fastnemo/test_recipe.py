@@ -179,7 +179,7 @@ def test_eval_scores_a_held_out_trace_set_under_each_checkpoint(tmp_path, tiny_r
     import random
 
     from puzzles import categories
-    from puzzles.traces import solve_traced
+    from puzzles.analyze import solve_traced
 
     traces, seed = [], 0
     while len(traces) < 6:

@@ -5,8 +5,9 @@ import pytest
 from click.testing import CliRunner
 
 from puzzles import audit, categories
+from puzzles.analyze import solve_traced
 from puzzles.cli import data
-from puzzles.traces import completion, solve_traced
+from puzzles.traces import completion
 
 
 def _row(category, seed=1):
