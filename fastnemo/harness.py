@@ -78,17 +78,9 @@ def choose(recipe, stage: str, world: int = 1) -> tuple[str, str]:
         return "engine", "auto: vllm is not installed"
     if not cuda_available():
         return "engine", "auto: no CUDA device"
-    gen, backend = recipe.generation, recipe.model.backend
-    if backend == "unsloth" and gen.engine == "vllm":
-        from fastnemo import plan
+    from fastnemo.plan import planned_runner  # the same choice `fastnemo plan` times
 
-        swap, resident = plan.generation_hours(recipe, stage, "harness"), plan.generation_hours(recipe, stage, "engine")
-        runner = "harness" if swap < resident else "engine"
-        return runner, (f"auto: `fastnemo plan` rates the harness (engine start + reload) {swap * 60:.0f} min vs "
-                        f"the resident shared-weights vLLM {resident * 60:.0f} min")
-    if stage == "distill" and backend != "hf":
-        return "engine", f"auto: backend {backend!r} samples on its own engine"
-    return "harness", "auto: vllm and a CUDA device are available"
+    return planned_runner(recipe, stage)
 
 
 # ------------------------------------------------------------------------------------------ the settings
