@@ -186,11 +186,13 @@ def run(stage_dir: Path, model: Path, adapter: Path | None, over: dict, groups: 
         advance(sum(counted.values()))
         proc = subprocess.Popen([sys.executable, "-m", "fastnemo.harness", str(spec)], stdout=f,
                                 stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # from the end of the last whole line: the child first cuts a torn last line off
+        offsets = {path: Path(path).read_bytes().rfind(b"\n") + 1 for path in counted if Path(path).exists()}
         try:
             while proc.poll() is None:
                 time.sleep(1.0)
-                advance(_grown(counted))
-            advance(_grown(counted))
+                advance(_grown(counted, offsets))
+            advance(_grown(counted, offsets))
         finally:
             if proc.poll() is None:  # the parent was interrupted: the child must not outlive it
                 proc.terminate()
@@ -203,14 +205,19 @@ def run(stage_dir: Path, model: Path, adapter: Path | None, over: dict, groups: 
     return time.time() - t0
 
 
-def _grown(counted: dict) -> int:
-    """Lines added to the out files since the last call (``counted`` is updated)."""
+def _grown(counted: dict, offsets: dict) -> int:
+    """Lines appended to the out files since the last call (reads only the new bytes; both dicts updated)."""
     n = 0
-    for path, before in counted.items():
+    for path in counted:
         p = Path(path)
-        now = p.read_bytes().count(b"\n") if p.exists() else 0
-        n += max(0, now - before)
-        counted[path] = now
+        if not p.exists():
+            continue
+        with open(p, "rb") as f:
+            f.seek(offsets.setdefault(path, p.stat().st_size))
+            new = f.read().count(b"\n")
+            offsets[path] = f.tell()
+        n += new
+        counted[path] += new
     return n
 
 
@@ -239,8 +246,8 @@ def evaluate(recipe, puzzles: list, out_path: Path, model: Path, adapter: Path |
     """The eval stage through the harness: ``puzzles`` scored on ``adapter`` (None: the base model) into
     ``out_path`` (results.jsonl; results.partial.jsonl while it runs, resumable), the per-category summary
     returned with a ``harness`` entry (its deviations, wall seconds). ``extra``: raw chat requests (``chat``
-    in the module docstring) answered in the same engine start, into ``chat.partial.jsonl`` beside it; their
-    records are returned under ``summary["chat"]`` (not scored here). The caller has freed the trainer."""
+    in the module docstring) answered in the same engine start, into ``chat.jsonl`` beside it (resumable as
+    chat.partial.jsonl; ``summary["chat"]`` names it; not scored here). The caller has freed the trainer."""
     from fastnemo.evaluate import finish
     from fastnemo.files import read_jsonl
 
@@ -269,8 +276,11 @@ def evaluate(recipe, puzzles: list, out_path: Path, model: Path, adapter: Path |
                            f"{missing[0]}); rerun to resume")
     summary = finish(puzzles, done, out_path)
     summary["harness"] = {"deviations": deviations, "llm_args": over, "seconds": round(seconds, 1)}
-    if extra:
-        summary["chat"] = read_jsonl(d / "chat.partial.jsonl")
+    if extra:  # the caller scores them (recall): read chat.jsonl, one line a request
+        from fastnemo.files import move_into_place
+
+        chat = move_into_place(d / "chat.partial.jsonl", d / "chat.jsonl")
+        summary["chat"] = {"path": str(chat), "n": len(read_jsonl(chat))}
     return summary
 
 

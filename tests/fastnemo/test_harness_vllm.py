@@ -54,11 +54,11 @@ def setup(tmp_path_factory):
     return root
 
 
-def recipe(root, name, runner="harness", **extra):
+def recipe(root, name, runner="harness", stages=("eval",), **extra):
     text = f"""
 name = "{name}"
 run_dir = "{root / name}"
-stages = ["eval"]
+stages = {json.dumps(list(stages))}
 start_from = "{root / 'adapter'}"
 [model]
 path = "{root / 'llama'}"
@@ -75,6 +75,12 @@ runner = "{runner}"
 n_generated = {N}
 [eval.sampling]
 max_tokens = 8
+[distill]
+runner = "{runner}"
+prompts = 3
+k = 2
+max_tokens = 8
+temperature = 1.0
 """
     path = root / f"{name}.toml"
     path.write_text(text)
@@ -127,3 +133,15 @@ def test_vllm_failure_is_one_line_and_keeps_the_partial_results(setup):
     assert "\n" not in msg and "max_model_len" in msg and "harness.log" in msg and "2 finished results" in msg
     assert partial.read_text() == "".join(lines[:2])
     assert (root / "f" / "start" / "adapter" / "adapter_config.json").exists()
+
+
+def test_distill_samples_through_the_harness(setup):
+    root = setup
+    run = run_recipe(recipe(root, "d", stages=("distill",)))
+    d = root / "d" / "r1-distill"
+    cache = read_jsonl(d / "generations.jsonl")
+    assert len(cache) == 3 and all(r["k"] == 2 and r["mean_tokens"] <= 8 for r in cache)
+    summary = run.manifest()["stages"]["r1-distill"]["summary"]
+    assert summary["runner"] == "harness" and summary["prompts"] == 3 and summary["candidates"] == 6
+    assert len(read_jsonl(d / "passrates.jsonl")) == 3
+    assert json.loads((d / "harness.json").read_text())["llm_args"]["max_num_seqs"] == 256  # samples, not verdicts
