@@ -409,9 +409,14 @@ def preflight(recipe: Recipe) -> list[str]:
                 "engine = 'hf'"
             )
     for stage, runner in (("eval", recipe.eval.runner), ("distill", recipe.distill.runner)):
-        if runner != "harness" or stage not in recipe.stages:
+        if stage not in recipe.stages:
             continue
         from fastnemo import harness
+
+        if runner != "harness":
+            chosen, why = harness.choose(recipe, stage, recipe.hardware.gpus)
+            notes.append(f"{stage} generates through the {chosen} here ({why})")
+            continue
 
         if not harness.vllm_available():
             raise RecipeError(f"{where}: {stage}.runner = 'harness' needs vllm, which is not installed in this "
