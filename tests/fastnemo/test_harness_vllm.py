@@ -68,7 +68,7 @@ rank = 8
 target_modules = {json.dumps(TARGETS)}
 [generation]
 engine = "hf"
-batch_size = 8
+batch_size = 1                 # the hf engine unpadded: padding shifts a random model's near-tied logits
 max_model_len = {extra.get('max_model_len', 2048)}
 [eval]
 runner = "{runner}"
