@@ -438,17 +438,17 @@ RATES = {
     "build_rows_s": (250, "data build rows/s on 2 CPU cores (bench: puzzles/mix.py)"),
     # The harness (fastnemo.harness: the scorer's vLLM in a child process), H100 80GB HBM3, full 52 layers,
     # the winners' full LoRA, completion lengths of a built mix (mean ~950). When the lead's measured records
-    # land, each line below switches to its id: h100-validation-harness-seqs64, -harness-seqs256,
-    # -hf-engine-batch16 (bench/results/validation.jsonl).
+    # land, each line below switches to its id (and value): h100-validation-harness-seqs64 (tok_s and
+    # engine_start_s), -harness-seqs256, -hf-engine-batch16 (decode_step_s) (bench/results/validation.jsonl).
     "harness_tok_s": (2_862, ("harness tokens/s at max_num_seqs 64, gpu_memory_utilization 0.92: record "
                              "seed-h100-harness-seqs64, 2026-12-06")),
     "harness_tok_s_seqs256": (4_697, ("the same at max_num_seqs 256: record seed-h100-harness-seqs256, "
                                      "2026-12-06")),
     "harness_start_s": (150, ("the harness's engine start (weights read, graphs captured): record "
                              "seed-h100-harness-seqs64, 2026-12-06")),
-    "hf_tok_s_batch16": (176, ("transformers generate through the hf engine at batch 16: sequence slots/s "
-                              "(16 a decode step of 0.091 s, padding included): record "
-                              "seed-h100-hf-engine-batch16, 2026-12-06")),
+    "hf_batch16_step_s": (0.091, ("seconds a decode step of transformers generate through the hf engine at "
+                                 "batch 16 (16 sequence slots, padding included): record "
+                                 "seed-h100-hf-engine-batch16, 2026-12-06")),
     "trainer_reload_s": (120, ("assumed, not measured: freeing the trainer and reloading the 59 GiB model with "
                               "the newest adapter for the next training stage (the lead's recipe-fullsize "
                               "record measures it)")),
@@ -523,10 +523,12 @@ def generation_hours(recipe, stage: str, runner: str) -> float:
     if gen.engine == "vllm":
         return tokens / RATES["vllm_tok_s_unsloth" if recipe.model.backend == "unsloth" else "vllm_tok_s"][0] / 3600
     batch = gen.batch_size if stage == "eval" else max(1, gen.batch_size // recipe.distill.k) * recipe.distill.k
-    rate = RATES["hf_tok_s_batch16" if batch <= 32 else "hf_tok_s"][0]  # slots/s: the nearer measured batch
+    # a decode step at the nearer measured batch: 16 (its record), else 64 (hf_tok_s: 64 slots a step); the
+    # prefills (~1 s a batch) are left out
+    step_s = RATES["hf_batch16_step_s"][0] if batch <= 32 else 64 / RATES["hf_tok_s"][0]
     max_tokens = recipe.eval.sampling.max_tokens if stage == "eval" else recipe.distill.max_tokens
-    return tokens * slots_per_token(batch, max_tokens, tokens / max(1, prompts) / (1 if stage == "eval" else
-                                                                                     recipe.distill.k)) / rate / 3600
+    mean = tokens / max(1, prompts) / (1 if stage == "eval" else recipe.distill.k)
+    return tokens * slots_per_token(batch, max_tokens, mean) / batch * step_s / 3600
 
 
 def planned_runner(recipe, stage: str) -> tuple[str, str]:

@@ -61,7 +61,7 @@ def test_the_hf_engine_pays_for_each_batch_s_longest_completion():
     assert plan.slots_per_token(64) > plan.slots_per_token(16)
     r = build_recipe({"generation": {"batch_size": 16}, "eval": {"data": "train.csv", "limit": 600}})
     hours = plan.generation_hours(r, "eval", "engine")
-    assert hours == pytest.approx(600 * plan.EVAL_TOKENS * plan.slots_per_token(16) / 176 / 3600)
+    assert hours == pytest.approx(600 * plan.EVAL_TOKENS * plan.slots_per_token(16) / 16 * 0.091 / 3600)
     assert 2.5 < hours < 3.2  # the 10,600 s measured on the H100
     assert hours > 10 * plan.generation_hours(r, "eval", "harness")
 
