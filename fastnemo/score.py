@@ -95,13 +95,16 @@ def stream(llm, requests, lora_dir: str | Path | None):
     scheduling, continuous batching over max_num_seqs and the outputs are the harness's."""
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
+    from vllm.sampling_params import RequestOutputKind
 
     lora = LoRARequest("adapter", 1, str(lora_dir)) if lora_dir else None
     engine = llm.llm_engine
     keys = {}
     for i, (key, prompt, sampling) in enumerate(requests):
         keys[str(i)] = key
-        engine.add_request(str(i), prompt, SamplingParams(**sampling), lora_request=lora)
+        # FINAL_ONLY, as LLM.generate sets it: one output a request, with all n samples, once all are done
+        params = SamplingParams(**sampling, output_kind=RequestOutputKind.FINAL_ONLY)
+        engine.add_request(str(i), prompt, params, lora_request=lora)
     while engine.has_unfinished_requests():
         for out in engine.step():
             if out.finished:
