@@ -537,6 +537,8 @@ def planned_runner(recipe, stage: str) -> tuple[str, str]:
     setting = recipe.eval.runner if stage == "eval" else recipe.distill.runner
     if setting != "auto":
         return setting, f"{stage}.runner = {setting!r}"
+    if stage == "eval":  # validation picks the submission: it runs as the scorer runs, even where slower
+        return "harness", "auto: validation ranks checkpoints, so it runs the competition's harness"
     if recipe.model.backend == "unsloth" and recipe.generation.engine == "vllm":
         swap, resident = generation_hours(recipe, stage, "harness"), generation_hours(recipe, stage, "engine")
         return ("harness" if swap < resident else "engine"), (

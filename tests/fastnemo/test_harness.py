@@ -31,15 +31,17 @@ def test_auto_takes_the_engine_here_and_says_why():
     assert harness.choose(build_recipe({"eval": {"runner": "auto"}}), "eval", world=2)[0] == "engine"
 
 
-def test_on_a_gpu_auto_picks_the_harness_for_hf_and_the_faster_way_for_unsloth():
+def test_on_a_gpu_auto_validates_through_the_harness_and_distills_the_faster_way():
     hf = build_recipe({"eval": {"data": "train.csv"}})
     assert plan.planned_runner(hf, "eval")[0] == "harness"
     assert plan.planned_runner(hf, "distill")[0] == "harness"
-    for limit in (600, 0):  # the resident engine avoids the start + reload: it wins a small eval
+    for limit in (600, 0):  # validation ranks checkpoints: the scorer's harness even where resident is faster
         r = build_recipe({"model": {"backend": "unsloth"}, "generation": {"engine": "vllm"},
                           "eval": {"data": "train.csv", "limit": limit}})
-        runner, why = plan.planned_runner(r, "eval")
-        swap, resident = plan.generation_hours(r, "eval", "harness"), plan.generation_hours(r, "eval", "engine")
+        assert plan.planned_runner(r, "eval") == (
+            "harness", "auto: validation ranks checkpoints, so it runs the competition's harness")
+        runner, why = plan.planned_runner(r, "distill")
+        swap, resident = plan.generation_hours(r, "distill", "harness"), plan.generation_hours(r, "distill", "engine")
         assert runner == ("harness" if swap < resident else "engine")
         assert f"{swap * 60:.0f} min" in why and f"{resident * 60:.0f} min" in why
     unsloth_hf = build_recipe({"model": {"backend": "unsloth"}})
