@@ -32,7 +32,7 @@ def _fail(msg: str):
 
 # Commands defined beside the module they drive, imported only when they are asked for.
 LAZY_COMMANDS = {"data": "puzzles.cli:data", "plan": "fastnemo.plan:plan_command",
-                 "score": "fastnemo.score:score_command"}
+                 "score": "fastnemo.score:score_command", "doctor": "fastnemo.doctor:doctor_command"}
 
 
 class LazyGroup(click.Group):
