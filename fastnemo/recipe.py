@@ -399,6 +399,7 @@ def run_recipe(recipe: Recipe) -> RunDir:
     run = _lock(RunDir(resolve(recipe, recipe.run_dir)))
     try:
         if distributed.is_main():
+            console.tee(run.path / "run.log")  # what the console prints, plain, with progress lines
             run.write_config(recipe.source, to_dict(recipe))
         ctx = Context(recipe=recipe, run=run)
         stopped_after = None
@@ -428,6 +429,7 @@ def run_recipe(recipe: Recipe) -> RunDir:
         if distributed.is_main():
             ledger.write_report(run)
     finally:
+        console.tee(None)
         run.unlock()
     if recipe.hardware.gpus > 1:
         distributed.finished()
