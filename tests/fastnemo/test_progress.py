@@ -33,10 +33,10 @@ def test_recipe_with_output_in_a_file_logs_progress_lines_and_full_tables(tiny_r
                               stderr=subprocess.STDOUT, env=env, timeout=600, check=False)
     text = log.read_text()
     assert done.returncode == 0, text[-3000:]
-    sft = re.findall(r"^\d\d:\d\d:\d\d sft: step (\d)/2 \(\d+ %\), [\d.e+-]+ step/s.*", text, re.M)
+    sft = re.findall(r"^\d\d:\d\d:\d\d sft: step (\d)/2 \(\d+ %\), [\d.e+-]+ step/s.*", text, re.MULTILINE)
     assert sft[-1] == "2" and len(sft) >= 2, text  # one line per step at interval 0, the last one at 2/2
-    assert re.search(r"^.* sft: step 2/2 .*, loss [\d.]+", text, re.M), text
-    evals = re.findall(r"^\d\d:\d\d:\d\d eval: puzzle (\d)/6 .*puzzle/s.*acc [\d.]+%", text, re.M)
+    assert re.search(r"^.* sft: step 2/2 .*, loss [\d.]+", text, re.MULTILINE), text
+    evals = re.findall(r"^\d\d:\d\d:\d\d eval: puzzle (\d)/6 .*puzzle/s.*acc [\d.]+%", text, re.MULTILINE)
     assert evals and evals[-1] == "6", text
     assert "…" not in text  # no table cell cut short
     run_log = (tmp_path / "run" / "run.log").read_text()
