@@ -358,6 +358,16 @@ class HardwareConfig(Section):
 
 
 @dataclasses.dataclass
+class ReportConfig(Section):
+    """Where training and evaluation metrics go besides metrics.jsonl (``fastnemo.tracking``)."""
+
+    KEY: ClassVar[str] = "report"
+    to: Literal["none", "tensorboard", "wandb", "trackio"] = key(
+        "none", "Experiment tracker: TRL's report_to for SFT and DAPO, and the evaluations logged there too "
+        "(tensorboard: events in each stage's tb/ and in run_dir/tb). Its package must be installed.")
+
+
+@dataclasses.dataclass
 class Recipe(Section):
     name: str = key("run", "The run's name (printed, and in the manifest).")
     run_dir: str = key("runs/run", "Run directory (relative to the recipe file). Re-running the recipe resumes "
@@ -380,6 +390,7 @@ class Recipe(Section):
     distill: DistillConfig = section(DistillConfig, "Self-distillation: sample, verify, keep.")
     grpo: GRPOConfig = section(GRPOConfig, "DAPO (TRL's GRPOTrainer with DAPO's settings and dynamic sampling).")
     hardware: HardwareConfig = section(HardwareConfig, "GPUs of one host (data-parallel processes).")
+    report: ReportConfig = section(ReportConfig, "Experiment tracker.")
     source: str = key("", "The recipe file this was read from (set by load_recipe; not a recipe key).")
 
     def check(self):
