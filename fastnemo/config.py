@@ -421,7 +421,8 @@ def _build(cls, table: dict, prefix: str = ""):
     for name, value in table.items():
         if name not in names:
             where = f"{prefix[:-1]}: " if prefix else ""
-            raise RecipeError(f"{where}unknown key {name!r} (expected one of {sorted(names)})")
+            raise RecipeError(f"{where}unknown key {name!r}{did_you_mean(name, names)} (expected one of "
+                              f"{sorted(names)})")
         hint = _hints(cls)[name]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
@@ -430,6 +431,29 @@ def _build(cls, table: dict, prefix: str = ""):
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def did_you_mean(name: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_override_key(item: str, path: list[str]) -> None:
+    """An override naming no recipe key is the command line's mistake, not the recipe file's: say so, with
+    the closest key."""
+    cls = Recipe
+    for i, part in enumerate(path):
+        names = {f.name for f in dataclasses.fields(cls)} - {"source"}
+        if part not in names:
+            where = f"[{'.'.join(path[:i])}] has no key" if i else "no recipe key"
+            raise RecipeError(f"override {item!r}: {where} {part!r}{did_you_mean(part, names)}; "
+                              "`fastnemo recipe-keys` lists them all")
+        hint = _hints(cls)[part]
+        if not dataclasses.is_dataclass(hint):
+            return
+        cls = hint
 
 
 def parse_override(item: str) -> tuple[list[str], object]:
@@ -451,6 +475,7 @@ def apply_overrides(table: dict, overrides: list[str] | tuple[str, ...]) -> dict
     table = copy.deepcopy(table)
     for item in overrides:
         path, value = parse_override(item)
+        check_override_key(item, path)
         node = table
         for i, part in enumerate(path[:-1]):
             child = node.setdefault(part, {})

@@ -156,7 +156,7 @@ def pack(adapter_dir: str | Path, out_zip: str | Path, overwrite: bool = False) 
         if not (adapter_dir / name).is_file():
             raise FileNotFoundError(f"{adapter_dir}: {name} missing (expected a PEFT adapter folder)")
     if out_zip.exists() and not overwrite:
-        raise FileExistsError(f"{out_zip} exists; refusing to overwrite it (pass overwrite to replace)")
+        raise FileExistsError(f"{out_zip} exists; refusing to overwrite it (pass --overwrite to replace it)")
     config, tensors = to_vllm(json.loads((adapter_dir / REQUIRED[0]).read_text()),
                               load_file(adapter_dir / REQUIRED[1]))
     buf = io.BytesIO()
