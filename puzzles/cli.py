@@ -82,7 +82,7 @@ def build(n, out, like, floor, seed, workers, include_guessed, keep_guessed, cat
                     workers=workers, statuses=("deduced", "guessed") if include_guessed else ("deduced",),
                     keep_guessed=tuple(keep_guessed) or KEEP_GUESSED,
                     categories=cats, shard_size=shard_size, max_minutes=max_minutes,
-                    progress=sys.stderr.isatty())
+                    progress=True)  # a bar in a terminal, plain progress lines in a log
     try:
         summary = build_mix(cfg)
     except (ValueError, OSError) as e:
