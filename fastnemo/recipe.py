@@ -146,7 +146,10 @@ def stage_data(ctx: Context, key: str):
         from fastnemo.files import read_jsonl, write_atomic
 
         source = resolve(recipe, recipe.data.path)
-        for i, row in enumerate(read_jsonl(source, strict=True), start=1):  # what SFT reads: fail now, not after loading
+        records = read_jsonl(source, strict=True)
+        if not records:  # blank lines are no rows: SFT would fail after loading the model
+            raise ValueError(f"data.path {source}: empty (no JSONL rows, only blank lines): nothing to train on")
+        for i, row in enumerate(records, start=1):  # what SFT reads: fail now, not after loading
             bad = [k for k in ("prompt", "completion") if not isinstance(row.get(k), str) or not row[k].strip()]
             if bad:
                 raise ValueError(f"data.path {source}: line {i}: missing or empty {bad} (SFT needs both)")
@@ -163,7 +166,7 @@ def stage_data(ctx: Context, key: str):
                       shares=dict(recipe.data.shares), drill_share=recipe.data.drill_share)
         )
     with open(out) as f:
-        rows = sum(1 for _ in f)
+        rows = sum(1 for line in f if line.strip())  # as read_jsonl counts them: blank lines are no rows
     if rows == 0:
         raise ValueError(f"{key}: the SFT data is empty after filtering ({out}); nothing to train on")
     return {"sft": out}, {"rows": rows, **{k: v for k, v in stats.items() if k in ("source", "kept", "seconds")}}

@@ -39,25 +39,37 @@ SAMPLING = {"temperature": 0.0, "top_p": 1.0, "max_tokens": 7680}
 
 def read_rows(path: str | Path) -> list[dict]:
     """id,prompt,answer rows of a CSV (train.csv's layout); a missing column names the file."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+    import io
+
+    from fastnemo.files import InputError, read_text
+
+    try:
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
         missing = {"prompt", "answer"} - set(reader.fieldnames or [])
         if missing:
             raise click.UsageError(f"--data {path}: no column(s) {sorted(missing)} (expected id,prompt,answer)")
         return [dict(r) for r in reader]
+    except InputError as e:
+        raise click.UsageError(f"--data {e}") from None
+    except csv.Error as e:
+        raise click.UsageError(f"--data {path}: line {reader.line_num}: not valid CSV ({e})") from None
 
 
 def adapter_dir(submission: str | Path, into: Path) -> Path:
     """The folder of the first ``**/adapter_config.json`` of the unzipped submission (as the metric finds
-    it); a folder is searched in place."""
+    it); a folder is searched in place. A zip is verified first (``fastnemo.pack.extract_checked``) and only
+    its two checked entries are written."""
+    from fastnemo.pack import VerifyError, extract_checked
+
     submission = Path(submission)
     root = submission
     if submission.is_file():
         if not zipfile.is_zipfile(submission):
             raise click.UsageError(f"{submission}: not a zip file")
-        with zipfile.ZipFile(submission) as zf:
-            zf.extractall(into)
-        root = into
+        try:
+            root = extract_checked(submission, into)
+        except VerifyError as e:
+            raise click.UsageError(str(e)) from None
     found = glob.glob(os.path.join(str(root), "**", "adapter_config.json"), recursive=True)
     if not found:
         raise click.UsageError(f"{submission}: no adapter_config.json anywhere inside")

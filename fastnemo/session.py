@@ -173,9 +173,9 @@ class ModelSession:
     def save_adapter(self, out_dir: str | Path) -> Path:
         """Write adapter_config.json + adapter_model.safetensors (atomically: into a temp folder, then
         renamed), with the scored base model's name as base_model_name_or_path."""
-        from fastnemo.files import atomic_dir
+        from fastnemo.files import atomic_dir, disk_full_at
 
-        with atomic_dir(out_dir) as tmp:
+        with disk_full_at(out_dir), atomic_dir(out_dir) as tmp:
             # lm_head carries a LoRA, never a full copy of the base head (vLLM serves only the LoRA)
             self.model.save_pretrained(tmp, save_embedding_layers=False)
             set_base_model_name(tmp, self.model_cfg.base_model_name)
@@ -188,4 +188,6 @@ def set_base_model_name(adapter_dir: Path, name: str) -> None:
     cfg_path = Path(adapter_dir) / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = name
+    if isinstance(cfg.get("target_modules"), list):  # PEFT writes a set's order: sorted, two runs match byte for byte
+        cfg["target_modules"] = sorted(cfg["target_modules"])
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))

@@ -157,3 +157,15 @@ def test_write_config_keeps_the_earlier_recipe(tmp_path):
     assert (run.path / "recipe.toml").read_text() == 'name = "b"\n'
     kept = list(run.path.glob("recipe.*.toml"))
     assert len(kept) == 1 and kept[0].read_text() == 'name = "a"\n'
+
+
+def test_lock_never_opens_a_symlink_and_leaves_its_target_alone(tmp_path):
+    """A .lock that is a symlink (planted, or a copied run dir) was opened through and its target truncated."""
+    target = tmp_path / "precious.txt"
+    target.write_text("do not truncate me")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(target)
+    with pytest.raises(RunLocked, match="symlink"):
+        RunDir(run).lock()
+    assert target.read_text() == "do not truncate me"
