@@ -5,6 +5,7 @@ rendered as its SFT completion and scored by the official metric: a deduced-righ
 the metric cannot read back ("TRACE UNREADABLE", must be 0) would teach an answer the leaderboard rejects.
 
     python bench/solvers.py [--data ../shared/data/train_dev.csv] [--json out.json] [--workers 2]
+    python bench/solvers.py --update README.md     # rewrite README's solver table from this run
 
 Exits 0 with a note when the real data is absent (it lives only in the developers' shared folder), and 1
 when any solver deduces a wrong answer.
@@ -21,7 +22,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from puzzles.analyze import print_solver_table, solve_traced, solver_table
+from puzzles.analyze import (
+    print_solver_table,
+    replace_solver_table,
+    solve_traced,
+    solver_markdown,
+    solver_table,
+)
 from puzzles.dataset import read_csv
 from puzzles.metric import extract_answer, score
 
@@ -34,6 +41,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path, default=None, help="also write the table (and wrong rows) as JSON")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="only the first N rows (quick look)")
+    ap.add_argument("--update", type=Path, default=None, help="rewrite the solver table of this file (README.md)")
     args = ap.parse_args()
     if not args.data.exists():
         print(f"{args.data} is absent: the real puzzles are only in the developers' shared folder; nothing to bench.")
@@ -66,6 +74,11 @@ def main() -> int:
                                          "wall_s": wall, "workers": args.workers, "table": table,
                                          "deduced_wrong": wrong, "errors": errors,
                                          "trace_unreadable": unreadable}, indent=2))
+    if args.update and not args.limit:
+        text = args.update.read_text()
+        updated = replace_solver_table(text, solver_markdown(table))
+        args.update.write_text(updated)
+        print(f"{args.update}: solver table {'updated' if updated != text else 'already current'}")
     return 1 if wrong or unreadable else 0
 
 

@@ -32,7 +32,7 @@ def _fail(msg: str):
 
 # Commands defined beside the module they drive, imported only when they are asked for.
 LAZY_COMMANDS = {"data": "puzzles.cli:data", "plan": "fastnemo.plan:plan_command",
-                 "score": "fastnemo.score:score_command"}
+                 "score": "fastnemo.score:score_command", "doctor": "fastnemo.doctor:doctor_command"}
 
 
 class LazyGroup(click.Group):
@@ -107,12 +107,16 @@ def recipe(recipe_file, overrides, check):
         console.print(f"[bold]{r.name}[/]: run directory {resolve(r, r.run_dir)}")
         if overrides:  # the run directory's config.json records the recipe with them applied
             console.print(f"  overrides: {' '.join(overrides)}")
+        done = _finished_stages(resolve(r, r.run_dir))
         for rnd, stage, key in plan_keys(r):
-            console.print(f"  round {rnd}  {stage:8s} -> {key}")
+            console.print(f"  round {rnd}  {stage:8s} -> {key}" + ("  (done: skipped on a run)" if key in done else ""))
         from fastnemo.plan import plan_recipe, plan_table, time_table
 
         console.print(plan_table(plan_recipe(r)))
         console.print(time_table(r))
+        if r.model.tiny:
+            console.print("  (both plans are for the full model on one H100 80 GB; this recipe's tiny model "
+                          "runs in minutes on a CPU)")
         try:
             for note in preflight(r):
                 console.print(f"  {note}")
@@ -129,6 +133,14 @@ def recipe(recipe_file, overrides, check):
     sub = run.path / "pack" / "submission.zip"
     if sub.exists():
         console.print(f"[bold green]submission:[/] {sub}")
+
+
+def _finished_stages(run_dir: Path) -> dict:
+    """The finished stages in an existing run directory's manifest (none when it has none yet)."""
+    try:
+        return json.loads((run_dir / "manifest.json").read_text())["stages"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 @main.command("tiny-model")

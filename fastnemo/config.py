@@ -391,6 +391,16 @@ class HardwareConfig(Section):
 
 
 @dataclasses.dataclass
+class ReportConfig(Section):
+    """Where training and evaluation metrics go besides metrics.jsonl (``fastnemo.tracking``)."""
+
+    KEY: ClassVar[str] = "report"
+    to: Literal["none", "tensorboard", "wandb", "trackio"] = key(
+        "none", "Experiment tracker: TRL's report_to for SFT and DAPO, and the evaluations logged there too "
+        "(tensorboard: events in each stage's tb/ and in run_dir/tb). Its package must be installed.")
+
+
+@dataclasses.dataclass
 class Recipe(Section):
     name: str = key("run", "The run's name (printed, and in the manifest).")
     run_dir: str = key("runs/run", "Run directory (relative to the recipe file). Re-running the recipe resumes "
@@ -413,6 +423,7 @@ class Recipe(Section):
     distill: DistillConfig = section(DistillConfig, "Self-distillation: sample, verify, keep.")
     grpo: GRPOConfig = section(GRPOConfig, "DAPO (TRL's GRPOTrainer with DAPO's settings and dynamic sampling).")
     hardware: HardwareConfig = section(HardwareConfig, "GPUs of one host (data-parallel processes).")
+    report: ReportConfig = section(ReportConfig, "Experiment tracker.")
     source: str = key("", "The recipe file this was read from (set by load_recipe; not a recipe key).")
 
     def check(self):
@@ -443,7 +454,8 @@ def _build(cls, table: dict, prefix: str = ""):
     for name, value in table.items():
         if name not in names:
             where = f"{prefix[:-1]}: " if prefix else ""
-            raise RecipeError(f"{where}unknown key {name!r} (expected one of {sorted(names)})")
+            raise RecipeError(f"{where}unknown key {name!r}{did_you_mean(name, names)} (expected one of "
+                              f"{sorted(names)})")
         hint = _hints(cls)[name]
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
@@ -452,6 +464,29 @@ def _build(cls, table: dict, prefix: str = ""):
         else:
             kwargs[name] = value
     return cls(**kwargs)
+
+
+def did_you_mean(name: str, known) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_override_key(item: str, path: list[str]) -> None:
+    """An override naming no recipe key is the command line's mistake, not the recipe file's: say so, with
+    the closest key."""
+    cls = Recipe
+    for i, part in enumerate(path):
+        names = {f.name for f in dataclasses.fields(cls)} - {"source"}
+        if part not in names:
+            where = f"[{'.'.join(path[:i])}] has no key" if i else "no recipe key"
+            raise RecipeError(f"override {item!r}: {where} {part!r}{did_you_mean(part, names)}; "
+                              "`fastnemo recipe-keys` lists them all")
+        hint = _hints(cls)[part]
+        if not dataclasses.is_dataclass(hint):
+            return
+        cls = hint
 
 
 def parse_override(item: str) -> tuple[list[str], object]:
@@ -473,6 +508,7 @@ def apply_overrides(table: dict, overrides: list[str] | tuple[str, ...]) -> dict
     table = copy.deepcopy(table)
     for item in overrides:
         path, value = parse_override(item)
+        check_override_key(item, path)
         node = table
         for i, part in enumerate(path[:-1]):
             child = node.setdefault(part, {})

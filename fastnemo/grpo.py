@@ -205,7 +205,7 @@ def prompt_rows(session, recipe: Recipe, prompts_path: Path | None, seed: int) -
 def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed: int = 0, log=None,
                  rollouts: str = "auto", micro_batch: int | None = None, max_refills: int | None = None,
                  rewards: tuple[list, list[float]] | None = None, updates_per_generation: int = 1,
-                 server_args: dict | None = None):
+                 server_args: dict | None = None, report_to: str = "none"):
     """The DAPO trainer on ``session.model``. ``rollouts``: "trl" (TRL generates with the model), "engine"
     (``session.engine`` via rollout_func) or "auto" (engine unless it is the hf engine).
     ``micro_batch``: completions per forward/backward (default: one group). ``rewards``: (functions,
@@ -253,7 +253,7 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
         reward_weights=weights,
         logging_steps=1,
         **(server_args or {}),
-        **common_args(session, seed, cfg.save_steps),
+        **common_args(session, seed, cfg.save_steps, report_to, out_dir),
     )
     use_engine = not server_args and (rollouts == "engine" or (rollouts == "auto" and session.gen_cfg.engine != "hf"))
     from fastnemo.lora import trl_accepts_lm_head  # TRL refuses a PEFT lm_head; fastnemo.lora trains it
@@ -296,7 +296,7 @@ def train(session, recipe: Recipe, out_dir: Path, prompts_path: Path | None = No
     trainer = make_trainer(session, recipe.grpo, rows, ckpt, seed=seed, log=log_and_keep,
                            micro_batch=recipe.grpo.micro_batch or None,
                            updates_per_generation=recipe.grpo.updates_per_generation,
-                           server_args=rollout_server_args(recipe))
+                           server_args=rollout_server_args(recipe), report_to=recipe.report.to)
     session.engine.wake()
     t0 = time.time()
     from fastnemo.lora import lean_checkpoints

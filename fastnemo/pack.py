@@ -156,7 +156,7 @@ def pack(adapter_dir: str | Path, out_zip: str | Path, overwrite: bool = False) 
         if not (adapter_dir / name).is_file():
             raise FileNotFoundError(f"{adapter_dir}: {name} missing (expected a PEFT adapter folder)")
     if out_zip.exists() and not overwrite:
-        raise FileExistsError(f"{out_zip} exists; refusing to overwrite it (pass overwrite to replace)")
+        raise FileExistsError(f"{out_zip} exists; refusing to overwrite it (pass --overwrite to replace it)")
     try:
         raw = parse_config((adapter_dir / REQUIRED[0]).read_bytes(), str(adapter_dir / REQUIRED[0]))
     except VerifyError as e:

@@ -642,13 +642,18 @@ def backend_lines(recipe) -> list[str]:
     return out
 
 
+def hours_text(hours: float) -> str:
+    """Hours as a person reads them: "0", "< 0.1", "2.3"."""
+    return "0" if hours == 0 else "< 0.1" if hours < 0.05 else f"{hours:.1f}"
+
+
 def time_table(recipe):
     from rich.table import Table
 
-    t = Table(title=f"wall-clock plan, one round (estimate; engine {recipe.generation.engine})")
+    t = Table(title=f"wall-clock plan on one H100, one round (estimate; engine {recipe.generation.engine})")
     for col in ("stage", "hours", "work"):
         t.add_column(col, justify="right" if col == "hours" else "left")
     for stage, hours, how in time_plan(recipe):
-        t.add_row(stage, f"{hours:.2f}", how)
+        t.add_row(stage, hours_text(hours), how)
     t.caption = "; ".join(f"{k} = {v[0]:,}" for k, v in RATES.items()) + " (see fastnemo/plan.py RATES)"
     return t

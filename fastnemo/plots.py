@@ -29,13 +29,30 @@ def save_png(fig, out: Path) -> Path:
     return write_atomic(out, buf.getvalue())
 
 
-def training_curves(run, out: Path) -> Path | None:
-    """One panel per logged quantity (loss, reward, ...), one line per stage."""
+def stage_series(records: list[dict]) -> dict[str, dict[str, list[tuple[float, float]]]]:
+    """{curve: {stage: [(x, y)]}} on one continuous x-axis: each stage's steps start where the stage before
+    it (in the order they ran) ended, so round 2's SFT follows round 1's instead of drawing over it."""
+    steps = collections.defaultdict(int)  # stage -> its last step, in the order stages first appear
+    for rec in records:
+        if isinstance(rec.get("step"), (int, float)):
+            stage = rec.get("stage", "?")
+            steps[stage] = max(steps[stage], rec["step"])
+    offset, start = 0, {}
+    for stage, last in steps.items():
+        start[stage], offset = offset, offset + last
     series = collections.defaultdict(lambda: collections.defaultdict(list))
-    for rec in run.read_metrics():
+    for rec in records:
         for name in CURVES:
             if isinstance(rec.get(name), (int, float)) and "step" in rec:
-                series[name][rec.get("stage", "?")].append((rec["step"], rec[name]))
+                stage = rec.get("stage", "?")
+                series[name][stage].append((start[stage] + rec["step"], rec[name]))
+    return series
+
+
+def training_curves(run, out: Path) -> Path | None:
+    """One panel per logged quantity (loss, reward, ...), one line per stage, the stages one after another
+    on the x-axis (the steps of all training stages in the order they ran)."""
+    series = stage_series(run.read_metrics())
     if not series:
         return None
     plt = pyplot()
@@ -46,7 +63,7 @@ def training_curves(run, out: Path) -> Path | None:
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker=".", label=stage)
         ax.set_title(name)
-        ax.set_xlabel("step")
+        ax.set_xlabel("training step, stages in the order they ran")
         ax.legend(fontsize=7)
     fig.tight_layout()
     return save_png(fig, out)

@@ -209,7 +209,7 @@ def stage_sft(ctx: Context, key: str):
     rows = read_jsonl(ctx.run.artifact(data_key, "sft"), strict=True)
     session = ctx.get_session()
     summary = sft.train(session, rows, ctx.recipe.sft, d / "checkpoints", seed=ctx.recipe.seed,
-                        log=lambda rec: ctx.run.log({"stage": key, **rec}))
+                        log=lambda rec: ctx.run.log({"stage": key, **rec}), report_to=ctx.recipe.report.to)
     adapter = save_adapter(session, d)
     ctx.adapter_key = key
     return {"adapter": adapter}, summary
@@ -383,6 +383,14 @@ def preflight(recipe: Recipe) -> list[str]:
     from puzzles.dataset import DatasetError, read_csv
 
     where, notes = recipe.source or "recipe", []
+    if recipe.report.to != "none":
+        from fastnemo.requires import MissingPackage
+        from fastnemo.tracking import check
+
+        try:
+            check(recipe.report.to)
+        except MissingPackage as e:
+            raise RecipeError(f"{where}: {e}") from None
     model = resolve(recipe, recipe.model.path)
     if not (model / "config.json").exists():
         if not recipe.model.tiny:
@@ -469,6 +477,11 @@ def run_recipe(recipe: Recipe) -> RunDir:
     run = _lock(RunDir(resolve(recipe, recipe.run_dir)))
     try:
         if distributed.is_main():
+            console.tee(run.path / "run.log")  # what the console prints, plain, with progress lines
+            if recipe.report.to != "none":
+                from fastnemo.tracking import Tracker
+
+                run.tracker = Tracker(recipe.report.to, run.path)
             run.write_config(recipe.source, to_dict(recipe))
         ctx = Context(recipe=recipe, run=run)
         stopped_after = None
@@ -498,6 +511,9 @@ def run_recipe(recipe: Recipe) -> RunDir:
         if distributed.is_main():
             ledger.write_report(run)
     finally:
+        console.tee(None)
+        if run.tracker is not None:
+            run.tracker.close()
         run.unlock()
     if recipe.hardware.gpus > 1:
         distributed.finished()

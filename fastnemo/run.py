@@ -33,6 +33,7 @@ class RunDir:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock_fd = None
+        self.tracker = None  # fastnemo.tracking.Tracker: report.to gets every record log() appends
 
     # -- locking -----------------------------------------------------------------------------------------
     def lock(self) -> RunDir:
@@ -120,6 +121,8 @@ class RunDir:
     def log(self, record: dict) -> None:
         """Append one metrics record (a line is either whole or, after a crash, dropped by read_metrics)."""
         append_jsonl(self.path / "metrics.jsonl", [{"time": time.time(), **record}])
+        if self.tracker is not None:
+            self.tracker.log(record)
 
     def read_metrics(self) -> list[dict]:
         return read_jsonl(self.path / "metrics.jsonl")

@@ -172,7 +172,12 @@ def table(scored: list[dict]):
 def score_command(submission, data, model, limit, max_tokens, gpu_memory_utilization, load_format, json_path):
     """Score SUBMISSION (the zip, or its unzipped folder) on --data exactly as the competition does."""
     from fastnemo.progress import console
+    from fastnemo.requires import MissingPackage, require
 
+    try:
+        require("vllm", why="fastnemo score (the competition's harness is vLLM)")
+    except MissingPackage as e:
+        raise click.ClickException(str(e)) from None
     rows = read_rows(data)[: limit or None]
     llm_over = {k: v for k, v in {"gpu_memory_utilization": gpu_memory_utilization,
                                   "load_format": load_format}.items() if v is not None}

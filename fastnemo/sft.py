@@ -38,9 +38,11 @@ def check_kept(trainer, session, rows: list[dict], max_length: int) -> None:
                      f"on; raise sft.max_length (up to model.max_seq_length) or shorten the prompts")
 
 
-def common_args(session, seed: int, save_steps: int) -> dict:
+def common_args(session, seed: int, save_steps: int, report_to: str = "none", out_dir: Path | None = None) -> dict:
     """TrainingArguments every fastnemo trainer shares (SFT and DAPO): checkpoints for resume, seeds,
-    precision, checkpointing, and no tqdm or external loggers (rich bars and metrics.jsonl instead)."""
+    precision, checkpointing, no tqdm (rich bars and metrics.jsonl instead) and the recipe's tracker."""
+    from fastnemo.tracking import trainer_args
+
     on_gpu = torch.cuda.is_available()
     return {
         "save_strategy": "steps",
@@ -51,7 +53,7 @@ def common_args(session, seed: int, save_steps: int) -> dict:
         "bf16": on_gpu and session.model.dtype == torch.bfloat16,
         "gradient_checkpointing": session.model_cfg.gradient_checkpointing,
         "gradient_checkpointing_kwargs": {"use_reentrant": False},
-        "report_to": "none",
+        **trainer_args(report_to, out_dir or "."),
         "disable_tqdm": True,
         "use_cpu": not on_gpu,
         # lora.optimizer_8bit: bitsandbytes' 8-bit AdamW (CUDA only; the CPU tests keep torch's AdamW)
@@ -78,7 +80,8 @@ def checkpoint_complete(path: Path) -> bool:
     return True
 
 
-def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 0, log=None) -> dict:
+def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 0, log=None,
+          report_to: str = "none") -> dict:
     """Train ``session.model`` in place on ``rows``; resumes from the last complete checkpoint in
     ``out_dir``. Returns summary metrics."""
     from trl import SFTConfig as TRLSFTConfig
@@ -103,7 +106,7 @@ def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 
         lr_scheduler_type="cosine",
         logging_steps=cfg.logging_steps,
         dataset_num_proc=1,
-        **common_args(session, seed, cfg.save_steps),
+        **common_args(session, seed, cfg.save_steps, report_to, out_dir),
     )
     trainer_cls = SFTTrainer
     if cfg.token_budget:

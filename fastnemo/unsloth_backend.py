@@ -33,8 +33,9 @@ import torch
 from fastnemo.config import MAX_LORA_RANK, GenerationConfig, LoraConfig, ModelConfig
 
 INSTALL_HINT = (
-    "pip install 'fastnemo[gpu]' (unsloth, unsloth_zoo, bitsandbytes, mamba-ssm, causal-conv1d); on the H100 "
-    "test machine stage the wheels as bench/README.md says and set PYTHONPATH=/tmp/site"
+    "install them as README's \"On the H100\" says (pip install -e '.[gpu]', then the Mamba kernels with "
+    "--no-build-isolation); `fastnemo doctor` shows what this machine has. On the H100 test machine stage the "
+    "wheels as bench/README.md says and set PYTHONPATH=/tmp/site"
 )
 
 

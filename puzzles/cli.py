@@ -82,7 +82,7 @@ def build(n, out, like, floor, seed, workers, include_guessed, keep_guessed, cat
                     workers=workers, statuses=("deduced", "guessed") if include_guessed else ("deduced",),
                     keep_guessed=tuple(keep_guessed) or KEEP_GUESSED,
                     categories=cats, shard_size=shard_size, max_minutes=max_minutes,
-                    progress=sys.stderr.isatty())
+                    progress=True)  # a bar in a terminal, plain progress lines in a log
     try:
         summary = build_mix(cfg)
     except (ValueError, OSError) as e:
@@ -183,7 +183,8 @@ def analyze(path, out_dir, no_solve, workers) -> None:
     try:
         report = an.analyze(path, out_dir, solve=not no_solve, workers=workers, progress=True)
     except (DatasetError, JsonlError, KeyError) as e:
-        raise click.ClickException(f"{path}: {e}") from None
+        msg = str(e).strip("'\"")  # a KeyError's text comes quoted
+        raise click.ClickException(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
     an.print_report(report)
     if out_dir:
         click.echo(f"wrote {out_dir / 'report.json'} and {out_dir / 'report.png'}", err=True)

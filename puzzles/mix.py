@@ -31,7 +31,9 @@ import dataclasses
 import hashlib
 import json
 import multiprocessing
+import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -437,6 +439,8 @@ def build_mix(cfg: MixConfig) -> dict:
                         keys.add(key)
                         kept[cell].append(row)
         progress.update(task, completed=sum(len(v) for v in kept.values()))
+        if not progress.console.is_terminal:  # the bar drawn at the end is enough in a terminal only
+            progress.disable = True
 
     rows = [r for cell in cells for r in kept[cell]]
     drills = drill_component(n_drills, cfg.seed)
@@ -507,12 +511,24 @@ def drill_stats(drills: list[dict], rows: list[dict]) -> dict:
 
 
 class _RateProgress:
-    """Progress proxy that keeps the rows/s field current as shards finish."""
+    """Progress proxy that keeps the rows/s field current as shards finish. Where the console is not a
+    terminal (a log file) the bar shows only at the end, so it prints a plain line instead every
+    FASTNEMO_PROGRESS_INTERVAL seconds (default 30), as fastnemo.progress does for the other stages."""
 
     def __init__(self, progress, t0: float):
         self.progress, self.t0 = progress, t0
+        self.plain = not progress.disable and not progress.console.is_terminal
+        self.last = 0.0
 
     def advance(self, task, n: int) -> None:
         self.progress.advance(task, n)
-        done = self.progress.tasks[0].completed
-        self.progress.update(task, rate=done / max(1e-9, time.time() - self.t0))
+        t = self.progress.tasks[0]
+        now = time.time()
+        rate = t.completed / max(1e-9, now - self.t0)
+        self.progress.update(task, rate=rate)
+        if self.plain and now - self.last >= float(os.environ.get("FASTNEMO_PROGRESS_INTERVAL", "30")):
+            self.last = now
+            eta = (t.total - t.completed) / rate if rate > 0 and t.total else 0
+            print(f"{time.strftime('%H:%M:%S')} data: row {int(t.completed)}/{int(t.total)} "
+                  f"({100 * t.completed / max(1, t.total):.0f} %), {rate:.3g} rows/s, eta {int(eta) // 60}m"
+                  f"{int(eta) % 60:02d}s", file=sys.stderr, flush=True)

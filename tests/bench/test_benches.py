@@ -136,3 +136,17 @@ def test_phase_switch_bench(tmp_path, model_dir):
     assert len(shared["losses"]) == len(reload["losses"]) == 2 and shared["gen_tokens"] > 0
     assert reload["switch_s"] > 0 and reload["switch_vs_reload"] == 1.0
     assert shared["total_vs_reload"] == pytest.approx(shared["total_s"] / reload["total_s"])
+
+
+@pytest.mark.slow
+def test_readme_solver_table_is_what_bench_solvers_prints(train_dev_path):
+    """README's solver table is generated (`python bench/solvers.py --update README.md`): still current?"""
+    from puzzles.analyze import SOLVERS_BEGIN, SOLVERS_END, solver_markdown, solver_table
+    from puzzles.dataset import read_csv
+
+    solvers = load("solvers")
+    puzzles = read_csv(train_dev_path, require_answer=True, skip_bad=True).puzzles
+    records, _ = solvers.solve_traced_all(puzzles, workers=2)
+    readme = (BENCH.parent / "README.md").read_text()
+    block = readme.split(SOLVERS_BEGIN, 1)[1].split(SOLVERS_END, 1)[0].strip("\n") + "\n"
+    assert block == solver_markdown(solver_table(records)), "run: python bench/solvers.py --update README.md"

@@ -321,3 +321,20 @@ def test_qualify_adds_the_commands_section_only_for_its_own_keys():
     assert qualify("distill", "data=x.csv") == "distill.data=x.csv"
     assert qualify("distill", "data.n=5") == "data.n=5"  # the [data] section, not distill.data
     assert qualify("sft", "lora.rank=8") == "lora.rank=8" and qualify("sft", "seed=1") == "seed=1"
+
+
+def test_recipe_check_names_the_stages_already_done_and_hours_below_a_tenth(tiny_recipe, tmp_path):
+    recipe = tiny_recipe(tmp_path, ["data", "sft", "eval"], model={"tiny": True})
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "manifest.json").write_text(json.dumps({"stages": {"r1-data": {"artifacts": {}}}}))
+    res = invoke("recipe", "--check", recipe)
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert any("r1-data" in ln and "(done" in ln for ln in lines)
+    assert not any("r1-sft" in ln and "(done" in ln for ln in lines)
+    hours = [ln.split("│")[2].strip() for ln in lines if ln.startswith(("│ sft ", "│ eval "))]
+    assert hours and "0.0" not in hours, hours  # never "0.0" for a stage that takes time
+    from fastnemo.plan import hours_text
+
+    assert [hours_text(h) for h in (0, 0.01, 0.06, 2.34)] == ["0", "< 0.1", "0.1", "2.3"]
+    assert "one H100" in res.output

@@ -277,3 +277,16 @@ def test_a_recipe_in_another_encoding_or_nested_past_the_parser_is_one_line(tmp_
     with pytest.raises(RecipeError, match=needle) as e:
         load_recipe(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_an_override_typo_is_the_override_s_fault_with_the_closest_key(tmp_path):
+    from fastnemo.config import RecipeError, load_recipe
+
+    path = tmp_path / "r.toml"
+    path.write_text("[sft]\nmax_steps = 2\n")
+    with pytest.raises(RecipeError, match=r"^override 'sft.max_step=3': \[sft\] has no key 'max_step' \(did you "
+                                          r"mean 'max_steps'\?\)"):
+        load_recipe(path, ["sft.max_step=3"])
+    path.write_text("[sft]\nmax_step = 2\n")
+    with pytest.raises(RecipeError, match=r"r.toml: sft: unknown key 'max_step' \(did you mean 'max_steps'\?\)"):
+        load_recipe(path)
