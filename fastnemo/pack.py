@@ -22,8 +22,8 @@ import zlib
 from pathlib import Path
 
 from fastnemo.config import MAX_LORA_RANK
-from fastnemo.files import InputError, write_atomic
 from fastnemo.lora import REFUSED, SERVABLE
+from puzzles.files import InputError, write_atomic
 
 REQUIRED = ("adapter_config.json", "adapter_model.safetensors")
 PREFIX = "base_model.model."

@@ -173,7 +173,7 @@ class ModelSession:
     def save_adapter(self, out_dir: str | Path) -> Path:
         """Write adapter_config.json + adapter_model.safetensors (atomically: into a temp folder, then
         renamed), with the scored base model's name as base_model_name_or_path."""
-        from fastnemo.files import atomic_dir, disk_full_at
+        from puzzles.files import atomic_dir, disk_full_at
 
         with disk_full_at(out_dir), atomic_dir(out_dir) as tmp:
             # lm_head carries a LoRA, never a full copy of the base head (vLLM serves only the LoRA)

@@ -1,4 +1,4 @@
-"""The faults every output must survive (fastnemo/files.py and its users): a full disk mid-save, a
+"""The faults every output must survive (puzzles/files.py and its users): a full disk mid-save, a
 checkpoint folder cut short by a kill, a second process on the same run directory. Each ends with a clear
 error or a clean resume, and no lost or half-written artifact."""
 
@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fastnemo import files, sft
+from fastnemo import sft
 from fastnemo.cli import main
 from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SFTConfig
 from fastnemo.session import ModelSession
+from puzzles import files
 
 REPO = Path(__file__).resolve().parents[2]
 ROWS = [{"prompt": f"In Alice's Wonderland, {i} + {i}?", "completion": f"add\n</think>\n\\boxed{{{2 * i}}}"}
