@@ -509,7 +509,7 @@ def _load_and_run(config: dict, tensors: dict, model_path: Path) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
-    from fastnemo.lora import allow_out_proj
+    from fastnemo.patches.peft import allow_out_proj
 
     cfg, stacked = to_peft(config, tensors)
     with tempfile.TemporaryDirectory() as tmp:
