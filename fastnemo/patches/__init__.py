@@ -21,3 +21,13 @@ def require(library: str, installed: str, written_against: str, accepts: str, mo
             f"installed: pip install '{library}=={accepts if accepts.count('.') == 2 else accepts + '.*'}' "
             f"(or re-check the patches against {installed} and update the version in {module})"
         )
+
+
+def wrap_once(owner, name: str, wrap) -> None:
+    """Replace ``owner.name`` (a library's module-level name) by ``wrap(original)``, once per process. The
+    original stays reachable as ``.fastnemo_original``: the source pins of the tests read the library's code."""
+    current = getattr(owner, name)
+    if not getattr(current, "fastnemo_wrapped", False):
+        wrapped = wrap(current)
+        wrapped.fastnemo_wrapped, wrapped.fastnemo_original = True, current
+        setattr(owner, name, wrapped)

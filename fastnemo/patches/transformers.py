@@ -14,7 +14,7 @@ import transformers
 from transformers.integrations.moe import _grouped_linear as grouped_linear  # noqa: F401  (used by lora)
 from transformers.models.nemotron_h import modeling_nemotron_h
 
-from fastnemo.patches import require
+from fastnemo.patches import require, wrap_once
 
 WRITTEN_AGAINST = "5.17.0"
 require("transformers", transformers.__version__, WRITTEN_AGAINST, accepts=WRITTEN_AGAINST, module=__name__)
@@ -29,8 +29,4 @@ RELIES_ON = (
 
 def wrap_mamba_fused_kernel(wrap) -> None:
     """Replace nemotron_h's fused Mamba kernel ``f`` by ``wrap(f)``, once per process."""
-    current = modeling_nemotron_h.mamba2_split_conv1d_scan_combined
-    if not getattr(current, "fastnemo_wrapped", False):
-        wrapped = wrap(current)
-        wrapped.fastnemo_wrapped, wrapped.fastnemo_original = True, current
-        modeling_nemotron_h.mamba2_split_conv1d_scan_combined = wrapped
+    wrap_once(modeling_nemotron_h, "mamba2_split_conv1d_scan_combined", wrap)

@@ -19,7 +19,7 @@ import torch
 import trl
 import trl.trainer.utils as trl_utils
 
-from fastnemo.patches import require
+from fastnemo.patches import require, wrap_once
 
 WRITTEN_AGAINST = "1.15.0"
 require("trl", trl.__version__, WRITTEN_AGAINST, accepts=WRITTEN_AGAINST, module=__name__)
@@ -61,11 +61,7 @@ def ensure_fused_lm_head() -> None:
 
 def wrap_fused_lm_head(wrap) -> None:
     """Replace TRL's fused head ``f`` by ``wrap(f)`` (``f`` may be None: no Triton), once per process."""
-    current = trl_utils._ChunkedLogProbFunction
-    if not getattr(current, "fastnemo_wrapped", False):
-        wrapped = wrap(current)
-        wrapped.fastnemo_wrapped, wrapped.fastnemo_original = True, current
-        trl_utils._ChunkedLogProbFunction = wrapped
+    wrap_once(trl_utils, "_ChunkedLogProbFunction", wrap)
 
 
 @contextlib.contextmanager

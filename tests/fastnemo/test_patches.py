@@ -10,7 +10,7 @@ import inspect
 
 import pytest
 
-from fastnemo.patches import require
+from fastnemo.patches import require, wrap_once
 
 # sha256 (first 16 hex digits) of inspect.getsource of each RELIES_ON entry, at the version each module names
 PINNED = {
@@ -72,3 +72,15 @@ def test_the_version_guard_accepts_a_series_and_refuses_another_version():
         require("trl", "1.15.1", "1.15.0", accepts="1.15.0", module="fastnemo.patches.trl")
     with pytest.raises(ImportError):
         require("peft", "0.210.0", "0.21.2", accepts="0.21", module="fastnemo.patches.peft")  # not 0.21's series
+
+
+def test_a_name_is_wrapped_once_and_its_original_stays_reachable():
+    import types
+
+    def kernel(x):
+        return x + 1
+
+    lib = types.SimpleNamespace(kernel=kernel)
+    for _ in range(2):  # a second session in the same process must not wrap the wrapper
+        wrap_once(lib, "kernel", lambda f: lambda x: 2 * f(x))
+    assert lib.kernel(1) == 4 and lib.kernel.fastnemo_original is kernel
