@@ -63,6 +63,20 @@ def test_every_private_function_a_patch_relies_on_is_unchanged(module):
     )
 
 
+@pytest.mark.parametrize("module", sorted(PINNED))
+def test_the_package_pin_admits_the_version_a_patch_was_written_against(module):
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+
+    patches = importlib.import_module(module)
+    library = module.rsplit(".", 1)[1]
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
+    (req,) = [r for r in map(Requirement, project["dependencies"]) if r.name == library]
+    assert req.specifier.contains(patches.WRITTEN_AGAINST), f"pyproject.toml's {req} and {module} disagree"
+
+
 def test_the_version_guard_accepts_a_series_and_refuses_another_version():
     require("peft", "0.21.0", "0.21.2", accepts="0.21", module="fastnemo.patches.peft")
     require("trl", "1.15.0", "1.15.0", accepts="1.15.0", module="fastnemo.patches.trl")
