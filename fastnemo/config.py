@@ -287,6 +287,23 @@ class EvalConfig(Section):
                            "(0 = all).", ge=0)
     trace_batch_size: int = key(4, "Rows per teacher-forced forward pass (its logits are rows x length x vocab).",
                                 ge=1)
+    runner: Literal["auto", "harness", "engine"] = key(
+        "auto", "What generates: \"harness\" = the competition's harness (fastnemo/score.py: its vLLM "
+        "arguments, prompt, greedy sampling and metric) on the stage's saved adapter, in a child process after "
+        "the training model is freed (the next training stage reloads it from the newest adapter); \"engine\" = "
+        "the session's generation engine (generation.engine); \"auto\" = the harness where vllm imports and "
+        "CUDA is available (with backend \"unsloth\" + engine \"vllm\": whichever `fastnemo plan` rates faster), "
+        "else the engine (CPU runs, tests). The choice and why are printed and kept in the stage summary.")
+    gpu_memory_utilization: float = key(
+        0.0, "The harness's vLLM memory share. 0 = chosen from the card: the scorer's 0.85 is a share of a 96 GB "
+        "card (81.6 GB), so the share is raised to give that much, within 0.85..0.92 (0.92 on an 80 GB H100, "
+        "which leaves its 59 GiB of weights a 310 k-token KV pool, measured); printed as a deviation when it is "
+        "not 0.85. FASTNEMO_GPU_CAP_GIB=79.2 treats a bigger card as that many GiB (the GPU test lane).",
+        ge=0.0, le=0.98)
+    max_num_seqs: int = key(
+        64, "The harness's concurrent sequences (the scorer's 64). 256 is ~1.6x faster (measured on an H100) but "
+        "vLLM's batch composition can change greedy outputs for this model (vllm#57267): how many verdicts "
+        "differ between 64 and 256 is in bench/README.md (bench validation). Printed as a deviation.", ge=1)
 
 
 @dataclasses.dataclass
@@ -303,6 +320,11 @@ class DistillConfig(Section):
     goldilocks_high: float = key(0.8, "Highest pass rate of a prompt that goes to the next RL stage.", ge=0.0,
                                  le=1.0)
     carry_share: float = key(0.3, "Share of the previous SFT data mixed into the next SFT set.", ge=0.0, le=1.0)
+    runner: Literal["auto", "harness", "engine"] = key(
+        "auto", "What samples: \"harness\" = a vLLM child process (the harness's engine, eval.gpu_memory_"
+        "utilization and eval.max_num_seqs) on the newest adapter, after the training model is freed; "
+        "\"engine\" = the session's generation engine; \"auto\" = the harness with backend \"hf\" where vllm "
+        "imports and CUDA is available, else the engine (backend \"unsloth\" samples on its resident vLLM).")
 
     def check(self):
         if not self.goldilocks_low <= self.goldilocks_high:

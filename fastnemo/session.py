@@ -81,6 +81,17 @@ def _load_hf(path: Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: 
     return peft_model, tokenizer
 
 
+def cap_memory() -> None:
+    """FASTNEMO_GPU_CAP_GIB (fastnemo.harness.CAP_ENV): a bigger test card plays an 80 GB one for the training
+    process too (torch's per-process memory fraction), as vLLM's share is rescaled for the harness."""
+    from fastnemo.harness import CAP_ENV
+
+    cap = os.environ.get(CAP_ENV)
+    if cap and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory / 2**30
+        torch.cuda.set_per_process_memory_fraction(min(1.0, float(cap) / total))
+
+
 class ModelSession:
     loads = 0  # models loaded by this process (see the module docstring)
 
@@ -133,6 +144,7 @@ class ModelSession:
         # mamba_ssm autotunes ~200 Triton kernel configs on a process's first step (81 s measured on the
         # test GPU); Triton can keep the winners in its on-disk cache so the next run starts at once
         os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
+        cap_memory()
         if model_cfg.backend == "unsloth":
             from fastnemo import unsloth_backend
 

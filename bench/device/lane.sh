@@ -91,6 +91,9 @@ case "$cmd" in
     # mamba_ssm autotunes ~200 Triton configs on its first call; keep the winners on disk so that every
     # later process (each bench variant is one) reuses them instead of tuning again
     export TRITON_CACHE_AUTOTUNING=1
+    # a card bigger than 80 GB (the H200) plays the user's H100: fastnemo caps its processes at 79.2 GiB
+    total=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits -i 0 2>/dev/null || echo 0)
+    [ "${total:-0}" -gt 100000 ] && export FASTNEMO_GPU_CAP_GIB=79.2
     # vLLM in-process (it shares the trainer's process) and without flashinfer (not staged)
     export VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_USE_FLASHINFER_SAMPLER=0
     steps=("$@")

@@ -122,7 +122,9 @@ def main() -> int:
     rc, t0, _t1 = timed_run(cmd, run_dir.parent / "recipe.log", sampler)
     print((run_dir.parent / "recipe.log").read_text()[-6000:], flush=True)
     manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").exists() else {}
-    base = {"engine": None, "backend": "hf", "layers": 52, "gpu": gpu_name(), "memory_cap_gib": None,
+    cap = os.environ.get("FASTNEMO_GPU_CAP_GIB")
+    base = {"engine": None, "backend": "hf", "layers": 52, "gpu": gpu_name(),
+            "memory_cap_gib": float(cap) if cap else None,
             "batch": None, "prompt_len": None, "new_tokens": None, "tok_s": None, "date": None,
             "source": "bench/device/recipe_fullsize.py", "recipe": "recipes/winners.toml",
             "overrides": overrides[4:], "exit_code": rc}
@@ -132,7 +134,7 @@ def main() -> int:
         summary = {k: v for k, v in (entry.get("summary") or {}).items()
                    if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
         rec = results.record("recipe-fullsize", variant=key, peak_gib=sampler.peak_gib(start, end),
-                             seconds=end - start, id=f"h100-recipe-fullsize-{key}", summary=summary, **base)
+                             seconds=end - start, id=f"{gpu_tag()}-recipe-fullsize-{key}", summary=summary, **base)
         results.append(args.results, rec)
         print(json.dumps(rec), flush=True)
         start = end
@@ -152,7 +154,7 @@ def main() -> int:
         ("max_concurrency", r"Maximum concurrency for [\d,]+ tokens per request: ([\d.]+)x"),
         ("kv_cache_gib", r"Available KV cache memory: (-?[\d.]+) GiB")) if (m := re.search(pat, log))}
     rec = results.record("recipe-fullsize", variant="score", peak_gib=sampler.peak_gib(s0, s1), seconds=s1 - s0,
-                         id="h100-recipe-fullsize-score", puzzles=args.score_limit, max_tokens=args.score_tokens,
+                         id=f"{gpu_tag()}-recipe-fullsize-score", puzzles=args.score_limit, max_tokens=args.score_tokens,
                          gpu_memory_utilization=0.85, **found, **{**base, "exit_code": rc, "engine": "vllm"},
                          note="fastnemo score at the scorer's own gpu_memory_utilization 0.85 on this card")
     results.append(args.results, rec)
@@ -165,6 +167,10 @@ def gpu_name() -> str:
     import torch
 
     return torch.cuda.get_device_name()
+
+
+def gpu_tag() -> str:
+    return "h200" if "H200" in gpu_name() else "h100"
 
 
 if __name__ == "__main__":

@@ -227,6 +227,11 @@ def gpu_name() -> str:
     return torch.cuda.get_device_name()
 
 
+def gpu_tag() -> str:
+    """The record ids' prefix: which card measured it (an H200 plays an 80 GB card under the cap)."""
+    return "h200" if "H200" in gpu_name() else "h100"
+
+
 # ------------------------------------------------------------------------------------------- hf engine
 
 
@@ -294,8 +299,10 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=256, help="hf: decode steps timed on one batch")
     ap.add_argument("--limit", type=int, default=0, help="first N puzzles of the set (0 = all 600)")
     ap.add_argument("--work", help="folder for the model config and the adapter (default: a temp folder)")
-    ap.add_argument("--tag", default="h100", help="record id prefix")
+    ap.add_argument("--tag", default="", help="record id prefix (default: h100 or h200, from the GPU's name)")
     args = ap.parse_args()
+    if args.what != "set" and not args.tag:
+        args.tag = gpu_tag()
     if args.what == "set":
         make_set(Path(args.mix))
     else:
