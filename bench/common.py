@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from fastnemo import files
 from fastnemo.plan import NANO_CONFIG
+from puzzles import files
 
 # Nemotron-3-Nano-30B-A3B's widths (fastnemo.plan keeps them; the layer pattern comes from --slice) plus
 # what a random-weight slice needs to build.

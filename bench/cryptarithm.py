@@ -1,7 +1,7 @@
 """Cryptarithm TRACE-TEACHABLE coverage on the real puzzles: the share of symbolic equations whose
 recall-and-verify trace (``puzzles.cryptarithm.recall_trace``) reaches the gold answer (official metric)
 within its token budget, split by what the CPU search (the checker) says: deduced / guessed / abstained.
-Also the estimated real tokens (``puzzles.audit.estimate_real_tokens``) of the right traces.
+Also the estimated real tokens (``puzzles.traces.estimate_real_tokens``) of the right traces.
 
     python bench/cryptarithm.py [--data ../shared/data/train_dev.csv] [--limit N]
 
@@ -21,9 +21,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from puzzles import cryptarithm, equations
-from puzzles.audit import estimate_real_tokens
 from puzzles.dataset import read_csv
 from puzzles.metric import is_correct
+from puzzles.traces import estimate_real_tokens
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "train_dev.csv"
 

@@ -13,7 +13,7 @@ import datetime
 import sys
 from pathlib import Path
 
-from fastnemo import files
+from puzzles import files
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FIELDS = ("bench", "variant", "engine", "backend", "layers", "gpu", "memory_cap_gib", "batch", "prompt_len",

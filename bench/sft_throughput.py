@@ -140,12 +140,12 @@ def train_plain(path, targets, rank, rows, cfg, clock_args, out_dir):
     gpu = common.on_gpu()
     notes = {}
     if importlib.util.find_spec("triton") is None:
-        # TRL's fused LM-head kernel is Triton-only: without this plain-torch stand-in (fastnemo.trl_compat)
+        # TRL's fused LM-head kernel is Triton-only: without this plain-torch stand-in (fastnemo.patches.trl)
         # no TRL trainer can take a step on the CPU wheel of torch.
-        from fastnemo.trl_compat import ensure_fused_lm_head
+        from fastnemo.patches.trl import ensure_fused_lm_head
 
         ensure_fused_lm_head()
-        notes["note"] = "no triton: TRL's fused LM head via fastnemo.trl_compat"
+        notes["note"] = "no triton: TRL's fused LM head via fastnemo.patches.trl"
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=torch.bfloat16 if gpu else torch.float32, device_map="cuda" if gpu else None

@@ -25,8 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from fastnemo.files import read_jsonl
 from puzzles.analyze import group_of
+from puzzles.files import read_jsonl
 
 TRAIN_DEV = REPO.parent / "shared" / "data" / "train_dev.csv"
 MAX_COMPLETION = 7680

@@ -51,8 +51,8 @@ class LazyGroup(click.Group):
 
     def invoke(self, ctx):
         """An environment error (disk full, permissions, a vanished file) is a message, not a traceback: the
-        atomic writers have already left every final path as it was (fastnemo.files)."""
-        from fastnemo.files import InputError, is_disk_full
+        atomic writers have already left every final path as it was (puzzles.files)."""
+        from puzzles.files import InputError, is_disk_full
 
         try:
             return super().invoke(ctx)
@@ -252,7 +252,7 @@ def sft(model_path, adapter, data, out, overrides):
         _fail(f"{Path(out) / 'adapter'} exists; refusing to overwrite it (choose another --out)")
     _lock_out(out)
     from fastnemo import sft as sft_mod
-    from fastnemo.files import JsonlError, read_jsonl
+    from puzzles.files import JsonlError, read_jsonl
 
     try:
         rows = read_jsonl(data, strict=True)
@@ -273,8 +273,8 @@ def eval_cmd(model_path, adapter, data, out, overrides):
     """Score a model (+ adapter) on DATA with the competition's metric: greedy, boxed answer, 1e-2 tolerance."""
     r = stage_recipe("eval", model_path, overrides, data=str(data))
     from fastnemo.evaluate import evaluate, stratified
-    from fastnemo.files import write_json
     from puzzles.dataset import load_csv
+    from puzzles.files import write_json
 
     try:
         puzzles = stratified(load_csv(data, require_answer=True), r.eval.limit)
@@ -311,7 +311,7 @@ def grpo(model_path, adapter, data, out, overrides):
     if (out / "adapter").exists():  # before loading the model, not after training
         _fail(f"{out / 'adapter'} exists; refusing to overwrite it (choose another --out)")
     from fastnemo import grpo as grpo_mod
-    from fastnemo.files import append_jsonl
+    from puzzles.files import append_jsonl
 
     _lock_out(out)
     session = _load_session(r, adapter)
@@ -333,7 +333,7 @@ def recipe_keys(readme):
     if readme is None:
         click.echo(table, nl=False)
         return
-    from fastnemo.files import write_atomic
+    from puzzles.files import write_atomic
 
     text = Path(readme).read_text()
     try:

@@ -20,7 +20,7 @@ import typing
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from fastnemo.files import InputError
+from puzzles.files import InputError
 
 MAX_LORA_RANK = 32  # the competition loads adapters with max_lora_rank 32
 MAX_INT = 2**63 - 1  # every int key ends up in numpy or torch (int64)

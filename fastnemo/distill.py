@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 
 from fastnemo.config import Recipe, SamplingConfig, resolve
-from fastnemo.files import append_jsonl, read_jsonl, write_jsonl
 from fastnemo.progress import console, task
 from fastnemo.rewards import THINK_CLOSE, well_formatted
 from puzzles import CATEGORIES, Puzzle
 from puzzles.dataset import sft_row
+from puzzles.files import append_jsonl, read_jsonl, write_jsonl
 from puzzles.metric import score
 from puzzles.mix import prompt_key
 from puzzles.traces import completion as trace_completion

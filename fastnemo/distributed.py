@@ -265,7 +265,7 @@ def merge(puzzles: list, records: dict[str, dict], what: str) -> list[dict]:
 def evaluate_shard(session, puzzles: list, sampling, out_path: Path, batch_size: int, r: int, n: int) -> Path:
     """Evaluate rank ``r``'s shard into ``results.rank{r}.jsonl`` beside ``out_path``; resumable."""
     from fastnemo.evaluate import evaluate
-    from fastnemo.files import move_into_place
+    from puzzles.files import move_into_place
 
     out_path = Path(out_path)
     mine = out_path.with_name(f"{out_path.stem}.rank{r}.jsonl")
@@ -279,8 +279,8 @@ def evaluate_shard(session, puzzles: list, sampling, out_path: Path, batch_size:
 def merge_eval(puzzles: list, out_path: Path) -> dict:
     """Join every rank's results file into ``out_path`` (the puzzles' order) and summarize it."""
     from fastnemo.evaluate import summarize, table
-    from fastnemo.files import read_jsonl, write_jsonl
     from fastnemo.progress import console
+    from puzzles.files import read_jsonl, write_jsonl
 
     out_path = Path(out_path)
     records = {}
@@ -330,7 +330,7 @@ def distill_sharded(session, recipe: Recipe, out_dir: Path, seed: int = 0, log=N
 def read_caches(out_dir: Path) -> dict[str, dict]:
     """Every distill cache record of ``out_dir`` (one process's and each rank's), by puzzle id; a line cut
     short by a crash is skipped (its owner cuts it off before appending)."""
-    from fastnemo.files import read_jsonl
+    from puzzles.files import read_jsonl
 
     done = {}
     for f in sorted(Path(out_dir).glob("generations*.jsonl")):

@@ -14,9 +14,9 @@ from pathlib import Path
 from rich.table import Table
 
 from fastnemo.config import SamplingConfig
-from fastnemo.files import append_jsonl, move_into_place, read_jsonl
 from fastnemo.progress import console, task
 from puzzles import CATEGORIES, Puzzle
+from puzzles.files import append_jsonl, move_into_place, read_jsonl
 from puzzles.metric import boxed_contents, extract_answer, is_correct
 
 

@@ -217,8 +217,8 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
 
     from fastnemo.callbacks import RichTrainerCallback
     from fastnemo.distributed import world
+    from fastnemo.patches.trl import ensure_fused_lm_head
     from fastnemo.sft import common_args
-    from fastnemo.trl_compat import ensure_fused_lm_head
 
     ensure_fused_lm_head()
     from fastnemo.dapo import DAPOTrainer, TRLGRPOConfig
@@ -256,7 +256,7 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
         **common_args(session, seed, cfg.save_steps, report_to, out_dir),
     )
     use_engine = not server_args and (rollouts == "engine" or (rollouts == "auto" and session.gen_cfg.engine != "hf"))
-    from fastnemo.lora import trl_accepts_lm_head  # TRL refuses a PEFT lm_head; fastnemo.lora trains it
+    from fastnemo.patches.trl import trl_accepts_lm_head  # TRL refuses a PEFT lm_head; lora trains it
 
     with warnings.catch_warnings(), trl_accepts_lm_head(session.model):
         warnings.filterwarnings("ignore", message="You are using 'rollout_func'")  # experimental: on purpose

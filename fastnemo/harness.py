@@ -169,8 +169,8 @@ def served_adapter(adapter: Path | None, model_path: Path, into: Path) -> Path |
 def run(stage_dir: Path, model: Path, adapter: Path | None, over: dict, groups: list[dict], label: str) -> float:
     """Run the child on ``groups`` (see the module docstring) and wait, showing progress with rate and ETA;
     returns its wall seconds. Raises HarnessError with vLLM's reason in one line when it fails."""
-    from fastnemo.files import read_jsonl, write_json
     from fastnemo.progress import task
+    from puzzles.files import read_jsonl, write_json
 
     stage_dir = Path(stage_dir)
     spec = stage_dir / "harness.json"
@@ -249,7 +249,7 @@ def evaluate(recipe, puzzles: list, out_path: Path, model: Path, adapter: Path |
     in the module docstring) answered in the same engine start, into ``chat.jsonl`` beside it (resumable as
     chat.partial.jsonl; ``summary["chat"]`` names it; not scored here). The caller has freed the trainer."""
     from fastnemo.evaluate import finish
-    from fastnemo.files import read_jsonl
+    from puzzles.files import read_jsonl
 
     out_path = Path(out_path)
     d = out_path.parent
@@ -277,7 +277,7 @@ def evaluate(recipe, puzzles: list, out_path: Path, model: Path, adapter: Path |
     summary = finish(puzzles, done, out_path)
     summary["harness"] = {"deviations": deviations, "llm_args": over, "seconds": round(seconds, 1)}
     if extra:  # the caller scores them (recall): read chat.jsonl, one line a request
-        from fastnemo.files import move_into_place
+        from puzzles.files import move_into_place
 
         chat = move_into_place(d / "chat.partial.jsonl", d / "chat.jsonl")
         summary["chat"] = {"path": str(chat), "n": len(read_jsonl(chat))}
@@ -344,7 +344,7 @@ def child_main(spec_path: str) -> int:
     import tempfile
 
     from fastnemo import score
-    from fastnemo.files import append_jsonl, read_jsonl
+    from puzzles.files import append_jsonl, read_jsonl
 
     spec = json.loads(Path(spec_path).read_text())
     todo = []

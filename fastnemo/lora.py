@@ -1,11 +1,12 @@
 """LoRA on every module vLLM serves for nemotron_h: target resolution and the three places PEFT + TRL alone
-cannot train.
+cannot train. The routes are fastnemo's own; where they replace another library's private code, they do it
+through ``fastnemo.patches`` (one module per library, version guarded).
 
 - ``lm_head``: TRL's fused LM head multiplies the hidden states by ``lm_head.weight`` itself, so a PEFT LoRA
   there gets no gradient. :func:`install_lm_head_lora` routes around it exactly: ``h W^T + s (h A^T) B^T`` is
   ``[h, s h A^T] [W, B]^T``, so the fused kernel is handed the widened hidden states and weight.
 - Mamba ``out_proj``: the fused ``mamba_split_conv1d_scan_combined`` kernel reads ``out_proj.weight`` (PEFT
-  refuses the target for that reason). :func:`install_out_proj_lora` makes the kernel return the
+  refuses the target for that reason; ``fastnemo.patches.peft.allow_out_proj`` lifts that). :func:`install_out_proj_lora` makes the kernel return the
   pre-projection output and applies the ``out_proj`` module, where the LoRA is. The CPU (torch) path already
   calls ``self.out_proj``.
 - Routed experts: PEFT's ParamWrapper holds the stacked factors (``lora_A`` (E*r, in), ``lora_B`` (out, E*r))
@@ -56,25 +57,6 @@ def check_targets_in_model(model, targets: list[str]) -> None:
         )
 
 
-@contextlib.contextmanager
-def allow_out_proj():
-    """Lift PEFT's Mamba refusal for ``out_proj`` only (conv1d stays refused): :func:`install_out_proj_lora`
-    makes the fused kernel leave the projection to the module."""
-    import peft.tuners.tuners_utils as tu
-
-    original = tu._check_lora_target_modules_mamba
-
-    def check(peft_config, model, target_name):
-        if target_name != "out_proj":
-            original(peft_config, model, target_name)
-
-    tu._check_lora_target_modules_mamba = check
-    try:
-        yield
-    finally:
-        tu._check_lora_target_modules_mamba = original
-
-
 # ------------------------------------------------------------------------------------------------ lm_head
 
 _LM_HEADS: dict[int, torch.nn.Module] = {}  # id(lm_head.base_layer.weight) -> the PEFT lora.Linear on it
@@ -108,35 +90,19 @@ class LoraChunkedLogProb:
             weight = torch.cat([weight, b.to(weight.dtype)], dim=-1)
         inner = self.inner
         if inner is None:  # no Triton (CPU torch): the plain-torch equivalent
-            from fastnemo.trl_compat import TorchChunkedLogProb as inner
+            from fastnemo.patches.trl import TorchChunkedLogProb as inner
         return inner.apply(hidden, weight, bias, *args, **kwargs)
 
 
 def install_lm_head_lora(model) -> None:
     """Make TRL's fused LM head include the lm_head LoRA of ``model`` (a PeftModel)."""
-    import trl.trainer.utils as trl_utils
+    from fastnemo.patches.trl import wrap_fused_lm_head
 
     head = model.get_output_embeddings()
     if not hasattr(head, "lora_A"):
         return
     _LM_HEADS[id(head.base_layer.weight)] = head
-    if not isinstance(trl_utils._ChunkedLogProbFunction, LoraChunkedLogProb):
-        trl_utils._ChunkedLogProbFunction = LoraChunkedLogProb(trl_utils._ChunkedLogProbFunction)
-
-
-@contextlib.contextmanager
-def trl_accepts_lm_head(model):
-    """TRL's trainers refuse a PEFT lm_head at construction (their fused head would ignore it). With
-    :func:`install_lm_head_lora` it does not: show them the base layer while they are being built."""
-    head = model.get_output_embeddings()
-    if not hasattr(head, "base_layer"):
-        yield
-        return
-    model.get_output_embeddings = lambda: head.base_layer
-    try:
-        yield
-    finally:
-        del model.get_output_embeddings
+    wrap_fused_lm_head(LoraChunkedLogProb)
 
 
 @contextlib.contextmanager
@@ -171,19 +137,17 @@ def _fused_without_out_proj(inner):
             return None
         return module(out.to(outproj_weight.dtype))
 
-    fused.fastnemo_out_proj = True
     return fused
 
 
 def install_out_proj_lora(model) -> None:
     """Route every LoRA'd Mamba out_proj of ``model`` through its module on the fused (GPU) path."""
-    from transformers.models.nemotron_h import modeling_nemotron_h as mh
+    from fastnemo.patches.transformers import wrap_mamba_fused_kernel
 
     for name, module in model.named_modules():
         if name.endswith("mixer.out_proj") and hasattr(module, "lora_A"):
             _OUT_PROJS[id(module.base_layer.weight)] = module
-    if not getattr(mh.mamba2_split_conv1d_scan_combined, "fastnemo_out_proj", False):
-        mh.mamba2_split_conv1d_scan_combined = _fused_without_out_proj(mh.mamba2_split_conv1d_scan_combined)
+    wrap_mamba_fused_kernel(_fused_without_out_proj)
 
 
 # ------------------------------------------------------------------------------------------- routed experts
@@ -216,9 +180,9 @@ def restack(pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tenso
 
 def _grouped(x, w, offsets):
     """x (S, in) @ w (E, out, in)^T per expert group (transformers' grouped GEMM, with its CPU fallback)."""
-    from transformers.integrations.moe import _grouped_linear
+    from fastnemo.patches.transformers import grouped_linear
 
-    return _grouped_linear(x, w, offsets)
+    return grouped_linear(x, w, offsets)
 
 
 def _lora_linear(x, w, factors, offsets, dropout):
@@ -261,15 +225,9 @@ def grouped_expert_forward(outer, hidden_states, top_k_index, top_k_weights):
 def install_grouped_expert_lora(model) -> int:
     """Replace PEFT's fold-everything forward on every nemotron_h experts block that carries LoRA on both
     up_proj and down_proj. Returns how many blocks were patched."""
-    from peft.tuners.lora.layer import ParamWrapper
+    from fastnemo.patches.peft import replace_expert_forward
 
-    n = 0
-    for _, module in model.named_modules():
-        if (isinstance(module, ParamWrapper) and module.parameter_name == "down_proj"
-                and isinstance(module.base_layer, ParamWrapper) and module.base_layer.parameter_name == "up_proj"):
-            module.forward = grouped_expert_forward.__get__(module)
-            n += 1
-    return n
+    return replace_expert_forward(model, grouped_expert_forward)
 
 
 def install(model) -> None:

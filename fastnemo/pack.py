@@ -22,8 +22,8 @@ import zlib
 from pathlib import Path
 
 from fastnemo.config import MAX_LORA_RANK
-from fastnemo.files import InputError, write_atomic
 from fastnemo.lora import REFUSED, SERVABLE
+from puzzles.files import InputError, write_atomic
 
 REQUIRED = ("adapter_config.json", "adapter_model.safetensors")
 PREFIX = "base_model.model."
@@ -509,7 +509,7 @@ def _load_and_run(config: dict, tensors: dict, model_path: Path) -> None:
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
-    from fastnemo.lora import allow_out_proj
+    from fastnemo.patches.peft import allow_out_proj
 
     cfg, stacked = to_peft(config, tensors)
     with tempfile.TemporaryDirectory() as tmp:

@@ -6,7 +6,7 @@ import collections
 import io
 from pathlib import Path
 
-from fastnemo.files import write_atomic
+from puzzles.files import write_atomic
 
 CURVES = ("loss", "reward", "learning_rate", "grad_norm")
 

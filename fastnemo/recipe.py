@@ -168,7 +168,7 @@ def stage_data(ctx: Context, key: str):
         stats = mix_next(ctx.run.artifact(distilled, "traces"), prev_sft, out,
                          carry_share=recipe.distill.carry_share, seed=recipe.seed + ctx.round)
     elif recipe.data.path:
-        from fastnemo.files import read_jsonl, write_atomic
+        from puzzles.files import read_jsonl, write_atomic
 
         source = resolve(recipe, recipe.data.path)
         records = read_jsonl(source, strict=True)
@@ -199,7 +199,7 @@ def stage_data(ctx: Context, key: str):
 
 def stage_sft(ctx: Context, key: str):
     from fastnemo import sft
-    from fastnemo.files import read_jsonl
+    from puzzles.files import read_jsonl
 
     d = ctx.run.path / key  # not cleaned: it holds the trainer's checkpoints for a resume
     d.mkdir(exist_ok=True)

@@ -21,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from fastnemo.files import append_jsonl, read_jsonl, sha256, write_atomic, write_json
+from puzzles.files import append_jsonl, read_jsonl, sha256, write_atomic, write_json
 
 
 class RunLocked(RuntimeError):

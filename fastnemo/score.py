@@ -41,7 +41,7 @@ def read_rows(path: str | Path) -> list[dict]:
     """id,prompt,answer rows of a CSV (train.csv's layout); a missing column names the file."""
     import io
 
-    from fastnemo.files import InputError, read_text
+    from puzzles.files import InputError, read_text
 
     try:
         reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
@@ -187,6 +187,6 @@ def score_command(submission, data, model, limit, max_tokens, gpu_memory_utiliza
     if llm_over or samp_over or limit:
         console.print(f"deviations from the harness: {json.dumps({**llm_over, **samp_over, 'limit': limit})}")
     if json_path:
-        from fastnemo.files import write_json
+        from puzzles.files import write_json
 
         write_json(json_path, scored)

@@ -45,6 +45,7 @@ def _load_hf(path: Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fastnemo import lora
+    from fastnemo.patches.peft import allow_out_proj
 
     # "auto": transformers' own choice, grouped_mm wherever it can dispatch (CPU included), else eager
     experts = None if model_cfg.experts_implementation == "auto" else model_cfg.experts_implementation
@@ -60,7 +61,7 @@ def _load_hf(path: Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: 
 
         from fastnemo.pack import peft_loadable
 
-        with tempfile.TemporaryDirectory() as tmp, lora.allow_out_proj():  # a packed adapter loads too
+        with tempfile.TemporaryDirectory() as tmp, allow_out_proj():  # a packed adapter loads too
             peft_model = PeftModel.from_pretrained(model, peft_loadable(adapter, Path(tmp)), is_trainable=True)
         lora.install(peft_model)
         return peft_model, tokenizer
@@ -74,7 +75,7 @@ def _load_hf(path: Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: 
         task_type="CAUSAL_LM",
     )
     torch.manual_seed(seed)  # the LoRA A matrices are drawn at random: a run must be reproducible
-    with lora.allow_out_proj():
+    with allow_out_proj():
         peft_model = get_peft_model(model, peft_cfg, autocast_adapter_dtype=not lora_cfg.bf16_weights)
     lora.install(peft_model)  # lm_head through TRL's fused head, out_proj past the fused kernel, grouped experts
     return peft_model, tokenizer
@@ -185,7 +186,7 @@ class ModelSession:
     def save_adapter(self, out_dir: str | Path) -> Path:
         """Write adapter_config.json + adapter_model.safetensors (atomically: into a temp folder, then
         renamed), with the scored base model's name as base_model_name_or_path."""
-        from fastnemo.files import atomic_dir, disk_full_at
+        from puzzles.files import atomic_dir, disk_full_at
 
         with disk_full_at(out_dir), atomic_dir(out_dir) as tmp:
             # lm_head carries a LoRA, never a full copy of the base head (vLLM serves only the LoRA)

@@ -89,7 +89,7 @@ def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 
 
     from fastnemo.callbacks import RichTrainerCallback
     from fastnemo.distributed import per_rank, world
-    from fastnemo.trl_compat import ensure_fused_lm_head
+    from fastnemo.patches.trl import ensure_fused_lm_head
 
     ensure_fused_lm_head()
     # the recipe's batch is global: N data-parallel processes (fastnemo.distributed) each take a share
@@ -113,7 +113,7 @@ def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 
         from fastnemo.batching import budget_trainer
 
         trainer_cls = budget_trainer(SFTTrainer, cfg.token_budget, cfg.max_length)
-    from fastnemo.lora import trl_accepts_lm_head  # TRL refuses a PEFT lm_head; fastnemo.lora trains it
+    from fastnemo.patches.trl import trl_accepts_lm_head  # TRL refuses a PEFT lm_head; lora trains it
 
     with trl_accepts_lm_head(session.model):
         trainer = trainer_cls(

@@ -114,7 +114,7 @@ def write(out_dir, summary: dict[str, Any], records: list[dict]) -> None:
     log-probs)."""
     from pathlib import Path
 
-    from fastnemo.files import write_json, write_jsonl
+    from puzzles.files import write_json, write_jsonl
 
     write_json(Path(out_dir) / "trace_scores.json", summary)
     write_jsonl(Path(out_dir) / "trace_scores.jsonl", ({k: v for k, v in r.items() if k != "logp"} for r in records))

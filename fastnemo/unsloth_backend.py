@@ -121,6 +121,7 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
 
     from fastnemo import lora
     from fastnemo.pack import peft_loadable
+    from fastnemo.patches.peft import allow_out_proj
 
     tmp = tempfile.TemporaryDirectory()  # a packed (vLLM-layout) adapter is converted back into it
     if adapter is not None:
@@ -136,7 +137,7 @@ def load(path: str | Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter
         targets.remove("lm_head")
         print("unsloth backend: lm_head left out of the LoRA targets (Unsloth's fused loss bypasses an lm_head "
               "LoRA); model.backend = 'hf' trains it")
-    with lora.allow_out_proj():  # fastnemo.lora routes out_proj past the fused kernel
+    with allow_out_proj():  # fastnemo.lora routes out_proj past the fused kernel
         model = FastLanguageModel.get_peft_model(
             model,
             r=lora_cfg.rank,

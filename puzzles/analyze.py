@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from fastnemo.files import read_jsonl, write_json
 from puzzles.base import CATEGORIES, NotTeachable, Puzzle
+from puzzles.files import read_jsonl, write_json
 from puzzles.metric import is_correct
 from puzzles.traces import completion
 

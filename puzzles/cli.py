@@ -128,9 +128,9 @@ def solve(in_csv, out, workers, skip_bad, traces_out) -> None:
     """Run the rule solvers on IN_CSV (id,prompt[,answer]) and write their predictions.
 
     When IN_CSV has answers, also prints the solver outcome table."""
-    from fastnemo.files import write_jsonl
     from puzzles.analyze import print_solver_table, solve_all, solver_table
     from puzzles.dataset import DatasetError, read_csv, write_csv
+    from puzzles.files import write_jsonl
 
     try:
         raw = read_csv(in_csv, parse=False).puzzles  # every id, in order, parsed one by one below
@@ -176,9 +176,9 @@ def _solve_traced(puzzles: list, workers: int) -> tuple[list[dict], list[dict]]:
 def analyze(path, out_dir, no_solve, workers) -> None:
     """Report on a competition CSV or an SFT JSONL: rows per category, difficulty features, answer-format
     quirks and, where answers exist, solver outcomes (deduced/guessed right or wrong, abstained)."""
-    from fastnemo.files import JsonlError
     from puzzles import analyze as an
     from puzzles.dataset import DatasetError
+    from puzzles.files import JsonlError
 
     try:
         report = an.analyze(path, out_dir, solve=not no_solve, workers=workers, progress=True)
@@ -217,8 +217,8 @@ def teacher(in_csv, out, base_url, model, api_key_env, cache, only_unsolved, cat
     """Collect teacher reasoning for IN_CSV (id,prompt,answer) from an OpenAI-compatible endpoint.
 
     Replies are cached as they arrive; rerunning the same command resumes without paying twice."""
-    from fastnemo.files import write_jsonl
     from puzzles import teacher as tm
+    from puzzles.files import write_jsonl
 
     puzzles = _load(in_csv, require_answer=True)
     if categories:
@@ -268,7 +268,7 @@ def audit(sft, out_dir, tokenizer, workers) -> None:
         raise click.ClickException(str(e)) from None
     au.print_table(summary, _console())
     if out_dir:
-        from fastnemo.files import write_json
+        from puzzles.files import write_json
 
         write_json(out_dir / "audit.json", summary)
         au.plot(summary, out_dir / "audit.png")

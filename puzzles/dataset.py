@@ -8,7 +8,7 @@ The SFT row format is the contract with fastnemo's trainer (JSONL, one object pe
 ``puzzles.traces.completion(trace_text, answer)``; ``source`` is "solver", "teacher" or "distill";
 ``status`` is "deduced" or "guessed".
 
-SFT files are read and written through ``fastnemo.files`` (``read_jsonl(path, strict=True)``, ``write_jsonl``),
+SFT files are read and written through ``puzzles.files`` (``read_jsonl(path, strict=True)``, ``write_jsonl``),
 the one I/O layer: every write is atomic, so a killed run never leaves half a file under the final name.
 """
 
@@ -23,8 +23,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fastnemo.files import InputError, atomic_open, read_text
 from puzzles.base import Puzzle, PuzzleFormatError
+from puzzles.files import InputError, atomic_open, read_text
 from puzzles.metric import extract_answer, score
 from puzzles.traces import answer_tail
 

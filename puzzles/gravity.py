@@ -20,7 +20,8 @@ import random
 import re
 from decimal import Decimal
 
-from puzzles.base import PROMPT_SUFFIX, Puzzle, PuzzleFormatError, Solution
+from puzzles.base import PROMPT_SUFFIX, AuditStep, Puzzle, PuzzleFormatError, Solution
+from puzzles.claims import fit_steps
 from puzzles.units import HALF_CENT, fmt, round2, shortest_decimal, span, times
 
 CATEGORY = "gravity"
@@ -156,10 +157,7 @@ def trace(puzzle: Puzzle, solution: Solution) -> str:
 
 
 def audit(puzzle: Puzzle, reasoning: str) -> list:
-    """Re-derive g's choice (and 0.5 * g), each example check, the query and the rounding (``puzzles.audit``)."""
-    from puzzles.audit import fit_steps
-    from puzzles.base import AuditStep
-
+    """Re-derive g's choice (and 0.5 * g), each example check, the query and the rounding (``puzzles.claims``)."""
     lines = reasoning.split("\n")
     steps = fit_steps(lines, puzzle.examples, lambda g, t: HALF * g * t * t)
     for i, line in enumerate(lines):

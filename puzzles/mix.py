@@ -38,9 +38,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fastnemo.files import read_jsonl, write_json, write_jsonl
 from puzzles.base import CATEGORIES, NotTeachable, Puzzle
 from puzzles.dataset import sft_row
+from puzzles.files import read_jsonl, write_json, write_jsonl
 from puzzles.metric import extract_answer, score
 from puzzles.traces import completion
 

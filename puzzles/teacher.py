@@ -27,9 +27,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from fastnemo.files import append_jsonl, drop_torn_tail, read_jsonl
 from puzzles.base import PROMPT_SUFFIX, Puzzle
 from puzzles.dataset import sft_row
+from puzzles.files import append_jsonl, drop_torn_tail, read_jsonl
 from puzzles.metric import extract_answer, is_correct
 from puzzles.traces import completion
 

@@ -37,3 +37,10 @@ def completion(reasoning: str, answer: str) -> str:
             raise ValueError(f"answer {answer!r} contains '}}' but the reasoning has a final-answer phrase "
                              f"the metric tries before 'Final answer:'")
     return f"{reasoning.strip()}\n{THINK_CLOSE}\n{answer_tail(answer)}"
+
+
+def estimate_real_tokens(text: str) -> int:
+    """Estimated length of ``text`` in real Nemotron tokens (that tokenizer is not available offline): one
+    token per digit, per letter run, per other symbol and per newline (single-digit splitting, whole common
+    words), an upper-leaning estimate for digit-heavy traces."""
+    return len(re.findall(r"\d|[A-Za-z]+|[^\sA-Za-z\d]|\n", text))

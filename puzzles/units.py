@@ -26,6 +26,7 @@ import re
 from decimal import ROUND_HALF_UP, Decimal
 
 from puzzles.base import PROMPT_SUFFIX, Puzzle, PuzzleFormatError, Solution
+from puzzles.claims import fit_steps
 
 CATEGORY = "unit_conversion"
 HEADER = "In Alice's Wonderland, a secret unit conversion is applied to measurements. For example:"
@@ -187,7 +188,5 @@ def trace(puzzle: Puzzle, solution: Solution) -> str:
 
 
 def audit(puzzle: Puzzle, reasoning: str) -> list:
-    """Re-derive the factor's choice, each example check and the final rounding (see ``puzzles.audit``)."""
-    from puzzles.audit import fit_steps
-
+    """Re-derive the factor's choice, each example check and the final rounding (see ``puzzles.claims``)."""
     return fit_steps(reasoning.split("\n"), puzzle.examples, lambda f, x: x * f)

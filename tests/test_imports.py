@@ -19,9 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Packages whose graph must be a DAG (the lead extends this to fastnemo once its cycles are broken).
 ACYCLIC = ["puzzles"]
-# What puzzles may import from fastnemo. TEMPORARY EXCEPTION: fastnemo.files (atomic writes, JSONL) moves
-# below puzzles in the second half of issue 26; then this set becomes empty.
-PUZZLES_MAY_IMPORT_FROM_FASTNEMO = {"fastnemo.files"}
 
 
 def package_modules(package: str) -> dict[str, Path]:
@@ -133,13 +130,6 @@ def test_no_import_cycle(package):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="KNOWN, issue 26: units, gravity and cryptarithm import puzzles.audit's line "
-    "checks (fit_steps, estimate_real_tokens), and puzzles.audit reaches every category module "
-    "through the registry (categories.MODULES, importlib): the checks move below the categories "
-    "once the audit.py edits in flight have merged; then drop this mark",
-)
 def test_no_import_cycle_through_the_category_registry():
     assert cycles(import_graph(["puzzles"], registry=True)) == []
 
@@ -150,7 +140,5 @@ def test_puzzles_imports_nothing_from_fastnemo():
         for module, path in package_modules("puzzles").items()
         for name in imported_names(module, path)
         if name.split(".")[0] == "fastnemo"
-        and name not in PUZZLES_MAY_IMPORT_FROM_FASTNEMO
-        and not any(name.startswith(ok + ".") for ok in PUZZLES_MAY_IMPORT_FROM_FASTNEMO)
     }
     assert not upward, f"puzzles imports from fastnemo (the layer above): {sorted(upward)}"

@@ -287,6 +287,7 @@ def build_model(path: Path, targets: list[str], train_experts: bool = False, lev
 
     from fastnemo import lora
     from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig
+    from fastnemo.patches.peft import allow_out_proj
     from fastnemo.session import ModelSession
 
     torch.manual_seed(0)
@@ -295,7 +296,7 @@ def build_model(path: Path, targets: list[str], train_experts: bool = False, lev
                                                  experts_implementation="grouped_mm")
     peft_cfg = PeftLoraConfig(r=32, lora_alpha=32, target_modules=list(targets), task_type="CAUSAL_LM",
                               target_parameters=list(lora.EXPERT_PARAMETERS) if train_experts else None)
-    with lora.allow_out_proj():  # what session._load_hf does: the same routes for out_proj/lm_head/experts
+    with allow_out_proj():  # what session._load_hf does: the same routes for out_proj/lm_head/experts
         model = get_peft_model(model, peft_cfg, autocast_adapter_dtype=not levers)
     lora.install(model)
     tok = AutoTokenizer.from_pretrained(path)

@@ -13,7 +13,7 @@ winners' full set in vLLM's per-expert format (q/k/v/o, in/out_proj, shared + al
 up/down_proj, lm_head: 888 M parameters), as ``fastnemo pack`` writes it.
 
 Random weights never emit EOS, so every completion is forced (``min_tokens = max_tokens``) to the estimated
-real token length (``puzzles.audit.estimate_real_tokens``) of a solver trace of the same puzzle, from a mix
+real token length (``puzzles.traces.estimate_real_tokens``) of a solver trace of the same puzzle, from a mix
 built ``--like train_dev.csv``, 100 puzzles per category (``validation_set.json``). A trained model writes
 about its trace's length, so these lengths stand in for what validating a trained checkpoint generates.
 
@@ -53,9 +53,9 @@ PER_CATEGORY = 100
 def make_set(mix_path: Path, out: Path = SET_PATH) -> list[dict]:
     """100 rows a category of a built mix: id, category, prompt, answer, est_tokens of the completion (the
     reasoning, ``</think>`` and the boxed answer, as the model writes them)."""
-    from fastnemo.files import read_jsonl, write_json
     from puzzles import CATEGORIES
-    from puzzles.audit import estimate_real_tokens
+    from puzzles.files import read_jsonl, write_json
+    from puzzles.traces import estimate_real_tokens
 
     rows = read_jsonl(mix_path, strict=True)
     picked = []

@@ -9,9 +9,9 @@ import pytest
 
 from fastnemo import distill, files
 from fastnemo.config import DistillConfig, Recipe
-from fastnemo.files import read_jsonl, write_jsonl
 from puzzles import Puzzle
 from puzzles.dataset import check_sft_row
+from puzzles.files import read_jsonl, write_jsonl
 
 
 def cand(text, n_tokens, finish="stop"):

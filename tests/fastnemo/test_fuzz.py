@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastnemo.files import InputError
+from puzzles.files import InputError
 
 HANG_S = 10
 FUZZ = settings(max_examples=int(__import__("os").environ.get("FUZZ_N", 60)), deadline=None, derandomize=True, database=None,
@@ -213,8 +213,8 @@ def jsonl_files(draw) -> bytes:
 @FUZZ
 @given(data=jsonl_files(), strict=st.booleans())
 def test_fuzz_jsonl_readers_and_the_audit(tmp_path, fault_counts, data, strict):
-    from fastnemo.files import read_jsonl
     from puzzles.audit import audit_file
+    from puzzles.files import read_jsonl
 
     path = _file(tmp_path / "jsonl", "rows.jsonl", data)
     counts = fault_counts["fuzz jsonl"]

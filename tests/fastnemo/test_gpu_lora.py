@@ -75,7 +75,7 @@ def test_out_proj_route_matches_the_fused_kernel(slice_dir):
     from transformers.models.nemotron_h import modeling_nemotron_h as mh
 
     s = _session(slice_dir, ["q_proj", "out_proj"], experts=False)
-    assert getattr(mh.mamba2_split_conv1d_scan_combined, "fastnemo_out_proj", False)
+    assert getattr(mh.mamba2_split_conv1d_scan_combined, "fastnemo_wrapped", False)
     base = AutoModelForCausalLM.from_pretrained(slice_dir, dtype=torch.bfloat16, device_map="cuda")
     ids = torch.randint(8, 1000, (2, 512), device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     s.model.train()

@@ -234,7 +234,7 @@ def test_dapo_module_refuses_another_trl_version():
 
 def test_too_few_goldilocks_prompts_are_topped_up_to_one_step(tiny_session, tmp_path):
     from fastnemo.distill import generate_puzzles
-    from fastnemo.files import write_jsonl
+    from puzzles.files import write_jsonl
 
     one = generate_puzzles(1, 0)[0]
     path = tmp_path / "goldilocks.jsonl"

@@ -17,10 +17,10 @@ pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm
 
 from fastnemo.config import LoraConfig, ModelConfig, load_recipe
-from fastnemo.files import read_jsonl
 from fastnemo.harness import HarnessError
 from fastnemo.recipe import run_recipe
 from fastnemo.session import ModelSession
+from puzzles.files import read_jsonl
 
 
 def _tiny_llama_helpers():

@@ -349,7 +349,7 @@ def test_unstacked_experts_applied_per_expert_equal_the_stacked_adapter(full_ada
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from fastnemo.lora import allow_out_proj
+    from fastnemo.patches.peft import allow_out_proj
 
     cfg, tensors = packed_tensors(pack(full_adapter, tmp_path / "full.zip"))
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)

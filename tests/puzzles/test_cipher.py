@@ -5,8 +5,8 @@ import string
 import pytest
 
 from puzzles import cipher
-from puzzles.audit import estimate_real_tokens
 from puzzles.base import PROMPT_SUFFIX, NotTeachable, PuzzleFormatError, detect_category
+from puzzles.traces import estimate_real_tokens
 
 REAL = "cipher"
 

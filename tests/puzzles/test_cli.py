@@ -8,10 +8,10 @@ import random
 
 from click.testing import CliRunner
 
-from fastnemo.files import read_jsonl
 from puzzles import categories
 from puzzles.cli import data
 from puzzles.dataset import check_sft_row
+from puzzles.files import read_jsonl
 
 
 def _csv(path, rows, header=("id", "prompt", "answer")):

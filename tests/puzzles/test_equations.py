@@ -7,8 +7,8 @@ from puzzles import equations as E
 from puzzles import equations_numeric as N
 from puzzles import equations_rules as R
 from puzzles import equations_symbolic as S
-from puzzles.audit import estimate_real_tokens
 from puzzles.base import NotTeachable, PuzzleFormatError
+from puzzles.traces import estimate_real_tokens
 
 NUMERIC_OPS = [op.name for op in R.OPS]
 

@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from fastnemo.files import read_jsonl
 from puzzles import categories, mix
 from puzzles.dataset import check_sft_row
+from puzzles.files import read_jsonl
 from puzzles.mix import MixConfig, Shard, allocate, build_mix, measure_reference, prompt_key, run_shard
 
 # The fast, complete categories; bits and equations solvers are exercised by their own tests.

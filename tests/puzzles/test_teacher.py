@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from fastnemo.files import read_jsonl
 from puzzles.base import PROMPT_SUFFIX, Puzzle
 from puzzles.dataset import check_sft_row
+from puzzles.files import read_jsonl
 from puzzles.teacher import RateLimiter, TeacherConfig, TeacherError, fill
 
 GOLD = {f"p{i}": f"{10 + i}.50" for i in range(6)}

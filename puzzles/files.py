@@ -1,4 +1,4 @@
-"""The one I/O layer: every file fastnemo and puzzles write goes through here.
+"""The one I/O layer: every file puzzles and fastnemo write goes through here.
 
 - Whole files (``write_atomic``, ``atomic_open``, ``write_json``) and folders (``atomic_dir``): written to a
   temp name beside the target, fsynced, then renamed; nothing half-written ever sits at a final path, and
@@ -8,7 +8,8 @@
   write and fsynced; a kill leaves at most one torn last line, which ``read_jsonl`` skips and the next
   append cuts off first), ``read_jsonl`` (``strict`` for data files: every line must be a JSON object).
 
-Standard library only: ``puzzles`` (no torch) uses it too.
+Standard library only, in puzzles (the torch-free foundation) so that the arrow fastnemo -> puzzles points
+down: fastnemo, bench and the tests import it from here.
 """
 
 from __future__ import annotations
