@@ -185,7 +185,8 @@ def stage_recall(ctx: Context, key: str):
                                 seed=ctx.recipe.seed + ctx.round)
     except ValueError as e:
         raise RecipeError(f"{key}: {e}") from None
-    write_jsonl(d / "rows.jsonl", [{k: v for k, v in row.items() if k != "labels"} for row in rows])
+    if distributed.is_main():  # N data-parallel ranks pack the same rows: one writes them
+        write_jsonl(d / "rows.jsonl", [{k: v for k, v in row.items() if k != "labels"} for row in rows])
     cfg = dataclasses.replace(ctx.recipe.sft, learning_rate=r.learning_rate, epochs=1.0, max_steps=-1)
     summary = sft.train(session, rows, cfg, d / "checkpoints", seed=ctx.recipe.seed,
                         log=lambda rec: ctx.run.log({"stage": key, **rec}))
