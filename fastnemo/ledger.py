@@ -22,8 +22,11 @@ def entries(run) -> list[dict]:
     for key, entry in run.manifest()["stages"].items():
         s = entry["summary"]
         if "-eval-" in key and s.get("checkpoint"):
+            recall = s.get("recall") or {}
             out.append({"stage": key, "checkpoint": s["checkpoint"], "accuracy": s["accuracy"],
-                        "per_category": {c: v["accuracy"] for c, v in s["per_category"].items()}})
+                        "per_category": {c: v["accuracy"] for c, v in s["per_category"].items()},
+                        "recall": recall.get("exact") if recall.get("n") else None,
+                        "recall_by_kind": recall.get("by_kind", {}) if recall.get("n") else {}})
     return out
 
 
@@ -45,10 +48,14 @@ def table(run) -> Table:
     cats = [c for c in CATEGORIES if any(c in r["per_category"] for r in rows)]
     for c in cats:
         t.add_column(SHORT[c], justify="right")
+    kinds = sorted({k for r in rows for k in r["recall_by_kind"]})
+    for k in kinds:  # exact recall of the drilled catalog (fastnemo.recall), beside the score
+        t.add_column(f"recall {k}", justify="right")
     for r in rows:
         mark = "[bold green]" if top and r["stage"] == top["stage"] else ""
         t.add_row(mark + r["stage"], r["checkpoint"], f"{mark}{r['accuracy']:.1%}",
-                  *[f"{r['per_category'].get(c, 0):.1%}" for c in cats])
+                  *[f"{r['per_category'].get(c, 0):.1%}" for c in cats],
+                  *[f"{r['recall_by_kind'][k]:.1%}" if k in r["recall_by_kind"] else "-" for k in kinds])
     return t
 
 

@@ -376,6 +376,14 @@ def plan_command_main(recipe_path: str) -> int:
         console.print(f"- {line}")
     for n in p.notes:
         console.print(f"- {n}")
+    if "recall" in recipe.stages:
+        rp = recall_plan(recipe)
+        console.print(f"- recall: {rp['entries']:,} entries, {rp['exposures']} exposures per entry, "
+                      f"{rp['tokens_per_pass'] / 1e6:.2f}M tokens a pass, {rp['tokens'] / 1e6:.1f}M in all, "
+                      f"{rp['hours']:.2f} h; recall.coverage = {recipe.recall.coverage} leaves out "
+                      f"{rp['signatures_left_out']:,} signatures ({rp['candidates_left_out']:,} candidates, "
+                      f"{rp['prior_mass_left_out']:.1%} of the prior mass)"
+                      + (f": {rp['real_given_up']}" if rp["real_given_up"] else ""))
     rows = target_sets(json.loads((resolve(recipe, recipe.model.path) / "config.json").read_text())
                        if (resolve(recipe, recipe.model.path) / "config.json").exists() else NANO_CONFIG,
                        rank=recipe.lora.rank, batch=recipe.sft.batch_size, seq_len=recipe.sft.max_length,
@@ -549,6 +557,51 @@ def planned_runner(recipe, stage: str) -> tuple[str, str]:
     return "harness", "auto: vllm and a CUDA device"
 
 
+CHAT_TOKENS = 40  # a drill request's chat frame: system and user turns, the instruction suffix, end of turn
+
+
+def recall_plan(recipe, train_rate: float | None = None) -> dict:
+    """The recall stage's work: entries drilled, exposures per entry, tokens (estimated real tokens of each
+    request, ``puzzles.audit.estimate_real_tokens``, plus its chat frame) and hours at ``train_rate`` (default:
+    the recipe's SFT rate), and what the coverage cut leaves out of the catalog."""
+    from puzzles.recall import catalog_entries, entries
+    from puzzles.traces import estimate_real_tokens
+
+    r = recipe.recall
+    drilled = entries(r.coverage, r.limit)
+    per_pass = sum(estimate_real_tokens(e.prompt) + estimate_real_tokens(e.completion) + CHAT_TOKENS
+                   for e in drilled)
+    every = [e for e in catalog_entries() if e.kind == "cryptarithm"]
+    kept = [e for e in drilled if e.kind == "cryptarithm"]
+    rate = train_rate or RATES[train_rate_key(recipe)][0]
+    tokens = per_pass * r.exposures
+    return {"entries": len(drilled), "exposures": r.exposures, "tokens_per_pass": per_pass, "tokens": tokens,
+            "hours": tokens / rate / 3600, "signatures_left_out": len(every) - len(kept),
+            "candidates_left_out": sum(int(e.answer) for e in every) - sum(int(e.answer) for e in kept),
+            "prior_mass_left_out": max(0.0, 1.0 - sum(e.prior for e in kept)),
+            "real_given_up": measured_give_up(r.coverage) if not r.limit else None}
+
+
+def measured_give_up(coverage: float) -> str | None:
+    """What bench/recall_coverage.py measured a coverage share to give up on train_dev's cryptarithms."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "results" / "recall_coverage.json"
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    row = next((p for p in data["coverage_keys"] if abs(p["coverage"] - coverage) < 1e-9), None)
+    if row is None:
+        return None
+    return (f"{row['gives_up']} of {row['real_right']} right traces of train_dev's {row['real_n']} cryptarithms "
+            "recall a left-out entry")
+
+
+def train_rate_key(recipe) -> str:
+    key = f"train_tok_s_{recipe.model.backend}"
+    if getattr(recipe.sft, "token_budget", 0):
+        key += "_budget_experts" if recipe.model.backend == "hf" and recipe.lora.train_experts else "_budget"
+    return key
+
+
 def time_plan(recipe) -> list[tuple[str, float, str]]:
     """(stage, hours, how) for one round of ``recipe``'s stages, from RATES."""
     backend = recipe.model.backend
@@ -556,10 +609,7 @@ def time_plan(recipe) -> list[tuple[str, float, str]]:
         gen_rate = RATES["hf_tok_s"][0]
     else:  # Unsloth's vLLM shares the card with the trainer: a smaller KV pool, a lower rate
         gen_rate = RATES["vllm_tok_s_unsloth" if backend == "unsloth" else "vllm_tok_s"][0]
-    train_key = f"train_tok_s_{backend}"
-    if getattr(recipe.sft, "token_budget", 0):
-        train_key += "_budget_experts" if backend == "hf" and recipe.lora.train_experts else "_budget"
-    train_rate = RATES[train_key][0]
+    train_rate = RATES[train_rate_key(recipe)][0]
     distills = "distill" in recipe.stages
     if distills:  # verified traces (~half the prompts at a mid-training pass rate) + the carried share
         rows = recipe.distill.prompts * 0.5 * recipe.distill.keep * (1 + recipe.distill.carry_share)
@@ -567,7 +617,11 @@ def time_plan(recipe) -> list[tuple[str, float, str]]:
         rows = recipe.data.n * 0.8  # ~80 % of generated puzzles survive as deduced traces
     out = []
     for stage in dict.fromkeys(recipe.stages):
-        if stage == "data" and distills:
+        if stage == "recall":
+            rp = recall_plan(recipe, train_rate)
+            what = f"{rp['entries']:,} entries x {rp['exposures']} exposures, ~{rp['tokens'] / 1e6:.1f}M tokens"
+            out.append((stage, rp["hours"], what))
+        elif stage == "data" and distills:
             out.append((stage, 0.0, f"mix ~{rows:,.0f} verified + carried rows"))
         elif stage == "data":
             out.append((stage, recipe.data.n / RATES["build_rows_s"][0] / 3600, f"{recipe.data.n:,} puzzles"))

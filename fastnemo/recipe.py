@@ -4,7 +4,7 @@ Each stage is a function ``(ctx, key) -> (artifacts, summary)`` below. A stage w
 is skipped, so re-running a recipe resumes it; the model is loaded (once) only when a stage needs it, with
 the newest finished adapter, so a resumed run continues from where training stopped.
 
-Stage keys name the round and the stage: ``r1-data``, ``r1-sft``, ``r1-eval-sft``, ``r1-distill``,
+Stage keys name the round and the stage: ``r1-recall``, ``r1-data``, ``r1-sft``, ``r1-eval-sft``, ``r1-distill``,
 ``r1-grpo``, ``r1-eval-grpo``, and finally ``pack``. Every evaluation records the adapter it scored in
 the manifest; ``pack`` ships the best-scoring one (``fastnemo.ledger``).
 """
@@ -21,7 +21,7 @@ from fastnemo.progress import console
 from fastnemo.run import RunDir, RunLocked
 from puzzles import Puzzle
 
-TRAINING_STAGES = ("sft", "grpo", "start")  # stages that leave an adapter (start: the start_from one)
+TRAINING_STAGES = ("recall", "sft", "grpo", "start")  # stages that leave an adapter (start: the start_from one)
 
 
 @dataclasses.dataclass
@@ -124,7 +124,7 @@ def plan_keys(recipe: Recipe) -> list[tuple[int, str, str]]:
     for r in range(1, recipe.rounds + 1):
         last_training = "base"
         for stage in recipe.stages:
-            if stage == "pack":
+            if stage == "pack" or (stage == "recall" and r > 1):  # the drills are stage 1: the first round's
                 continue
             if stage == "eval" and r == 1 and last_training == "base" and recipe.start_from:
                 continue  # the start adapter is scored once, as r0-eval-start
@@ -195,6 +195,35 @@ def stage_data(ctx: Context, key: str):
     if rows == 0:
         raise ValueError(f"{key}: the SFT data is empty after filtering ({out}); nothing to train on")
     return {"sft": out}, {"rows": rows, **{k: v for k, v in stats.items() if k in ("source", "kept", "seconds")}}
+
+
+def stage_recall(ctx: Context, key: str):
+    """The drills alone (``fastnemo.recall``): packed rows of the drilled entries, trained by ``sft.train``
+    with the recall stage's learning rate, one pass over rows that hold every entry ``exposures`` times."""
+    from fastnemo import recall, sft
+    from puzzles.files import write_jsonl
+    from puzzles.recall import entries
+
+    r, d = ctx.recipe.recall, ctx.run.path / key  # not cleaned: the trainer's checkpoints for a resume
+    d.mkdir(exist_ok=True)
+    session = ctx.get_session()
+    drilled = entries(r.coverage, r.limit)
+    try:
+        rows = recall.pack_rows(session, drilled, r.exposures, r.requests_per_row, ctx.recipe.sft.max_length,
+                                seed=ctx.recipe.seed + ctx.round)
+    except ValueError as e:
+        raise RecipeError(f"{key}: {e}") from None
+    if distributed.is_main():  # N data-parallel ranks pack the same rows: one writes them
+        write_jsonl(d / "rows.jsonl", [{k: v for k, v in row.items() if k != "labels"} for row in rows])
+    cfg = dataclasses.replace(ctx.recipe.sft, learning_rate=r.learning_rate, epochs=1.0, max_steps=-1)
+    summary = sft.train(session, rows, cfg, d / "checkpoints", seed=ctx.recipe.seed,
+                        log=lambda rec: ctx.run.log({"stage": key, **rec}))
+    adapter = save_adapter(session, d)
+    ctx.adapter_key = key
+    kinds = {k: sum(e.kind == k for e in drilled) for k in ("cipher", "cryptarithm")}
+    return {"adapter": adapter, "rows": d / "rows.jsonl"}, {
+        **summary, "entries": kinds, "exposures": r.exposures, "requests": sum(len(x["requests"]) for x in rows),
+        "tokens": sum(x["tokens"] for x in rows), "coverage": r.coverage}
 
 
 def stage_sft(ctx: Context, key: str):
@@ -282,12 +311,38 @@ def stage_eval(ctx: Context, key: str):
     ctx.run.log({"stage": key, "eval_accuracy": summary["accuracy"], "checkpoint": ctx.adapter_key,
                  **{f"acc/{c}": v["accuracy"] for c, v in summary["per_category"].items()}})
     artifacts = {"results": d / "results.jsonl"}
+    if ctx.recipe.recall.eval_samples:
+        summary["recall"] = distributed.on_main(measure_recall, ctx, session, d)
+        if summary["recall"]["n"]:
+            from puzzles.recall import metrics
+
+            ctx.run.log({"stage": key, "checkpoint": ctx.adapter_key, **metrics(summary["recall"])})
+            artifacts["recall"] = d / "recall.jsonl"
     if ctx.recipe.eval.trace_set:
         scores = distributed.on_main(score_trace_set, ctx, ctx.get_session(), d)  # one forward pass a batch: rank 0
         ctx.run.log({"stage": key, "checkpoint": ctx.adapter_key, **trace_metrics(scores)})
         summary["traces"] = {c: {k: v for k, v in e.items() if k != "weakest_lines"} for c, e in scores.items()}
         artifacts["trace_scores"] = d / "trace_scores.json"
     return artifacts, summary
+
+
+def measure_recall(ctx: Context, session, d: Path) -> dict:
+    """Exact greedy recall of a fixed sample of the recipe's drilled entries (``fastnemo.recall.measure``),
+    written to ``d``/recall.json(l)."""
+    from fastnemo import recall
+    from puzzles.recall import entries
+
+    r = ctx.recipe.recall
+    summary, records = recall.measure(session, entries(r.coverage, r.limit), r.eval_samples,
+                                      ctx.recipe.eval.sampling, ctx.recipe.generation.batch_size)
+    if summary["n"]:
+        recall.write(d, summary, records)
+        by = " · ".join(f"{k} {v:.0%}" for k, v in summary["by_kind"].items())
+        console.print(f"recall ({ctx.adapter_key or 'base'}): {summary['exact']:.1%} exact of {summary['n']} "
+                      f"entries ({by})")
+    else:
+        console.print(f"[yellow]recall not measured: {summary['skipped']}")
+    return summary
 
 
 def score_trace_set(ctx: Context, session, d: Path) -> dict:
@@ -372,7 +427,7 @@ def stage_pack(ctx: Context, key: str):
 
 
 STAGE_FUNCS = {
-    "start": stage_start, "data": stage_data, "sft": stage_sft, "eval": stage_eval,
+    "start": stage_start, "recall": stage_recall, "data": stage_data, "sft": stage_sft, "eval": stage_eval,
     "distill": stage_distill, "grpo": stage_grpo, "pack": stage_pack,
 }
 
@@ -446,6 +501,14 @@ def preflight(recipe: Recipe) -> list[str]:
             notes.append(f"eval.trace_set: {len(read_rows(resolve(recipe, recipe.eval.trace_set)))} traces")
         except AuditError as e:
             raise RecipeError(f"{where}: eval.trace_set: {e}") from None
+    if "recall" in recipe.stages and recipe.recall.max_hours:
+        from fastnemo.plan import recall_plan
+
+        hours = recall_plan(recipe)["hours"]
+        if hours > recipe.recall.max_hours:
+            raise RecipeError(f"{where}: recall.exposures = {recipe.recall.exposures} takes {hours:.1f} h by "
+                              f"`fastnemo plan`, over recall.max_hours = {recipe.recall.max_hours}: lower the "
+                              "exposures or recall.coverage")
     if recipe.hardware.gpus > 1:
         notes.append(distributed.check_machine(recipe))
     return notes

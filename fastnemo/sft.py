@@ -20,6 +20,8 @@ def to_dataset(session, rows: list[dict]):
 
     if not rows:
         raise ValueError("SFT data is empty: nothing to train on (check the data stage's filters)")
+    if "input_ids" in rows[0]:  # packed recall rows (fastnemo.recall): tokenized, the loss mask in labels
+        return Dataset.from_list([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows])
     return Dataset.from_list(
         [{"prompt": session.chat_prompt(r["prompt"]), "completion": r["completion"]} for r in rows]
     )

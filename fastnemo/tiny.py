@@ -113,9 +113,9 @@ def tiny_config(vocab_size: int, **overrides):
     return NemotronHConfig(**kwargs)
 
 
-def build_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024) -> Path:
+def build_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024, **overrides) -> Path:
     """Write a tiny random nemotron_h model and its tokenizer to ``out_dir`` (atomically: a half-built model
-    never sits at the final path)."""
+    never sits at the final path); ``overrides`` change ``tiny_config``'s sizes."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -131,6 +131,7 @@ def build_tiny_model(out_dir: str | Path, seed: int = 0, vocab_size: int = 1024)
         pad_token_id=ids("<pad>"),
         bos_token_id=ids("<s>"),
         eos_token_id=ids("<|im_end|>"),
+        **overrides,
     )
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)

@@ -2,6 +2,7 @@
 
     python3 bench/device/fullsize.py vllm --results R.jsonl     # vLLM 0.26 from the config (load_format dummy)
     python3 bench/device/fullsize.py hf --results R.jsonl       # transformers generate vs the hf engine, SFT
+    python3 bench/device/fullsize.py hf --parts sft --rows recall --results R.jsonl  # SFT on packed recall rows
     python3 bench/device/fullsize.py unsloth --results R.jsonl  # Unsloth fast_inference, weights in /dev/shm
 
 Why a script of its own: the released model is 59 GiB of bf16 weights and the lane machine has 64 GiB of
@@ -384,6 +385,16 @@ class StepClock:
         self.callback = CB()
 
 
+def recall_rows(session, n: int, max_length: int = 8192) -> list[dict]:
+    """``n`` packed recall rows of the real catalog (``fastnemo.recall.pack_rows``, the recall stage's rows:
+    up to 16 requests and ``max_length`` tokens each, the loss on every answer), one pass in drill order's
+    shuffle."""
+    from fastnemo import recall
+    from puzzles.recall import entries
+
+    return recall.pack_rows(session, entries(), 1, 16, max_length, seed=0)[:n]
+
+
 def sft_variant(args, session, variant: str, rows, token_budget: int, batch: int, plain_trl: bool) -> None:
     """One SFT measurement: fastnemo ``sft.train`` (or plain TRL SFTTrainer on the same PEFT model),
     ``args.sft_steps`` optimizer steps, the first one apart (Triton autotuning, compile)."""
@@ -473,8 +484,9 @@ def run_hf(args) -> None:
         gen_records(args, session)
     if "sft" in args.parts:
         session.model.train()
-        rows = sft_rows(args.sft_rows)
-        tag = ("-full" if full else "-default9") + ("-levers" if args.levers else "")
+        rows = recall_rows(session, args.sft_rows) if args.rows == "recall" else sft_rows(args.sft_rows)
+        tag = ("-full" if full else "-default9") + ("-levers" if args.levers else "") + (
+            "-recall-packed" if args.rows == "recall" else "")
         runs = [] if args.no_batch1 else [(f"fastnemo-batch1{tag}", 0, False)]
         if not full and not args.skip_trl:  # plain TRL: the same model, its own SFTTrainer
             runs.append(("trl-batch1", 0, True))
@@ -514,6 +526,8 @@ def main() -> int:
     ap.add_argument("--levers", action="store_true", help="8-bit AdamW + bf16 LoRA weights (fastnemo plan's levers)")
     ap.add_argument("--skip-trl", action="store_true", help="no plain-TRL batch-1 run (already measured)")
     ap.add_argument("--no-batch1", action="store_true", help="only the token-budget runs")
+    ap.add_argument("--rows", choices=["traces", "recall"], default="traces",
+                    help="hf sft: puzzle + trace rows, or the recall stage's packed drill rows of the real catalog")
     args = ap.parse_args()
     {"vllm": run_vllm, "hf": run_hf, "unsloth": run_unsloth}[args.what](args)
     return 0

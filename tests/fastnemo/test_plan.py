@@ -114,6 +114,29 @@ def test_the_plan_prints_whole_train_csv_and_both_backends():
     assert minutes[256] < 45 < minutes[64]  # the recipes' eval.limit follows from these (recipes/*.toml)
 
 
+
+def test_recall_stage_planned_by_exposures_and_refused_over_max_hours(tmp_path):
+    from fastnemo.config import RecipeError, load_recipe
+    from fastnemo.recipe import preflight
+
+    winners = Path(__file__).resolve().parents[2] / "recipes" / "winners.toml"
+    r = load_recipe(winners)
+    rp = P.recall_plan(r)
+    assert rp["entries"] == 4211 and rp["exposures"] == r.recall.exposures and rp["signatures_left_out"] == 0
+    assert rp["hours"] == pytest.approx(rp["tokens"] / P.RATES["train_tok_s_hf_budget_experts"][0] / 3600)
+    hours = {s: h for s, h, _ in P.time_plan(r)}
+    r.recall.exposures *= 2
+    assert {s: h for s, h, _ in P.time_plan(r)}["recall"] == pytest.approx(2 * hours["recall"])
+    cut = load_recipe(winners, ["recall.coverage=0.9"])
+    assert P.recall_plan(cut)["tokens"] < rp["tokens"] and P.recall_plan(cut)["signatures_left_out"] > 2000
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_text("")
+    slow = load_recipe(winners, [f"model.path={str(model)!r}", "eval.data=''", "data.like=''", "recall.max_hours=0.01"])
+    with pytest.raises(RecipeError, match="over recall.max_hours = 0.01"):
+        preflight(slow)
+
 # ------------------------------------------------------------------------------ target sets and levers
 
 
