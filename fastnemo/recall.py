@@ -57,28 +57,33 @@ def pack_rows(session, drilled: list[Entry], exposures: int, requests_per_row: i
     return rows
 
 
-def count_tokens(session):
-    return lambda text: len(session.tokenizer(text, add_special_tokens=False)["input_ids"])
+def requests(tokenizer, drilled: list[Entry], n: int, max_tokens: int) -> list[dict]:
+    """The fixed recall sample (``puzzles.recall.recall_requests``) as generation requests, token counts from
+    ``tokenizer``; entries needing more than ``max_tokens`` (the cap the puzzles get) are left out. Sorted by
+    length: a static batch generates to its longest request."""
+    count = lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    kept = [r for r in recall_requests(drilled, n, count) if r["max_tokens"] <= max_tokens]
+    return sorted(kept, key=lambda r: r["max_tokens"])
+
+
+def score(reqs: list[dict], outputs: list[str], max_tokens: int) -> tuple[dict, list[dict]]:
+    """(summary, per-request records) of ``outputs``, one a request; an empty sample says why."""
+    if not reqs:
+        return {"n": 0, "skipped": f"no sampled entry fits eval.sampling.max_tokens = {max_tokens}"}, []
+    summary = score_recall(reqs, outputs)
+    return summary, summary.pop("records")
 
 
 def measure(session, drilled: list[Entry], n: int, sampling, batch_size: int) -> tuple[dict, list[dict]]:
-    """Exact greedy recall of a fixed sample of ``n`` drilled entries (``puzzles.recall.recall_requests``)
-    through the session's engine, the puzzles' generation path (a drill prompt is rendered like a puzzle).
-    Requests whose entry needs more than ``sampling.max_tokens`` are left out (the cap the puzzles get).
-    Returns (summary, per-request records)."""
-    requests = [r for r in recall_requests(drilled, n, count_tokens(session))
-                if r["max_tokens"] <= sampling.max_tokens]
-    if not requests:
-        return {"n": 0, "skipped": f"no sampled entry fits eval.sampling.max_tokens = {sampling.max_tokens}"}, []
-    requests.sort(key=lambda r: r["max_tokens"])  # a batch generates to its longest request
+    """Exact greedy recall of a fixed sample of ``n`` drilled entries through the session's engine, the
+    puzzles' generation path (a drill prompt is rendered like a puzzle). Returns (summary, records)."""
+    reqs = requests(session.tokenizer, drilled, n, sampling.max_tokens)
     outputs = []
-    for start in range(0, len(requests), batch_size):
-        batch = requests[start : start + batch_size]
+    for start in range(0, len(reqs), batch_size):
+        batch = reqs[start : start + batch_size]
         greedy = dataclasses.replace(sampling, n=1, temperature=0.0, max_tokens=batch[-1]["max_tokens"])
         outputs += [c[0].text for c in session.generate([r["prompt"] for r in batch], greedy)]
-    summary = score_recall(requests, outputs)
-    records = summary.pop("records")
-    return summary, records
+    return score(reqs, outputs, sampling.max_tokens)
 
 
 def write(out_dir: Path, summary: dict, records: list[dict]) -> Path:

@@ -297,10 +297,17 @@ def stage_eval(ctx: Context, key: str):
     d.mkdir(exist_ok=True)
     runner, why = harness.choose(ctx.recipe, "eval", distributed.world())
     console.print(f"{key}: evaluating through the {runner} ({why})")
+    recall_outputs = None
     if runner == "harness":  # the trainer's memory goes back first; the next training stage reloads it
         ctx.release_session()
+        reqs = recall_requests(ctx) if ctx.recipe.recall.eval_samples else []
         summary = harness.evaluate(ctx.recipe, validation_set(ctx), d / "results.jsonl", ctx.model_path(),
-                                   ctx.current_adapter())
+                                   ctx.current_adapter(), extra=reqs or None)
+        if reqs:  # recall rode along in the same engine start (harness "chat" requests)
+            from puzzles.files import read_jsonl
+
+            said = {r["id"]: r["output"] for r in read_jsonl(summary.pop("chat")["path"])}
+            recall_outputs = (reqs, [said[r["id"]] for r in reqs])
     else:
         session = ctx.get_session()
         if distributed.world() > 1:
@@ -312,7 +319,7 @@ def stage_eval(ctx: Context, key: str):
                  **{f"acc/{c}": v["accuracy"] for c, v in summary["per_category"].items()}})
     artifacts = {"results": d / "results.jsonl"}
     if ctx.recipe.recall.eval_samples:
-        summary["recall"] = distributed.on_main(measure_recall, ctx, session, d)
+        summary["recall"] = distributed.on_main(measure_recall, ctx, d, recall_outputs)
         if summary["recall"]["n"]:
             from puzzles.recall import metrics
 
@@ -326,15 +333,30 @@ def stage_eval(ctx: Context, key: str):
     return artifacts, summary
 
 
-def measure_recall(ctx: Context, session, d: Path) -> dict:
-    """Exact greedy recall of a fixed sample of the recipe's drilled entries (``fastnemo.recall.measure``),
-    written to ``d``/recall.json(l)."""
+def recall_requests(ctx: Context) -> list[dict]:
+    """The eval's fixed recall sample (``fastnemo.recall.requests``), counted by the model's tokenizer."""
+    from transformers import AutoTokenizer
+
     from fastnemo import recall
     from puzzles.recall import entries
 
     r = ctx.recipe.recall
-    summary, records = recall.measure(session, entries(r.coverage, r.limit), r.eval_samples,
-                                      ctx.recipe.eval.sampling, ctx.recipe.generation.batch_size)
+    tok = AutoTokenizer.from_pretrained(ctx.model_path())
+    return recall.requests(tok, entries(r.coverage, r.limit), r.eval_samples, ctx.recipe.eval.sampling.max_tokens)
+
+
+def measure_recall(ctx: Context, d: Path, answered: tuple[list, list] | None = None) -> dict:
+    """Exact greedy recall of a fixed sample of the recipe's drilled entries, written to ``d``/recall.json(l):
+    ``answered`` (requests, outputs) by the harness, else generated now on the session's engine."""
+    from fastnemo import recall
+    from puzzles.recall import entries
+
+    r, sampling = ctx.recipe.recall, ctx.recipe.eval.sampling
+    if answered is not None:
+        summary, records = recall.score(*answered, sampling.max_tokens)
+    else:
+        summary, records = recall.measure(ctx.get_session(), entries(r.coverage, r.limit), r.eval_samples,
+                                          sampling, ctx.recipe.generation.batch_size)
     if summary["n"]:
         recall.write(d, summary, records)
         by = " · ".join(f"{k} {v:.0%}" for k, v in summary["by_kind"].items())
