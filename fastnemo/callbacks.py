@@ -40,3 +40,19 @@ class RichTrainerCallback(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         if self._progress:
             self._progress.stop()
+
+
+class SyncCheckpoints(TrainerCallback):
+    """fsyncs each checkpoint the Trainer has just saved (it does not: after a power loss its files could
+    be short while the folder looks complete). ``FASTNEMO_CRASH_AT=checkpoint-N`` kills the process right
+    after checkpoint N is written, for the crash tests (``fastnemo.files.maybe_crash``)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        from pathlib import Path
+
+        from fastnemo.files import fsync_tree, maybe_crash
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if args.should_save and folder.is_dir():
+            maybe_crash(folder)
+            fsync_tree(folder)
