@@ -124,6 +124,6 @@ def refusal(plan: list[tuple[int, str, str]], changed: dict, recipe_file: str) -
     roots = [k for k in changed if not any(k in downstream(plan, [o]) for o in changed if o != k)]
     redo = downstream(plan, roots)
     stages = "; ".join(f"{k}: {show(d)}" for k, d in changed.items())
-    return (f"finished stages ran with other recipe keys ({stages}); nothing was run. Set those keys back, or "
-            f"redo with `fastnemo recipe {recipe_file} " + " ".join(f"--redo {k}" for k in roots)
-            + f"` (redoes {', '.join(redo)}; their old files are kept in the run's redone-*/ folder)")
+    return (f"{recipe_file}: finished stages ran with other recipe keys ({stages}); nothing was run. Set those "
+            "keys back, or add `" + " ".join(f"--redo {k}" for k in roots) + "` to this command (redoes "
+            f"{', '.join(redo)}; their old files are kept in the run's redone-*/ folder)")

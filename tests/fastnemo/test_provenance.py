@@ -52,5 +52,5 @@ def test_stale_names_the_changed_keys_and_skips_unrecorded_entries():
     changed, unknown = provenance.stale(plan, manifest, after)
     assert changed == {"r1-sft": {"sft.learning_rate": (2e-4, 1e-4)}} and unknown == ["r1-eval-sft"]
     msg = provenance.refusal(plan, changed, "R.toml")
-    assert "r1-sft: sft.learning_rate 0.0002 -> 0.0001" in msg and "`fastnemo recipe R.toml --redo r1-sft`" in msg
+    assert "r1-sft: sft.learning_rate 0.0002 -> 0.0001" in msg and msg.startswith("R.toml: ") and "add `--redo r1-sft` to this command" in msg
     assert "(redoes r1-sft, r1-eval-sft, pack;" in msg

@@ -225,7 +225,7 @@ def test_a_finished_stage_with_other_keys_is_refused_before_anything_runs_then_r
 
     # an eval key: only the evaluation and what reads it (pack) are named and redone
     evals = load_recipe(path, ["eval.sampling.max_tokens=3"])
-    with pytest.raises(RecipeError, match=r"--redo r1-eval-sft` \(redoes r1-eval-sft, pack;"):
+    with pytest.raises(RecipeError, match=r"`--redo r1-eval-sft` to this command \(redoes r1-eval-sft, pack;"):
         run_recipe(evals)
     old_results = (run.path / "r1-eval-sft" / "results.jsonl").read_bytes()
     run_recipe(evals, redo=("eval",))
