@@ -1,5 +1,10 @@
 """Crash safety: a recipe killed at any moment (SIGKILL mid-training, power loss mid-write) and run again
-finishes with the same artifacts as a run that was never interrupted."""
+finishes with the same artifacts as a run that was never interrupted, or stops with one line naming the file.
+
+The fault suite shares one uninterrupted run (module fixture) and prints its counts ("fault suite: faults
+tried N, resumed identically K, stopped with a one-line error M"; run pytest with -s, or read the captured
+output): a chain of kills at each FASTNEMO_CRASH_AT point (fastnemo.files), then damage to the files a rerun
+reads (torn checkpoint files, torn metrics, unreadable manifests)."""
 
 from __future__ import annotations
 
