@@ -75,18 +75,27 @@ def stage_inputs(plan: list[tuple[int, str, str]]) -> dict[str, list[str]]:
 
 
 def downstream(plan: list[tuple[int, str, str]], keys: list[str]) -> list[str]:
-    """``keys`` and every stage that reads them, directly or not, in plan order."""
+    """``keys`` and every stage that reads them, directly or not, in plan order (keys the plan no longer has,
+    a finished stage of an earlier ``stages`` list, last: nothing in the plan reads them)."""
     inputs, hit = stage_inputs(plan), set(keys)
     for _, _, key in plan:
         if any(d in hit for d in inputs[key]):
             hit.add(key)
-    return [k for _, _, k in plan if k in hit]
+    planned = [k for _, _, k in plan]
+    return [k for k in planned if k in hit] + [k for k in dict.fromkeys(keys) if k not in planned]
 
 
-def redo_keys(plan: list[tuple[int, str, str]], names: list[str] | tuple[str, ...]) -> list[str]:
-    """The stage keys ``--redo`` names (a key like r1-sft, or a stage name: its first key) and everything
-    downstream of them. Raises ValueError naming the plan's keys for a name that is neither."""
-    keys = [k for _, _, k in plan]
+def stage_of(key: str) -> str:
+    """The stage a manifest key names: r1-sft -> sft, r2-eval-grpo and r0-eval-start -> eval, pack -> pack."""
+    parts = key.split("-")
+    return "eval" if len(parts) > 2 and parts[1] == "eval" else parts[-1]
+
+
+def redo_keys(plan: list[tuple[int, str, str]], names: list[str] | tuple[str, ...],
+              finished: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """The stage keys ``--redo`` names (a key of the plan or a ``finished`` one, or a stage name: its first
+    key) and everything downstream of them. Raises ValueError naming the keys for a name that is neither."""
+    keys = [k for _, _, k in plan] + [k for k in finished if k not in {k for _, _, k in plan}]
     picked = []
     for name in names:
         match = [name] if name in keys else [k for _, st, k in plan if st == name][:1]
@@ -96,13 +105,13 @@ def redo_keys(plan: list[tuple[int, str, str]], names: list[str] | tuple[str, ..
     return downstream(plan, picked)
 
 
-def stale(plan: list[tuple[int, str, str]], manifest: dict, resolved: dict) -> tuple[dict, list[str]]:
+def stale(manifest: dict, resolved: dict) -> tuple[dict, list[str]]:
     """(key -> {recipe key: (was, now)} for each finished stage whose keys differ, keys of finished stages
     recorded without a fingerprint (made by an older fastnemo: not checked))."""
     changed, unknown = {}, []
-    for _, stage, key in plan:
-        entry = manifest["stages"].get(key)
-        if entry is None:
+    for key, entry in manifest["stages"].items():  # the plan's and any an earlier `stages` list left
+        stage = stage_of(key)
+        if stage not in STAGE_KEYS:
             continue
         if "fingerprint" not in entry:
             unknown.append(key)

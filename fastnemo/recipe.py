@@ -449,12 +449,12 @@ def check_provenance(recipe: Recipe, run: RunDir, resolved: dict, redo: tuple[st
     """Before anything runs: move the stages ``redo`` names (and what depends on them) aside, then refuse the
     run if a finished stage ran with other keys than the recipe's now (its artifacts would be misdescribed by
     config.json and built on by stages with the new keys)."""
-    plan = plan_keys(recipe)
+    plan, manifest = plan_keys(recipe), run.manifest()
     try:
-        again = provenance.redo_keys(plan, redo)
+        again = provenance.redo_keys(plan, redo, finished=list(manifest["stages"]))
     except ValueError as e:
         raise RecipeError(str(e)) from None
-    changed, unknown = provenance.stale(plan, run.manifest(), resolved)
+    changed, unknown = provenance.stale(manifest, resolved)
     changed = {k: v for k, v in changed.items() if k not in again}
     if changed:
         raise RecipeError(provenance.refusal(plan, changed, recipe.source or "RECIPE.toml"))

@@ -49,8 +49,15 @@ def test_stale_names_the_changed_keys_and_skips_unrecorded_entries():
                            "r1-sft": {"artifacts": {}, **provenance.provenance(before, "sft")},
                            "r1-eval-sft": {"artifacts": {}}}}
     after = to_dict(build_recipe({"sft": {"learning_rate": 1e-4}}))
-    changed, unknown = provenance.stale(plan, manifest, after)
+    changed, unknown = provenance.stale(manifest, after)
     assert changed == {"r1-sft": {"sft.learning_rate": (2e-4, 1e-4)}} and unknown == ["r1-eval-sft"]
     msg = provenance.refusal(plan, changed, "R.toml")
     assert "r1-sft: sft.learning_rate 0.0002 -> 0.0001" in msg and msg.startswith("R.toml: ") and "add `--redo r1-sft` to this command" in msg
     assert "(redoes r1-sft, r1-eval-sft, pack;" in msg
+
+    # a finished stage the plan no longer runs (stages = ["data"] now) is checked too, and can be redone
+    data_only = plan_keys(Recipe(stages=["data"]))
+    assert provenance.refusal(data_only, changed, "R.toml").count("--redo r1-sft") == 1
+    assert provenance.redo_keys(data_only, ["r1-sft"], finished=["r1-data", "r1-sft"]) == ["r1-sft"]
+    assert [provenance.stage_of(k) for k in ("r2-eval-grpo", "r0-eval-start", "pack", "r1-sft", "start")] == [
+        "eval", "eval", "pack", "sft", "start"]
