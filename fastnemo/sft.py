@@ -67,7 +67,8 @@ def checkpoint_problem(path: Path) -> str | None:
         f = path / name
         try:
             if name.endswith(".json"):
-                json.loads(f.read_text())
+                if not isinstance(json.loads(f.read_text()).get("global_step"), int):
+                    return f"{f}: no global_step"
             elif name.endswith(".safetensors"):
                 with safe_open(f, "pt") as st:
                     for k in st.keys():  # noqa: SIM118 - safe_open is no dict
@@ -93,10 +94,8 @@ def last_checkpoint(out_dir: Path, max_steps: int = -1, say=None) -> str | None:
         from fastnemo.progress import console
 
         say = console.print
-    ckpts = sorted(Path(out_dir).glob("checkpoint-*"), key=checkpoint_step, reverse=True)
-    for p in ckpts:
-        if not p.name.split("-")[1].isdigit():
-            continue
+    ckpts = [p for p in Path(out_dir).glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
+    for p in sorted(ckpts, key=checkpoint_step, reverse=True):
         if max_steps > 0 and checkpoint_step(p) > max_steps:
             say(f"[yellow]{p} is past max_steps {max_steps}: not resumed from")
             continue
@@ -138,7 +137,11 @@ def whole_run_loss(log_history: list[dict]) -> float | None:
             total += rec["loss"] * (rec["step"] - prev)
             steps += rec["step"] - prev
             prev = rec["step"]
-    return total / steps if steps else None
+    if steps:
+        return total / steps
+    # no step logged (max_steps < logging_steps): the Trainer's own figure, the last one it logged
+    ends = [rec["train_loss"] for rec in log_history if isinstance(rec.get("train_loss"), (int, float))]
+    return ends[-1] if ends else None
 
 
 def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 0, log=None,

@@ -147,3 +147,11 @@ def test_last_checkpoint_orders_by_step_and_skips_what_is_past_max_steps(tmp_pat
     assert len(said) == 3 and "checkpoint-10 is incomplete" in said[0]  # newest first: numeric, not string
     assert sft.last_checkpoint(tmp_path, max_steps=4, say=said.append) is None
     assert "past max_steps 4" in said[3]
+
+
+def test_whole_run_loss_weights_each_logged_mean_by_its_steps():
+    history = [{"step": 2, "loss": 4.0}, {"step": 4, "loss": 1.0}, {"step": 5, "loss": 1.0},
+               {"step": 5, "train_loss": 9.0}]
+    assert sft.whole_run_loss(history) == pytest.approx((8 + 2 + 1) / 5)
+    assert sft.whole_run_loss([{"step": 3, "train_loss": 2.5}]) == 2.5  # nothing logged per step
+    assert sft.whole_run_loss([]) is None
