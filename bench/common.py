@@ -410,7 +410,7 @@ def sft_rows(tokenizer, n: int, seq: int, seed: int = 0) -> list[dict]:
             continue
         try:
             completion = categories.trace(puzzle, solution)
-        except ValueError:  # equations.NotTeachable: a cryptarithm with no recall trace
+        except ValueError:  # puzzles.base.NotTeachable: a cryptarithm with no recall trace
             continue
         while n_prompt + len(tokenizer(completion, add_special_tokens=False)["input_ids"]) < seq + 8:
             completion += "\n" + categories.trace(puzzle, solution)

@@ -1,7 +1,7 @@
-"""Fit the numeric-equation guess prior (``puzzles.equations.NUMERIC_PRIOR``) on real puzzles, and estimate
+"""Fit the numeric-equation guess prior (``puzzles.equations_rules.NUMERIC_PRIOR``) on real puzzles, and estimate
 how well it generalises: fit on the even ids, score the odd ones, and the other way round (2-fold).
 
-The model is the generator's structure (``equations.SLOTS``): a world, a set of slots (one per operator
+The model is the generator's structure (``equations_rules.SLOTS``): a world, a set of slots (one per operator
 glyph), a glyph class per slot, a variant per slot. EM over every slot assignment consistent with a puzzle's
 examples AND its answer (the query line counts as one more example), so an ambiguous glyph shares its count
 among its readings instead of being dropped (dropping biases the prior towards the variants examples fix
@@ -23,7 +23,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from puzzles import equations as E
+from puzzles import equations_numeric as N
+from puzzles import equations_rules as R
 from puzzles.dataset import read_csv
 from puzzles.metric import is_correct
 
@@ -31,13 +32,13 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "train_dev.csv"
 CLASSES = ("+", "-", "*", "other")
 
 
-def flat_prior() -> E.SlotPrior:
+def flat_prior() -> R.SlotPrior:
     variant = {}
     for rev in (False, True):
         for s in "AMS":
-            vs = [(r.op, r.sign) for r in E.ALL_RULES if r.rev == rev and s in E.SLOTS[r.op]]
+            vs = [(r.op, r.sign) for r in R.ALL_RULES if r.rev == rev and s in R.SLOTS[r.op]]
             variant[(rev, s)] = {v: 1 / len(vs) for v in vs}
-    return E.SlotPrior(
+    return R.SlotPrior(
         rev=0.5,
         slot_sets={
             1: {"A": 1 / 3, "M": 1 / 3, "S": 1 / 3},
@@ -49,21 +50,21 @@ def flat_prior() -> E.SlotPrior:
     )
 
 
-def with_answer(p) -> dict[bool, dict[str, list[E.Rule]]]:
+def with_answer(p) -> dict[bool, dict[str, list[R.Rule]]]:
     """Each glyph's rules per world, the query line (with its answer) counted as an example."""
     groups: dict[str, list[tuple[str, str]]] = {}
     for x, y in [*p.examples, (p.query, p.answer)]:
         groups.setdefault(x[2], []).append((x, y))
     return {
         rev: {
-            g: [r for r in E.ALL_RULES if r.rev == rev and all(r.apply(x) == y for x, y in exs)]
+            g: [r for r in R.ALL_RULES if r.rev == rev and all(r.apply(x) == y for x, y in exs)]
             for g, exs in groups.items()
         }
         for rev in (False, True)
     }
 
 
-def fit(puzzles, iters: int = 40, alpha: float = 0.5) -> E.SlotPrior:
+def fit(puzzles, iters: int = 40, alpha: float = 0.5) -> R.SlotPrior:
     """EM; ``alpha`` is the pseudo-count every probability starts from (keeps unseen variants possible)."""
     prior = flat_prior()
     data = [with_answer(p) for p in puzzles]
@@ -73,20 +74,20 @@ def fit(puzzles, iters: int = 40, alpha: float = 0.5) -> E.SlotPrior:
         c_cls = {s: collections.Counter(dict.fromkeys(CLASSES, alpha)) for s in "AMS"}
         c_var = {k: collections.Counter(dict.fromkeys(d, alpha)) for k, d in prior.variant.items()}
         for rules in data:
-            configs = E.slot_configs(rules, prior)
+            configs = N.slot_configs(rules, prior)
             z = sum(w for w, _, _ in configs)
             for w, rev, assign in configs:
                 p = w / z
                 c_rev[rev] += p
                 c_set[len(assign)]["".join(sorted(s for _, s in assign.values()))] += p
                 for g, (rule, s) in assign.items():
-                    c_cls[s][E.glyph_class(g)] += p
+                    c_cls[s][R.glyph_class(g)] += p
                     c_var[(rev, s)][(rule.op, rule.sign)] += p
 
         def norm(c):
             return {k: round(v / sum(c.values()), 4) for k, v in c.items()}
 
-        prior = E.SlotPrior(
+        prior = R.SlotPrior(
             rev=round(c_rev[1] / sum(c_rev), 4),
             slot_sets={n: norm(c) for n, c in c_set.items()},
             glyph={s: norm(c) for s, c in c_cls.items()},
@@ -95,17 +96,17 @@ def fit(puzzles, iters: int = 40, alpha: float = 0.5) -> E.SlotPrior:
     return prior
 
 
-def right(puzzles, prior: E.SlotPrior) -> collections.Counter:
+def right(puzzles, prior: R.SlotPrior) -> collections.Counter:
     c = collections.Counter()
     for p in puzzles:
-        sol = E.solve_numeric(p, prior)
+        sol = N.solve_numeric(p, prior)
         ok = sol is not None and is_correct(sol.answer, p.answer)
         kind = "abstained" if sol is None else sol.status
         c[f"{kind}_{'right' if ok else 'wrong'}"] += 1
     return c
 
 
-def prior_literal(prior: E.SlotPrior) -> str:
+def prior_literal(prior: R.SlotPrior) -> str:
     """The prior as the Python source of ``NUMERIC_PRIOR`` (one dict a line)."""
     lines = ["NUMERIC_PRIOR = SlotPrior(", f"    rev={prior.rev},", "    slot_sets={"]
     lines += [f"        {n}: {d!r}," for n, d in prior.slot_sets.items()]

@@ -21,10 +21,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from puzzles.analyze import print_solver_table, solver_table
+from puzzles.analyze import print_solver_table, solve_traced, solver_table
 from puzzles.dataset import read_csv
 from puzzles.metric import extract_answer, score
-from puzzles.traces import solve_traced
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "train_dev.csv"
 

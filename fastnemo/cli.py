@@ -52,12 +52,20 @@ class LazyGroup(click.Group):
     def invoke(self, ctx):
         """An environment error (disk full, permissions, a vanished file) is a message, not a traceback: the
         atomic writers have already left every final path as it was (fastnemo.files)."""
+        from fastnemo.files import InputError, is_disk_full
+
         try:
             return super().invoke(ctx)
+        except InputError as e:  # a bad file, row or key, named in the message
+            raise click.ClickException(str(e)) from None
         except OSError as e:
             if not e.errno:
                 raise
             raise click.ClickException(f"{type(e).__name__}: {e}") from None
+        except Exception as e:  # a library's own error type carrying ENOSPC (safetensors, tokenizers)
+            if not is_disk_full(e):
+                raise
+            raise click.ClickException(f"disk full ({type(e).__name__}: {e}); free some space and rerun") from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

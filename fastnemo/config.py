@@ -14,12 +14,17 @@ import copy
 import dataclasses
 import functools
 import json
+import math
 import tomllib
 import typing
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from fastnemo.files import InputError
+
 MAX_LORA_RANK = 32  # the competition loads adapters with max_lora_rank 32
+MAX_INT = 2**63 - 1  # every int key ends up in numpy or torch (int64)
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 
 # The winners' module set (field notes): every module vLLM serves for nemotron_h. lm_head trains through
 # TRL's fused head and the Mamba out_proj past the fused kernel (fastnemo.lora; tests/fastnemo/test_lora.py
@@ -35,7 +40,7 @@ Stage = Literal["data", "sft", "eval", "distill", "grpo", "pack"]
 STAGES = typing.get_args(Stage)
 
 
-class RecipeError(ValueError):
+class RecipeError(InputError):
     """A recipe that cannot be run: names the file and the key."""
 
 
@@ -77,9 +82,15 @@ def _check_type(value, hint, where: str):
         _, item = typing.get_args(hint)
         return {k: _check_type(v, item, f"{where}.{k}") for k, v in value.items()}
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        if abs(value) > MAX_INT:
+            raise RecipeError(f"{where}: {value} is out of range")
         return float(value)
     if hint in (int, float, str, bool) and (type(value) is not hint):
-        raise RecipeError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+        raise RecipeError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}"[:300])
+    if hint is float and not math.isfinite(value):  # a NaN learning rate trains a NaN adapter for hours
+        raise RecipeError(f"{where} must be a finite number, got {value}")
+    if hint is int and abs(value) > MAX_INT:  # ints end up in numpy / torch (seeds, sizes): int64 at most
+        raise RecipeError(f"{where}: {value} is out of range (|value| <= 2**63 - 1)")
     return value
 
 
@@ -187,7 +198,7 @@ class SamplingConfig(Section):
     temperature: float = key(0.0, "Sampling temperature (0 = greedy, as the competition scores).", ge=0.0)
     top_p: float = key(1.0, "Nucleus sampling mass.", gt=0.0, le=1.0)
     max_tokens: int = key(7680, "Most new tokens per completion (the competition's 7,680).", ge=1)
-    seed: int = key(0, "Sampling seed.")
+    seed: int = key(0, "Sampling seed.", ge=0, le=MAX_SEED)
 
 
 @dataclasses.dataclass
@@ -218,7 +229,7 @@ class DataConfig(Section):
         ["unit_conversion", "gravity"], "Categories whose guessed solver rows are kept when exactly the "
         "generator's answer: their rounded examples leave only the last digit open; dropping them would skew the "
         "mix toward small answers.")
-    workers: int = key(2, "Processes for the mix build.", ge=1)
+    workers: int = key(2, "Processes for the mix build.", ge=1, le=64)
     path: str = key("", "Use this existing SFT JSONL instead of generating (\"\" = generate).")
     shares: dict[str, float] = key({}, "Per-category share overrides, e.g. {equations = 0.25}: renormalised "
                                    "with the categories left out, which keep the `like` file's real shares (the "
@@ -276,6 +287,23 @@ class EvalConfig(Section):
                            "(0 = all).", ge=0)
     trace_batch_size: int = key(4, "Rows per teacher-forced forward pass (its logits are rows x length x vocab).",
                                 ge=1)
+    runner: Literal["auto", "harness", "engine"] = key(
+        "auto", "What generates: \"harness\" = the competition's harness (fastnemo/score.py: its vLLM "
+        "arguments, prompt, greedy sampling and metric) on the stage's saved adapter, in a child process after "
+        "the training model is freed (the next training stage reloads it from the newest adapter); \"engine\" = "
+        "the session's generation engine (generation.engine); \"auto\" = the harness where vllm imports and "
+        "CUDA is available (with backend \"unsloth\" + engine \"vllm\": whichever `fastnemo plan` rates faster), "
+        "else the engine (CPU runs, tests). The choice and why are printed and kept in the stage summary.")
+    gpu_memory_utilization: float = key(
+        0.0, "The harness's vLLM memory share. 0 = chosen from the card: the scorer's 0.85 is a share of a 96 GB "
+        "card (81.6 GB), so the share is raised to give that much, within 0.85..0.92 (0.92 on an 80 GB H100, "
+        "which leaves its 59 GiB of weights a 310 k-token KV pool, measured); printed as a deviation when it is "
+        "not 0.85. FASTNEMO_GPU_CAP_GIB=79.2 treats a bigger card as that many GiB (the GPU test lane).",
+        ge=0.0, le=0.98)
+    max_num_seqs: int = key(
+        64, "The harness's concurrent sequences (the scorer's 64). 256 is ~1.6x faster (measured on an H100) but "
+        "vLLM's batch composition can change greedy outputs for this model (vllm#57267): how many verdicts "
+        "differ between 64 and 256 is in bench/README.md (bench validation). Printed as a deviation.", ge=1)
 
 
 @dataclasses.dataclass
@@ -292,6 +320,11 @@ class DistillConfig(Section):
     goldilocks_high: float = key(0.8, "Highest pass rate of a prompt that goes to the next RL stage.", ge=0.0,
                                  le=1.0)
     carry_share: float = key(0.3, "Share of the previous SFT data mixed into the next SFT set.", ge=0.0, le=1.0)
+    runner: Literal["auto", "harness", "engine"] = key(
+        "auto", "What samples: \"harness\" = a vLLM child process (the harness's engine, eval.gpu_memory_"
+        "utilization and eval.max_num_seqs) on the newest adapter, after the training model is freed; "
+        "\"engine\" = the session's generation engine; \"auto\" = the harness with backend \"hf\" where vllm "
+        "imports and CUDA is available, else the engine (backend \"unsloth\" samples on its resident vLLM).")
 
     def check(self):
         if not self.goldilocks_low <= self.goldilocks_high:
@@ -362,7 +395,7 @@ class Recipe(Section):
     name: str = key("run", "The run's name (printed, and in the manifest).")
     run_dir: str = key("runs/run", "Run directory (relative to the recipe file). Re-running the recipe resumes "
                        "it.")
-    seed: int = key(0, "Seed of data generation, sampling and training.")
+    seed: int = key(0, "Seed of data generation, sampling and training.", ge=0, le=MAX_SEED)
     stages: list[Stage] = key(["data", "sft", "eval", "pack"], "Stages to run, in order, each round; pack runs "
                               "once, at the end.")
     rounds: int = key(1, "Repeat the stages (all but pack) this many times; pack runs once, after the last "
@@ -430,7 +463,7 @@ def parse_override(item: str) -> tuple[list[str], object]:
         raise RecipeError(f"override {item!r}: expected KEY=VALUE, e.g. sft.max_steps=3")
     try:
         value = tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
+    except (ValueError, RecursionError):  # TOMLDecodeError is a ValueError; deep nesting, huge numbers
         value = text
     return name.split("."), value
 
@@ -465,9 +498,13 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        table = tomllib.loads(path.read_text())
+        table = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not UTF-8 ({e.reason} at byte {e.start}); TOML files are UTF-8") from None
     except tomllib.TOMLDecodeError as e:
-        raise RecipeError(f"{path}: not valid TOML: {e}") from e
+        raise RecipeError(f"{path}: not valid TOML: {e}") from None
+    except (RecursionError, ValueError) as e:  # arrays nested past the parser's depth, a 5,000-digit number
+        raise RecipeError(f"{path}: not valid TOML ({type(e).__name__}: {str(e)[:120]})") from None
     recipe = build_recipe(apply_overrides(table, overrides), str(path))
     recipe.source = str(path.resolve())
     return recipe

@@ -73,6 +73,27 @@ def table(summary: dict, title: str = "evaluation") -> Table:
     return t
 
 
+def record(puzzle: dict, text: str, finish_reason: str, n_tokens: int) -> dict:
+    """One results line: the puzzle's id, category and answer, the extracted prediction and its verdict by
+    the competition's metric, and the output (the one format of the engine path and the harness child)."""
+    pred = extract_answer(text)
+    return {
+        "id": puzzle["id"], "category": puzzle["category"], "answer": puzzle["answer"], "prediction": pred,
+        "correct": is_correct(pred, puzzle["answer"]), "boxed": bool(boxed_contents(text)),
+        "finish_reason": finish_reason, "n_tokens": n_tokens, "output": text,
+    }
+
+
+def finish(puzzles: list, done: dict, out_path: Path) -> dict:
+    """Every puzzle's line from ``done`` (by id) into ``out_path`` (the partial file moved into place), the
+    summary printed as the per-category table."""
+    results = [done[p.id] for p in puzzles]
+    move_into_place(Path(out_path).with_suffix(".partial.jsonl"), out_path)
+    summary = summarize(results)
+    console.print(table(summary))
+    return summary
+
+
 def evaluate(session, puzzles: list[Puzzle], sampling: SamplingConfig, out_path: Path, batch_size: int = 64) -> dict:
     """Score ``session``'s model on ``puzzles``; write ``out_path`` (JSONL) and return the summary."""
     out_path = Path(out_path)
@@ -86,19 +107,11 @@ def evaluate(session, puzzles: list[Puzzle], sampling: SamplingConfig, out_path:
             outputs = session.generate([p.prompt for p in batch], dataclasses.replace(sampling, n=1))
             records = []
             for p, (c,) in zip(batch, outputs):
-                pred = extract_answer(c.text)
-                r = {
-                    "id": p.id, "category": p.category, "answer": p.answer, "prediction": pred,
-                    "correct": is_correct(pred, p.answer), "boxed": bool(boxed_contents(c.text)),
-                    "finish_reason": c.finish_reason, "n_tokens": c.n_tokens, "output": c.text,
-                }
+                r = record({"id": p.id, "category": p.category, "answer": p.answer}, c.text, c.finish_reason,
+                           c.n_tokens)
                 done[p.id] = r
                 records.append(r)
             append_jsonl(partial, records)  # fsynced: a kill redoes at most this batch
             scored = [done[p.id] for p in puzzles if p.id in done]
             advance(len(batch), info=f"acc {sum(r['correct'] for r in scored) / len(scored):.1%}")
-    results = [done[p.id] for p in puzzles]
-    move_into_place(partial, out_path)
-    summary = summarize(results)
-    console.print(table(summary))
-    return summary
+    return finish(puzzles, done, out_path)

@@ -13,7 +13,9 @@ Standard library only: ``puzzles`` (no torch) uses it too.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -93,6 +95,23 @@ def atomic_open(path: str | Path, mode: str = "w", newline: str | None = None):
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    """ENOSPC, raised as an OSError or inside another library's error (safetensors' SafetensorError carries
+    only the text)."""
+    return (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left on device" in str(e)
+
+
+@contextlib.contextmanager
+def disk_full_at(path: str | Path):
+    """Turn a full disk while writing ``path`` into one OSError(ENOSPC) naming it, whatever library raised."""
+    try:
+        yield
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        raise OSError(errno.ENOSPC, f"disk full at {path}: free some space and rerun") from None
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> Path:
@@ -186,7 +205,12 @@ def append_jsonl(path: str | Path, records: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-class JsonlError(ValueError):
+class InputError(ValueError):
+    """Input that cannot be used (a file, a row, a key): the message names it and says what is wrong in one
+    line. Every reader's error derives from it, and the CLI prints it without a traceback."""
+
+
+class JsonlError(InputError):
     """A JSONL file that cannot be read: named with the line at fault."""
 
 
@@ -205,21 +229,49 @@ def read_jsonl(path: str | Path, *, strict: bool = False) -> list[dict]:
         if strict:
             raise JsonlError(f"{path}: no such file")
         return []
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_bytes().split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()  # the newline that ends the last line
     out = []
-    for i, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
+    for i, raw in enumerate(lines, start=1):
+        try:  # line by line, from bytes: a kill can cut the last line inside a multi-byte character
+            line = raw.decode("utf-8")
+            if not line.strip():
+                continue
             rec = json.loads(line)
-        except json.JSONDecodeError as e:
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
             if not strict and i == len(lines):
                 break
-            raise JsonlError(f"{path}: line {i}: not valid JSON ({e.msg})") from None
+            why = f"not UTF-8 ({e.reason})" if isinstance(e, UnicodeDecodeError) else (
+                f"not valid JSON ({e.msg if isinstance(e, json.JSONDecodeError) else type(e).__name__})")
+            raise JsonlError(f"{path}: line {i}: {why}") from None
         if not isinstance(rec, dict):
             raise JsonlError(f"{path}: line {i}: expected a JSON object, got {type(rec).__name__}")
         out.append(rec)
     return out
+
+
+BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+        (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def read_text(path: str | Path) -> str:
+    """A text file a user made (a CSV from a spreadsheet): UTF-8, or UTF-8/16/32 with its byte-order mark.
+    Anything else (latin-1, binary) is an InputError naming the file, the line and the fix: without a mark
+    an encoding cannot be told apart reliably, and a guess would silently change the puzzles' text."""
+    path = Path(path)
+    data = path.read_bytes()
+    encoding = next((enc for bom, enc in BOMS if data.startswith(bom)), "utf-8")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise InputError(f"{path}: line {line}: not {encoding.upper().removesuffix('-SIG')} (byte "
+                         f"{data[e.start:e.start + 1].hex()} at offset {e.start}); save it as UTF-8") from None
+    if "\0" in text:
+        raise InputError(f"{path}: line {text[: text.index(chr(0))].count(chr(10)) + 1}: a NUL byte: a binary "
+                         "file, not text")
+    return text
 
 
 def move_into_place(src: str | Path, final: str | Path) -> Path:

@@ -22,7 +22,7 @@ import zlib
 from pathlib import Path
 
 from fastnemo.config import MAX_LORA_RANK
-from fastnemo.files import write_atomic
+from fastnemo.files import InputError, write_atomic
 from fastnemo.lora import REFUSED, SERVABLE
 
 REQUIRED = ("adapter_config.json", "adapter_model.safetensors")
@@ -39,11 +39,11 @@ EMBED_KEY = re.compile(rf"{re.escape(PREFIX)}backbone\.embeddings\.lora_embeddin
 EXPERT_ORDER = ("up_proj", "down_proj")
 
 
-class VerifyError(Exception):
+class VerifyError(InputError):
     """One failed check: the message names the key or file and what was expected."""
 
 
-class PackError(ValueError):
+class PackError(InputError):
     """An adapter that cannot be converted into something vLLM serves unchanged."""
 
 
@@ -157,13 +157,32 @@ def pack(adapter_dir: str | Path, out_zip: str | Path, overwrite: bool = False) 
             raise FileNotFoundError(f"{adapter_dir}: {name} missing (expected a PEFT adapter folder)")
     if out_zip.exists() and not overwrite:
         raise FileExistsError(f"{out_zip} exists; refusing to overwrite it (pass overwrite to replace)")
-    config, tensors = to_vllm(json.loads((adapter_dir / REQUIRED[0]).read_text()),
-                              load_file(adapter_dir / REQUIRED[1]))
+    try:
+        raw = parse_config((adapter_dir / REQUIRED[0]).read_bytes(), str(adapter_dir / REQUIRED[0]))
+    except VerifyError as e:
+        raise PackError(str(e)) from None
+    try:
+        tensors = load_file(adapter_dir / REQUIRED[1])
+    except Exception as e:  # noqa: BLE001 -- safetensors raises its own error types
+        raise PackError(f"{adapter_dir / REQUIRED[1]}: unreadable ({e})") from None
+    try:
+        config, tensors = to_vllm(raw, tensors)
+    except (KeyError, TypeError) as e:  # a config field missing or of the wrong type
+        raise PackError(f"{adapter_dir / REQUIRED[0]}: {type(e).__name__}: {e}") from None
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        zf.writestr(REQUIRED[0], json.dumps(config, indent=2, sort_keys=True))
-        zf.writestr(REQUIRED[1], save(tensors, metadata={"format": "pt"}))
+        for name, data in ((REQUIRED[0], json.dumps(config, indent=2, sort_keys=True)),
+                           (REQUIRED[1], save(tensors, metadata={"format": "pt"}))):
+            zf.writestr(_entry(name), data)
     return write_atomic(out_zip, buf.getvalue())
+
+
+def _entry(name: str) -> zipfile.ZipInfo:
+    """A zip entry with a fixed timestamp and mode: the same adapter packs to the same bytes (hashes prove
+    that two runs made the same submission)."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+    return info
 
 
 def to_peft(config: dict, tensors: dict) -> tuple[dict, dict]:
@@ -213,51 +232,160 @@ def peft_loadable(adapter_dir: Path, tmp: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------------ verify
 
+# Bounds on what verify reads: a real adapter of the full module set at r = 32 is about 1.8 GB in bf16, and
+# random bf16 weights hardly compress; a zip whose entries claim more, or compress like filler, is refused from
+# its central directory, before anything is decompressed (a 2 MB zip can claim 2 GB).
+MAX_WEIGHTS_BYTES = 4 << 30
+MAX_CONFIG_BYTES = 1 << 20
+MAX_RATIO = 50  # uncompressed / compressed for an entry over RATIO_FROM bytes (a trained adapter: ~1.1 to 3)
+RATIO_FROM = 16 << 20
+_LIMIT = {REQUIRED[0]: MAX_CONFIG_BYTES, REQUIRED[1]: MAX_WEIGHTS_BYTES}
+
+
+def _check_entries(path: Path, infos: list[zipfile.ZipInfo]) -> dict[str, zipfile.ZipInfo]:
+    """The two adapter entries, by name, after every check the central directory allows (names, duplicates,
+    encryption, compression method, declared sizes): nothing is decompressed yet."""
+    names = [i.filename for i in infos]
+    extra = [n for n in names if n not in REQUIRED]
+    if extra:  # whoever unzips it gets these too (../ paths, filler, a nested copy)
+        raise VerifyError(f"{path}: entry {extra[0]!r} is not one of the two adapter files at the zip's "
+                          f"root {list(REQUIRED)}; the zip must hold nothing else")
+    twice = [n for n in REQUIRED if names.count(n) > 1]
+    if twice:
+        raise VerifyError(f"{path}: a second {twice[0]} (the competition reads the first it finds)")
+    missing = [n for n in REQUIRED if n not in names]
+    if missing:
+        raise VerifyError(f"{path}: missing {missing} at the zip's root (has {sorted(names)})")
+    for i in infos:
+        where = f"{path}: {i.filename}"
+        if i.flag_bits & 0x1:
+            raise VerifyError(f"{where}: encrypted; the competition cannot read it (zip it without a password)")
+        if i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise VerifyError(f"{where}: compression method {i.compress_type} is not stored or deflate "
+                              "(repack with fastnemo pack)")
+        if i.file_size > _LIMIT[i.filename]:
+            raise VerifyError(f"{where}: {i.file_size:,} bytes uncompressed, over the {_LIMIT[i.filename]:,} "
+                              "a rank-32 adapter can need")
+        if i.file_size > RATIO_FROM and i.file_size > MAX_RATIO * max(i.compress_size, 1):
+            raise VerifyError(f"{where}: {i.file_size:,} bytes packed into {i.compress_size:,} (ratio over "
+                              f"{MAX_RATIO}): filler, not adapter weights")
+    return {i.filename: i for i in infos}
+
+
+def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """An entry's bytes, streamed and never past its declared size (zipfile checks the CRC at the end)."""
+    chunks, left = [], info.file_size
+    with zf.open(info) as f:
+        while chunk := f.read(min(1 << 24, left + 1)):
+            left -= len(chunk)
+            if left < 0:
+                raise VerifyError(f"{info.filename}: more bytes than its declared {info.file_size:,}")
+            chunks.append(chunk)
+    if left:
+        raise VerifyError(f"{info.filename}: {left:,} bytes short of its declared size")
+    return b"".join(chunks)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_config(raw: bytes, where: str) -> dict:
+    """adapter_config.json as PEFT and vLLM read it: UTF-8 JSON (no BOM, no UTF-16), one object; NaN,
+    Infinity, 5,000-digit numbers and absurd nesting are refused, each naming ``where``."""
+    try:
+        config = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as e:
+        raise VerifyError(f"{where}: not UTF-8 ({e.reason} at byte {e.start}); PEFT and vLLM read UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise VerifyError(f"{where}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except (ValueError, RecursionError) as e:  # int digit limit, NaN/Infinity, nesting too deep
+        raise VerifyError(f"{where}: not valid JSON ({type(e).__name__}: {str(e)[:120]})") from None
+    if not isinstance(config, dict):
+        raise VerifyError(f"{where}: expected a JSON object, got {type(config).__name__}")
+    return config
+
 
 def _read_zip(path: Path) -> tuple[dict, bytes]:
     if not path.is_file():
         raise VerifyError(f"{path}: no such file")
     try:
         with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            extra = [n for n in names if n not in REQUIRED]
-            if extra:  # whoever unzips it gets these too (../ paths, filler, a nested copy)
-                raise VerifyError(f"{path}: entry {extra[0]!r} is not one of the two adapter files at the zip's "
-                                  f"root {list(REQUIRED)}; the zip must hold nothing else")
-            twice = [n for n in REQUIRED if names.count(n) > 1]
-            if twice:
-                raise VerifyError(f"{path}: a second {twice[0]} (the competition reads the first it finds)")
-            missing = [n for n in REQUIRED if n not in names]
-            if missing:
-                raise VerifyError(f"{path}: missing {missing} at the zip's root (has {sorted(names)})")
-            bad = zf.testzip()
-            if bad is not None:
-                raise VerifyError(f"{path}: corrupt zip (CRC mismatch in {bad})")
-            config = json.loads(zf.read("adapter_config.json"))
-            weights = zf.read("adapter_model.safetensors")
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as e:  # zlib: a corrupt deflate stream
-        raise VerifyError(f"{path}: not a readable zip file ({e})") from e
-    except json.JSONDecodeError as e:
-        raise VerifyError(f"{path}: adapter_config.json is not valid JSON ({e})") from e
-    return config, weights
+            infos = _check_entries(path, zf.infolist())
+            raw = _read_entry(zf, infos[REQUIRED[0]])
+            weights = _read_entry(zf, infos[REQUIRED[1]])
+    except VerifyError as e:
+        raise VerifyError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+    except zipfile.BadZipFile as e:
+        if "CRC" in str(e):
+            raise VerifyError(f"{path}: corrupt zip ({e})") from None
+        raise VerifyError(f"{path}: not a readable zip file ({e})") from None
+    except (zlib.error, EOFError, OSError, NotImplementedError, RuntimeError, ValueError) as e:
+        # zlib: a corrupt deflate stream; RuntimeError / NotImplementedError: zipfile on encryption, methods
+        raise VerifyError(f"{path}: not a readable zip file ({type(e).__name__}: {e})") from None
+    return parse_config(raw, f"{path}: adapter_config.json"), weights
+
+
+def extract_checked(zip_path: str | Path, into: str | Path) -> Path:
+    """``verify`` the zip's entries and config (no model: the scorer checks the weights by loading them),
+    then write exactly its two adapter files into ``into``; returns ``into``. Never ``extractall``: a name
+    is written only after it is one of the two checked ones."""
+    zip_path, into = Path(zip_path), Path(into)
+    verify(zip_path, None, None)
+    into.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zip_path) as zf:
+        infos = _check_entries(zip_path, zf.infolist())
+        for name in REQUIRED:
+            (into / name).write_bytes(_read_entry(zf, infos[name]))
+    return into
+
+
+def _positive_int(config: dict, key: str, value, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise VerifyError(f"adapter_config.json: {key} = {value!r}: must be an integer (vLLM sizes tensors by it)")
+    if not 1 <= value <= hi:
+        raise VerifyError(f"adapter_config.json: {key} = {value}: rank {value} is outside 1..{hi} (the "
+                          f"competition's max_lora_rank is {MAX_LORA_RANK})")
+    return value
+
+
+MAX_ALPHA = 1 << 16  # lora_alpha / r scales every update; past this it is a typo, not a recipe
+# vLLM's PEFTHelper refuses an adapter with any of these set (lora_bias, aLoRA, layer_replication, QALoRA, BD-LoRA)
+_VLLM_REFUSES = ("lora_bias", "alora_invocation_tokens", "layer_replication", "use_qalora", "use_bdlora")
+# inits that leave the base weights as they are (vLLM's list); PiSSA, OLoRA, CorDA, LoftQ change them
+_INITS = ("gaussian", "eva", "orthogonal", "mica", "lora_ga")
 
 
 def check_config(config: dict, base_model_name: str | None) -> list[str]:
-    """Checks on adapter_config.json alone; returns the target modules."""
+    """Checks on adapter_config.json alone, every field vLLM reads for type and range; returns the targets."""
+    if not isinstance(config, dict):
+        raise VerifyError(f"adapter_config.json: expected a JSON object, got {type(config).__name__}")
     if config.get("peft_type") != "LORA":
         raise VerifyError(f"adapter_config.json: peft_type is {config.get('peft_type')!r}, expected 'LORA'")
-    ranks = [config.get("r", 0), *(config.get("rank_pattern") or {}).values()]
-    if max(ranks) > MAX_LORA_RANK:
-        raise VerifyError(f"adapter_config.json: rank {max(ranks)} exceeds the competition's max {MAX_LORA_RANK}")
     for key, why in (("rank_pattern", "vLLM ignores it (one r for all modules)"),
                      ("alpha_pattern", "vLLM ignores it (one scale lora_alpha / r for all modules)"),
                      ("target_parameters", "PEFT's stacked expert format: vLLM refuses it (pack unstacks it)"),
                      ("modules_to_save", "vLLM refuses modules_to_save"),
                      ("use_dora", "vLLM fails to load DoRA"),
-                     ("use_rslora", "vLLM scales by lora_alpha / r, not / sqrt(r)")):
-        if config.get(key):
+                     ("use_rslora", "vLLM scales by lora_alpha / r, not / sqrt(r)"),
+                     *((k, "vLLM refuses it") for k in _VLLM_REFUSES)):
+        if config.get(key) not in (None, False, {}, [], 0, ""):
             raise VerifyError(f"adapter_config.json: {key} = {config[key]!r}: {why}; repack with fastnemo pack")
-    if config.get("bias", "none") != "none":
+    if "r" not in config:
+        raise VerifyError("adapter_config.json: no r (vLLM requires r, lora_alpha and target_modules)")
+    r = _positive_int(config, "r", config["r"], MAX_LORA_RANK)
+    if "lora_alpha" not in config:
+        raise VerifyError("adapter_config.json: no lora_alpha (vLLM requires r, lora_alpha and target_modules)")
+    alpha = config["lora_alpha"]
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) \
+            or not 0 < alpha <= MAX_ALPHA:
+        raise VerifyError(f"adapter_config.json: lora_alpha = {alpha!r}: must be a number in (0, {MAX_ALPHA}] "
+                          f"(vLLM scales every update by lora_alpha / r = {alpha!r} / {r})")
+    init = config.get("init_lora_weights", True)
+    if not (init is True or init is False or init is None or isinstance(init, str) and init.lower() in _INITS):
+        raise VerifyError(f"adapter_config.json: init_lora_weights = {init!r}: an init that changes the base "
+                          "weights (PiSSA, OLoRA, LoftQ): vLLM serves the unchanged base model")
+    if config.get("bias", "none") not in ("none", None):
         raise VerifyError(f"adapter_config.json: bias = {config['bias']!r}: vLLM serves bias 'none' only")
     if base_model_name and config.get("base_model_name_or_path") != base_model_name:
         raise VerifyError(
@@ -267,9 +395,13 @@ def check_config(config: dict, base_model_name: str | None) -> list[str]:
     targets = config.get("target_modules") or []
     if isinstance(targets, str):
         raise VerifyError(f"adapter_config.json: target_modules is a pattern {targets!r}; pack writes a list")
+    if not isinstance(targets, list):
+        raise VerifyError(f"adapter_config.json: target_modules = {targets!r}: expected a list of module names")
     if not targets:
         raise VerifyError("adapter_config.json: target_modules is empty")
     for t in targets:
+        if not isinstance(t, str):
+            raise VerifyError(f"adapter_config.json: target module {t!r} is not a module name (a string)")
         if t in REFUSED or t not in SERVABLE:
             raise VerifyError(f"adapter_config.json: target module {t!r} is not valid for nemotron_h in vLLM "
                               f"({REFUSED.get(t, f'served: {list(SERVABLE)}')})")
@@ -306,8 +438,7 @@ def check_keys(config: dict, tensors: dict) -> None:
             if _suffix(k) not in targets:
                 raise VerifyError(f"weight {k}: unexpected: module {_suffix(k)!r} is not in target_modules "
                                   f"{sorted(targets)}")
-            rank = t.shape[0] if ".lora_A." in k else t.shape[-1]
-            if t.dim() != 2 or rank != r:
+            if t.dim() != 2 or (t.shape[0] if ".lora_A." in k else t.shape[-1]) != r:
                 raise VerifyError(f"weight {k}: shape {tuple(t.shape)}: expected 2-D at rank r={r}")
         if not torch.isfinite(t.float()).all():
             raise VerifyError(f"weight {k}: contains NaN or inf")

@@ -372,6 +372,8 @@ def plan_command_main(recipe_path: str) -> int:
     console = Console()
     console.print(plan_table(p))
     console.print(time_table(recipe))
+    for line in validation_lines(recipe) + backend_lines(recipe):
+        console.print(f"- {line}")
     for n in p.notes:
         console.print(f"- {n}")
     rows = target_sets(json.loads((resolve(recipe, recipe.model.path) / "config.json").read_text())
@@ -434,10 +436,117 @@ RATES = {
     "hf_tok_s": (496, ("transformers generate through the hf engine, 64 sequences, greedy: record full-hf-engine, "
                       "2026-12-01")),
     "build_rows_s": (250, "data build rows/s on 2 CPU cores (bench: puzzles/mix.py)"),
+    # The harness (fastnemo.harness: the scorer's vLLM in a child process), H100 80GB HBM3, full 52 layers,
+    # the winners' full LoRA, completion lengths of a built mix (mean ~950). When the lead's measured records
+    # land, each line below switches to its id (and value): h100-validation-harness-seqs64 (tok_s and
+    # engine_start_s), -harness-seqs256, -hf-engine-batch16 (decode_step_s) (bench/results/validation.jsonl).
+    "harness_tok_s": (2_862, ("harness tokens/s at max_num_seqs 64, gpu_memory_utilization 0.92: record "
+                             "seed-h100-harness-seqs64, 2026-12-06")),
+    "harness_tok_s_seqs256": (4_697, ("the same at max_num_seqs 256: record seed-h100-harness-seqs256, "
+                                     "2026-12-06")),
+    "harness_start_s": (150, ("the harness's engine start (weights read, graphs captured): record "
+                             "seed-h100-harness-seqs64, 2026-12-06")),
+    "hf_batch16_step_s": (0.091, ("seconds a decode step of transformers generate through the hf engine at "
+                                 "batch 16 (16 sequence slots, padding included): record "
+                                 "seed-h100-hf-engine-batch16, 2026-12-06")),
+    "trainer_reload_s": (120, ("assumed, not measured: freeing the trainer and reloading the 59 GiB model with "
+                              "the newest adapter for the next training stage (the lead's recipe-fullsize "
+                              "record measures it)")),
 }
 SFT_ROW_TOKENS = 900  # prompt + solver trace, mean over the reference mix (bench/traces.py, tiny tokenizer)
 GEN_TOKENS = 1_000  # mean completion of a trained model (traces are ~200-2,000 tokens)
+# Validation completions: the estimated real trace lengths of a built mix, 100 per category, mean ~950 tokens
+# (issue 22's probe). Their spread, for the hf engine's static batches (each waits for its longest): a
+# lognormal of mean EVAL_TOKENS and sigma EVAL_SIGMA, capped at the 7,680 max_tokens, whose batch-16 longest is
+# 3.06 slots per real token (the measured seed-h100-hf-engine-batch16: 10,600 s for 600 puzzles). An estimate
+# fitted to one measurement; the lead's h100-validation-hf-engine-batch16 record checks it.
+EVAL_TOKENS = 950
+EVAL_SIGMA = 0.745
+TRAIN_CSV_ROWS = 9_500  # the competition's train.csv, when eval.data is not on this machine
 DAPO_REGEN = 1.5  # rollouts per kept rollout under dynamic sampling (assumed: ~1/3 of groups dropped)
+
+
+def slots_per_token(batch: int, max_tokens: int = 7680, mean: float = EVAL_TOKENS, batches: int = 2000) -> float:
+    """Static batching's cost: sequence slots the hf engine steps through per real token when every batch of
+    ``batch`` waits for its longest completion (lengths: EVAL_SIGMA's lognormal; a fixed seed)."""
+    import math
+    import random
+
+    rng, mu = random.Random(0), math.log(mean) - EVAL_SIGMA**2 / 2
+    slots = real = 0.0
+    for _ in range(batches):
+        xs = [min(max_tokens, rng.lognormvariate(mu, EVAL_SIGMA)) for _ in range(batch)]
+        slots, real = slots + batch * max(xs), real + sum(xs)
+    return slots / real
+
+
+def eval_rows(recipe) -> int:
+    """Puzzles an eval scores: eval.limit, else the whole eval.data CSV (or train.csv's size), else the
+    generated held-out set."""
+    if not recipe.eval.data:
+        return recipe.eval.n_generated
+    from fastnemo.config import resolve
+
+    path = resolve(recipe, recipe.eval.data)
+    n = TRAIN_CSV_ROWS
+    if path.exists():
+        with open(path) as f:
+            n = max(0, sum(1 for _ in f) - 1)  # header; a prompt spanning lines overcounts a little
+    return min(recipe.eval.limit, n) if recipe.eval.limit else n
+
+
+def harness_rate(max_num_seqs: int) -> float:
+    return RATES["harness_tok_s_seqs256" if max_num_seqs >= 256 else "harness_tok_s"][0]
+
+
+def generation_work(recipe, stage: str) -> tuple[float, int, str]:
+    """(tokens generated, prompts, what) of one ``stage`` ("eval" or "distill")."""
+    if stage == "eval":
+        n = eval_rows(recipe)
+        return n * EVAL_TOKENS, n, f"{n:,} puzzles, greedy"
+    d = recipe.distill
+    return d.prompts * d.k * GEN_TOKENS, d.prompts, f"{d.prompts:,} x {d.k}"
+
+
+def generation_hours(recipe, stage: str, runner: str) -> float:
+    """Hours of the eval or distill ``stage`` through ``runner``. The harness: engine start + the trainer's
+    release and reload + tokens at the harness's measured rate (eval.max_num_seqs). The engine: the hf engine
+    steps through slots (batch x each batch's longest completion) at its measured slot rate; vLLM colocated
+    at its rate."""
+    tokens, prompts, _ = generation_work(recipe, stage)
+    if runner == "harness":
+        from fastnemo.harness import max_num_seqs
+
+        return (RATES["harness_start_s"][0] + RATES["trainer_reload_s"][0]
+                + tokens / harness_rate(max_num_seqs(recipe, stage))) / 3600
+    gen = recipe.generation
+    if gen.engine == "vllm":
+        return tokens / RATES["vllm_tok_s_unsloth" if recipe.model.backend == "unsloth" else "vllm_tok_s"][0] / 3600
+    batch = gen.batch_size if stage == "eval" else max(1, gen.batch_size // recipe.distill.k) * recipe.distill.k
+    # a decode step at the nearer measured batch: 16 (its record), else 64 (hf_tok_s: 64 slots a step); the
+    # prefills (~1 s a batch) are left out
+    step_s = RATES["hf_batch16_step_s"][0] if batch <= 32 else 64 / RATES["hf_tok_s"][0]
+    max_tokens = recipe.eval.sampling.max_tokens if stage == "eval" else recipe.distill.max_tokens
+    mean = tokens / max(1, prompts) / (1 if stage == "eval" else recipe.distill.k)
+    return tokens * slots_per_token(batch, max_tokens, mean) / batch * step_s / 3600
+
+
+def planned_runner(recipe, stage: str) -> tuple[str, str]:
+    """What ``eval.runner`` / ``distill.runner`` resolves to on a CUDA machine with vllm (the one the plan is
+    for; ``fastnemo.harness.choose`` first checks that this machine is one): (runner, why)."""
+    setting = recipe.eval.runner if stage == "eval" else recipe.distill.runner
+    if setting != "auto":
+        return setting, f"{stage}.runner = {setting!r}"
+    if stage == "eval":  # validation picks the submission: it runs as the scorer runs, even where slower
+        return "harness", "auto: validation ranks checkpoints, so it runs the competition's harness"
+    if recipe.model.backend == "unsloth" and recipe.generation.engine == "vllm":
+        swap, resident = generation_hours(recipe, stage, "harness"), generation_hours(recipe, stage, "engine")
+        return ("harness" if swap < resident else "engine"), (
+            f"auto: the harness (engine start + reload) {swap * 60:.0f} min vs the resident shared-weights vLLM "
+            f"{resident * 60:.0f} min")
+    if stage == "distill" and recipe.model.backend != "hf":
+        return "engine", f"auto: backend {recipe.model.backend!r} samples on its own engine"
+    return "harness", "auto: vllm and a CUDA device"
 
 
 def time_plan(recipe) -> list[tuple[str, float, str]]:
@@ -465,12 +574,10 @@ def time_plan(recipe) -> list[tuple[str, float, str]]:
         elif stage == "sft":
             tokens = rows * SFT_ROW_TOKENS * recipe.sft.epochs
             out.append((stage, tokens / train_rate / 3600, f"~{tokens / 1e6:.0f}M tokens"))
-        elif stage == "eval":
-            n = recipe.eval.limit or recipe.eval.n_generated
-            out.append((stage, n * GEN_TOKENS / gen_rate / 3600, f"{n:,} puzzles, greedy"))
-        elif stage == "distill":
-            tokens = recipe.distill.prompts * recipe.distill.k * GEN_TOKENS
-            out.append((stage, tokens / gen_rate / 3600, f"{recipe.distill.prompts:,} x {recipe.distill.k}"))
+        elif stage in ("eval", "distill"):
+            runner, _ = planned_runner(recipe, stage)
+            what = generation_work(recipe, stage)[2]
+            out.append((stage, generation_hours(recipe, stage, runner), f"{what}, {runner}"))
         elif stage == "grpo":
             g = recipe.grpo
             tokens = g.max_steps * g.batch_prompts * g.group_size * GEN_TOKENS
@@ -484,6 +591,57 @@ def time_plan(recipe) -> list[tuple[str, float, str]]:
     return out
 
 
+def validation_lines(recipe) -> list[str]:
+    """The whole train.csv through the harness at 64 and 256 sequences, and through the hf engine."""
+    import dataclasses
+
+    whole = dataclasses.replace(recipe, eval=dataclasses.replace(recipe.eval, limit=0,
+                                                                 data=recipe.eval.data or "train.csv"))
+    out = []
+    for seqs in (64, 256):
+        r = dataclasses.replace(whole, eval=dataclasses.replace(whole.eval, max_num_seqs=seqs))
+        out.append(f"whole train.csv ({eval_rows(whole):,} rows) through the harness at max_num_seqs {seqs}: "
+                   f"{generation_hours(r, 'eval', 'harness') * 60:.0f} min")
+    hf = dataclasses.replace(whole, generation=dataclasses.replace(whole.generation, engine="hf"))
+    out.append(f"... through the hf engine at generation.batch_size {recipe.generation.batch_size}: "
+               f"{generation_hours(hf, 'eval', 'engine'):.1f} h")
+    return out
+
+
+def full_set_on_hf(recipe):
+    """``recipe`` on backend "hf" with the winners' full set (lm_head + routed experts, both memory levers),
+    the hf engine and the harness for eval and distill: the only backend that trains that set."""
+    import dataclasses
+
+    return dataclasses.replace(
+        recipe, model=dataclasses.replace(recipe.model, backend="hf", load_in_4bit=False),
+        lora=dataclasses.replace(recipe.lora, train_experts=True, optimizer_8bit=True, bf16_weights=True),
+        generation=dataclasses.replace(recipe.generation, engine="hf"))
+
+
+def shared_weights_on_unsloth(recipe):
+    """``recipe`` on backend "unsloth" with its resident vLLM (shared weights, routed experts frozen)."""
+    import dataclasses
+
+    return dataclasses.replace(
+        recipe, model=dataclasses.replace(recipe.model, backend="unsloth"),
+        lora=dataclasses.replace(recipe.lora, train_experts=False),
+        generation=dataclasses.replace(recipe.generation, engine="vllm", gpu_memory_utilization=0.85))
+
+
+def backend_lines(recipe) -> list[str]:
+    """One round's hours on each backend (only "hf" trains the full set: lm_head + routed experts)."""
+    out = []
+    for name, variant in (("hf (full set, harness for eval/distill)", full_set_on_hf),
+                          ("unsloth (shared-weights vLLM, experts frozen)", shared_weights_on_unsloth)):
+        r = variant(recipe)
+        rows, mem = time_plan(r), plan_recipe(r)
+        parts = ", ".join(f"{s} {h:.1f}" for s, h, _ in rows)
+        fits = "fits" if mem.fits else f"does NOT fit: {mem.notes[-1]}"
+        out.append(f"backend {name}: {sum(h for _, h, _ in rows):.1f} h a round ({parts}); {fits}")
+    return out
+
+
 def time_table(recipe):
     from rich.table import Table
 
@@ -491,6 +649,6 @@ def time_table(recipe):
     for col in ("stage", "hours", "work"):
         t.add_column(col, justify="right" if col == "hours" else "left")
     for stage, hours, how in time_plan(recipe):
-        t.add_row(stage, f"{hours:.1f}", how)
+        t.add_row(stage, f"{hours:.2f}", how)
     t.caption = "; ".join(f"{k} = {v[0]:,}" for k, v in RATES.items()) + " (see fastnemo/plan.py RATES)"
     return t

@@ -64,6 +64,31 @@ class Context:
     def model_path(self) -> Path:
         return resolve(self.recipe, self.recipe.model.path)
 
+    def current_adapter(self) -> Path | None:
+        """The adapter the session holds (or would load): the newest finished training stage's, else
+        ``start_from``'s, else None (the base model with a fresh LoRA)."""
+        return self.run.artifact(self.adapter_key, "adapter") if self.adapter_key else self.start_adapter()
+
+    def release_session(self) -> None:
+        """Hand the training model's memory back (before the harness child starts vLLM). Every training stage
+        has saved its adapter before it finished, so nothing is lost: ``get_session`` reloads lazily from the
+        newest one. Its engine is shut down first where it has one (a resident vLLM)."""
+        if self.session is None:
+            return
+        import gc
+
+        import torch
+
+        engines = [getattr(self.session.started_engine, "llm", None), getattr(self.session.model, "vllm_engine", None)]
+        for llm in {id(e): e for e in engines if e is not None}.values():  # a resident vLLM (Unsloth's included)
+            from fastnemo.engines.vllm import shutdown
+
+            shutdown(llm)
+        self.session = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
     def get_session(self):
         """The run's one model session, loaded on first use with the newest finished adapter."""
         if self.session is None:
@@ -79,7 +104,7 @@ class Context:
                     build_tiny_model(path, seed=self.recipe.seed)
 
             distributed.on_main(build_tiny)  # one process builds it, the others wait
-            adapter = self.run.artifact(self.adapter_key, "adapter") if self.adapter_key else self.start_adapter()
+            adapter = self.current_adapter()
             self.session = ModelSession.load(
                 path, self.recipe.model, self.recipe.lora, self.recipe.generation, adapter=adapter,
                 seed=self.recipe.seed,
@@ -146,7 +171,10 @@ def stage_data(ctx: Context, key: str):
         from fastnemo.files import read_jsonl, write_atomic
 
         source = resolve(recipe, recipe.data.path)
-        for i, row in enumerate(read_jsonl(source, strict=True), start=1):  # what SFT reads: fail now, not after loading
+        records = read_jsonl(source, strict=True)
+        if not records:  # blank lines are no rows: SFT would fail after loading the model
+            raise ValueError(f"data.path {source}: empty (no JSONL rows, only blank lines): nothing to train on")
+        for i, row in enumerate(records, start=1):  # what SFT reads: fail now, not after loading
             bad = [k for k in ("prompt", "completion") if not isinstance(row.get(k), str) or not row[k].strip()]
             if bad:
                 raise ValueError(f"data.path {source}: line {i}: missing or empty {bad} (SFT needs both)")
@@ -163,7 +191,7 @@ def stage_data(ctx: Context, key: str):
                       shares=dict(recipe.data.shares), drill_share=recipe.data.drill_share)
         )
     with open(out) as f:
-        rows = sum(1 for _ in f)
+        rows = sum(1 for line in f if line.strip())  # as read_jsonl counts them: blank lines are no rows
     if rows == 0:
         raise ValueError(f"{key}: the SFT data is empty after filtering ({out}); nothing to train on")
     return {"sft": out}, {"rows": rows, **{k: v for k, v in stats.items() if k in ("source", "kept", "seconds")}}
@@ -234,22 +262,30 @@ def validation_set(ctx: Context) -> list[Puzzle]:
 
 
 def stage_eval(ctx: Context, key: str):
+    from fastnemo import harness
     from fastnemo.evaluate import evaluate
 
     d = ctx.run.path / key  # results.partial.jsonl inside lets an interrupted evaluation resume
     d.mkdir(exist_ok=True)
-    session = ctx.get_session()
-    if distributed.world() > 1:
-        evaluate = distributed.evaluate_sharded
-    summary = evaluate(session, validation_set(ctx), ctx.recipe.eval.sampling, d / "results.jsonl",
-                       batch_size=ctx.recipe.generation.batch_size)
-    summary["checkpoint"] = ctx.adapter_key
+    runner, why = harness.choose(ctx.recipe, "eval", distributed.world())
+    console.print(f"{key}: evaluating through the {runner} ({why})")
+    if runner == "harness":  # the trainer's memory goes back first; the next training stage reloads it
+        ctx.release_session()
+        summary = harness.evaluate(ctx.recipe, validation_set(ctx), d / "results.jsonl", ctx.model_path(),
+                                   ctx.current_adapter())
+    else:
+        session = ctx.get_session()
+        if distributed.world() > 1:
+            evaluate = distributed.evaluate_sharded
+        summary = evaluate(session, validation_set(ctx), ctx.recipe.eval.sampling, d / "results.jsonl",
+                           batch_size=ctx.recipe.generation.batch_size)
+    summary.update(checkpoint=ctx.adapter_key, runner=runner, runner_why=why)
     ctx.run.forget_metrics(key)  # a try killed after logging, before its manifest entry, logged these
     ctx.run.log({"stage": key, "eval_accuracy": summary["accuracy"], "checkpoint": ctx.adapter_key,
                  **{f"acc/{c}": v["accuracy"] for c, v in summary["per_category"].items()}})
     artifacts = {"results": d / "results.jsonl"}
     if ctx.recipe.eval.trace_set:
-        scores = distributed.on_main(score_trace_set, ctx, session, d)  # one forward pass a batch: rank 0
+        scores = distributed.on_main(score_trace_set, ctx, ctx.get_session(), d)  # one forward pass a batch: rank 0
         ctx.run.log({"stage": key, "checkpoint": ctx.adapter_key, **trace_metrics(scores)})
         summary["traces"] = {c: {k: v for k, v in e.items() if k != "weakest_lines"} for c, e in scores.items()}
         artifacts["trace_scores"] = d / "trace_scores.json"
@@ -279,13 +315,30 @@ def trace_metrics(scores: dict) -> dict:
 
 
 def stage_distill(ctx: Context, key: str):
-    from fastnemo import distill
+    from fastnemo import distill, harness
 
     d = ctx.run.path / key
     d.mkdir(exist_ok=True)
+    seed = ctx.recipe.seed + ctx.round
+    runner, why = harness.choose(ctx.recipe, "distill", distributed.world())
+    console.print(f"{key}: sampling through the {runner} ({why})")
+    if runner == "harness":  # as the eval stage: free the trainer, sample in a vLLM child, reload lazily
+        import time
+
+        ctx.release_session()
+        puzzles = distill.load_prompts(ctx.recipe, seed)
+        if not puzzles:
+            raise ValueError("distill: no prompts (distill.prompts is 0 or distill.data is empty)")
+        t0 = time.time()
+        harness.distill_sample(ctx.recipe, puzzles, d / distill.CACHE, ctx.model_path(), ctx.current_adapter(), seed)
+        summary = distill.finish(puzzles, distill.read_cache(d / distill.CACHE), ctx.recipe.distill, d,
+                                 seconds=time.time() - t0)
+        summary.update(runner=runner, runner_why=why)
+        return {"traces": d / "traces.jsonl", "goldilocks": d / "goldilocks.jsonl"}, summary
     run = distributed.distill_sharded if distributed.world() > 1 else distill.run
     summary = run(ctx.get_session(), ctx.recipe, d, seed=ctx.recipe.seed + ctx.round,
                   log=lambda rec: ctx.run.log({"stage": key, **rec}))
+    summary.update(runner=runner, runner_why=why)
     return {"traces": d / "traces.jsonl", "goldilocks": d / "goldilocks.jsonl"}, summary
 
 
@@ -361,6 +414,23 @@ def preflight(recipe: Recipe) -> list[str]:
                 "weights twice (trainer + vLLM); use backend = 'unsloth' (vLLM shares its weights) or "
                 "engine = 'hf'"
             )
+    for stage, runner in (("eval", recipe.eval.runner), ("distill", recipe.distill.runner)):
+        if stage not in recipe.stages:
+            continue
+        from fastnemo import harness
+
+        if runner != "harness":
+            chosen, why = harness.choose(recipe, stage, recipe.hardware.gpus)
+            notes.append(f"{stage} generates through the {chosen} here ({why})")
+            continue
+
+        if not harness.vllm_available():
+            raise RecipeError(f"{where}: {stage}.runner = 'harness' needs vllm, which is not installed in this "
+                              "Python: pip install vllm==0.26.0 (GPU), or set "
+                              f"{stage}.runner = 'auto' (the engine where vllm is missing)")
+        if recipe.hardware.gpus > 1:
+            raise RecipeError(f"{where}: {stage}.runner = 'harness' runs one vLLM on one GPU; with "
+                              f"hardware.gpus = {recipe.hardware.gpus} set {stage}.runner = 'engine' or 'auto'")
     for field, value in {"data.path": recipe.data.path, "start_from": recipe.start_from}.items():
         if value and not resolve(recipe, value).exists():
             raise RecipeError(f"{where}: {field} {resolve(recipe, value)} does not exist")

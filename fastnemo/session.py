@@ -80,6 +80,17 @@ def _load_hf(path: Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: 
     return peft_model, tokenizer
 
 
+def cap_memory() -> None:
+    """FASTNEMO_GPU_CAP_GIB (fastnemo.harness.CAP_ENV): a bigger test card plays an 80 GB one for the training
+    process too (torch's per-process memory fraction), as vLLM's share is rescaled for the harness."""
+    from fastnemo.harness import CAP_ENV
+
+    cap = os.environ.get(CAP_ENV)
+    if cap and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory / 2**30
+        torch.cuda.set_per_process_memory_fraction(min(1.0, float(cap) / total))
+
+
 class ModelSession:
     loads = 0  # models loaded by this process (see the module docstring)
 
@@ -132,6 +143,7 @@ class ModelSession:
         # mamba_ssm autotunes ~200 Triton kernel configs on a process's first step (81 s measured on the
         # test GPU); Triton can keep the winners in its on-disk cache so the next run starts at once
         os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
+        cap_memory()
         if model_cfg.backend == "unsloth":
             from fastnemo import unsloth_backend
 
@@ -173,9 +185,9 @@ class ModelSession:
     def save_adapter(self, out_dir: str | Path) -> Path:
         """Write adapter_config.json + adapter_model.safetensors (atomically: into a temp folder, then
         renamed), with the scored base model's name as base_model_name_or_path."""
-        from fastnemo.files import atomic_dir
+        from fastnemo.files import atomic_dir, disk_full_at
 
-        with atomic_dir(out_dir) as tmp:
+        with disk_full_at(out_dir), atomic_dir(out_dir) as tmp:
             # lm_head carries a LoRA, never a full copy of the base head (vLLM serves only the LoRA)
             self.model.save_pretrained(tmp, save_embedding_layers=False)
             set_base_model_name(tmp, self.model_cfg.base_model_name)
@@ -188,4 +200,6 @@ def set_base_model_name(adapter_dir: Path, name: str) -> None:
     cfg_path = Path(adapter_dir) / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["base_model_name_or_path"] = name
+    if isinstance(cfg.get("target_modules"), list):  # PEFT writes a set's order: sorted, two runs match byte for byte
+        cfg["target_modules"] = sorted(cfg["target_modules"])
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True))

@@ -25,6 +25,19 @@ def to_dataset(session, rows: list[dict]):
     )
 
 
+def check_kept(trainer, session, rows: list[dict], max_length: int) -> None:
+    """TRL drops every row whose prompt alone fills ``max_length`` (no completion token left to learn); when
+    that is every row, name them and the fix instead of the sampler's "num_samples=0"."""
+    if len(trainer.train_dataset) > 0:
+        return
+    lengths = [len(session.tokenizer(session.chat_prompt(r["prompt"]), add_special_tokens=False)["input_ids"])
+               for r in rows]
+    first = next((i for i, n in enumerate(lengths) if n >= max_length), 0)
+    raise ValueError(f"SFT data: all {len(rows)} rows have a prompt of >= sft.max_length = {max_length} tokens "
+                     f"(first: row {first + 1}, {lengths[first]} tokens), so no completion token is left to train "
+                     f"on; raise sft.max_length (up to model.max_seq_length) or shorten the prompts")
+
+
 def common_args(session, seed: int, save_steps: int) -> dict:
     """TrainingArguments every fastnemo trainer shares (SFT and DAPO): checkpoints for resume, seeds,
     precision, checkpointing, and no tqdm or external loggers (rich bars and metrics.jsonl instead)."""
@@ -187,6 +200,7 @@ def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 
             processing_class=session.tokenizer,
             callbacks=[RichTrainerCallback("sft", on_log_fn=log), SyncCheckpoints()],
         )
+    check_kept(trainer, session, rows, cfg.max_length)
     from transformers import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl carry the logs

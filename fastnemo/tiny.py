@@ -49,7 +49,7 @@ def _corpus(n: int = 400, seed: int = 0) -> list[str]:
         if solution is not None:
             try:
                 texts.append(categories.trace(puzzle, solution))
-            except ValueError:  # equations.NotTeachable: a cryptarithm with no recall trace
+            except ValueError:  # puzzles.base.NotTeachable: a cryptarithm with no recall trace
                 pass
     texts.append(_ALPHABET)
     return texts

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from fastnemo.files import read_jsonl, write_json
-from puzzles.base import CATEGORIES, Puzzle
+from puzzles.base import CATEGORIES, NotTeachable, Puzzle
 from puzzles.metric import is_correct
+from puzzles.traces import completion
 
 OUTCOMES = ("deduced_right", "deduced_wrong", "guessed_right", "guessed_wrong", "abstained", "error")
 # A feature with more distinct values than this (a rule text, a hash) is not a difficulty knob.
@@ -77,6 +78,46 @@ def solve_one(puzzle: Puzzle) -> dict:
             f"{'deduced' if sol.status == 'deduced' else 'guessed'}_{'right' if right else 'wrong'}"
         )
     return rec
+
+
+def solve_traced(puzzle) -> tuple[dict, dict | None]:
+    """Solve one real puzzle once: ``solve_one``'s record and, when the solver deduces its answer, the SFT
+    row it would train on (the trace of the solver's OWN answer; ``answer`` is the gold where there is one,
+    so ``puzzles.audit`` scores the trace against what the leaderboard expects)."""
+    from puzzles import categories
+    from puzzles.dataset import sft_row
+
+    t0 = time.perf_counter()
+    try:
+        sol = categories.solve(puzzle)
+    except Exception:  # noqa: BLE001 -- solve_one reports the crash the same way the plain command does
+        return solve_one(puzzle), None
+    rec = {
+        "id": puzzle.id,
+        "group": group_of(puzzle),
+        "seconds": time.perf_counter() - t0,
+        "prediction": sol.answer if sol else None,
+        "status": sol.status if sol else None,
+    }
+    if sol is None:
+        rec["outcome"] = "abstained"
+    elif puzzle.answer is None:
+        rec["outcome"] = sol.status
+    else:
+        rec["exact"] = sol.answer.strip() == puzzle.answer.strip()
+        right = "right" if is_correct(sol.answer, puzzle.answer) else "wrong"
+        rec["outcome"] = f"{'deduced' if sol.status == 'deduced' else 'guessed'}_{right}"
+    if sol is None or sol.status != "deduced":
+        return rec, None
+    try:
+        reasoning = categories.trace(puzzle, sol)
+    except NotTeachable:  # deduced by the search, but no recall trace reaches it: no SFT row (counted)
+        rec["not_teachable"] = True
+        return rec, None
+    text = completion(reasoning, sol.answer)
+    row = sft_row(puzzle, text, "solver", sol.status, solver_answer=sol.answer, solver_rule=sol.rule)
+    row["answer"] = puzzle.answer if puzzle.answer is not None else sol.answer
+    return rec, row
 
 
 def solve_all(
@@ -275,6 +316,13 @@ def plot(report: dict, puzzles: list[Puzzle], records: list[dict], path: Path) -
     import matplotlib.pyplot as plt
 
     groups = [g for g in GROUPS if g in report["rows_per_group"]]
+    if not groups:  # every row was skipped: a plot that says so (matplotlib cannot box-plot nothing)
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.text(0.5, 0.5, "no usable rows (see the report's skipped rows)", ha="center", va="center")
+        ax.set_axis_off()
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        return
     fig, axes = plt.subplots(1, 3 if records else 2, figsize=(18 if records else 12, 5))
     ax = axes[0]
     ax.barh(groups, [report["rows_per_group"][g] for g in groups], color="tab:blue")

@@ -20,13 +20,16 @@ leaning estimate for digit-heavy traces, stated as such in the report.
 
 from __future__ import annotations
 
+import ast
 import collections
 import itertools
 import math
+import operator
 import re
 from pathlib import Path
 from typing import Any
 
+from fastnemo.files import InputError
 from puzzles.base import AuditStep, Puzzle
 from puzzles.metric import extract_answer, score
 from puzzles.traces import THINK_CLOSE
@@ -38,23 +41,41 @@ _ROUND = re.compile(r"(-?\d+\.\d+)\s*->\s*(-?\d+(?:\.\d+)?)\b")
 _SMALL = {str(i) for i in range(11)} | {"0.5"}
 
 
-class AuditError(ValueError):
+class AuditError(InputError):
     """An SFT file the audit cannot read: names the file and row."""
 
 
 # ------------------------------------------------------------------------------------------ arithmetic
 
 
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+        ast.Pow: operator.pow}
+MAX_EXPR = 200  # characters: an arithmetic claim in a trace is short; model outputs can be anything
+
+
+def _value(node: ast.AST) -> float:
+    """An arithmetic tree in floats: ``9^9^9`` overflows at once (OverflowError) instead of building a
+    369-million-digit integer, and nothing but numbers and + - * / ^ is evaluated."""
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+        return float(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.UAdd, ast.USub)):
+        v = _value(node.operand)
+        return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return _OPS[type(node.op)](_value(node.left), _value(node.right))
+    raise ValueError("not arithmetic")
+
+
 def _eval(expr: str) -> float | None:
     """Value of a pure arithmetic segment (numbers, + - * / ^, parentheses), else None."""
     e = expr.strip()
-    if not e or not _ARITH.match(e) or not re.search(r"\d", e):
+    if not e or len(e) > MAX_EXPR or not _ARITH.match(e) or not re.search(r"\d", e):
         return None
     try:
-        v = eval(e.replace("^", "**"), {"__builtins__": {}}, {})
-    except Exception:  # noqa: BLE001 -- "2 3" or "1/0": not a claim the auditor can read
+        v = _value(ast.parse(e.replace("^", "**"), mode="eval").body)
+    except Exception:  # noqa: BLE001 -- "2 3", "1/0", an overflow: not a claim the auditor can read
         return None
-    return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+    return v if isinstance(v, float) and math.isfinite(v) else None
 
 
 def _decimals(s: str) -> int:
@@ -191,6 +212,9 @@ def read_rows(path: str | Path) -> list[dict]:
         missing = [k for k in ("id", "category", "prompt", "answer", "completion") if not row.get(k)]
         if missing:
             raise AuditError(f"{path}: row {n}: missing or empty {missing}")
+        not_text = [k for k in ("id", "category", "prompt", "answer", "completion") if not isinstance(row[k], str)]
+        if not_text:
+            raise AuditError(f"{path}: row {n}: {not_text} must be strings")
         if THINK_CLOSE not in row["completion"]:
             raise AuditError(f"{path}: row {n} ({row['id']}): completion has no {THINK_CLOSE} final answer line")
     if not rows:

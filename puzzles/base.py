@@ -38,6 +38,12 @@ class PuzzleFormatError(ValueError):
     """A prompt that does not have the layout its category parser expects."""
 
 
+class NotTeachable(ValueError):
+    """A deduced puzzle whose trace cannot be written as visible reasoning within its budget (a cryptarithm
+    the catalog recall does not reach, a cipher phrase with too many readings): it gets NO trace; builders
+    skip and count it."""
+
+
 @dataclasses.dataclass
 class Puzzle:
     """One puzzle. ``examples`` are (input, output) pairs as they appear in the prompt, ``query`` the

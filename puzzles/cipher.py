@@ -20,7 +20,7 @@ step 2 decodes the query with '?' for unknown letters, and step 3 (``resolve_lin
 said as such) and gives every entry word its verdict letter by letter (``verdict``: the first reason it
 fails, or the new letters it fits with); the only fitting word fixes its letters. Words that fit several
 ways are checked again once other words fix letters, then jointly (every combination's verdict over the
-whole phrase, at most ``MAX_COMBINATIONS``; else ``puzzles.equations.NotTeachable``, which builders count
+whole phrase, at most ``MAX_COMBINATIONS``; else ``puzzles.base.NotTeachable``, which builders count
 and skip). ``audit`` re-derives every such line from the audited table and ``WORDS``.
 """
 
@@ -32,7 +32,7 @@ import random
 import re
 import string
 
-from puzzles.base import PROMPT_SUFFIX, Puzzle, PuzzleFormatError, Solution
+from puzzles.base import PROMPT_SUFFIX, NotTeachable, Puzzle, PuzzleFormatError, Solution
 from puzzles.units import span
 
 CATEGORY = "cipher"
@@ -400,8 +400,6 @@ def resolve_lines(puzzle: Puzzle, table: dict[str, str]) -> tuple[list[str], dic
     a word that fits one way fixes its letters, one that fits several ways is left open and checked again
     after a pass fixes new letters; words still open after a pass that fixes nothing get the joint check
     (raises ``NotTeachable`` when that takes more than ``MAX_COMBINATIONS`` lines or nothing decides)."""
-    from puzzles.equations import NotTeachable
-
     table = dict(table)
     lines: list[str] = []
     todo = list(dict.fromkeys(e for e in puzzle.query.split() if "?" in _decode(e, table)))
@@ -438,10 +436,8 @@ def resolve_lines(puzzle: Puzzle, table: dict[str, str]) -> tuple[list[str], dic
 def trace(puzzle: Puzzle, solution: Solution) -> str:
     """Steps 1-2 build the table and decode the query; step 3 resolves each unknown word by reciting the
     vocabulary entry of its length and giving every word a letter-by-letter verdict (``resolve_lines``).
-    Raises ``puzzles.equations.NotTeachable`` where step 3 cannot decide visibly or reaches another answer
+    Raises ``puzzles.base.NotTeachable`` where step 3 cannot decide visibly or reaches another answer
     than the solver (builders skip and count such puzzles)."""
-    from puzzles.equations import NotTeachable
-
     table: dict[str, str] = {}
     out = [RULE, "Step 1: build the letter table (encrypted -> plain) from the examples, word by word."]
     for enc, plain in puzzle.examples:

@@ -159,7 +159,7 @@ def _solve_traced(puzzles: list, workers: int) -> tuple[list[dict], list[dict]]:
 
     from rich.progress import track
 
-    from puzzles.traces import solve_traced
+    from puzzles.analyze import solve_traced
 
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         pairs = list(track(pool.imap(solve_traced, puzzles, chunksize=8), total=len(puzzles),

@@ -3,7 +3,7 @@
 An example line ``!#+$# = #!$`` is normalised to its SIGNATURE: operand and result glyphs renamed A, B, C,
 ... in order of first appearance, the operator written ``?`` and a sign mark (the operator glyph in the
 result) written ``-``: ``AB?CB=BAC``. The CATALOG maps a signature to every (rule, digits) that produces
-it: rule = (operation, world, sign style) from the generator's rule space (``puzzles.equations``), digits =
+it: rule = (operation, world, sign style) from the generator's rule space (``puzzles.equations_rules``), digits =
 the digit of A, B, C, ... in order. It is built by code from that rule space (every operand pair 00..99
 under every rule), never from real puzzles, and keeps only signatures with at most ``MAX_CANDIDATES``
 entries (4,202 of the 4,266 signatures; the 1st place memorised 4,205): the recall drills of
@@ -14,14 +14,14 @@ The trace (``recall_trace``):
 2. takes the example whose catalog entry is shortest, RECALLS its candidates (an entry of at most
    ``LIST_MAX`` written out, grouped by rule; a longer one recited one candidate at a time, likeliest rule
    first) and for each candidate in turn binds the glyphs and VERIFIES the other examples: an example whose
-   operands are all bound is computed (``puzzles.equations`` arithmetic) and its result glyphs checked or
+   operands are all bound is computed (``puzzles.equations_rules`` arithmetic) and its result glyphs checked or
    bound (every operation computed once where its operator is new); otherwise its own entry is recalled,
    written in full once and later only the part that agrees with the digits bound so far;
 3. decodes the query with the surviving binding and writes the answer in glyphs; a query operator no
    example shows gets the generator's likeliest rule (``guess_rule``, status "guessed").
 A puzzle whose trace cannot get there within ``TOKEN_BUDGET`` estimated tokens (or whose examples are not
 in the catalog) is not trace-teachable: ``equations.trace`` raises ``NotTeachable`` and no SFT row is made;
-the CPU search (``puzzles.equations.solve_symbolic``) still answers it and checks every trace's answer.
+the CPU search (``puzzles.equations_symbolic.solve_symbolic``) still answers it and checks every trace's answer.
 ``python bench/cryptarithm.py`` measures the coverage on the real puzzles.
 """
 
@@ -32,7 +32,7 @@ import functools
 import random
 
 from puzzles.base import Puzzle
-from puzzles.equations import ALL_RULES, FAMILY, OP_BY_NAME, RULE_PRIOR, Rule, _arith_text, rule_weight
+from puzzles.equations_rules import ALL_RULES, FAMILY, OP_BY_NAME, RULE_PRIOR, Rule, arith_text, rule_weight
 
 MAX_CANDIDATES = 1000  # candidates a memorised (drilled) entry may hold: 4,202 of the 4,266 signatures
 # (the 1st place memorised 4,205); entries over LIST_MAX are recited in the trace one candidate at a time
@@ -75,7 +75,7 @@ def rule_text(r: Rule) -> str:
 
 
 # The rules in the order a catalog entry lists (and the trace tries) them: the generator's prior
-# (``equations.RULE_PRIOR``, fitted on train_dev frequencies of fixed rules), ties in ALL_RULES order.
+# (``equations_rules.RULE_PRIOR``, fitted on train_dev frequencies of fixed rules), ties in ALL_RULES order.
 PRIOR_ORDER = sorted(ALL_RULES, key=lambda r: -RULE_PRIOR.get((r.op, r.rev, r.sign), 0.5))
 
 
@@ -162,7 +162,7 @@ def compute(rule: Rule, lhs: str, digit: dict[str, str]) -> tuple[str, str] | No
         return None
     if rule.op in JOINS:
         return out, f"join -> {out}"
-    text = f"a={a}, b={b}: {_arith_text(rule.op, int(a), int(b))}"
+    text = f"a={a}, b={b}: {arith_text(rule.op, int(a), int(b))}"
     if rule.rev:
         text += f"; written right to left -> {out.replace('?', '-')}"
     return out, text
@@ -261,12 +261,12 @@ def _recall_line(walk: Walk, lhs: str, rhs: str, cands: tuple, alive: list) -> s
     """The recall line of an example; marks its signature as written in full where it is."""
     sig = signature(lhs, rhs)
     if sig in walk.recalled:  # written in full above: only the candidates that agree now
-        return f"  {lhs} = {rhs}: signature {sig} (recalled above), agree with the digits so far {_cands_text(alive)}"
+        return f"  {lhs} = {rhs}: signature {sig} (recalled above), agree with the digits so far {cands_text(alive)}"
     if len(cands) > LIST_MAX and sig in catalog():  # a long entry is recited one candidate at a time
         return (f"  {lhs} = {rhs}: signature {sig}, recall its {len(cands)} candidates one at a time; "
                 f"{len(alive)} agree with the digits so far")
     walk.recalled = walk.recalled | {sig}
-    return f"  {lhs} = {rhs}: signature {sig}, recall {_cands_text(cands)}; {len(alive)} agree with the digits so far"
+    return f"  {lhs} = {rhs}: signature {sig}, recall {cands_text(cands)}; {len(alive)} agree with the digits so far"
 
 
 def _recall_branches(walk: Walk, lhs: str, rhs: str, alive: list) -> list[tuple]:
@@ -344,7 +344,7 @@ def _try_text(cand: tuple[Rule, str], lhs: str, rhs: str) -> str:
     return f"{rule_text(r)}: " + " ".join(f"{c}={d}" for c, d in zip(glyph_order(lhs, rhs), digits))
 
 
-def _cands_text(cands) -> str:
+def cands_text(cands) -> str:
     """``[plain a * b: 2051 3462; reversed a then b]``: candidates grouped by rule (consecutive runs), each
     candidate the digits of A, B, C... in letter order."""
     groups: list[tuple[Rule, list[str]]] = []
@@ -484,7 +484,7 @@ def _query_lines(walk: Walk, q: str) -> tuple[list[str], str | None, str]:
 
 
 def guess_rule(g: str, walk: Walk) -> Rule:
-    """The heaviest rule (``equations.rule_weight``: rule prior x operator-glyph prior) in the walk's world
+    """The heaviest rule (``equations_rules.rule_weight``: rule prior x operator-glyph prior) in the walk's world
     whose family no other operator uses, with the sign style the other operators show."""
     used = {FAMILY[r.op] for r in walk.rules.values()}
     signs = {r.sign for r in walk.rules.values() if r.can_be_negative()}
@@ -510,7 +510,7 @@ def drill_text(sig: str) -> tuple[str, str, str]:
         "In Alice's Wonderland, cryptarithm equations are normalised to signatures. "
         f"Recall the catalog entry for the signature: {sig}"
     )
-    body = f"Signature {sig}: {len(cands)} candidate(s): " + _cands_text(cands)
+    body = f"Signature {sig}: {len(cands)} candidate(s): " + cands_text(cands)
     return prompt, body, str(len(cands))
 
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 import collections
 import csv
 import dataclasses
+import io
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from fastnemo.files import atomic_open
+from fastnemo.files import InputError, atomic_open, read_text
 from puzzles.base import Puzzle, PuzzleFormatError
 from puzzles.metric import extract_answer, score
 from puzzles.traces import answer_tail
@@ -36,7 +37,7 @@ STATUSES = ("deduced", "guessed", "verified")  # verified: a model sample checke
 csv.field_size_limit(max(csv.field_size_limit(), 1 << 20))
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A file that cannot be read as asked; the message names the file, the row and the reason."""
 
 
@@ -80,7 +81,11 @@ def iter_csv_rows(path: str | Path, require_answer: bool = False) -> Iterator[tu
     if not path.exists():
         raise DatasetError(f"{path}: no such file")
     needed = ["id", "prompt"] + (["answer"] if require_answer else [])
-    with open(path, newline="", encoding="utf-8") as f:
+    try:
+        text = read_text(path)
+    except InputError as e:
+        raise DatasetError(str(e)) from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         header = reader.fieldnames or []
         missing = [c for c in needed if c not in header]

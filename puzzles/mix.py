@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from fastnemo.files import read_jsonl, write_json, write_jsonl
-from puzzles.base import CATEGORIES, Puzzle
+from puzzles.base import CATEGORIES, NotTeachable, Puzzle
 from puzzles.dataset import sft_row
 from puzzles.metric import extract_answer, score
 from puzzles.traces import completion
@@ -210,8 +210,6 @@ def make_row(generated: Puzzle, statuses: tuple[str, ...]) -> tuple[dict | None,
         return None, f"wrong_{sol.status}", detail
     if sol.status not in statuses:
         return None, f"dropped_{sol.status}", ""
-    from puzzles.equations import NotTeachable
-
     try:
         text = categories.trace(puzzle, sol)
     except NotTeachable:  # a cryptarithm the recall trace cannot reach: the search is never trained

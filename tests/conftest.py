@@ -3,6 +3,7 @@ fresh clone): tests that need them skip cleanly."""
 
 from __future__ import annotations
 
+import collections
 import csv
 from pathlib import Path
 
@@ -59,3 +60,26 @@ def chat_server():
     yield holder
     httpd.shutdown()
     httpd.server_close()
+
+
+# ------------------------------------------------------------------------- fault and fuzz counts
+# Suites that try many faults or inputs (the fuzz suite, the kill-point suite) tally their outcomes here and
+# the terminal summary prints one line per suite, so a CI log shows what was tried and what came of it:
+#     fault_counts["fuzz csv"]["inputs"] += 1; fault_counts["fuzz csv"]["clean errors"] += 1
+# Outcome names are free text; "tracebacks" and "hangs" are printed for every suite (0 when never counted).
+FAULT_COUNTS: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+
+
+@pytest.fixture(scope="session")
+def fault_counts() -> dict[str, collections.Counter]:
+    """suite -> Counter of outcomes; printed by ``pytest_terminal_summary`` at the end of the session."""
+    return FAULT_COUNTS
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FAULT_COUNTS:
+        return
+    terminalreporter.section("fault and fuzz counts")
+    for suite, counts in sorted(FAULT_COUNTS.items()):
+        shown = {**counts, "tracebacks": counts["tracebacks"], "hangs": counts["hangs"]}
+        terminalreporter.write_line(f"{suite}: " + ", ".join(f"{k} {v}" for k, v in shown.items()))

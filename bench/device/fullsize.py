@@ -357,7 +357,7 @@ def sft_rows(n: int, seed: int = 0) -> list[dict]:
             continue
         try:
             rows.append({"prompt": puzzle.prompt, "completion": categories.trace(puzzle, solution)})
-        except ValueError:  # equations.NotTeachable: a cryptarithm with no recall trace
+        except ValueError:  # puzzles.base.NotTeachable: a cryptarithm with no recall trace
             continue
     return rows
 

@@ -68,6 +68,16 @@ step() {
     unsloth-tests) run_step unsloth-tests 560 python3 -m pytest -m gpu tests/fastnemo/test_gpu.py \
       tests/fastnemo/test_gpu_lora.py -q -s -rs -k unsloth ;;
     traces-gpu) run_step traces-gpu 300 python3 -m pytest -m gpu tests/fastnemo/test_trace_score.py -q -s ;;
+    # issue 22: 600-puzzle validation side by side, and the winners' recipe end to end (bench/README.md)
+    doctor) run_step doctor 120 python3 -m fastnemo doctor ;;
+    val-harness64) run_step val-harness64 560 python3 bench/device/validation.py harness --seqs 64 \
+      --work "$L/vwork" --outputs "$L/o64.json" --results "$L/records.jsonl" ;;
+    val-harness256) run_step val-harness256 500 python3 bench/device/validation.py harness --seqs 256 \
+      --work "$L/vwork" --outputs "$L/o256.json" --compare "$L/o64.json" --results "$L/records.jsonl" ;;
+    val-hf) run_step val-hf 420 python3 bench/device/validation.py hf --batch 16 --work "$L/vwork" \
+      --results "$L/records.jsonl" ;;
+    recipe-full) run_step recipe-full 900 python3 bench/device/recipe_fullsize.py --run-dir "$L/winners/run" \
+      --results "$L/records.jsonl" ${RECIPE_OVERRIDES:-} ;;
     score) run_step score 400 python3 bench/device/score_slice.py --results "$L/records.jsonl" ;;
     *) echo "unknown step $1" >>"$L/STATUS" ;;
   esac
@@ -81,6 +91,9 @@ case "$cmd" in
     # mamba_ssm autotunes ~200 Triton configs on its first call; keep the winners on disk so that every
     # later process (each bench variant is one) reuses them instead of tuning again
     export TRITON_CACHE_AUTOTUNING=1
+    # a card bigger than 80 GB (the H200) plays the user's H100: fastnemo caps its processes at 79.2 GiB
+    total=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits -i 0 2>/dev/null || echo 0)
+    [ "${total:-0}" -gt 100000 ] && export FASTNEMO_GPU_CAP_GIB=79.2
     # vLLM in-process (it shares the trainer's process) and without flashinfer (not staged)
     export VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_USE_FLASHINFER_SAMPLER=0
     steps=("$@")

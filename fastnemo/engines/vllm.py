@@ -42,6 +42,15 @@ def _unsloth_llm(model):
     return getattr(model, "vllm_engine", None)  # PeftModel forwards the lookup to the wrapped model
 
 
+def shutdown(llm) -> None:
+    """Stop ``llm``'s engine core so its GPU memory goes back before the harness child starts its own vLLM
+    (V1 runs the core in a background process, or in this one with multiprocessing off; both answer
+    ``shutdown``). Unsloth's resident engine included: the trainer that shared its weights is being freed."""
+    core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+
+
 def merged_weights(model):
     """(checkpoint name, tensor) for every weight of a PEFT model, each LoRA-wrapped weight replaced by
     base + LoRA delta, computed out of place: the training model is not touched.

@@ -245,3 +245,35 @@ def test_overrides_are_checked_like_keys_in_the_file(tmp_path):
                       ("lora.rank.x=1", "lora.rank")]:
         with pytest.raises(RecipeError, match=key.replace(".", r"\.")):
             load_recipe(p, [item])
+
+
+@pytest.mark.parametrize(("override", "needle"), [
+    ("sft.learning_rate=nan", "sft.learning_rate must be a finite number"),
+    ("sft.learning_rate=inf", "sft.learning_rate must be a finite number"),
+    ("grpo.learning_rate=-inf", "grpo.learning_rate must be a finite number"),
+    ("lora.dropout=nan", "lora.dropout must be a finite number"),
+    ("data.shares={cipher = nan}", r"data.shares.cipher must be a finite number"),
+    ("seed=1180591620717411303424", "seed: 1180591620717411303424 is out of range"),  # 2**70
+    ("seed=4294967296", r"seed must be in 0..4294967295"),
+    ("eval.sampling.seed=-1", r"eval.sampling.seed must be in 0..4294967295"),
+    ("data.workers=100000", r"data.workers must be in 1..64"),
+    ("sft.max_steps=" + "9" * 30, "out of range"),
+])
+def test_non_finite_floats_and_out_of_range_ints_are_refused_naming_the_key(tmp_path, override, needle):
+    """They passed --check: a NaN/inf learning rate trained a NaN adapter, a 2**70 seed crashed numpy."""
+    with pytest.raises(RecipeError, match=needle):
+        load_recipe(write(tmp_path, ""), [override])
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    ("name = 'x'\n".encode("utf-16"), "not UTF-8"),
+    (b"name = '\xe9t\xe9'\n", "not UTF-8"),  # latin-1
+    (b"a = " + b"[" * 100_000 + b"]" * 100_000 + b"\n", "not valid TOML"),
+    (b"seed = " + b"9" * 5000 + b"\n", "not valid TOML|out of range"),
+])
+def test_a_recipe_in_another_encoding_or_nested_past_the_parser_is_one_line(tmp_path, content, needle):
+    path = tmp_path / "r.toml"
+    path.write_bytes(content)
+    with pytest.raises(RecipeError, match=needle) as e:
+        load_recipe(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)

@@ -56,9 +56,10 @@ def test_disk_full_during_an_adapter_save_leaves_no_adapter_and_frees_the_space(
         f.unlink()
     (small_disk / "probe").rmdir()
     filler = fill(small_disk, size // 2)  # room for half the adapter
-    with pytest.raises(Exception) as e:
+    with pytest.raises(OSError) as e:
         tiny_session.save_adapter(small_disk / "adapter")
-    assert (isinstance(e.value, OSError) and e.value.errno == errno.ENOSPC) or "No space left" in str(e.value)
+    assert e.value.errno == errno.ENOSPC and str(e.value) == (
+        f"[Errno 28] disk full at {small_disk / 'adapter'}: free some space and rerun")  # one line, the file
     assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no adapter, no temp copy left
     filler.unlink()
     saved = tiny_session.save_adapter(small_disk / "adapter")  # the space came back: the save succeeds
@@ -117,6 +118,31 @@ def test_jsonl_round_trip_atomic_and_errors(tmp_path):
     with pytest.raises(files.JsonlError, match="no such file"):
         files.read_jsonl(tmp_path / "nope.jsonl", strict=True)
     assert files.read_jsonl(tmp_path / "nope.jsonl") == []  # a log not started yet
+
+
+def test_a_tear_inside_a_multibyte_character_of_the_last_line_does_not_block_a_resume(tmp_path):
+    """results.partial.jsonl holds model outputs: a kill can cut its last line between the bytes of "é"."""
+    log = tmp_path / "results.partial.jsonl"
+    files.append_jsonl(log, [{"id": "a", "text": "café"}, {"id": "b", "text": "naïve"}])
+    data = log.read_bytes()
+    log.write_bytes(data[: data.rindex("ï".encode()) + 1])  # one byte of the two of "ï"
+    assert [r["id"] for r in files.read_jsonl(log)] == ["a"]
+    files.append_jsonl(log, [{"id": "b", "text": "naïve"}])  # the resume's append cuts the torn tail first
+    assert [r["id"] for r in files.read_jsonl(log, strict=True)] == ["a", "b"]
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (b'{"a": "\xff"}\n{"b": 1}\n', "line 1: not UTF-8"),
+    (b'{"a": 1}\n{"n": ' + b"9" * 5000 + b"}\n{}\n", "line 2: not valid JSON"),
+    (b"[" * 100_000 + b"\n{}\n", "line 1: not valid JSON"),
+])
+def test_every_jsonl_error_names_the_file_and_line(tmp_path, content, needle):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(content)
+    for strict in (False, True):
+        with pytest.raises(files.JsonlError, match=needle) as e:
+            files.read_jsonl(path, strict=strict)
+        assert str(path) in str(e.value)
 
 
 def test_a_bad_line_before_the_last_is_an_error_even_in_a_log(tmp_path):

@@ -124,7 +124,7 @@ def test_rejects_rank_33(good_zip, tmp_path):
 
 def test_rejects_rank_33_in_rank_pattern(good_zip, tmp_path):
     z = rezip(good_zip, tmp_path / "rp.zip", lambda c: c.update(rank_pattern={"q_proj": 64}))
-    with pytest.raises(VerifyError, match="rank 64"):
+    with pytest.raises(VerifyError, match="rank_pattern"):
         verify(z, None, BASE)
 
 
@@ -523,3 +523,160 @@ def test_verify_refuses_a_stacked_expert_zip(tiny_model_dir, tmp_path):
     with pytest.raises(VerifyError, match="stacked"):
         verify(z, None, None)
     verify(pack(tmp_path / "st", tmp_path / "packed.zip"), tiny_model_dir, None, load=True)  # pack fixes it
+
+
+# ------------------------------------------------------------------- malformed zips: one line, never a traceback
+# Config checks come before the weights are read, so these zips carry placeholder weights and need no model.
+
+GOOD_CONFIG = {"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"],
+               "base_model_name_or_path": BASE, "bias": "none"}
+
+
+def raw_zip(path: Path, config: bytes | dict, weights: bytes = b"\0" * 64, **extra: bytes) -> Path:
+    cfg = config if isinstance(config, bytes) else json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("adapter_config.json", cfg)
+        zf.writestr("adapter_model.safetensors", weights)
+        for name, data in extra.items():
+            zf.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize(("edit", "needle"), [
+    ({"lora_alpha": "sixteen"}, "lora_alpha"),
+    ({"lora_alpha": 1e308}, "lora_alpha"),
+    ({"lora_alpha": -8}, "lora_alpha"),
+    ({"lora_alpha": True}, "lora_alpha"),
+    ({"r": 8.0}, "integer"),
+    ({"r": "8"}, "integer"),
+    ({"r": 0}, "outside 1..32"),
+    ({"rank_pattern": ["q_proj", 64]}, "rank_pattern"),
+    ({"alpha_pattern": "q_proj"}, "alpha_pattern"),
+    ({"target_modules": [["q_proj"]]}, "not a module name"),
+    ({"target_modules": {"q_proj": 1}}, "list of module names"),
+    ({"lora_bias": True}, "lora_bias"),
+    ({"layer_replication": [[0, 2]]}, "layer_replication"),
+    ({"init_lora_weights": "pissa"}, "init_lora_weights"),
+])
+def test_verify_checks_every_field_vllm_reads_for_type_and_range(tmp_path, edit, needle):
+    with pytest.raises(VerifyError, match=needle):
+        verify(raw_zip(tmp_path / "f.zip", {**GOOD_CONFIG, **edit}), None, BASE)
+
+
+def test_verify_refuses_a_missing_lora_alpha(tmp_path):
+    cfg = {k: v for k, v in GOOD_CONFIG.items() if k != "lora_alpha"}
+    with pytest.raises(VerifyError, match="no lora_alpha"):
+        verify(raw_zip(tmp_path / "f.zip", cfg), None, BASE)
+
+
+@pytest.mark.parametrize(("raw", "needle"), [
+    (json.dumps(GOOD_CONFIG).replace('"lora_alpha": 8', '"lora_alpha": NaN').encode(), "NaN"),
+    (json.dumps(GOOD_CONFIG).encode("utf-16"), "not UTF-8"),
+    (b"\xef\xbb\xbf" + json.dumps(GOOD_CONFIG).encode(), "not valid JSON"),
+    (b"[]", "expected a JSON object, got list"),
+    (json.dumps(GOOD_CONFIG).replace('"r": 4', '"r": ' + "9" * 5000).encode(), "not valid JSON"),
+    (b'{"a": ' * 100_000 + b"1" + b"}" * 100_000, "not valid JSON"),
+])
+def test_verify_names_an_unreadable_config_in_one_line(tmp_path, raw, needle):
+    z = raw_zip(tmp_path / "c.zip", raw)
+    with pytest.raises(VerifyError, match=needle) as e:
+        verify(z, None, BASE)
+    assert str(z) in str(e.value) and "adapter_config.json" in str(e.value) and "\n" not in str(e.value)
+
+
+def _patch_headers(path: Path, *, local_offset: int, central_offset: int, value: bytes) -> None:
+    """Overwrite a field of every local and central-directory header (the zip is otherwise intact)."""
+    data = bytearray(path.read_bytes())
+    for sig, off in ((b"PK\x03\x04", local_offset), (b"PK\x01\x02", central_offset)):
+        i = data.find(sig)
+        while i >= 0:
+            data[i + off:i + off + len(value)] = value
+            i = data.find(sig, i + 4)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(("offsets", "value", "needle"), [
+    ((6, 8), b"\x01\x00", "encrypted"),          # general purpose flag bit 0
+    ((8, 10), b"\x09\x00", "compression method 9"),  # deflate64
+])
+def test_verify_refuses_encrypted_and_deflate64_entries(tmp_path, offsets, value, needle):
+    z = raw_zip(tmp_path / "e.zip", GOOD_CONFIG)
+    _patch_headers(z, local_offset=offsets[0], central_offset=offsets[1], value=value)
+    with pytest.raises(VerifyError, match=needle):
+        verify(z, None, BASE)
+
+
+def test_verify_refuses_filler_before_decompressing_it(tmp_path):
+    """17 MiB of zeros deflate to a few KB: refused from the central directory's sizes alone."""
+    z = raw_zip(tmp_path / "bomb.zip", GOOD_CONFIG, weights=b"\0" * (17 << 20))
+    assert z.stat().st_size < 100_000
+    with pytest.raises(VerifyError, match="filler"):
+        verify(z, None, BASE)
+
+
+def test_verify_caps_the_declared_size(tmp_path, monkeypatch):
+    import fastnemo.pack as pack_mod
+
+    monkeypatch.setitem(pack_mod._LIMIT, "adapter_model.safetensors", 1000)
+    with pytest.raises(VerifyError, match="bytes uncompressed, over"):
+        verify(raw_zip(tmp_path / "big.zip", GOOD_CONFIG, weights=b"\1" * 2000), None, BASE)
+
+
+def test_score_extracts_only_the_two_checked_entries(tmp_path):
+    """The scorer's unzip verifies first: a duplicate or an extra entry (a second adapter folder the glob could
+    pick) is refused before anything is written, and a good zip gives exactly the two files."""
+    import warnings
+
+    import click
+
+    from fastnemo.pack import extract_checked
+    from fastnemo.score import adapter_dir
+
+    two = raw_zip(tmp_path / "two.zip", GOOD_CONFIG, **{"a/adapter_config.json": b"{}"})
+    with pytest.raises(click.UsageError, match="nothing else"):
+        adapter_dir(two, tmp_path / "out1")
+    assert not (tmp_path / "out1" / "a").exists()
+    dup = raw_zip(tmp_path / "dup.zip", GOOD_CONFIG)
+    with warnings.catch_warnings(), zipfile.ZipFile(dup, "a") as zf:
+        warnings.simplefilter("ignore")
+        zf.writestr("adapter_config.json", json.dumps({**GOOD_CONFIG, "r": 32}))
+    with pytest.raises(VerifyError, match="second adapter_config.json"):
+        extract_checked(dup, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+
+def test_score_unzips_a_good_submission_to_exactly_its_two_files(good_zip, tmp_path):
+    from fastnemo.score import adapter_dir
+
+    found = adapter_dir(good_zip, tmp_path / "unzipped")
+    assert sorted(p.name for p in found.iterdir()) == sorted(REQUIRED)
+    with zipfile.ZipFile(good_zip) as zf:
+        assert all((found / n).read_bytes() == zf.read(n) for n in REQUIRED)
+
+
+def test_pack_writes_the_same_bytes_twice(adapter, tmp_path):
+    """Fixed timestamps and sorted lists: packing the same adapter a second later gives the same zip."""
+    import time
+
+    a = pack(adapter, tmp_path / "a.zip")
+    time.sleep(2.1)  # zip timestamps have 2 s resolution
+    b = pack(adapter, tmp_path / "b.zip")
+    assert a.read_bytes() == b.read_bytes()
+    assert json.loads((adapter / "adapter_config.json").read_text())["target_modules"] == sorted(
+        json.loads((adapter / "adapter_config.json").read_text())["target_modules"])
+
+
+@pytest.mark.parametrize(("config", "weights", "needle"), [
+    (b"{not json", None, "adapter_config.json: not valid JSON"),
+    (json.dumps(GOOD_CONFIG).encode("utf-16"), None, "adapter_config.json: not UTF-8"),
+    (None, b"\0" * 10, "adapter_model.safetensors: unreadable"),
+])
+def test_pack_names_an_unreadable_adapter_file(adapter, tmp_path, config, weights, needle):
+    from fastnemo.pack import PackError
+
+    if config is not None:
+        (adapter / "adapter_config.json").write_bytes(config)
+    if weights is not None:
+        (adapter / "adapter_model.safetensors").write_bytes(weights)
+    with pytest.raises(PackError, match=needle):
+        pack(adapter, tmp_path / "s.zip")

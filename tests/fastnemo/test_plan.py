@@ -89,12 +89,29 @@ def test_time_plan_scales_with_the_work_and_the_engine():
     from fastnemo.config import load_recipe
 
     r = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "round2.toml")
+    r.distill.runner = "engine"  # the resident vLLM: hours in proportion to the work
     hours = {s: h for s, h, _ in P.time_plan(r)}
     r.distill.k *= 2
     assert {s: h for s, h, _ in P.time_plan(r)}["distill"] == pytest.approx(2 * hours["distill"])
     r.generation.engine = "hf"
     assert {s: h for s, h, _ in P.time_plan(r)}["distill"] > 5 * hours["distill"]
     assert [s for s, _, _ in P.time_plan(r)] == ["distill", "data", "sft", "eval", "grpo"]
+    r.distill.runner = "harness"  # engine start + the trainer's reload + tokens at max_num_seqs 256
+    tokens = r.distill.prompts * r.distill.k * P.GEN_TOKENS
+    want = (P.RATES["harness_start_s"][0] + P.RATES["trainer_reload_s"][0]
+            + tokens / P.RATES["harness_tok_s_seqs256"][0]) / 3600
+    assert {s: h for s, h, _ in P.time_plan(r)}["distill"] == pytest.approx(want)
+
+
+def test_the_plan_prints_whole_train_csv_and_both_backends():
+    from fastnemo.config import load_recipe
+
+    r = load_recipe(Path(__file__).resolve().parents[2] / "recipes" / "round2.toml")
+    lines = P.validation_lines(r) + P.backend_lines(r)
+    assert lines[0].startswith("whole train.csv (9,500 rows) through the harness at max_num_seqs 64")
+    assert "backend hf (full set" in lines[3] and "backend unsloth" in lines[4]
+    minutes = {seqs: float(line.split(": ")[-1].removesuffix(" min")) for seqs, line in zip((64, 256), lines)}
+    assert minutes[256] < 45 < minutes[64]  # the recipes' eval.limit follows from these (recipes/*.toml)
 
 
 # ------------------------------------------------------------------------------ target sets and levers

@@ -179,7 +179,7 @@ def test_eval_scores_a_held_out_trace_set_under_each_checkpoint(tmp_path, tiny_r
     import random
 
     from puzzles import categories
-    from puzzles.traces import solve_traced
+    from puzzles.analyze import solve_traced
 
     traces, seed = [], 0
     while len(traces) < 6:
@@ -203,6 +203,26 @@ def test_eval_scores_a_held_out_trace_set_under_each_checkpoint(tmp_path, tiny_r
         assert scores["all"]["weakest_lines"] and scores["all"]["rows"] == 4
     # the SFT adapter moved the model: the same traces score differently under it
     assert logged["r1-eval-base"]["trace/all/mean_logp"] != logged["r1-eval-sft"]["trace/all/mean_logp"]
+
+
+def test_the_same_recipe_twice_gives_the_same_bytes(tmp_path, tiny_recipe):
+    """Same inputs, same bytes: two runs of one recipe (fixed seed) in two run directories make an adapter,
+    config and submission.zip with equal hashes, so a hash can prove two runs made the same submission
+    (target_modules used to come in a set's order, and the zip stamped the packing time)."""
+    import hashlib
+    import time
+
+    def build(folder: Path) -> dict[str, str]:
+        run = run_recipe(load_recipe(write_recipe(tiny_recipe, folder, ["data", "sft", "pack"],
+                                                  sft={"max_steps": 2})))
+        adapter = run.artifact("r1-sft", "adapter")
+        files = [adapter / "adapter_model.safetensors", adapter / "adapter_config.json",
+                 run.path / "pack" / "submission.zip"]
+        return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+    first = build(tmp_path / "a")
+    time.sleep(2.1)  # past the zip format's 2-second timestamp resolution
+    assert build(tmp_path / "b") == first
 
 
 # ------------------------------------------------------------------------------------- provenance

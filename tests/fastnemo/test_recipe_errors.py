@@ -70,3 +70,30 @@ def test_empty_dataset_after_filtering_stops_with_a_message_and_no_manifest_entr
     assert "empty" in r.output and "nothing to train on" in r.output
     manifest = tmp_path / "run" / "manifest.json"
     assert not manifest.exists() or "r1-data" not in json.loads(manifest.read_text())["stages"]
+
+
+def test_a_data_path_of_blank_lines_is_refused_not_recorded_as_rows(tmp_path, tiny_model_dir):
+    (tmp_path / "blank.jsonl").write_text("\n  \n\n")
+    r = run(write_recipe(tmp_path, tiny_model_dir, data='path = "blank.jsonl"'))
+    assert r.exit_code != 0 and "blank.jsonl" in r.output and "only blank lines" in r.output
+    manifest = tmp_path / "run" / "manifest.json"
+    assert not manifest.exists() or "r1-data" not in json.loads(manifest.read_text())["stages"]
+
+
+def test_a_verify_failure_at_pack_is_one_line_not_a_traceback(tmp_path, tiny_session, tiny_model_dir):
+    """An adapter with a NaN weight (what a NaN learning rate trains) reaches pack: verify refuses it, and the
+    CLI prints the VerifyError as a message (it used to escape as a traceback)."""
+    from safetensors.torch import load_file, save_file
+
+    adapter = tiny_session.save_adapter(tmp_path / "nan-adapter")
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    next(iter(tensors.values())).fill_(float("nan"))
+    save_file(tensors, adapter / "adapter_model.safetensors")
+    recipe = write_recipe(tmp_path, tiny_model_dir)
+    text = (tmp_path / "recipe.toml").read_text().replace('stages = ["data", "sft", "eval", "pack"]',
+                                                          f'stages = ["pack"]\nstart_from = "{adapter}"')
+    (tmp_path / "recipe.toml").write_text(text)
+    r = run(recipe)
+    assert r.exit_code == 1, r.output
+    assert isinstance(r.exception, SystemExit), repr(r.exception)
+    assert "NaN or inf" in r.output and "Traceback" not in r.output

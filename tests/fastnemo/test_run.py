@@ -193,3 +193,15 @@ def test_move_aside_takes_a_finished_stage_out_of_the_run(tmp_path):
     assert (aside / "r1-data" / "sft.jsonl").read_text() == "{}\n"
     assert list(json.loads((aside / "manifest.json").read_text())["stages"]) == ["r1-data"]
     assert run.read_metrics() == [] and run.move_aside(["r1-data"]) is None
+
+
+def test_lock_never_opens_a_symlink_and_leaves_its_target_alone(tmp_path):
+    """A .lock that is a symlink (planted, or a copied run dir) was opened through and its target truncated."""
+    target = tmp_path / "precious.txt"
+    target.write_text("do not truncate me")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(target)
+    with pytest.raises(RunLocked, match="symlink"):
+        RunDir(run).lock()
+    assert target.read_text() == "do not truncate me"

@@ -86,6 +86,13 @@ def test_empty_data_is_an_error(tiny_session, tmp_path):
         sft.train(tiny_session, [], cfg(), tmp_path / "ckpt")
 
 
+def test_prompts_longer_than_max_length_name_the_rows_and_the_fix(tiny_session, tmp_path):
+    """TRL drops a row whose prompt fills max_length; when that is every row the sampler said "num_samples=0"."""
+    with pytest.raises(ValueError, match=r"all 8 rows .* sft.max_length = 8 tokens \(first: row 1, \d+ tokens\)"
+                       r".*raise sft.max_length"):
+        sft.train(tiny_session, ROWS, cfg(max_length=8), tmp_path / "ckpt")
+
+
 def test_resume_continues_the_step_count(tiny_session, tiny_model_dir, tmp_path):
     out = tmp_path / "ckpt"
     first = sft.train(tiny_session, ROWS, cfg(max_steps=2, save_steps=2), out)

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from fastnemo import trace_score
 from fastnemo.cli import main
 from puzzles import categories
-from puzzles.traces import solve_traced
+from puzzles.analyze import solve_traced
 
 
 def _rows(n=3):

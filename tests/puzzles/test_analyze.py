@@ -70,3 +70,17 @@ def test_solver_table_percentiles_and_groups():
     assert t["h"]["abstain_share"] == 1.0 and t["all"]["n"] == 101
     rec = solve_one(categories.generate("numeral_system", random.Random(0), None))
     assert rec["outcome"] == "deduced_right" and rec["exact"]
+
+
+def test_a_csv_with_zero_usable_rows_is_reported_not_a_matplotlib_traceback(tmp_path):
+    """Every row unparseable: the report says so and the plot is written (matplotlib could not box-plot nothing)."""
+    from click.testing import CliRunner
+
+    from puzzles.cli import data
+
+    path = tmp_path / "t.csv"
+    path.write_text("id,prompt,answer\nx1,What is the capital of France?,Paris\n")
+    r = CliRunner().invoke(data, ["analyze", str(path), "--out", str(tmp_path / "rep")])
+    assert r.exit_code == 0, repr(r.exception)
+    assert (tmp_path / "rep" / "report.png").stat().st_size > 0
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["rows_per_group"] == {}

@@ -5,8 +5,9 @@ import pytest
 from click.testing import CliRunner
 
 from puzzles import audit, categories
+from puzzles.analyze import solve_traced
 from puzzles.cli import data
-from puzzles.traces import completion, solve_traced
+from puzzles.traces import completion
 
 
 def _row(category, seed=1):
@@ -166,3 +167,18 @@ def test_an_interval_end_a_last_digit_off_is_no_way_onto_a_tie():
     row = {"id": "t", "category": "unit_conversion", "prompt": prompt, "answer": sol.answer,
            "completion": completion(units.trace(puzzle, sol), sol.answer)}
     assert audit.audit_row(row)["leaps"] == []
+
+
+def test_a_tower_of_exponents_is_no_claim_and_does_not_hang():
+    """'9^9^9' is a 369-million-digit integer in Python's ints: the audit hung on model outputs holding it (in C,
+    where no signal interrupts it: hence a child process with a timeout)."""
+    import subprocess
+    import sys
+
+    code = ("from puzzles.audit import arithmetic_claims as a; "
+            "print(a('9^9^9 = 1'), a('x: 99^99^99^99 = 2, 2^10 = 1024'), a('(' * 10000 + '1' + ')' * 10000 + ' = 1'))")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    except subprocess.TimeoutExpired:
+        pytest.fail("arithmetic_claims hung on an exponent tower")
+    assert out.stdout.split() == ["None", "[True]", "None"]

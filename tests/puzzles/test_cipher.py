@@ -6,8 +6,7 @@ import pytest
 
 from puzzles import cipher
 from puzzles.audit import estimate_real_tokens
-from puzzles.base import PROMPT_SUFFIX, PuzzleFormatError, detect_category
-from puzzles.equations import NotTeachable
+from puzzles.base import PROMPT_SUFFIX, NotTeachable, PuzzleFormatError, detect_category
 
 REAL = "cipher"
 
@@ -277,7 +276,7 @@ def test_a_query_the_table_covers_needs_no_step_3():
 def test_drills_teach_the_exact_lists_the_traces_recite():
     import random
 
-    from puzzles.traces import solve_traced
+    from puzzles.analyze import solve_traced
 
     drills = {body.split(" are ")[0].split()[1]: body.split(" are ")[1].split(":")[0]
               for _, body, _ in cipher.drill_rows()}

@@ -7,7 +7,8 @@ import re
 
 from puzzles import cryptarithm as C
 from puzzles import equations as E
-from puzzles.base import Puzzle
+from puzzles import equations_rules as R
+from puzzles.base import NotTeachable, Puzzle
 
 
 def test_signature_renames_glyphs_and_marks_the_sign():
@@ -76,7 +77,7 @@ def test_drill_rows_cover_the_catalog_before_repeating():
 
 def test_candidate_listing_parses_back():
     sig = next(s for s, v in C.catalog().items() if 3 <= len(v) <= C.LIST_MAX and v[0][1])
-    text = C._cands_text(C.catalog()[sig])
+    text = C.cands_text(C.catalog()[sig])
     items = C.parse_cands(text[1:-1])
     assert items == [(C.rule_text(r), d) for r, d in C.catalog()[sig]]
     assert C.parse_cands("plain a + b: 12x4") is None
@@ -99,11 +100,11 @@ def test_a_long_entry_is_recited_and_its_count_audited():
 
 
 def test_unseen_operator_is_a_prior_guess_in_the_walks_world():
-    walk = C.Walk([], {}, {"+": E.Rule(True, "add")}, rev=True)
+    walk = C.Walk([], {}, {"+": R.Rule(True, "add")}, rev=True)
     r = C.guess_rule("*", walk)
-    assert r.rev and E.FAMILY[r.op] != "add"
-    assert r == max((x for x in E.ALL_RULES if x.rev and E.FAMILY[x.op] != "add"),
-                    key=lambda x: E.rule_weight("*", x))
+    assert r.rev and R.FAMILY[r.op] != "add"
+    assert r == max((x for x in R.ALL_RULES if x.rev and R.FAMILY[x.op] != "add"),
+                    key=lambda x: R.rule_weight("*", x))
 
 
 def test_no_search_trace_for_a_cryptarithm_the_recall_cannot_reach():
@@ -117,7 +118,7 @@ def test_no_search_trace_for_a_cryptarithm_the_recall_cannot_reach():
     sol = Solution("??", "deduced", rule="symbolic", steps={"family": "symbolic"})
     try:
         E.trace(p, sol)
-    except E.NotTeachable:
+    except NotTeachable:
         return
     raise AssertionError("a symbolic trace was written without the recall walk reaching the answer")
 

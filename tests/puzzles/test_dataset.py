@@ -98,3 +98,51 @@ def test_check_sft_row():
     assert "boxed" in check_sft_row({**row, "completion": "x"})
     assert "missing" in check_sft_row({k: v for k, v in row.items() if k != "features"})
     assert json.loads(json.dumps(row)) == row
+
+
+def _csv_text(rows) -> str:
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf).writerows([["id", "prompt", "answer"], *rows])
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16", "utf-16-be", "utf-32"])
+def test_a_csv_with_a_byte_order_mark_is_read(tmp_path, encoding):
+    """Spreadsheets save UTF-8 with a BOM or UTF-16: the mark says which, so the rows are read as written."""
+    path = tmp_path / "t.csv"
+    data = _csv_text([["a", NUMERAL, "XXXVIII"]]).encode(encoding)
+    path.write_bytes(data if encoding != "utf-16-be" else b"\xfe\xff" + data)
+    (p,) = load_csv(path, require_answer=True)
+    assert p.id == "a" and p.prompt == NUMERAL and p.answer == "XXXVIII"
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (_csv_text([["a", NUMERAL.replace("Alice's", "Alicé's"), "XXXVIII"]]).encode("latin-1"), "line 2: not UTF-8"),
+    (b"id,prompt,answer\n\x00\x01\x02\xff\xfe,b,c\n", "line 2: not UTF-8"),
+    (b"id,prompt,answer\na,\x00\x01,c\n", "line 2: a NUL byte"),
+])
+def test_a_csv_in_another_encoding_or_binary_is_one_line_naming_the_file(tmp_path, content, needle):
+    path = tmp_path / "t.csv"
+    path.write_bytes(content)
+    with pytest.raises(DatasetError, match=needle) as e:
+        read_csv(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("content", [
+    _csv_text([["a", NUMERAL.replace("Alice's", "Alicé's"), "XXXVIII"]]).encode("latin-1"),
+    "id,prompt,answer\na,b,c\n".encode("utf-16-le"),  # no mark: NUL bytes between the letters
+    bytes(range(256)) * 4,
+])
+def test_data_solve_on_a_latin1_utf16_or_binary_csv_is_one_line(tmp_path, content):
+    from click.testing import CliRunner
+
+    from puzzles.cli import data
+
+    path = tmp_path / "t.csv"
+    path.write_bytes(content)
+    r = CliRunner().invoke(data, ["solve", str(path), "--out", str(tmp_path / "p.csv")])
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit), repr(r.exception)
+    assert str(path) in r.output and "Traceback" not in r.output

@@ -4,10 +4,13 @@ import random
 import pytest
 
 from puzzles import equations as E
+from puzzles import equations_numeric as N
+from puzzles import equations_rules as R
+from puzzles import equations_symbolic as S
 from puzzles.audit import estimate_real_tokens
-from puzzles.base import PuzzleFormatError
+from puzzles.base import NotTeachable, PuzzleFormatError
 
-NUMERIC_OPS = [op.name for op in E.OPS]
+NUMERIC_OPS = [op.name for op in R.OPS]
 
 
 def _deduced_and_right(puzzle, time_cap=1.0):
@@ -19,13 +22,13 @@ def _deduced_and_right(puzzle, time_cap=1.0):
 
 def test_rule_examples_from_real_layout():
     # Reversed world: 43 - 44 = -1 written back "1"... b - a = 44 - 43 = 1; 25 - 96 = -71 -> "17" + glyph.
-    assert E.Rule(True, "rsub", "gpost").apply("69/52") == "17/"
-    assert E.Rule(True, "mul").apply("57*67") == "0075"  # 75 * 76 = 5700, written backwards
-    assert E.Rule(False, "sub", "gpre").apply("23:33") == ":10"
-    assert E.Rule(False, "mulm1").apply("38-68") == "2583"
-    assert E.Rule(False, "mod").apply("10!94") == "4"  # larger mod smaller
-    assert E.Rule(True, "negabs", "gpost").apply("36?55") == "8?"
-    assert E.Rule(True, "cat").apply("77+07") == "0777"
+    assert R.Rule(True, "rsub", "gpost").apply("69/52") == "17/"
+    assert R.Rule(True, "mul").apply("57*67") == "0075"  # 75 * 76 = 5700, written backwards
+    assert R.Rule(False, "sub", "gpre").apply("23:33") == ":10"
+    assert R.Rule(False, "mulm1").apply("38-68") == "2583"
+    assert R.Rule(False, "mod").apply("10!94") == "4"  # larger mod smaller
+    assert R.Rule(True, "negabs", "gpost").apply("36?55") == "8?"
+    assert R.Rule(True, "cat").apply("77+07") == "0777"
 
 
 def test_parse_rejects_other_layouts():
@@ -114,7 +117,7 @@ def test_trace_ends_with_answer_and_is_short():
                 continue
             try:
                 text = E.trace(p, sol)
-            except E.NotTeachable:
+            except NotTeachable:
                 assert family == "symbolic"  # no recall trace reaches it: no trace at all (never the search)
                 continue
             assert text.rstrip().endswith(sol.answer)
@@ -167,7 +170,7 @@ def _known_symbolic(rng: random.Random, n_examples: int):
     while len(examples) < n_examples:
         g = rng.choice("+*")
         lhs = f"{rng.randint(10, 99)}{g}{rng.randint(10, 99)}"
-        out = E.Rule(rev, ops[g], "gpre").apply(lhs)
+        out = R.Rule(rev, ops[g], "gpre").apply(lhs)
         if out is not None:
             examples.append((lhs.translate(encode), out.translate(encode)))
     return examples, digit, ops, rev
@@ -180,17 +183,17 @@ def test_symbolic_search_is_sound_and_complete():
     for _ in range(40):
         examples, digit, ops, rev = _known_symbolic(rng, rng.randint(2, 4))
         found, truth_found = 0, False
-        for st in E._search(E.SymbolicState(rev, {}, {}, {}), examples, tuple(range(len(examples))), 1e18):
+        for st in S.search(S.SymbolicState(rev, {}, {}, {}), examples, tuple(range(len(examples))), 1e18):
             found += 1
             for lhs, rhs in examples:
                 op = st.ops[lhs[2]]
                 if op in ("cat", "rcat"):
-                    assert rhs == E._glyph_cat(op, rev, lhs[:2], lhs[3:])
+                    assert rhs == S.glyph_cat(op, rev, lhs[:2], lhs[3:])
                     continue
                 num = "".join(st.digit.get(c, c) for c in lhs)
                 sign = "gpre" if st.sign is None else "g" + st.sign[1]
                 want = "".join(st.digit.get(c, c) for c in rhs)
-                assert E.Rule(rev, op, sign).apply(num) == want, (examples, st)
+                assert R.Rule(rev, op, sign).apply(num) == want, (examples, st)
             used = {g for lhs, _ in examples for g in lhs[2]}
             truth_found |= all(st.digit.get(c, d) == d for c, d in digit.items()) and all(
                 st.ops[g] == ops[g] for g in used
@@ -217,7 +220,8 @@ def test_deduce_only_keeps_exactly_the_deduced_answers():
 
 
 def test_unseen_operator_guess_avoids_families_other_glyphs_use():
-    from puzzles.equations import FAMILY, Rule, render
+    from puzzles.equations import render
+    from puzzles.equations_rules import FAMILY, Rule
 
     rule = Rule(True, "add")
     exs = [(lhs, rule.apply(lhs)) for lhs in ("12+34", "56+21", "40+33")]
@@ -269,32 +273,32 @@ def test_real_deduced_traces_have_no_leaps(train_dev_rows):
 # ---------------------------------------------------------------- numeric guesses: operation slots
 
 
-def _numeric(examples_rules: list[tuple[str, E.Rule]], query: str):
+def _numeric(examples_rules: list[tuple[str, R.Rule]], query: str):
     return E.parse(E.render([(lhs, rule.apply(lhs)) for lhs, rule in examples_rules], query))
 
 
 def test_slot_prior_covers_every_rule():
-    for rule in E.ALL_RULES:
-        for slot in E.SLOTS[rule.op]:
-            assert E.NUMERIC_PRIOR.variant[(rule.rev, slot)][(rule.op, rule.sign)] > 0, rule
+    for rule in R.ALL_RULES:
+        for slot in R.SLOTS[rule.op]:
+            assert R.NUMERIC_PRIOR.variant[(rule.rev, slot)][(rule.op, rule.sign)] > 0, rule
     for slot in "AMS":
-        assert sum(E.NUMERIC_PRIOR.glyph[slot].values()) == pytest.approx(1, abs=1e-3)
+        assert sum(R.NUMERIC_PRIOR.glyph[slot].values()) == pytest.approx(1, abs=1e-3)
 
 
 def test_unseen_operator_takes_the_slot_the_others_leave():
-    add, mul = E.Rule(True, "add"), E.Rule(True, "mul")
+    add, mul = R.Rule(True, "add"), R.Rule(True, "mul")
     p = _numeric([("12+34", add), ("56+21", add), ("40*33", mul), ("17*52", mul)], "23?45")
     sol = E.solve(p)
-    assert sol.status == "guessed" and E.SLOTS[sol.steps["rule"].op] == "S"
+    assert sol.status == "guessed" and R.SLOTS[sol.steps["rule"].op] == "S"
     # Two joins fill the additive and the multiplicative slot: a third operator is subtractive.
-    cat = E.Rule(True, "cat")
+    cat = R.Rule(True, "cat")
     p = _numeric([("12+34", cat), ("56+21", cat), ("40*33", cat), ("17*52", cat)], "23?45")
-    assert E.SLOTS[E.solve(p).steps["rule"].op] == "S"
+    assert R.SLOTS[E.solve(p).steps["rule"].op] == "S"
 
 
 def test_guess_shares_are_a_distribution_best_first():
-    p = _numeric([("12-34", E.Rule(True, "sub")), ("56*21", E.Rule(True, "mul"))], "83-36")
-    ranked = E.ranked_guesses(p, E.analyze_numeric(p))
+    p = _numeric([("12-34", R.Rule(True, "sub")), ("56*21", R.Rule(True, "mul"))], "83-36")
+    ranked = N.ranked_guesses(p, N.analyze_numeric(p))
     shares = [w for _, w, _ in ranked]
     assert shares == sorted(shares, reverse=True) and sum(shares) == pytest.approx(1)
     assert all(rule.apply(p.query) == answer for answer, _, rule in ranked)
@@ -303,7 +307,7 @@ def test_guess_shares_are_a_distribution_best_first():
 def test_glyphs_the_slots_cannot_hold_still_get_a_guess():
     # Four operator glyphs (or two additive ones, as a synthetic puzzle may have): no slot assignment fits,
     # so the query's candidates are weighed alone.
-    add = E.Rule(False, "add")
+    add = R.Rule(False, "add")
     p = _numeric([("12+34", add), ("56#21", add), ("40&33", add), ("17@52", add)], "23?45")
     sol = E.solve(p)
     assert sol is not None and sol.status == "guessed" and sol.steps["ranked"]
@@ -335,7 +339,7 @@ def test_prior_fit_recovers_the_world_share_and_prints_valid_source():
     sub = s_rev[("sub", "gpre")] + s_rev[("sub", "gpost")]
     assert sub > s_rev[("mod", "gpre")] > s_rev[("absdiff", "gpre")] and sub > 4 * s_rev[("negabs", "gpre")]
     source = fit.prior_literal(prior)
-    assert eval(source.split("=", 1)[1], {"SlotPrior": E.SlotPrior}) == prior
+    assert eval(source.split("=", 1)[1], {"SlotPrior": R.SlotPrior}) == prior
 
 
 def test_every_real_numeric_puzzle_fits_the_slots_and_the_prior_is_the_fitted_one(train_dev_rows):
@@ -346,16 +350,16 @@ def test_every_real_numeric_puzzle_fits_the_slots_and_the_prior_is_the_fitted_on
             p = E.parse(r["prompt"])
             if p.features["family"] == "numeric":
                 puzzles.append(dataclasses.replace(p, id=r["id"], answer=r["answer"]))
-    assert all(E.slot_configs(fit.with_answer(p), E.NUMERIC_PRIOR) for p in puzzles)
+    assert all(N.slot_configs(fit.with_answer(p), R.NUMERIC_PRIOR) for p in puzzles)
     refit = fit.fit(puzzles, iters=40)
-    assert refit.rev == pytest.approx(E.NUMERIC_PRIOR.rev, abs=0.01)
+    assert refit.rev == pytest.approx(R.NUMERIC_PRIOR.rev, abs=0.01)
     for key, table in refit.variant.items():
         for v, x in table.items():
-            assert x == pytest.approx(E.NUMERIC_PRIOR.variant[key][v], abs=0.01), (key, v)
+            assert x == pytest.approx(R.NUMERIC_PRIOR.variant[key][v], abs=0.01), (key, v)
 
 
 def test_guessed_trace_names_the_slots_and_ends_with_the_guess():
-    add, mul = E.Rule(True, "add"), E.Rule(True, "mul")
+    add, mul = R.Rule(True, "add"), R.Rule(True, "mul")
     p = _numeric([("12+34", add), ("56+21", add), ("40*33", mul), ("17*52", mul)], "23?45")
     sol = E.solve(p)
     text = E.trace(p, sol)

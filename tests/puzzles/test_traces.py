@@ -1,9 +1,10 @@
 import pytest
 
+from puzzles.analyze import solve_traced
 from puzzles.base import Puzzle
 from puzzles.dataset import check_sft_row, sft_row
 from puzzles.metric import extract_answer, score
-from puzzles.traces import completion, solve_traced
+from puzzles.traces import completion
 
 
 def test_plain_answers_end_boxed():

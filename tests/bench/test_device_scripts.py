@@ -1,0 +1,33 @@
+"""The GPU lane's validation and full-size recipe scripts: the parts that run on any machine."""
+
+import collections
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from bench.device import recipe_fullsize, validation
+
+
+def test_validation_set_is_100_a_category_in_stratified_order():
+    rows = validation.load_set()
+    counts = collections.Counter(r["category"] for r in rows)
+    assert len(counts) == 6 and set(counts.values()) == {validation.PER_CATEGORY}
+    assert len({r["category"] for r in rows[:6]}) == 6  # round robin, as the eval stage orders them
+    assert all(r["est_tokens"] >= 2 and r["prompt"] and r["answer"] for r in rows)
+
+
+def test_agreement_counts_differing_outputs_and_where_they_diverge():
+    a = {"p1": [1, 2, 3], "p2": [4, 5, 6], "p3": [7, 8], "p4": [1]}
+    b = {"p1": [1, 2, 3], "p2": [4, 9, 6], "p3": [7, 8, 9], "p5": [2]}
+    got = validation.agreement(a, b)
+    assert got == {"compared": 3, "outputs_differing": 2, "first_divergence_median": 1.5}
+
+
+def test_memory_sampler_peak_is_the_stage_window():
+    s = recipe_fullsize.MemorySampler(period=1.0)
+    s.samples = [(10.0, 1024.0), (11.0, 8192.0), (20.0, 4096.0), (30.0, 2048.0)]
+    assert s.peak_gib(10.0, 15.0) == 8.0
+    assert s.peak_gib(19.5, 30.0) == 4.0
+    assert s.peak_gib(40.0, 50.0) is None
