@@ -50,3 +50,19 @@ class RichTrainerCallback(TrainerCallback):
             self._progress.stop()
         if self._ticker:
             self._ticker.finish(self._info())
+
+
+class SyncCheckpoints(TrainerCallback):
+    """fsyncs each checkpoint the Trainer has just saved (it does not: after a power loss its files could
+    be short while the folder looks complete). ``FASTNEMO_CRASH_AT=checkpoint-N`` kills the process right
+    after checkpoint N is written, for the crash tests (``puzzles.files.maybe_crash``)."""
+
+    def on_save(self, args, state, control, **kwargs):
+        from pathlib import Path
+
+        from puzzles.files import fsync_tree, maybe_crash
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        if args.should_save and folder.is_dir():
+            maybe_crash(folder)
+            fsync_tree(folder)

@@ -85,12 +85,16 @@ def main():
 @click.argument("recipe_file", type=click.Path(dir_okay=False))
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 @click.option("--check", is_flag=True, help="Validate the recipe and print the resolved plan; run nothing.")
-def recipe(recipe_file, overrides, check):
+@click.option("--redo", multiple=True, metavar="STAGE",
+              help="Redo this stage (a key like r1-sft, or a stage name: its first key) and every stage that "
+                   "depends on it; their earlier files are moved to the run's redone-*/ folder. Repeatable.")
+def recipe(recipe_file, overrides, check, redo):
     """Run (or resume) every stage of RECIPE_FILE in its run directory.
 
     KEY=VALUE pairs override the file's keys (e.g. sft.max_steps=5 lora.rank=16); each value is read as
     TOML and checked exactly like the key in the file. Re-running the same command skips finished stages
-    and resumes an interrupted one. The run directory gets the resolved config, manifest.json,
+    and resumes an interrupted one; a finished stage whose recipe keys changed is refused before anything
+    runs (--redo redoes it). The run directory gets the resolved config, manifest.json,
     metrics.jsonl, plots and, at the end, submission.zip. `fastnemo recipe-keys` lists every key.
     """
     from fastnemo.config import load_recipe, resolve
@@ -127,7 +131,7 @@ def recipe(recipe_file, overrides, check):
     from fastnemo.run import RunLocked
 
     try:
-        run = run_recipe(r)
+        run = run_recipe(r, redo=redo)
     except (RunLocked, RecipeError, RuntimeError, FileNotFoundError, FileExistsError, ValueError, OSError) as e:
         _fail(f"{type(e).__name__}: {e}" if isinstance(e, OSError) and e.errno else str(e))
     sub = run.path / "pack" / "submission.zip"

@@ -215,7 +215,7 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
     from datasets import Dataset
     from transformers import PrinterCallback
 
-    from fastnemo.callbacks import RichTrainerCallback
+    from fastnemo.callbacks import RichTrainerCallback, SyncCheckpoints
     from fastnemo.distributed import world
     from fastnemo.patches.trl import ensure_fused_lm_head
     from fastnemo.sft import common_args
@@ -266,7 +266,7 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
             args=args,
             train_dataset=Dataset.from_list(rows),
             processing_class=session.tokenizer,
-            callbacks=[RichTrainerCallback("grpo", on_log_fn=log)],
+            callbacks=[RichTrainerCallback("grpo", on_log_fn=log), SyncCheckpoints()],
             rollout_func=engine_rollout(session, cfg, seed) if use_engine else None,
             refill_rows=rows if dynamic else None,
             dynamic_sampling=dynamic,
@@ -278,22 +278,16 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
 
 
 def train(session, recipe: Recipe, out_dir: Path, prompts_path: Path | None = None, seed: int = 0,
-          log=None) -> dict:
-    """DAPO on ``session.model`` in place; resumes from ``out_dir/checkpoints``. Returns summary metrics."""
+          log=None, on_resume=None) -> dict:
+    """DAPO on ``session.model`` in place; resumes from ``out_dir/checkpoints`` (``on_resume(step)`` is told
+    its step first, 0 for a fresh start). Returns summary metrics, over the whole run when resumed."""
     from fastnemo.distributed import rollout_server_args
-    from fastnemo.sft import last_checkpoint
+    from fastnemo.sft import checkpoint_step, last_checkpoint, resume, whole_run_loss
 
     out_dir = Path(out_dir)
-    ckpt = out_dir / "checkpoints"
+    ckpt_dir = out_dir / "checkpoints"
     rows = prompt_rows(session, recipe, prompts_path, seed)
-    history = []
-
-    def log_and_keep(rec):
-        history.append(rec)
-        if log:
-            log(rec)
-
-    trainer = make_trainer(session, recipe.grpo, rows, ckpt, seed=seed, log=log_and_keep,
+    trainer = make_trainer(session, recipe.grpo, rows, ckpt_dir, seed=seed, log=log,
                            micro_batch=recipe.grpo.micro_batch or None,
                            updates_per_generation=recipe.grpo.updates_per_generation,
                            server_args=rollout_server_args(recipe), report_to=recipe.report.to)
@@ -301,8 +295,11 @@ def train(session, recipe: Recipe, out_dir: Path, prompts_path: Path | None = No
     t0 = time.time()
     from fastnemo.lora import lean_checkpoints
 
+    ckpt = last_checkpoint(ckpt_dir, recipe.grpo.max_steps)
+    if on_resume:
+        on_resume(checkpoint_step(ckpt))
     with lean_checkpoints(session.model):
-        result = trainer.train(resume_from_checkpoint=last_checkpoint(ckpt))
+        global_step, history = resume(trainer, ckpt, recipe.grpo.max_steps)
     session.engine.sync_weights()
     steps = [r for r in history if "reward" in r]
     last = steps[-max(1, len(steps) // 5):]  # the last fifth of training: what the policy reached
@@ -312,8 +309,8 @@ def train(session, recipe: Recipe, out_dir: Path, prompts_path: Path | None = No
         return sum(vals) / len(vals) if vals else None
 
     return {
-        "steps": result.global_step,
-        "train_loss": result.training_loss,
+        "steps": global_step,
+        "train_loss": whole_run_loss(history),
         "prompts": len(rows),
         "reward_end": mean("reward"),
         "dropped_share": mean("dynamic/dropped_share"),

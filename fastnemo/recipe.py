@@ -15,7 +15,7 @@ import dataclasses
 import random
 from pathlib import Path
 
-from fastnemo import distributed, ledger
+from fastnemo import distributed, ledger, provenance
 from fastnemo.config import Recipe, RecipeError, resolve, to_dict
 from fastnemo.progress import console
 from fastnemo.run import RunDir, RunLocked
@@ -238,7 +238,8 @@ def stage_sft(ctx: Context, key: str):
     rows = read_jsonl(ctx.run.artifact(data_key, "sft"), strict=True)
     session = ctx.get_session()
     summary = sft.train(session, rows, ctx.recipe.sft, d / "checkpoints", seed=ctx.recipe.seed,
-                        log=lambda rec: ctx.run.log({"stage": key, **rec}), report_to=ctx.recipe.report.to)
+                        log=lambda rec: ctx.run.log({"stage": key, **rec}), report_to=ctx.recipe.report.to,
+                        on_resume=lambda step: ctx.run.forget_metrics(key, after_step=step))
     adapter = save_adapter(session, d)
     ctx.adapter_key = key
     return {"adapter": adapter}, summary
@@ -315,6 +316,7 @@ def stage_eval(ctx: Context, key: str):
         summary = evaluate(session, validation_set(ctx), ctx.recipe.eval.sampling, d / "results.jsonl",
                            batch_size=ctx.recipe.generation.batch_size)
     summary.update(checkpoint=ctx.adapter_key, runner=runner, runner_why=why)
+    ctx.run.forget_metrics(key)  # a try killed after logging, before its manifest entry, logged these
     ctx.run.log({"stage": key, "eval_accuracy": summary["accuracy"], "checkpoint": ctx.adapter_key,
                  **{f"acc/{c}": v["accuracy"] for c, v in summary["per_category"].items()}})
     artifacts = {"results": d / "results.jsonl"}
@@ -426,7 +428,8 @@ def stage_grpo(ctx: Context, key: str):
     prompts = ctx.run.artifact(distilled, "goldilocks") if distilled else None
     session = ctx.get_session()
     summary = grpo.train(session, ctx.recipe, d, prompts_path=prompts, seed=ctx.recipe.seed + ctx.round,
-                         log=lambda rec: ctx.run.log({"stage": key, **rec}))
+                         log=lambda rec: ctx.run.log({"stage": key, **rec}),
+                         on_resume=lambda step: ctx.run.forget_metrics(key, after_step=step))
     adapter = save_adapter(session, d)
     ctx.adapter_key = key
     return {"adapter": adapter}, summary
@@ -550,9 +553,10 @@ def plateaued(run: RunDir, recipe: Recipe, rnd: int) -> bool:
     return recent <= before
 
 
-def run_recipe(recipe: Recipe) -> RunDir:
+def run_recipe(recipe: Recipe, redo: tuple[str, ...] = ()) -> RunDir:
     """Run (or resume) every stage of ``recipe``; returns its run directory. With ``hardware.gpus`` > 1 this
-    process launches the recipe file's N processes and waits for them (``fastnemo.distributed``)."""
+    process launches the recipe file's N processes and waits for them (``fastnemo.distributed``). ``redo``:
+    stages (keys or names) to redo with everything downstream of them (``fastnemo.provenance``)."""
     preflight(recipe)
     if recipe.hardware.gpus > 1 and not distributed.is_worker():
         distributed.launch(recipe)
@@ -561,13 +565,16 @@ def run_recipe(recipe: Recipe) -> RunDir:
         distributed.init(recipe)
     run = _lock(RunDir(resolve(recipe, recipe.run_dir)))
     try:
+        resolved = to_dict(recipe)
         if distributed.is_main():
             console.tee(run.path / "run.log")  # what the console prints, plain, with progress lines
+            check_provenance(recipe, run, resolved, redo)
             if recipe.report.to != "none":
                 from fastnemo.tracking import Tracker
 
                 run.tracker = Tracker(recipe.report.to, run.path)
-            run.write_config(recipe.source, to_dict(recipe))
+            run.write_config(recipe.source, resolved)
+        distributed.barrier()
         ctx = Context(recipe=recipe, run=run)
         stopped_after = None
         for rnd, stage, key in plan_keys(recipe):
@@ -584,14 +591,18 @@ def run_recipe(recipe: Recipe) -> RunDir:
                     ctx.adapter_key = key  # the session, when loaded, starts from this adapter
                 continue
             console.rule(f"[bold]{key}")
+            prov = provenance.provenance(resolved, stage)
+            if distributed.is_main():
+                start_stage(run, key, prov)
+            distributed.barrier()
             if stage in distributed.MAIN_ONLY_STAGES:  # one process writes; the others read the manifest
-                distributed.on_main(lambda s=stage, k=key: run.finish(k, *STAGE_FUNCS[s](ctx, k)))
+                distributed.on_main(lambda s=stage, k=key, p=prov: run.finish(k, *STAGE_FUNCS[s](ctx, k), provenance=p))
                 if stage in TRAINING_STAGES:
                     ctx.adapter_key = key
                 continue
             artifacts, summary = STAGE_FUNCS[stage](ctx, key)
             if distributed.is_main():
-                run.finish(key, artifacts, summary)
+                run.finish(key, artifacts, summary, provenance=prov)
             distributed.barrier()
         if distributed.is_main():
             ledger.write_report(run)
@@ -603,6 +614,48 @@ def run_recipe(recipe: Recipe) -> RunDir:
     if recipe.hardware.gpus > 1:
         distributed.finished()
     return run
+
+
+def check_provenance(recipe: Recipe, run: RunDir, resolved: dict, redo: tuple[str, ...]) -> None:
+    """Before anything runs: move the stages ``redo`` names (and what depends on them) aside, then refuse the
+    run if a finished stage ran with other keys than the recipe's now (its artifacts would be misdescribed by
+    config.json and built on by stages with the new keys)."""
+    plan, manifest = plan_keys(recipe), run.manifest()
+    try:
+        again = provenance.redo_keys(plan, redo, finished=list(manifest["stages"]))
+    except ValueError as e:
+        raise RecipeError(str(e)) from None
+    changed, unknown = provenance.stale(manifest, resolved)
+    changed = {k: v for k, v in changed.items() if k not in again}
+    if changed:
+        raise RecipeError(provenance.refusal(plan, changed, recipe.source or "RECIPE.toml"))
+    if unknown:
+        console.print(f"[yellow]{run.manifest_path}: {', '.join(unknown)} finished without a record of their "
+                      "recipe keys (an older fastnemo): they are kept as they are, unchecked")
+    if again:
+        aside = run.move_aside(again)
+        if aside:
+            console.print(f"[yellow]redoing {', '.join(again)}: their earlier files moved to {aside}")
+
+
+def start_stage(run: RunDir, key: str, prov: dict) -> None:
+    """Record the keys an unfinished stage starts with in its folder; partial work of an earlier try with
+    other keys (checkpoints, shards, a NaN learning rate's weights) is moved aside, not resumed from."""
+    from puzzles.files import write_json
+
+    record = run.path / key / "provenance.json"
+    if record.exists():
+        import json
+
+        try:
+            before = json.loads(record.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            before = {}
+        if before.get("fingerprint") != prov["fingerprint"]:
+            aside = run.move_aside([key])
+            console.print(f"[yellow]{key}: its unfinished earlier try ran with other keys; starting afresh "
+                          f"(that try's files moved to {aside})")
+    write_json(record, prov)
 
 
 def _lock(run: RunDir) -> RunDir:
@@ -620,4 +673,5 @@ def _lock(run: RunDir) -> RunDir:
         raise RunLocked(error)
     if not distributed.is_main():
         run.log = lambda record: None  # metrics.jsonl is rank 0's
+        run.forget_metrics = lambda *a, **kw: None
     return run

@@ -9,6 +9,9 @@
 
 A stage is finished exactly when its manifest entry exists; the entry is written (atomically) only after
 all its artifacts are in place, so an interrupted stage has no entry and restarts cleanly.
+Each entry and each started stage's folder (provenance.json) records the recipe keys the stage ran with
+(``fastnemo.provenance``); stages redone with ``--redo`` or restarted with other keys move to
+``redone-<time>/`` with their manifest entries and metrics, so config.json always describes what is beside it.
 """
 
 from __future__ import annotations
@@ -21,11 +24,15 @@ import shutil
 import time
 from pathlib import Path
 
-from puzzles.files import append_jsonl, read_jsonl, sha256, write_atomic, write_json
+from puzzles.files import append_jsonl, fsync_dir, read_jsonl, sha256, write_atomic, write_json, write_jsonl
 
 
 class RunLocked(RuntimeError):
     pass
+
+
+class ManifestError(RuntimeError):
+    """manifest.json cannot be read: named, with what to do."""
 
 
 class RunDir:
@@ -67,9 +74,20 @@ class RunDir:
         return self.path / "manifest.json"
 
     def manifest(self) -> dict:
+        """The manifest; one that does not read as {"stages": {...}} raises ManifestError naming it (it is
+        written atomically, so only outside damage tears it)."""
         if not self.manifest_path.exists():
             return {"stages": {}}
-        return json.loads(self.manifest_path.read_text())
+        try:
+            manifest = json.loads(self.manifest_path.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ManifestError(f"{self.manifest_path}: unreadable ({e}); restore it from a backup, or move it "
+                                "aside to redo every stage") from None
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("stages"), dict) or not all(
+                isinstance(e, dict) and isinstance(e.get("artifacts"), dict) for e in manifest["stages"].values()):
+            raise ManifestError(f"{self.manifest_path}: not a fastnemo manifest (no \"stages\" table of entries "
+                                "with artifacts); restore it from a backup, or move it aside to redo every stage")
+        return manifest
 
     def done(self, key: str) -> dict | None:
         """The manifest entry of a finished stage, None when it has none; raises when one of its artifacts is
@@ -86,11 +104,14 @@ class RunDir:
                 )
         return entry
 
-    def finish(self, key: str, artifacts: dict[str, Path], summary: dict | None = None) -> dict:
-        """Record a finished stage: hash its artifacts, then write the manifest atomically."""
+    def finish(self, key: str, artifacts: dict[str, Path], summary: dict | None = None,
+               provenance: dict | None = None) -> dict:
+        """Record a finished stage: hash its artifacts, then write the manifest atomically. ``provenance``
+        (``fastnemo.recipe.provenance``): the recipe keys it ran with and their fingerprint."""
         manifest = self.manifest()
         entry = {
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **(provenance or {}),
             "artifacts": {
                 name: {"path": str(Path(p).resolve().relative_to(self.path.resolve())), "sha256": sha256(p)}
                 for name, p in artifacts.items()
@@ -123,6 +144,43 @@ class RunDir:
         append_jsonl(self.path / "metrics.jsonl", [{"time": time.time(), **record}])
         if self.tracker is not None:
             self.tracker.log(record)
+
+    def forget_metrics(self, stage: str, after_step: int | None = None, into: Path | None = None) -> None:
+        """Drop the records of ``stage`` (those past ``after_step`` when given) from metrics.jsonl: what a killed
+        try logged after the checkpoint its rerun resumes from, which the rerun logs again. Rewritten atomically;
+        the dropped records go to ``into`` (a redone stage's moved-aside folder) when given."""
+        def dropped(rec):
+            return rec.get("stage") == stage and (after_step is None or rec.get("step", after_step + 1) > after_step)
+
+        records = self.read_metrics()
+        gone = [r for r in records if dropped(r)]
+        if gone:
+            if into is not None:
+                append_jsonl(Path(into) / "metrics.jsonl", gone)
+            write_jsonl(self.path / "metrics.jsonl", [r for r in records if not dropped(r)])
+
+    def move_aside(self, keys: list[str]) -> Path | None:
+        """Take finished (or started) stages out of the run to redo them: their folders, manifest entries
+        and metrics move to redone-<time>/ (kept, never overwritten); returns that folder."""
+        manifest = self.manifest()
+        present = [k for k in keys if k in manifest["stages"] or (self.path / k).exists()]
+        if not present:
+            return None
+        aside = self.path / time.strftime("redone-%Y%m%dT%H%M%S")
+        n = 1
+        while aside.exists():  # two redos within a second
+            aside, n = self.path / f"{time.strftime('redone-%Y%m%dT%H%M%S')}-{n}", n + 1
+        aside.mkdir()
+        write_json(aside / "manifest.json", {"stages": {k: manifest["stages"][k] for k in present
+                                                         if k in manifest["stages"]}})
+        for k in present:
+            self.forget_metrics(k, into=aside)
+            if (self.path / k).exists():
+                os.replace(self.path / k, aside / k)
+            manifest["stages"].pop(k, None)
+        write_atomic(self.manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")
+        fsync_dir(self.path)
+        return aside
 
     def read_metrics(self) -> list[dict]:
         return read_jsonl(self.path / "metrics.jsonl")

@@ -64,32 +64,111 @@ def common_args(session, seed: int, save_steps: int, report_to: str = "none", ou
     }
 
 
-def last_checkpoint(out_dir: Path) -> str | None:
-    ckpts = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    complete = [p for p in ckpts if checkpoint_complete(p)]
-    return str(complete[-1]) if complete else None
+CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt",
+                    "rng_state.pth")  # what a resume reads (rng_state_<rank>.pth on N ranks, checked alike)
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """None when every file a resume reads loads whole, else "FILE: why". Hugging Face writes trainer_state.json
+    last, but without fsync: after a power loss any file may be short, so each one is opened (the zip and
+    safetensors headers span the file, so a truncation fails here, not hours into the resumed run)."""
+    import json
+
+    from safetensors import safe_open
+
+    path = Path(path)
+    files = list(CHECKPOINT_FILES) + [p.name for p in path.glob("rng_state_*.pth")]
+    if any(path.glob("rng_state_*.pth")):
+        files.remove("rng_state.pth")
+    for name in files:
+        f = path / name
+        try:
+            if name.endswith(".json"):
+                if not isinstance(json.loads(f.read_text()).get("global_step"), int):
+                    return f"{f}: no global_step"
+            elif name.endswith(".safetensors"):
+                with safe_open(f, "pt") as st:
+                    for k in st.keys():  # noqa: SIM118 - safe_open is no dict
+                        st.get_slice(k)
+            else:
+                torch.load(f, map_location="cpu", weights_only=False, mmap=True)
+        except FileNotFoundError:
+            return f"{f}: missing"
+        except Exception as e:  # noqa: BLE001 - any failure to load means: not resumable from here
+            return f"{f}: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else 'unreadable'}"
+    return None
+
+
+def checkpoint_step(path: str | Path | None) -> int:
+    return int(Path(path).name.split("-")[1]) if path else 0
+
+
+def last_checkpoint(out_dir: Path, max_steps: int = -1, say=None) -> str | None:
+    """The newest checkpoint a resume can use: complete (``checkpoint_problem``) and not past ``max_steps``
+    (a kept checkpoint of a longer try would overshoot; -1: any). Each one passed over is ``say``-ed in a line
+    naming its faulty file, so a fallback to an older checkpoint is never silent."""
+    if say is None:
+        from fastnemo.progress import console
+
+        say = console.print
+    ckpts = [p for p in Path(out_dir).glob("checkpoint-*") if p.name.split("-", 1)[1].isdigit()]
+    for p in sorted(ckpts, key=checkpoint_step, reverse=True):
+        if max_steps > 0 and checkpoint_step(p) > max_steps:
+            say(f"[yellow]{p} is past max_steps {max_steps}: not resumed from")
+            continue
+        problem = checkpoint_problem(p)
+        if problem is None:
+            return str(p)
+        say(f"[yellow]checkpoint {p.name} is incomplete ({problem}): resuming from an earlier one")
+    return None
 
 
 def checkpoint_complete(path: Path) -> bool:
-    """A checkpoint folder is complete once its trainer state is written whole: the Trainer writes it after
-    the weights, optimizer and RNG states, so a kill at any point of a save leaves it absent or torn."""
+    return checkpoint_problem(path) is None
+
+
+def resume(trainer, ckpt: str | None, max_steps: int) -> tuple[int, list[dict]]:
+    """Train from ``ckpt`` (None: from scratch) up to ``max_steps``; returns (global step, log history of the
+    whole run). A checkpoint that already holds the last step is loaded, not trained on: the Trainer would take
+    one more step past it (it checks for the end only after a step)."""
     import json
 
-    try:
-        json.loads((path / "trainer_state.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        return False
-    return True
+    if ckpt is not None:
+        state = json.loads((Path(ckpt) / "trainer_state.json").read_text())
+        target = max_steps if max_steps > 0 else state["max_steps"]
+        if state["global_step"] >= target:
+            model = trainer.model
+            model.load_adapter(ckpt, model.active_adapters[0], is_trainable=True)  # as Trainer's resume does
+            return state["global_step"], state["log_history"]
+    result = trainer.train(resume_from_checkpoint=ckpt)
+    return result.global_step, trainer.state.log_history
+
+
+def whole_run_loss(log_history: list[dict]) -> float | None:
+    """Mean training loss over every logged step of the run, each logged mean weighted by the steps it
+    covers: the same number for a run resumed from a checkpoint (whose history it carries) and an
+    uninterrupted one (the Trainer's own ``training_loss`` counts only the steps of its last process)."""
+    total, steps, prev = 0.0, 0, 0
+    for rec in log_history:
+        if "loss" in rec and isinstance(rec["loss"], (int, float)):
+            total += rec["loss"] * (rec["step"] - prev)
+            steps += rec["step"] - prev
+            prev = rec["step"]
+    if steps:
+        return total / steps
+    # no step logged (max_steps < logging_steps): the Trainer's own figure, the last one it logged
+    ends = [rec["train_loss"] for rec in log_history if isinstance(rec.get("train_loss"), (int, float))]
+    return ends[-1] if ends else None
 
 
 def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 0, log=None,
-          report_to: str = "none") -> dict:
+          on_resume=None, report_to: str = "none") -> dict:
     """Train ``session.model`` in place on ``rows``; resumes from the last complete checkpoint in
-    ``out_dir``. Returns summary metrics."""
+    ``out_dir`` (``on_resume(step)`` is told its step first, 0 for a fresh start). Returns summary metrics."""
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    from fastnemo.callbacks import RichTrainerCallback
+    from fastnemo.callbacks import RichTrainerCallback, SyncCheckpoints
     from fastnemo.distributed import per_rank, world
     from fastnemo.patches.trl import ensure_fused_lm_head
 
@@ -123,7 +202,7 @@ def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 
             args=args,
             train_dataset=to_dataset(session, rows),
             processing_class=session.tokenizer,
-            callbacks=[RichTrainerCallback("sft", on_log_fn=log)],
+            callbacks=[RichTrainerCallback("sft", on_log_fn=log), SyncCheckpoints()],
         )
     check_kept(trainer, session, rows, cfg.max_length)
     from transformers import PrinterCallback
@@ -134,9 +213,12 @@ def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 
         engine.sleep()  # a colocated vLLM hands its memory back while the trainer runs
     from fastnemo.lora import lean_checkpoints
 
+    ckpt = last_checkpoint(out_dir, cfg.max_steps)
+    if on_resume:
+        on_resume(checkpoint_step(ckpt))
     with lean_checkpoints(session.model):
-        result = trainer.train(resume_from_checkpoint=last_checkpoint(out_dir))
+        steps, history = resume(trainer, ckpt, cfg.max_steps)
     if engine:
         engine.wake()
         engine.sync_weights()
-    return {"train_loss": result.training_loss, "steps": result.global_step, "rows": len(rows)}
+    return {"train_loss": whole_run_loss(history), "steps": steps, "rows": len(rows)}

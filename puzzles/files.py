@@ -27,13 +27,35 @@ from collections.abc import Iterable
 from pathlib import Path
 
 # Power loss mid-write, for the crash tests: a process whose FASTNEMO_CRASH_AT names a file kills itself
-# with SIGKILL after writing that file's temp copy and before the rename that would publish it.
+# with SIGKILL after writing that file's temp copy and before the rename that would publish it (an appended
+# log: after writing half of the records, a torn last line; a trainer checkpoint-N: once it is saved).
+# NAME@K kills at the K-th such write of NAME in the process (manifest.json@3: the third stage's entry).
 CRASH_AT = "FASTNEMO_CRASH_AT"
+_crash_counts: dict[str, int] = {}
 
 
-def _maybe_crash(final: Path) -> None:
-    if os.environ.get(CRASH_AT) and os.environ[CRASH_AT] == final.name:
+def crashing_at(final: Path) -> bool:
+    """True when this write of ``final`` is the one FASTNEMO_CRASH_AT names (counts the writes of it)."""
+    name, _, nth = os.environ.get(CRASH_AT, "").partition("@")
+    if not name or name != Path(final).name:
+        return False
+    _crash_counts[name] = _crash_counts.get(name, 0) + 1
+    return _crash_counts[name] == int(nth or 1)
+
+
+def maybe_crash(final: Path) -> None:
+    if crashing_at(final):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under ``folder``, then the folder and its parent (its entry)."""
+    for f in Path(folder).rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(folder)
+    fsync_dir(Path(folder).parent)
 
 
 def fsync_dir(path: Path) -> None:
@@ -67,7 +89,7 @@ def atomic_open(path: str | Path, mode: str = "w", newline: str | None = None):
             yield f
             f.flush()
             os.fsync(f.fileno())
-        _maybe_crash(path)
+        maybe_crash(path)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -120,7 +142,7 @@ def atomic_dir(final: str | Path):
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-        _maybe_crash(final)
+        maybe_crash(final)
         tmp.rename(final)
         fsync_dir(final.parent)
     finally:
@@ -172,8 +194,14 @@ def append_jsonl(path: str | Path, records: list[dict]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     drop_torn_tail(path)
+    text = "".join(jsonl_line(r) for r in records)
     with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(jsonl_line(r) for r in records))
+        if crashing_at(path):  # power loss mid-append: half the bytes reach the disk
+            f.write(text[: len(text) // 2])
+            f.flush()
+            os.fsync(f.fileno())
+            os.kill(os.getpid(), signal.SIGKILL)
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
 

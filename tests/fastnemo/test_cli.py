@@ -18,7 +18,7 @@ from fastnemo.cli import main
 REPO = Path(__file__).resolve().parents[2]
 
 KEY_OPTIONS = {
-    "recipe": ["--check", "RECIPE_FILE", "KEY=VALUE"],
+    "recipe": ["--check", "--redo", "RECIPE_FILE", "KEY=VALUE"],
     "tiny-model": ["--seed", "--vocab-size", "OUT_DIR"],
     "sft": ["--model", "--adapter", "--data", "--out", "lora.rank", "sft.learning_rate", "sft.max_steps",
             "sft.grad_accum"],
@@ -338,3 +338,17 @@ def test_recipe_check_names_the_stages_already_done_and_hours_below_a_tenth(tiny
 
     assert [hours_text(h) for h in (0, 0.01, 0.06, 2.34)] == ["0", "< 0.1", "0.1", "2.3"]
     assert "one H100" in res.output
+
+
+def test_recipe_refuses_changed_keys_of_a_finished_stage_in_one_line_and_redo_redoes_it(tmp_path, tiny_recipe):
+    path = tiny_recipe(tmp_path, ["data"])
+    assert invoke("recipe", path).exit_code == 0
+    refused = invoke("recipe", path, "seed=3")
+    errors = [line for line in refused.output.splitlines() if line.startswith("Error:")]
+    assert refused.exit_code == 1 and len(errors) == 1 and "r1-data: seed 0 -> 3" in errors[0], refused.output
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["seed"] == 0  # still what ran
+    redone = invoke("recipe", path, "seed=3", "--redo", "r1-data")
+    assert redone.exit_code == 0, redone.output
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["stages"]["r1-data"]["config"]["seed"] == 3
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["seed"] == 3
+    assert invoke("recipe", path, "--redo", "r9-data").output.count("no such stage") == 1

@@ -203,6 +203,20 @@ def test_train_resumes_from_checkpoint(tiny_session, tmp_path):
     assert summary["steps"] == 2 and (tmp_path / "checkpoints" / "checkpoint-2").is_dir()
     assert [r["step"] for r in records if "reward" in r] == [2]  # step 1 was not redone
 
+    # killed after the last checkpoint, before the adapter: the rerun takes that checkpoint, no step 3
+    after = {n: t.detach().clone() for n, t in tiny_session.model.named_parameters() if "lora_" in n}
+    with torch.no_grad():
+        for n, t in tiny_session.model.named_parameters():
+            if "lora_" in n:
+                t.zero_()
+    records.clear()
+    summary = grpo.train(tiny_session, recipe, tmp_path, seed=0, log=records.append)
+    assert summary["steps"] == 2 and records == [] and summary["reward_end"] is not None
+    assert not (tmp_path / "checkpoints" / "checkpoint-3").exists()
+    for n, t in tiny_session.model.named_parameters():
+        if "lora_" in n:
+            assert torch.equal(t, after[n]), n  # the checkpoint's very weights
+
 
 def test_max_refills_is_the_recipe_key(tiny_session, tmp_path):
     flat = rows_for(tiny_session, 2, True, "flat")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fastnemo import recipe as recipe_mod
-from fastnemo.config import Recipe, load_recipe
+from fastnemo.config import Recipe, RecipeError, load_recipe
 from fastnemo.pack import verify
 from fastnemo.recipe import plan_keys, run_recipe
 from fastnemo.run import RunDir, RunLocked
@@ -223,3 +223,89 @@ def test_the_same_recipe_twice_gives_the_same_bytes(tmp_path, tiny_recipe):
     first = build(tmp_path / "a")
     time.sleep(2.1)  # past the zip format's 2-second timestamp resolution
     assert build(tmp_path / "b") == first
+
+
+# ------------------------------------------------------------------------------------- provenance
+
+
+def test_a_finished_stage_with_other_keys_is_refused_before_anything_runs_then_redone(tmp_path, tiny_recipe,
+                                                                                     entered):
+    path = write_recipe(tiny_recipe, tmp_path, ["data", "sft", "eval", "pack"])
+    run = run_recipe(load_recipe(path))
+    config = (run.path / "config.json").read_bytes()
+    assert run.manifest()["stages"]["r1-sft"]["config"]["lora.rank"] == 4
+    entered.clear()
+
+    with pytest.raises(RecipeError) as refused:
+        run_recipe(load_recipe(path, ["lora.rank=8", "sft.max_steps=3", "seed=7"]))
+    msg = str(refused.value)
+    assert "\n" not in msg and "r1-sft: " in msg and "lora.rank 4 -> 8" in msg and "sft.max_steps 2 -> 3" in msg
+    assert "--redo r1-data" in msg  # seed changed the data stage too: the root of what must be redone
+    assert entered == [] and (run.path / "config.json").read_bytes() == config  # nothing ran, nothing rewritten
+
+    # an eval key: only the evaluation and what reads it (pack) are named and redone
+    evals = load_recipe(path, ["eval.sampling.max_tokens=3"])
+    with pytest.raises(RecipeError, match=r"`--redo r1-eval-sft` to this command \(redoes r1-eval-sft, pack;"):
+        run_recipe(evals)
+    old_results = (run.path / "r1-eval-sft" / "results.jsonl").read_bytes()
+    run_recipe(evals, redo=("eval",))
+    assert entered == ["r1-eval-sft", "pack"]
+    stages = run.manifest()["stages"]
+    assert stages["r1-eval-sft"]["config"]["eval.sampling.max_tokens"] == 3
+    assert json.loads((run.path / "config.json").read_text())["eval"]["sampling"]["max_tokens"] == 3
+    aside = next(run.path.glob("redone-*"))
+    assert (aside / "r1-eval-sft" / "results.jsonl").read_bytes() == old_results  # kept, not overwritten
+    assert set(json.loads((aside / "manifest.json").read_text())["stages"]) == {"r1-eval-sft", "pack"}
+    assert sum("eval_accuracy" in m for m in run.read_metrics() if m.get("stage") == "r1-eval-sft") == 1
+
+    # --redo sft: SFT with the new rank, then everything after it; the adapter is what config.json says
+    entered.clear()
+    run = run_recipe(load_recipe(path, ["eval.sampling.max_tokens=3", "lora.rank=8"]), redo=("r1-sft",))
+    assert entered == ["r1-sft", "r1-eval-sft", "pack"]
+    adapter = json.loads((run.artifact("r1-sft", "adapter") / "adapter_config.json").read_text())
+    assert adapter["r"] == json.loads((run.path / "config.json").read_text())["lora"]["rank"] == 8
+
+    with pytest.raises(RecipeError, match="--redo nosuch: no such stage"):
+        run_recipe(load_recipe(path), redo=("nosuch",))
+
+
+def test_a_changed_key_of_an_unfinished_stage_is_used_and_its_partial_work_set_aside(tmp_path, tiny_recipe,
+                                                                                    entered, capsys):
+    path = write_recipe(tiny_recipe, tmp_path, ["data", "sft"], sft={"save_steps": 1})
+    run = run_recipe(load_recipe(path))
+    manifest = run.manifest()
+    del manifest["stages"]["r1-sft"]  # killed before SFT's entry: its checkpoints are on disk
+    (run.path / "manifest.json").write_text(json.dumps(manifest))
+    entered.clear()
+    capsys.readouterr()
+    run_recipe(load_recipe(path, ["sft.learning_rate=2e-3"]))
+    assert "r1-sft: its unfinished earlier try ran with other keys" in capsys.readouterr().err.replace("\n", " ")
+    assert entered == ["r1-sft"]
+    sft = run.manifest()["stages"]["r1-sft"]
+    assert sft["config"]["sft.learning_rate"] == 2e-3 and sft["summary"]["steps"] == 2
+    losses = [m["step"] for m in run.read_metrics() if m.get("stage") == "r1-sft" and "loss" in m]
+    assert losses == [1, 2]  # trained afresh, logged once (the old try's records moved aside with it)
+    assert (next(run.path.glob("redone-*")) / "r1-sft" / "checkpoints" / "checkpoint-2").is_dir()
+
+
+def test_a_bad_data_path_fixed_is_simply_used(tmp_path, tiny_recipe, entered):
+    path = write_recipe(tiny_recipe, tmp_path, ["data"], data={"path": "missing.jsonl"})
+    with pytest.raises(RecipeError, match="does not exist"):
+        run_recipe(load_recipe(path))
+    run = run_recipe(load_recipe(path, ['data.path="sft.jsonl"']))
+    assert run.manifest()["stages"]["r1-data"]["config"]["data.path"] == "sft.jsonl"
+
+
+def test_a_run_dir_without_fingerprints_still_resumes(tmp_path, tiny_recipe, entered, capsys):
+    path = write_recipe(tiny_recipe, tmp_path, ["data"])
+    run = run_recipe(load_recipe(path))
+    manifest = run.manifest()
+    for entry in manifest["stages"].values():  # as an older fastnemo wrote it
+        del entry["fingerprint"], entry["config"]
+    (run.path / "manifest.json").write_text(json.dumps(manifest))
+    entered.clear()
+    capsys.readouterr()
+    run_recipe(load_recipe(path, ["data.n=7"]))
+    assert entered == []
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert err.count("without a record of their recipe keys") == 1 and "r1-data" in err

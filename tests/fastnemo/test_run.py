@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fastnemo.run import RunDir, RunLocked
+from fastnemo.run import ManifestError, RunDir, RunLocked
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -157,6 +157,42 @@ def test_write_config_keeps_the_earlier_recipe(tmp_path):
     assert (run.path / "recipe.toml").read_text() == 'name = "b"\n'
     kept = list(run.path.glob("recipe.*.toml"))
     assert len(kept) == 1 and kept[0].read_text() == 'name = "a"\n'
+
+
+@pytest.mark.parametrize("text", ['{"stages": {"r1-data": {"artifacts": {"sft": {"pa', "", "[]", "{}", "\xff\xfe",
+                                  '{"stages": {"r1-data": 3}}'])
+def test_an_unreadable_manifest_is_one_error_naming_it(tmp_path, text):
+    run = RunDir(tmp_path)
+    run.manifest_path.write_bytes(text.encode("latin-1"))
+    with pytest.raises(ManifestError) as e:
+        run.manifest()
+    assert str(e.value).startswith(f"{run.manifest_path}: ") and "\n" not in str(e.value)
+
+
+def test_forget_metrics_drops_a_stage_past_a_step_and_keeps_them_aside(tmp_path):
+    run = RunDir(tmp_path)
+    for step in (1, 2, 3):
+        run.log({"stage": "r1-sft", "step": step, "loss": 1.0})
+    run.log({"stage": "r1-data", "rows": 4})
+    run.forget_metrics("r1-sft", after_step=2)  # resumed from checkpoint-2: step 3 is logged again
+    assert [(m["stage"], m.get("step")) for m in run.read_metrics()] == [("r1-sft", 1), ("r1-sft", 2), ("r1-data", None)]
+    aside = tmp_path / "aside"
+    run.forget_metrics("r1-sft", into=aside)
+    assert [m["stage"] for m in run.read_metrics()] == ["r1-data"]
+    assert [m["step"] for m in RunDir(aside).read_metrics()] == [1, 2]
+
+
+def test_move_aside_takes_a_finished_stage_out_of_the_run(tmp_path):
+    run = RunDir(tmp_path)
+    (tmp_path / "r1-data").mkdir()
+    (tmp_path / "r1-data" / "sft.jsonl").write_text("{}\n")
+    run.finish("r1-data", {"sft": tmp_path / "r1-data" / "sft.jsonl"})
+    run.log({"stage": "r1-data", "rows": 1})
+    aside = run.move_aside(["r1-data", "r1-sft"])
+    assert run.manifest()["stages"] == {} and not (tmp_path / "r1-data").exists()
+    assert (aside / "r1-data" / "sft.jsonl").read_text() == "{}\n"
+    assert list(json.loads((aside / "manifest.json").read_text())["stages"]) == ["r1-data"]
+    assert run.read_metrics() == [] and run.move_aside(["r1-data"]) is None
 
 
 def test_lock_never_opens_a_symlink_and_leaves_its_target_alone(tmp_path):

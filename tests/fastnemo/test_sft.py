@@ -17,6 +17,12 @@ ROWS = [
 ] * 4
 
 
+def fresh_session(model_dir) -> ModelSession:
+    """What a new process loads: the base model with a fresh LoRA (a checkpoint restores the trained one)."""
+    return ModelSession.load(model_dir, ModelConfig(path=str(model_dir), dtype="float32", gradient_checkpointing=False),
+                             LoraConfig(rank=4, alpha=8), GenerationConfig(engine="hf"))
+
+
 def cfg(**kw) -> SFTConfig:
     base = {"learning_rate": 1e-2, "max_steps": 4, "batch_size": 4, "grad_accum": 1, "max_length": 256,
             "warmup": 0.0, "save_steps": 100, "logging_steps": 1}
@@ -105,10 +111,54 @@ def test_resume_continues_the_step_count(tiny_session, tiny_model_dir, tmp_path)
     assert sft.last_checkpoint(out).endswith("checkpoint-4")
 
 
-def test_last_checkpoint_skips_incomplete(tmp_path):
+def test_resume_from_the_last_checkpoint_trains_no_step_past_max_steps(tiny_session, tiny_model_dir, tmp_path):
+    out = tmp_path / "ckpt"
+    first = sft.train(tiny_session, ROWS, cfg(max_steps=4, save_steps=2), out)
+    done = {n: t.detach().clone() for n, t in tiny_session.model.named_parameters() if "lora_" in n}
+    # killed after checkpoint-4, before the adapter was saved: a new process resumes
+    logs, told = [], []
+    fresh = fresh_session(tiny_model_dir)
+    again = sft.train(fresh, ROWS, cfg(max_steps=4, save_steps=2), out, log=logs.append, on_resume=told.append)
+    assert again["steps"] == 4 and told == [4] and logs == []  # loaded, not trained: no step 5
+    assert again["train_loss"] == pytest.approx(first["train_loss"])  # the whole run's, from the checkpoint
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    for n, t in fresh.model.named_parameters():
+        if "lora_" in n:
+            assert torch.equal(t, done[n]), n  # exactly the uninterrupted run's weights
+
+    # a lower max_steps (the stage never finished, so its new value is used): the checkpoint that matches
+    third = fresh_session(tiny_model_dir)
+    assert sft.train(third, ROWS, cfg(max_steps=2, save_steps=2), out)["steps"] == 2
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "scheduler.pt", "rng_state.pth", "adapter_model.safetensors",
+                                  "trainer_state.json"])
+def test_a_checkpoint_with_any_file_that_does_not_load_is_passed_over_and_named(tiny_session, tmp_path, name):
+    out = tmp_path / "ckpt"
+    sft.train(tiny_session, ROWS, cfg(max_steps=4, save_steps=2), out)
+    f = out / "checkpoint-4" / name
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    said = []
+    assert sft.last_checkpoint(out, say=said.append) == str(out / "checkpoint-2")
+    assert len(said) == 1 and f"checkpoint-4 is incomplete ({f}: " in said[0]
+    f.unlink()
+    assert sft.checkpoint_problem(out / "checkpoint-4") == f"{f}: missing"
+
+
+def test_last_checkpoint_orders_by_step_and_skips_what_is_past_max_steps(tmp_path):
     assert sft.last_checkpoint(tmp_path) is None
     for step in (2, 10, 4):
         (tmp_path / f"checkpoint-{step}").mkdir()
-        (tmp_path / f"checkpoint-{step}" / "trainer_state.json").write_text("{}")
-    (tmp_path / "checkpoint-12").mkdir()  # killed while saving: no trainer_state.json yet
-    assert sft.last_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")  # numeric, not string, order
+    said = []
+    assert sft.last_checkpoint(tmp_path, say=said.append) is None  # empty folders: nothing loads
+    assert len(said) == 3 and "checkpoint-10 is incomplete" in said[0]  # newest first: numeric, not string
+    assert sft.last_checkpoint(tmp_path, max_steps=4, say=said.append) is None
+    assert "past max_steps 4" in said[3]
+
+
+def test_whole_run_loss_weights_each_logged_mean_by_its_steps():
+    history = [{"step": 2, "loss": 4.0}, {"step": 4, "loss": 1.0}, {"step": 5, "loss": 1.0},
+               {"step": 5, "train_loss": 9.0}]
+    assert sft.whole_run_loss(history) == pytest.approx((8 + 2 + 1) / 5)
+    assert sft.whole_run_loss([{"step": 3, "train_loss": 2.5}]) == 2.5  # nothing logged per step
+    assert sft.whole_run_loss([]) is None
