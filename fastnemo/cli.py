@@ -97,7 +97,7 @@ def recipe(recipe_file, overrides, check, redo):
     runs (--redo redoes it). The run directory gets the resolved config, manifest.json,
     metrics.jsonl, plots and, at the end, submission.zip. `fastnemo recipe-keys` lists every key.
     """
-    from fastnemo.config import load_recipe, resolve
+    from fastnemo.config import load_recipe
 
     try:
         r = load_recipe(recipe_file, overrides)
@@ -108,10 +108,10 @@ def recipe(recipe_file, overrides, check, redo):
     from fastnemo.progress import console
     from fastnemo.recipe import plan_keys, preflight, run_recipe
     if check:
-        console.print(f"[bold]{r.name}[/]: run directory {resolve(r, r.run_dir)}")
+        console.print(f"[bold]{r.name}[/]: run directory {r.paths.run_dir}")
         if overrides:  # the run directory's config.json records the recipe with them applied
             console.print(f"  overrides: {' '.join(overrides)}")
-        done = _finished_stages(resolve(r, r.run_dir))
+        done = _finished_stages(r.paths.run_dir)
         for rnd, stage, key in plan_keys(r):
             console.print(f"  round {rnd}  {stage:8s} -> {key}" + ("  (done: skipped on a run)" if key in done else ""))
         from fastnemo.plan import plan_recipe, plan_table, time_table

@@ -417,6 +417,43 @@ class HardwareConfig(Section):
                             "training processes. GPU only.", ge=0)
     rollout_port: int = key(8000, "Port of that vLLM server on localhost.", ge=1, le=65535)
 
+    @property
+    def train_processes(self) -> int:
+        """The processes that train (the rest serve DAPO's rollouts)."""
+        return self.gpus - self.rollout_gpus
+
+    def check(self):
+        if not 0 <= self.rollout_gpus < self.gpus:
+            raise RecipeError(f"hardware.rollout_gpus must be in 0..gpus-1 = {self.gpus - 1} (some GPU must "
+                              f"train), got {self.rollout_gpus}")
+
+
+def per_rank(batch_size: int, grad_accum: int, n: int, what: str = "sft") -> tuple[int, int]:
+    """(per-device batch, accumulation steps) on each of ``n`` processes for the global batch
+    ``batch_size x grad_accum``: the largest per-device batch not above ``batch_size`` that splits it."""
+    total = batch_size * grad_accum
+    if total % n:
+        raise RecipeError(f"{what}.batch_size x grad_accum = {total} rows per step does not split over {n} "
+                          "training processes (hardware.gpus): make it a multiple")
+    local = math.gcd(batch_size, total // n)
+    return local, total // n // local
+
+
+def check_hardware(recipe: Recipe) -> None:
+    """What the recipe alone decides about its processes (the machine is checked by
+    ``fastnemo.distributed.check_machine``, before a run): the global batches split over them."""
+    hw = recipe.hardware
+    if hw.rollout_gpus and "grpo" not in recipe.stages:
+        raise RecipeError("hardware.rollout_gpus serves DAPO rollouts, but the stages have no 'grpo'")
+    n = hw.train_processes
+    per_rank(recipe.sft.batch_size, recipe.sft.grad_accum, n)
+    g = recipe.grpo
+    micro = g.micro_batch or g.group_size
+    if (g.batch_prompts * g.group_size // micro) % n:
+        raise RecipeError("grpo: batch_prompts x group_size / micro batch = "
+                          f"{g.batch_prompts * g.group_size // micro} micro-batches per step do not split over {n} "
+                          "training processes (hardware.gpus)")
+
 
 @dataclasses.dataclass
 class ReportConfig(Section):
@@ -454,6 +491,14 @@ class Recipe(Section):
     hardware: HardwareConfig = section(HardwareConfig, "GPUs of one host (data-parallel processes).")
     report: ReportConfig = section(ReportConfig, "Experiment tracker.")
     source: str = key("", "The recipe file this was read from (set by load_recipe; not a recipe key).")
+    # Not keys either, so no dataclass fields (config.json and the provenance fingerprints hold the keys alone):
+    # ``overrides``, the command line's KEY=VALUE (load_recipe), which a multi-process launch passes on, and
+    # ``paths`` (RecipePaths), every path key resolved once, when the recipe is built.
+    overrides: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.paths = RecipePaths.of(self)
 
     def check(self):
         trained, seen = "base", set()
@@ -476,16 +521,15 @@ class Recipe(Section):
                                   f"the {len(drill_rows())} cipher word lists (recall.coverage = "
                                   f"{self.recall.coverage}): raise it")
         if self.hardware.gpus != 1 or self.hardware.rollout_gpus:
-            from fastnemo.distributed import validate_hardware
-
-            validate_hardware(self)
+            check_hardware(self)
 
 
 # ------------------------------------------------------------------------------------- reading a recipe
 
 
-def _build(cls, table: dict, prefix: str = ""):
-    """``cls`` from a TOML table: unknown keys refused here, types and values by the sections themselves."""
+def _build(cls, table: dict, prefix: str = "", **fixed):
+    """``cls`` from a TOML table (and the ``fixed`` fields no table sets): unknown keys refused here, types
+    and values by the sections themselves."""
     names = {f.name for f in dataclasses.fields(cls)} - {"source"}
     kwargs = {}
     for name, value in table.items():
@@ -500,7 +544,7 @@ def _build(cls, table: dict, prefix: str = ""):
             kwargs[name] = _build(hint, value, f"{prefix}{name}.")
         else:
             kwargs[name] = value
-    return cls(**kwargs)
+    return cls(**kwargs, **fixed)
 
 
 def did_you_mean(name: str, known) -> str:
@@ -556,10 +600,11 @@ def apply_overrides(table: dict, overrides: list[str] | tuple[str, ...]) -> dict
     return table
 
 
-def build_recipe(table: dict, where: str = "recipe") -> Recipe:
-    """A checked Recipe from a TOML-shaped table; errors are RecipeErrors that start with ``where``."""
+def build_recipe(table: dict, where: str = "recipe", source: str = "") -> Recipe:
+    """A checked Recipe from a TOML-shaped table; errors are RecipeErrors that start with ``where``. Its
+    relative paths resolve against the folder of ``source`` (the recipe file), else the working directory."""
     try:
-        return _build(Recipe, table)
+        return _build(Recipe, table, source=source)
     except RecipeError as e:
         raise RecipeError(f"{where}: {e}") from None
 
@@ -578,17 +623,44 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise RecipeError(f"{path}: not valid TOML: {e}") from None
     except (RecursionError, ValueError) as e:  # arrays nested past the parser's depth, a 5,000-digit number
         raise RecipeError(f"{path}: not valid TOML ({type(e).__name__}: {str(e)[:120]})") from None
-    recipe = build_recipe(apply_overrides(table, overrides), str(path))
-    recipe.source = str(path.resolve())
+    recipe = build_recipe(apply_overrides(table, overrides), str(path), source=str(path.resolve()))
+    recipe.overrides = tuple(overrides)
     return recipe
 
 
-def resolve(recipe: Recipe, value: str) -> Path:
-    """A path from the recipe, made absolute against the recipe file's folder."""
+@dataclasses.dataclass(frozen=True)
+class RecipePaths:
+    """The recipe's path keys, each made absolute against the recipe file's folder (``resolve``) once, when
+    the recipe is built (``Recipe.paths``); None where an optional one is "" (unset). The keys themselves keep
+    what the user wrote: config.json and the provenance fingerprints record those."""
+
+    run_dir: Path  # run_dir
+    model: Path  # model.path
+    start_from: Path | None  # start_from
+    data: Path | None  # data.path
+    like: Path | None  # data.like
+    eval_data: Path | None  # eval.data
+    trace_set: Path | None  # eval.trace_set
+    distill_data: Path | None  # distill.data
+
+    @classmethod
+    def of(cls, recipe: Recipe) -> RecipePaths:
+        def opt(value: str) -> Path | None:
+            return resolve(recipe.source, value) if value else None
+
+        return cls(run_dir=resolve(recipe.source, recipe.run_dir), model=resolve(recipe.source, recipe.model.path),
+                   start_from=opt(recipe.start_from), data=opt(recipe.data.path), like=opt(recipe.data.like),
+                   eval_data=opt(recipe.eval.data), trace_set=opt(recipe.eval.trace_set),
+                   distill_data=opt(recipe.distill.data))
+
+
+def resolve(source: str, value: str) -> Path:
+    """A path of the recipe read from the file ``source``, made absolute against that file's folder (kept
+    relative to the working directory when there is no file)."""
     p = Path(value).expanduser()
-    if p.is_absolute() or not recipe.source:
+    if p.is_absolute() or not source:
         return p
-    return (Path(recipe.source).parent / p).resolve()
+    return (Path(source).parent / p).resolve()
 
 
 def to_dict(recipe: Recipe) -> dict:

@@ -6,7 +6,8 @@
    rows of ``recipe.distill.data`` (a competition CSV or a JSONL with id/prompt/answer).
 2. ``k`` candidates per prompt with ``session.generate`` (temperature ``recipe.distill.temperature``). Every
    batch's verified rows and counts are appended to ``generations.jsonl`` and fsynced: a killed distill
-   resumes where it stopped (a torn last line is cut off first).
+   resumes where it stopped (a torn last line is cut off first). With N processes each samples its shard
+   into ``generations.rank{r}.jsonl``; every cache of the folder counts as done.
 3. Verification (``select``): a candidate is *correct* when the strict competition metric accepts it; it is
    a *trace* when it is also complete (ended by the model, not cut by max_tokens) and well formatted
    (reasoning closed once, then exactly one box). The ``keep`` shortest traces per prompt become SFT rows
@@ -26,9 +27,11 @@ import random
 import time
 from pathlib import Path
 
-from fastnemo.config import Recipe, SamplingConfig, resolve
+from fastnemo import distributed
+from fastnemo.config import Recipe, SamplingConfig
 from fastnemo.progress import console, task
 from fastnemo.rewards import THINK_CLOSE, well_formatted
+from fastnemo.seeds import call_seed
 from puzzles import CATEGORIES, Puzzle
 from puzzles.dataset import sft_row
 from puzzles.files import append_jsonl, read_jsonl, write_jsonl
@@ -43,11 +46,16 @@ CACHE = "generations.jsonl"
 
 
 def load_prompts(recipe: Recipe, seed: int) -> list[Puzzle]:
-    """The puzzles to distill on: ``recipe.distill.data`` when set, else ``recipe.distill.prompts`` new ones."""
+    """The puzzles to distill on: ``recipe.distill.data`` when set, else ``recipe.distill.prompts`` new ones;
+    none is an error."""
     cfg = recipe.distill
     if cfg.data:
-        return read_puzzles(resolve(recipe, cfg.data))[: cfg.prompts or None]
-    return generate_puzzles(cfg.prompts, seed)
+        puzzles = read_puzzles(recipe.paths.distill_data)[: cfg.prompts or None]
+    else:
+        puzzles = generate_puzzles(cfg.prompts, seed)
+    if not puzzles:
+        raise ValueError("distill: no prompts (distill.prompts is 0 or distill.data is empty)")
+    return puzzles
 
 
 def read_puzzles(path: Path) -> list[Puzzle]:
@@ -138,6 +146,22 @@ def read_cache(path: Path) -> dict[str, dict]:
     return {r["id"]: r for r in read_jsonl(path)}
 
 
+def cache_path(out_dir: Path) -> Path:
+    """This process's cache: ``generations.jsonl``, or ``generations.rank{r}.jsonl`` in a run of N processes."""
+    n = distributed.world()
+    return Path(out_dir) / (CACHE if n == 1 else f"generations.rank{distributed.rank()}.jsonl")
+
+
+def read_caches(out_dir: Path) -> dict[str, dict]:
+    """Every cache record of ``out_dir`` (one process's and each rank's), by puzzle id, so that a resume with
+    another number of processes redoes nothing; a line cut short by a crash is skipped (its owner cuts it off
+    before appending)."""
+    done = {}
+    for f in sorted(Path(out_dir).glob("generations*.jsonl")):
+        done.update(read_cache(f))
+    return done
+
+
 # ------------------------------------------------------------------------------------------------- run
 
 
@@ -161,17 +185,21 @@ def histogram(passrates: list[dict], k: int, out: Path) -> Path:
 
 
 def run(session, recipe: Recipe, out_dir: Path, seed: int = 0, log=None) -> dict:
-    """Distill ``session``'s model on the recipe's prompts into ``out_dir`` (resumable); returns a summary."""
-    cfg, out_dir = recipe.distill, Path(out_dir)
+    """Distill ``session``'s model on the recipe's prompts into ``out_dir`` (resumable); returns a summary. In a
+    run of N processes (``fastnemo.distributed``) each samples its round-robin shard into its own cache, and
+    rank 0 writes the outputs from all of them (the same files one process writes)."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     puzzles = load_prompts(recipe, seed)
-    if not puzzles:
-        raise ValueError("distill: no prompts (distill.prompts is 0 or distill.data is empty)")
-    cache_path = out_dir / CACHE
-    done = read_cache(cache_path)
+    mine = cache_path(out_dir)
+    done = read_caches(out_dir)
+    distributed.barrier()  # everyone has read before anyone appends
     t0 = time.time()
-    sample(session, cfg, puzzles, done, cache_path, seed, log=log)
-    return finish(puzzles, done, cfg, out_dir, seconds=time.time() - t0)
+    sample(session, recipe.distill, distributed.shard(puzzles), done, mine, seed,
+           positions={p.id: i for i, p in enumerate(puzzles)}, log=log)
+    distributed.barrier()
+    return distributed.on_main(lambda: finish(puzzles, read_caches(out_dir), recipe.distill, out_dir,
+                                              seconds=time.time() - t0))
 
 
 def sample(session, cfg, puzzles: list[Puzzle], done: dict[str, dict], cache_path: Path, seed: int,
@@ -193,7 +221,7 @@ def sample(session, cfg, puzzles: list[Puzzle], done: dict[str, dict], cache_pat
             batch = todo[start : start + per_call]
             # the seed follows the first puzzle, not the position in todo: a resume samples the same way
             sampling = SamplingConfig(n=cfg.k, temperature=cfg.temperature, top_p=1.0,
-                                      max_tokens=cfg.max_tokens, seed=seed * 1_000_003 + position[batch[0].id])
+                                      max_tokens=cfg.max_tokens, seed=call_seed(seed, position[batch[0].id]))
             outputs = session.generate([p.prompt for p in batch], sampling)
             records = []
             for p, cands in zip(batch, outputs, strict=True):

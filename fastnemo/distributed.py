@@ -1,15 +1,18 @@
-"""N GPUs of one host: the same recipe, data-parallel, on the engines people already trust.
+"""N GPUs of one host: the same recipe, data-parallel, on the engines people already trust. This module holds
+the process primitives (world, rank, barrier, broadcast, launch); the stages own what they do with them.
 
-``[hardware] gpus = N`` (``fastnemo.config.HardwareConfig``). ``run_recipe`` then re-launches the recipe file
-as N processes with ``torch.distributed.run`` (what ``accelerate launch`` runs underneath; the user writes no
-launch line) and waits for them. Each process holds the base model, the LoRA and one generation engine:
+``[hardware] gpus = N`` (``fastnemo.config.HardwareConfig``). ``run_recipe`` then re-launches the recipe's
+command line (its file, its KEY=VALUE overrides, ``--redo``) as N processes with ``torch.distributed.run``
+(what ``accelerate launch`` runs underneath; the user writes no launch line) and waits for them; each process
+checks that it read rank 0's recipe. Each holds the base model, the LoRA and one generation engine:
 
 - SFT and DAPO train data-parallel: the TRL trainers run under accelerate's DDP (it reads the launcher's
-  environment), the recipe's batch sizes stay global (``per_rank`` splits them), so 1 and N processes take
-  the same optimizer steps on the same rows.
-- Eval and distill shard the prompts round-robin over the processes (``shard``); each process writes and
-  resumes its own file (``results.rank{r}.jsonl``, ``generations.rank{r}.jsonl``), rank 0 merges them in the
-  prompts' order into the very files one process writes.
+  environment), the recipe's batch sizes stay global (``fastnemo.config.per_rank`` splits them), so 1 and N
+  processes take the same optimizer steps on the same rows.
+- Eval and distill shard the prompts round-robin over the processes (``shard``; ``fastnemo.evaluate`` and
+  ``fastnemo.distill`` each own their sharded path); each process writes and resumes its own file
+  (``results.rank{r}.jsonl``, ``generations.rank{r}.jsonl``), rank 0 merges them in the prompts' order into
+  the very files one process writes.
 - data, start and pack, the run's lock, manifest and metrics.jsonl belong to rank 0; the others wait.
 
 On a machine without CUDA the processes are CPU processes talking over gloo: allowed up to the number of
@@ -24,15 +27,12 @@ DAPO where colocated rollouts do not fit (``rollout_gpus = k``): the last k GPUs
 from __future__ import annotations
 
 import datetime
-import math
 import os
 import shutil
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-from fastnemo.config import Recipe, RecipeError
+from fastnemo.config import Recipe, RecipeError, to_dict
 
 WORKER_ENV = "FASTNEMO_WORKER"  # set by ``launch`` in the processes it starts
 MAIN_ONLY_STAGES = ("data", "start", "pack")  # rank 0 does them; the others wait for the manifest entry
@@ -71,17 +71,30 @@ def init(recipe: Recipe) -> None:
     import torch
     from accelerate import PartialState
 
-    expected = train_processes(recipe)
+    expected = recipe.hardware.train_processes
     if world() != expected:
         raise RecipeError(f"{recipe.source}: hardware.gpus = {recipe.hardware.gpus} (rollout_gpus "
                           f"{recipe.hardware.rollout_gpus}) means {expected} training processes, but this one was "
                           f"launched with WORLD_SIZE {world()}")
     # rank 0 alone builds the data mix and packs while the others wait: a long barrier is not a hang
     PartialState(cpu=not torch.cuda.is_available(), timeout=datetime.timedelta(hours=6))
+    same_recipe(to_dict(recipe), broadcast(to_dict(recipe)), recipe.source)
     if not is_main():
         from fastnemo.progress import console
 
         console.quiet = True  # N copies of every bar and table would bury rank 0's
+
+
+def same_recipe(mine: dict, main: dict, where: str) -> None:
+    """Every process must run rank 0's recipe (the same keys, overrides included): a process that read other
+    values would train out of step and hang the others at their next collective, so it stops here."""
+    from fastnemo.provenance import flat
+
+    a, b = flat(mine), flat(main)
+    differ = sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    if differ:
+        raise RecipeError(f"{where}: process {rank()} read other recipe keys than rank 0: "
+                          + ", ".join(f"{k} = {a.get(k)!r} (rank 0: {b.get(k)!r})" for k in differ[:5]))
 
 
 def finished() -> None:
@@ -117,42 +130,7 @@ def on_main(fn, *args, **kwargs):
     return broadcast(out)
 
 
-# ------------------------------------------------------------------------------------------- the recipe
-
-
-def train_processes(recipe: Recipe) -> int:
-    return recipe.hardware.gpus - recipe.hardware.rollout_gpus
-
-
-def per_rank(batch_size: int, grad_accum: int, n: int, what: str = "sft") -> tuple[int, int]:
-    """(per-device batch, accumulation steps) on each of ``n`` processes for the global batch
-    ``batch_size x grad_accum``: the largest per-device batch not above ``batch_size`` that splits it."""
-    total = batch_size * grad_accum
-    if total % n:
-        raise RecipeError(f"{what}.batch_size x grad_accum = {total} rows per step does not split over {n} "
-                          "training processes (hardware.gpus): make it a multiple")
-    local = math.gcd(batch_size, total // n)
-    return local, total // n // local
-
-
-def validate_hardware(recipe: Recipe) -> None:
-    """What the recipe alone decides (the machine is checked in ``check_machine``, before a run)."""
-    hw = recipe.hardware
-    if hw.gpus < 1:
-        raise RecipeError(f"hardware.gpus must be >= 1, got {hw.gpus}")
-    if not 0 <= hw.rollout_gpus < hw.gpus:
-        raise RecipeError(f"hardware.rollout_gpus must be in 0..gpus-1 = {hw.gpus - 1} (some GPU must "
-                          f"train), got {hw.rollout_gpus}")
-    if hw.rollout_gpus and "grpo" not in recipe.stages:
-        raise RecipeError("hardware.rollout_gpus serves DAPO rollouts, but the stages have no 'grpo'")
-    n = train_processes(recipe)
-    per_rank(recipe.sft.batch_size, recipe.sft.grad_accum, n)
-    g = recipe.grpo
-    micro = g.micro_batch or g.group_size
-    if (g.batch_prompts * g.group_size // micro) % n:
-        raise RecipeError("grpo: batch_prompts x group_size / micro batch = "
-                          f"{g.batch_prompts * g.group_size // micro} micro-batches per step do not split over {n} "
-                          "training processes (hardware.gpus)")
+# ------------------------------------------------------------------------------------------ the machine
 
 
 def check_machine(recipe: Recipe) -> str:
@@ -181,12 +159,14 @@ def check_machine(recipe: Recipe) -> str:
 # ------------------------------------------------------------------------------------------- the launch
 
 
-def launch_commands(recipe: Recipe, recipe_file: str) -> tuple[list[str], dict, list[str] | None, dict]:
-    """(argv, env) of the training processes' launcher and, with ``rollout_gpus``, of TRL's vLLM server."""
-    hw, n = recipe.hardware, train_processes(recipe)
+def launch_commands(recipe: Recipe, redo: tuple[str, ...] = ()) -> tuple[list[str], dict, list[str] | None, dict]:
+    """(argv, env) of the training processes' launcher and, with ``rollout_gpus``, of TRL's vLLM server. Each
+    process runs the recipe's command line: its file, its KEY=VALUE overrides and the ``--redo`` stages."""
+    hw, n = recipe.hardware, recipe.hardware.train_processes
     env = {WORKER_ENV: "1"}
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
-            "-m", "fastnemo", "recipe", str(recipe_file)]
+            "-m", "fastnemo", "recipe", str(recipe.source), *recipe.overrides,
+            *(arg for stage in redo for arg in ("--redo", stage))]
     import torch
 
     if not torch.cuda.is_available():
@@ -196,33 +176,33 @@ def launch_commands(recipe: Recipe, recipe_file: str) -> tuple[list[str], dict, 
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     ids = visible.split(",") if visible else [str(i) for i in range(hw.gpus)]
     env["CUDA_VISIBLE_DEVICES"] = ",".join(ids[:n])
-    from fastnemo.config import resolve
-
-    server = [shutil.which("trl") or "trl", "vllm-serve", "--model", str(resolve(recipe, recipe.model.path)),
+    server = [shutil.which("trl") or "trl", "vllm-serve", "--model", str(recipe.paths.model),
               "--data-parallel-size", str(hw.rollout_gpus), "--port", str(hw.rollout_port),
               "--max-model-len", str(recipe.generation.max_model_len), "--dtype", "bfloat16"]
     return argv, env, server, {"CUDA_VISIBLE_DEVICES": ",".join(ids[n : hw.gpus])}
 
 
-def launch(recipe: Recipe) -> None:
-    """Run the recipe file in ``train_processes`` processes (plus the rollout server) and wait for them."""
+def launch(recipe: Recipe, redo: tuple[str, ...] = ()) -> None:
+    """Run the recipe's command line (file, overrides, ``redo``) in ``hardware.train_processes`` processes
+    (plus the rollout server) and wait for them."""
     from fastnemo.progress import console
 
     if not recipe.source:
         raise RecipeError("hardware.gpus > 1: the run re-launches its recipe file, and this recipe has none "
                           "(read it with load_recipe)")
-    from fastnemo.config import load_recipe, to_dict
+    from fastnemo.config import load_recipe
 
-    if to_dict(load_recipe(recipe.source)) != to_dict(recipe):  # the processes read the file, not this object
+    # the processes read the file and the overrides, not this object
+    if to_dict(load_recipe(recipe.source, recipe.overrides)) != to_dict(recipe):
         raise RecipeError(f"{recipe.source}: the recipe was changed after it was read; hardware.gpus > 1 "
                           "re-launches the file, so save the change there")
-    argv, env, server_argv, server_env = launch_commands(recipe, recipe.source)
+    argv, env, server_argv, server_env = launch_commands(recipe, redo)
     server = None
     if server_argv:
         console.print(f"starting TRL's vLLM server on GPUs {server_env['CUDA_VISIBLE_DEVICES']}: "
                       + " ".join(server_argv))
         server = subprocess.Popen(server_argv, env={**os.environ, **server_env})
-    console.print(f"launching {train_processes(recipe)} processes: " + " ".join(argv[2:]))
+    console.print(f"launching {recipe.hardware.train_processes} processes: " + " ".join(argv[2:]))
     try:
         rc = subprocess.call(argv, env={**os.environ, **env})
     finally:
@@ -245,94 +225,11 @@ def rollout_server_args(recipe: Recipe) -> dict:
             "vllm_server_port": hw.rollout_port, "vllm_server_timeout": 1800.0}  # the server loads 60 GB first
 
 
-# ----------------------------------------------------------------------------------- shard and merge
+# ---------------------------------------------------------------------------------------------- shards
 
 
-def shard(items: list, r: int, n: int) -> list:
-    """Rank ``r``'s share of ``items``: every n-th from r (round-robin keeps the categories balanced)."""
+def shard(items: list, r: int | None = None, n: int | None = None) -> list:
+    """Rank ``r``'s share of ``items`` (default: this process's of this run's): every n-th from r
+    (round-robin keeps the categories balanced)."""
+    r, n = rank() if r is None else r, world() if n is None else n
     return items[r::n]
-
-
-def merge(puzzles: list, records: dict[str, dict], what: str) -> list[dict]:
-    """The records of ``puzzles``, in their order; every puzzle must have one."""
-    missing = [p.id for p in puzzles if p.id not in records]
-    if missing:
-        raise RuntimeError(f"{what}: {len(missing)} prompts have no result after the shards finished "
-                           f"(first {missing[:3]})")
-    return [records[p.id] for p in puzzles]
-
-
-def evaluate_shard(session, puzzles: list, sampling, out_path: Path, batch_size: int, r: int, n: int) -> Path:
-    """Evaluate rank ``r``'s shard into ``results.rank{r}.jsonl`` beside ``out_path``; resumable."""
-    from fastnemo.evaluate import evaluate
-    from puzzles.files import move_into_place
-
-    out_path = Path(out_path)
-    mine = out_path.with_name(f"{out_path.stem}.rank{r}.jsonl")
-    partial = mine.with_suffix(".partial.jsonl")
-    if mine.exists() and not partial.exists():
-        move_into_place(mine, partial)  # a finished shard: evaluate re-reads it and generates nothing
-    evaluate(session, shard(puzzles, r, n), sampling, mine, batch_size=batch_size)
-    return mine
-
-
-def merge_eval(puzzles: list, out_path: Path) -> dict:
-    """Join every rank's results file into ``out_path`` (the puzzles' order) and summarize it."""
-    from fastnemo.evaluate import summarize, table
-    from fastnemo.progress import console
-    from puzzles.files import read_jsonl, write_jsonl
-
-    out_path = Path(out_path)
-    records = {}
-    for f in sorted(out_path.parent.glob(f"{out_path.stem}.rank*.jsonl")):
-        if ".partial" not in f.name:
-            records.update((r["id"], r) for r in read_jsonl(f, strict=True))
-    results = merge(puzzles, records, f"eval {out_path.parent.name}")
-    write_jsonl(out_path, results)
-    summary = summarize(results)
-    console.print(table(summary))
-    return summary
-
-
-def evaluate_sharded(session, puzzles: list, sampling, out_path: Path, batch_size: int = 64) -> dict:
-    """``fastnemo.evaluate.evaluate`` over all processes: the same results file, the same summary."""
-    evaluate_shard(session, puzzles, sampling, out_path, batch_size, rank(), world())
-    barrier()
-    return on_main(merge_eval, puzzles, out_path)
-
-
-def distill_sharded(session, recipe: Recipe, out_dir: Path, seed: int = 0, log=None) -> dict:
-    """``fastnemo.distill.run`` over all processes: each samples its shard into its own cache (reading every
-    cache of the folder as done, so a resume with another N redoes nothing), rank 0 writes the outputs."""
-    from fastnemo import distill
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    puzzles = distill.load_prompts(recipe, seed)
-    if not puzzles:
-        raise ValueError("distill: no prompts (distill.prompts is 0 or distill.data is empty)")
-    mine = out_dir / f"generations.rank{rank()}.jsonl"
-    distill.read_cache(mine)  # cuts its own torn tail while nobody reads it
-    barrier()
-    done = read_caches(out_dir)
-    barrier()  # everyone has read before anyone appends
-    t0 = time.time()
-    distill.sample(session, recipe.distill, shard(puzzles, rank(), world()), done, mine, seed,
-                   positions={p.id: i for i, p in enumerate(puzzles)}, log=log)
-    barrier()
-
-    def finish():
-        return distill.finish(puzzles, read_caches(out_dir), recipe.distill, out_dir, seconds=time.time() - t0)
-
-    return on_main(finish)
-
-
-def read_caches(out_dir: Path) -> dict[str, dict]:
-    """Every distill cache record of ``out_dir`` (one process's and each rank's), by puzzle id; a line cut
-    short by a crash is skipped (its owner cuts it off before appending)."""
-    from puzzles.files import read_jsonl
-
-    done = {}
-    for f in sorted(Path(out_dir).glob("generations*.jsonl")):
-        done.update((r["id"], r) for r in read_jsonl(f))
-    return done

@@ -181,7 +181,7 @@ def doctor_command(recipe_file):
     """What this machine can run: GPU, driver and CUDA, each package (importable or not, and why), the fused
     Mamba path, free disk at the run directory, the model folder, and the backends and engines that work.
     With RECIPE_FILE, its run_dir and model.path; without, the current folder and models/tiny-nemotron."""
-    from fastnemo.config import RecipeError, load_recipe, resolve
+    from fastnemo.config import RecipeError, load_recipe
     from fastnemo.progress import console
 
     if recipe_file:
@@ -189,7 +189,7 @@ def doctor_command(recipe_file):
             r = load_recipe(recipe_file)
         except RecipeError as e:
             raise click.ClickException(str(e)) from None
-        run_dir, model, tiny = resolve(r, r.run_dir), resolve(r, r.model.path), r.model.tiny
+        run_dir, model, tiny = r.paths.run_dir, r.paths.model, r.model.tiny
     else:
         run_dir, model, tiny = Path.cwd(), Path("models/tiny-nemotron"), False
         model = model if model.exists() else None

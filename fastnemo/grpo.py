@@ -37,6 +37,7 @@ import torch
 
 from fastnemo.config import GRPOConfig, Recipe, SamplingConfig
 from fastnemo.rewards import reward_funcs
+from fastnemo.seeds import call_seed, derive_seed
 
 
 def group_signal(rewards: torch.Tensor, group_size: int, tol: float = 1e-6) -> torch.Tensor:
@@ -154,7 +155,7 @@ def engine_rollout(session, cfg: GRPOConfig, seed: int = 0):
             session.engine.sync_weights()  # the optimizer moved the LoRA since the last rollout
             state["synced_step"] = trainer.state.global_step
         sampling = SamplingConfig(n=G, temperature=cfg.temperature, top_p=1.0, max_tokens=cfg.max_tokens,
-                                  seed=seed * 1_000_003 + state["calls"])
+                                  seed=call_seed(seed, state["calls"]))
         state["calls"] += 1
         outputs = session.engine.generate(unique, sampling)
         prompt_ids, completion_ids = [], []
@@ -193,7 +194,7 @@ def prompt_rows(session, recipe: Recipe, prompts_path: Path | None, seed: int) -
     elif len(puzzles) < cfg.batch_prompts:  # too few for one step: top up with new puzzles, said aloud
         console.print(f"[yellow]grpo: {len(puzzles)} Goldilocks prompt(s) < batch_prompts {cfg.batch_prompts}; "
                       "topped up with new generated puzzles")
-        puzzles += generate_puzzles(cfg.batch_prompts - len(puzzles), seed + 7919)  # ids apart from distill's
+        puzzles += generate_puzzles(cfg.batch_prompts - len(puzzles), derive_seed(seed, "grpo_top_up"))
     if cfg.prompts:
         puzzles = puzzles[: cfg.prompts]
     if not puzzles:

@@ -18,8 +18,8 @@ deviations from ``LLM_ARGS``, printed by the parent) and ``groups``, each ``{"ki
   chat template, thinking on; ``prompt`` is sent as is); each appends ``{..the request's other keys..,
   output, n_tokens, finish_reason}``. For measurements that ride along in the same engine start (recall).
 - ``distill``: requests ``{id, category, prompt, answer, position}`` sampled ``n`` times with the seed
-  ``seed * 1_000_003 + position`` (per request: a resume samples as an uninterrupted run); each appends
-  ``fastnemo.distill.cache_record`` to ``out`` (generations.jsonl).
+  ``fastnemo.seeds.call_seed(seed, position)`` (per request: a resume samples as an uninterrupted run); each
+  appends ``fastnemo.distill.cache_record`` to ``out`` (generations.jsonl).
 
 Every line is appended and fsynced the moment its request finishes (``files.append_jsonl``); ids already in
 ``out`` are not generated again, so a killed child loses at most the requests in flight. The child's output
@@ -37,6 +37,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from fastnemo.seeds import call_seed
 
 GIB = 2**30
 # The scorer's KV room: 0.85 of its 96 GB card (RTX PRO 6000 Blackwell), 81.6 GB = 76.0 GiB. On a smaller card
@@ -317,7 +319,7 @@ def _sampling(group: dict, req: dict) -> dict:
     if group["kind"] == "chat" and req.get("max_tokens"):
         s["max_tokens"] = req["max_tokens"]
     if group["kind"] == "distill":
-        s["seed"] = group["seed"] * 1_000_003 + req["position"]
+        s["seed"] = call_seed(group["seed"], req["position"])
     return s
 
 

@@ -332,9 +332,7 @@ def plan_table(p: MemoryPlan, title: str = "memory plan (estimate)"):
 
 def plan_recipe(recipe) -> MemoryPlan:
     """The plan for a loaded ``Recipe`` (model config.json read from model.path)."""
-    from fastnemo.config import resolve
-
-    path = resolve(recipe, recipe.model.path) / "config.json"
+    path = recipe.paths.model / "config.json"
     cfg = json.loads(path.read_text()) if path.exists() else NANO_CONFIG
     p = plan(
         cfg,
@@ -361,7 +359,7 @@ def plan_command_main(recipe_path: str) -> int:
     """Body of ``fastnemo plan RECIPE``: print the table; exit code 1 when it does not fit."""
     from rich.console import Console
 
-    from fastnemo.config import RecipeError, load_recipe, resolve
+    from fastnemo.config import RecipeError, load_recipe
 
     try:
         recipe = load_recipe(Path(recipe_path))
@@ -384,8 +382,8 @@ def plan_command_main(recipe_path: str) -> int:
                       f"{rp['signatures_left_out']:,} signatures ({rp['candidates_left_out']:,} candidates, "
                       f"{rp['prior_mass_left_out']:.1%} of the prior mass)"
                       + (f": {rp['real_given_up']}" if rp["real_given_up"] else ""))
-    rows = target_sets(json.loads((resolve(recipe, recipe.model.path) / "config.json").read_text())
-                       if (resolve(recipe, recipe.model.path) / "config.json").exists() else NANO_CONFIG,
+    config = recipe.paths.model / "config.json"
+    rows = target_sets(json.loads(config.read_text()) if config.exists() else NANO_CONFIG,
                        rank=recipe.lora.rank, batch=recipe.sft.batch_size, seq_len=recipe.sft.max_length,
                        generation=any(st in recipe.stages for st in ("eval", "distill", "grpo")),
                        engine=recipe.generation.engine, gen_seqs=recipe.generation.batch_size)
@@ -493,9 +491,7 @@ def eval_rows(recipe) -> int:
     generated held-out set."""
     if not recipe.eval.data:
         return recipe.eval.n_generated
-    from fastnemo.config import resolve
-
-    path = resolve(recipe, recipe.eval.data)
+    path = recipe.paths.eval_data
     n = TRAIN_CSV_ROWS
     if path.exists():
         with open(path) as f:

@@ -16,9 +16,10 @@ import random
 from pathlib import Path
 
 from fastnemo import distributed, ledger, provenance
-from fastnemo.config import Recipe, RecipeError, resolve, to_dict
+from fastnemo.config import Recipe, RecipeError, to_dict
 from fastnemo.progress import console
 from fastnemo.run import RunDir, RunLocked
+from fastnemo.seeds import derive_seed
 from puzzles import Puzzle
 
 TRAINING_STAGES = ("recall", "sft", "grpo", "start")  # stages that leave an adapter (start: the start_from one)
@@ -39,17 +40,16 @@ class Context:
 
     def start_run(self) -> RunDir | None:
         """The run directory named by ``start_from``, if it names one (not a bare adapter folder)."""
-        if self.recipe.start_from:
-            path = resolve(self.recipe, self.recipe.start_from)
-            if (path / "manifest.json").exists():
-                return RunDir(path)
+        path = self.recipe.paths.start_from
+        if path is not None and (path / "manifest.json").exists():
+            return RunDir(path)
         return None
 
     def start_adapter(self) -> Path | None:
         """The adapter ``start_from`` points to: a run's best checkpoint, or an adapter folder itself."""
-        if not self.recipe.start_from:
+        path = self.recipe.paths.start_from
+        if path is None:
             return None
-        path = resolve(self.recipe, self.recipe.start_from)
         prior = self.start_run()
         if prior is not None:
             top = ledger.best(prior)
@@ -62,7 +62,7 @@ class Context:
         raise FileNotFoundError(f"start_from {path}: neither a run directory (manifest.json) nor an adapter folder")
 
     def model_path(self) -> Path:
-        return resolve(self.recipe, self.recipe.model.path)
+        return self.recipe.paths.model
 
     def current_adapter(self) -> Path | None:
         """The adapter the session holds (or would load): the newest finished training stage's, else
@@ -166,11 +166,12 @@ def stage_data(ctx: Context, key: str):
         from fastnemo.distill import mix_next
 
         stats = mix_next(ctx.run.artifact(distilled, "traces"), prev_sft, out,
-                         carry_share=recipe.distill.carry_share, seed=recipe.seed + ctx.round)
+                         carry_share=recipe.distill.carry_share,
+                         seed=derive_seed(recipe.seed, "mix_next", ctx.round))
     elif recipe.data.path:
         from puzzles.files import read_jsonl, write_atomic
 
-        source = resolve(recipe, recipe.data.path)
+        source = recipe.paths.data
         records = read_jsonl(source, strict=True)
         if not records:  # blank lines are no rows: SFT would fail after loading the model
             raise ValueError(f"data.path {source}: empty (no JSONL rows, only blank lines): nothing to train on")
@@ -183,10 +184,10 @@ def stage_data(ctx: Context, key: str):
     else:
         from puzzles.mix import MixConfig, build_mix
 
-        like = str(resolve(recipe, recipe.data.like)) if recipe.data.like else None
+        like = str(recipe.paths.like) if recipe.paths.like else None
         stats = build_mix(
             MixConfig(n=recipe.data.n, out=str(out), like=like, floor=recipe.data.floor,
-                      seed=recipe.seed + 1000 * ctx.round, workers=recipe.data.workers,
+                      seed=derive_seed(recipe.seed, "mix", ctx.round), workers=recipe.data.workers,
                       keep_guessed=tuple(recipe.data.keep_guessed), progress=True,
                       shares=dict(recipe.data.shares), drill_share=recipe.data.drill_share)
         )
@@ -210,7 +211,7 @@ def stage_recall(ctx: Context, key: str):
     drilled = entries(r.coverage, r.limit)
     try:
         rows = recall.pack_rows(session, drilled, r.exposures, r.requests_per_row, ctx.recipe.sft.max_length,
-                                seed=ctx.recipe.seed + ctx.round)
+                                seed=derive_seed(ctx.recipe.seed, "recall", ctx.round))
     except ValueError as e:
         raise RecipeError(f"{key}: {e}") from None
     if distributed.is_main():  # N data-parallel ranks pack the same rows: one writes them
@@ -266,7 +267,7 @@ def stage_start(ctx: Context, key: str):
     d = ctx.run.stage_dir(key)
     shutil.copytree(ctx.start_adapter(), d / "adapter")
     ctx.adapter_key = key
-    return {"adapter": d / "adapter"}, {"from": str(resolve(ctx.recipe, ctx.recipe.start_from))}
+    return {"adapter": d / "adapter"}, {"from": str(ctx.recipe.paths.start_from)}
 
 
 def validation_set(ctx: Context) -> list[Puzzle]:
@@ -278,10 +279,10 @@ def validation_set(ctx: Context) -> list[Puzzle]:
         from puzzles.dataset import load_csv
 
         # a fixed subset (seed 0, not the recipe's): every run and round is scored on the same puzzles
-        return stratified(load_csv(resolve(recipe, recipe.eval.data), require_answer=True), recipe.eval.limit)
+        return stratified(load_csv(recipe.paths.eval_data, require_answer=True), recipe.eval.limit)
     from puzzles import categories
 
-    rng = random.Random(10_000_019 + recipe.seed)
+    rng = random.Random(derive_seed(recipe.seed, "heldout"))
     out = []
     for i in range(recipe.eval.n_generated):
         p = categories.generate(categories.CATEGORIES[i % len(categories.CATEGORIES)], rng)
@@ -309,10 +310,8 @@ def stage_eval(ctx: Context, key: str):
 
             said = {r["id"]: r["output"] for r in read_jsonl(summary.pop("chat")["path"])}
             recall_outputs = (reqs, [said[r["id"]] for r in reqs])
-    else:
+    else:  # over every process of the run, each its shard (fastnemo.evaluate)
         session = ctx.get_session()
-        if distributed.world() > 1:
-            evaluate = distributed.evaluate_sharded
         summary = evaluate(session, validation_set(ctx), ctx.recipe.eval.sampling, d / "results.jsonl",
                            batch_size=ctx.recipe.generation.batch_size)
     summary.update(checkpoint=ctx.adapter_key, runner=runner, runner_why=why)
@@ -377,7 +376,7 @@ def score_trace_set(ctx: Context, session, d: Path) -> dict:
     from puzzles.audit import read_rows
 
     e = ctx.recipe.eval
-    rows = stratified(read_rows(resolve(ctx.recipe, e.trace_set)), e.trace_limit)
+    rows = stratified(read_rows(ctx.recipe.paths.trace_set), e.trace_limit)
     records = trace_score.score_rows(session, rows, batch_size=e.trace_batch_size, progress=True)
     summary = trace_score.summarize(records)
     trace_score.print_table(summary, f"teacher-forced trace scores: {e.trace_set} ({ctx.adapter_key or 'base'})")
@@ -396,7 +395,7 @@ def stage_distill(ctx: Context, key: str):
 
     d = ctx.run.path / key
     d.mkdir(exist_ok=True)
-    seed = ctx.recipe.seed + ctx.round
+    seed = derive_seed(ctx.recipe.seed, "distill", ctx.round)
     runner, why = harness.choose(ctx.recipe, "distill", distributed.world())
     console.print(f"{key}: sampling through the {runner} ({why})")
     if runner == "harness":  # as the eval stage: free the trainer, sample in a vLLM child, reload lazily
@@ -404,17 +403,14 @@ def stage_distill(ctx: Context, key: str):
 
         ctx.release_session()
         puzzles = distill.load_prompts(ctx.recipe, seed)
-        if not puzzles:
-            raise ValueError("distill: no prompts (distill.prompts is 0 or distill.data is empty)")
         t0 = time.time()
         harness.distill_sample(ctx.recipe, puzzles, d / distill.CACHE, ctx.model_path(), ctx.current_adapter(), seed)
         summary = distill.finish(puzzles, distill.read_cache(d / distill.CACHE), ctx.recipe.distill, d,
                                  seconds=time.time() - t0)
         summary.update(runner=runner, runner_why=why)
         return {"traces": d / "traces.jsonl", "goldilocks": d / "goldilocks.jsonl"}, summary
-    run = distributed.distill_sharded if distributed.world() > 1 else distill.run
-    summary = run(ctx.get_session(), ctx.recipe, d, seed=ctx.recipe.seed + ctx.round,
-                  log=lambda rec: ctx.run.log({"stage": key, **rec}))
+    summary = distill.run(ctx.get_session(), ctx.recipe, d, seed=seed,  # over every process of the run
+                          log=lambda rec: ctx.run.log({"stage": key, **rec}))
     summary.update(runner=runner, runner_why=why)
     return {"traces": d / "traces.jsonl", "goldilocks": d / "goldilocks.jsonl"}, summary
 
@@ -427,7 +423,8 @@ def stage_grpo(ctx: Context, key: str):
     distilled = ctx.finished("distill")
     prompts = ctx.run.artifact(distilled, "goldilocks") if distilled else None
     session = ctx.get_session()
-    summary = grpo.train(session, ctx.recipe, d, prompts_path=prompts, seed=ctx.recipe.seed + ctx.round,
+    summary = grpo.train(session, ctx.recipe, d, prompts_path=prompts,
+                         seed=derive_seed(ctx.recipe.seed, "grpo", ctx.round),
                          log=lambda rec: ctx.run.log({"stage": key, **rec}),
                          on_resume=lambda step: ctx.run.forget_metrics(key, after_step=step))
     adapter = save_adapter(session, d)
@@ -471,7 +468,7 @@ def preflight(recipe: Recipe) -> list[str]:
             check(recipe.report.to)
         except MissingPackage as e:
             raise RecipeError(f"{where}: {e}") from None
-    model = resolve(recipe, recipe.model.path)
+    model = recipe.paths.model
     if not (model / "config.json").exists():
         if not recipe.model.tiny:
             raise RecipeError(f"{where}: model.path {model} has no config.json (set model.tiny = true to build "
@@ -479,15 +476,15 @@ def preflight(recipe: Recipe) -> list[str]:
         notes.append(f"model.path {model}: a tiny model will be built there")
     elif not any(model.glob("*.safetensors")) and not any(model.glob("*.bin")):
         raise RecipeError(f"{where}: model.path {model} has config.json but no weights (*.safetensors)")
-    csvs = {"eval.data": recipe.eval.data, "data.like": recipe.data.like}
-    for field, value in csvs.items():
-        if value:
+    csvs = {"eval.data": recipe.paths.eval_data, "data.like": recipe.paths.like}
+    for field, path in csvs.items():
+        if path:
             try:
-                n = len(read_csv(resolve(recipe, value), require_answer=field == "eval.data").puzzles)
+                n = len(read_csv(path, require_answer=field == "eval.data").puzzles)
             except DatasetError as e:
                 raise RecipeError(f"{where}: {field}: {e}") from None
             if n == 0:
-                raise RecipeError(f"{where}: {field} {resolve(recipe, value)} has no rows")
+                raise RecipeError(f"{where}: {field} {path} has no rows")
             notes.append(f"{field}: {n} puzzles")
     if recipe.generation.engine == "vllm" and recipe.model.backend == "hf":
         from fastnemo.plan import CARD_GIB, plan_recipe
@@ -516,14 +513,14 @@ def preflight(recipe: Recipe) -> list[str]:
         if recipe.hardware.gpus > 1:
             raise RecipeError(f"{where}: {stage}.runner = 'harness' runs one vLLM on one GPU; with "
                               f"hardware.gpus = {recipe.hardware.gpus} set {stage}.runner = 'engine' or 'auto'")
-    for field, value in {"data.path": recipe.data.path, "start_from": recipe.start_from}.items():
-        if value and not resolve(recipe, value).exists():
-            raise RecipeError(f"{where}: {field} {resolve(recipe, value)} does not exist")
+    for field, path in {"data.path": recipe.paths.data, "start_from": recipe.paths.start_from}.items():
+        if path and not path.exists():
+            raise RecipeError(f"{where}: {field} {path} does not exist")
     if recipe.eval.trace_set and "eval" in recipe.stages:
         from puzzles.audit import AuditError, read_rows
 
         try:
-            notes.append(f"eval.trace_set: {len(read_rows(resolve(recipe, recipe.eval.trace_set)))} traces")
+            notes.append(f"eval.trace_set: {len(read_rows(recipe.paths.trace_set))} traces")
         except AuditError as e:
             raise RecipeError(f"{where}: eval.trace_set: {e}") from None
     if "recall" in recipe.stages and recipe.recall.max_hours:
@@ -544,10 +541,12 @@ def plateaued(run: RunDir, recipe: Recipe, rnd: int) -> bool:
     n = recipe.until_plateau
     if not n or rnd <= n:
         return False
+    round_of = {k: r for r, _, k in plan_keys(recipe)}  # r0-eval-start counts as round 1: both are <= rnd - n
     best_by_round = {}
     for e in ledger.entries(run):
-        r = int(e["stage"].split("-")[0][1:])
-        best_by_round[r] = max(best_by_round.get(r, 0.0), e["accuracy"])
+        r = round_of.get(e["stage"])
+        if r is not None:  # a stage of an earlier plan of this run is no round of this one
+            best_by_round[r] = max(best_by_round.get(r, 0.0), e["accuracy"])
     before = max((v for r, v in best_by_round.items() if r <= rnd - n), default=0.0)
     recent = max((v for r, v in best_by_round.items() if r > rnd - n), default=0.0)
     return recent <= before
@@ -559,11 +558,11 @@ def run_recipe(recipe: Recipe, redo: tuple[str, ...] = ()) -> RunDir:
     stages (keys or names) to redo with everything downstream of them (``fastnemo.provenance``)."""
     preflight(recipe)
     if recipe.hardware.gpus > 1 and not distributed.is_worker():
-        distributed.launch(recipe)
-        return RunDir(resolve(recipe, recipe.run_dir))
+        distributed.launch(recipe, redo)
+        return RunDir(recipe.paths.run_dir)
     if recipe.hardware.gpus > 1:
         distributed.init(recipe)
-    run = _lock(RunDir(resolve(recipe, recipe.run_dir)))
+    run = _lock(RunDir(recipe.paths.run_dir))
     try:
         resolved = to_dict(recipe)
         if distributed.is_main():

@@ -169,7 +169,8 @@ def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 
     from trl import SFTTrainer
 
     from fastnemo.callbacks import RichTrainerCallback, SyncCheckpoints
-    from fastnemo.distributed import per_rank, world
+    from fastnemo.config import per_rank
+    from fastnemo.distributed import world
     from fastnemo.patches.trl import ensure_fused_lm_head
 
     ensure_fused_lm_head()

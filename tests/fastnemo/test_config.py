@@ -12,7 +12,7 @@ from fastnemo.config import (
     Recipe,
     RecipeError,
     load_recipe,
-    resolve,
+    per_rank,
     to_dict,
 )
 
@@ -146,15 +146,27 @@ def test_relative_paths_resolve_against_the_recipe_file(tmp_path, monkeypatch):
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # the working directory must not matter
-    r = load_recipe(Path("..") / "recipes" / "r.toml")
-    assert resolve(r, r.run_dir) == (tmp_path / "runs" / "x").resolve()
-    assert resolve(r, r.model.path) == (tmp_path / "models" / "m").resolve()
-    assert resolve(r, r.eval.data) == (sub / "val.csv").resolve()
-    assert resolve(r, str(tmp_path / "abs")) == tmp_path / "abs"  # absolute paths are kept
+    r = load_recipe(Path("..") / "recipes" / "r.toml", [f"data.like={str(tmp_path / 'abs.csv')!r}"])
+    assert r.paths.run_dir == (tmp_path / "runs" / "x").resolve()
+    assert r.paths.model == (tmp_path / "models" / "m").resolve()
+    assert r.paths.eval_data == (sub / "val.csv").resolve()
+    assert r.paths.like == tmp_path / "abs.csv"  # absolute paths are kept
+    assert r.paths.start_from is None and r.paths.trace_set is None  # unset ("")
+    # the keys keep what the user wrote: config.json and the provenance fingerprints record those
+    assert to_dict(r)["run_dir"] == "../runs/x" and to_dict(r)["model"]["path"] == "../models/m"
+    assert "paths" not in to_dict(r) and "overrides" not in to_dict(r)
 
 
-def test_resolve_without_source_is_relative_to_cwd():
-    assert resolve(Recipe(), "a/b") == Path("a/b")
+def test_paths_without_source_are_relative_to_cwd():
+    assert Recipe(run_dir="a/b").paths.run_dir == Path("a/b")
+
+
+@pytest.mark.parametrize(("batch", "accum", "n", "want"), [
+    (4, 1, 2, (2, 1)), (1, 8, 2, (1, 4)), (4, 8, 2, (4, 4)), (2, 2, 4, (1, 1)), (3, 4, 2, (3, 2)), (4, 2, 1, (4, 2)),
+])
+def test_per_rank_keeps_the_global_batch(batch, accum, n, want):
+    assert per_rank(batch, accum, n) == want
+    assert want[0] * want[1] * n == batch * accum and want[0] <= batch
 
 
 def test_repo_recipes_all_load():

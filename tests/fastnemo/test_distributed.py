@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from fastnemo import distributed
-from fastnemo.config import Recipe, RecipeError, SamplingConfig, load_recipe
+from fastnemo.config import Recipe, RecipeError, SFTConfig, load_recipe, to_dict
 from fastnemo.recipe import run_recipe
 
 # varied lengths: each rank pads its own half of a step, the loss must still be the global token mean
@@ -33,9 +33,16 @@ def adapter_weights(run_dir: Path, key: str) -> dict[str, torch.Tensor]:
 
 def test_two_gloo_processes_train_the_same_adapter_as_one(tmp_path, tiny_recipe):
     """DDP over 2 CPU processes, 2 rows each, = 1 process with the same global batch of 4 (same rows, same
-    order, the loss a mean over the global batch's tokens): the same LoRA weights up to float rounding."""
+    order, the loss a mean over the global batch's tokens): the same LoRA weights up to float rounding.
+
+    The 2 processes come from the command line's overrides (``fastnemo recipe R.toml hardware.gpus=2
+    sft.max_steps=3`` on a file saying 1 GPU and 7 steps): the launch passes them on to every process, and each
+    checks it read rank 0's recipe (``distributed.same_recipe``), so this run finishing with 3 steps on 2
+    processes is every process having run the overrides."""
     one = run_recipe(load_recipe(write_recipe(tiny_recipe, tmp_path / "one", ["data", "sft"], {"gpus": 1})))
-    two = run_recipe(load_recipe(write_recipe(tiny_recipe, tmp_path / "two", ["data", "sft"], {"gpus": 2})))
+    file = tiny_recipe(tmp_path / "two", ["data", "sft"], rows=ROWS, name="dist", hardware={"gpus": 1},
+                       sft={"max_steps": 7})
+    two = run_recipe(load_recipe(file, ["hardware.gpus=2", "sft.max_steps=3"]))
     a, b = adapter_weights(one.path, "r1-sft"), adapter_weights(two.path, "r1-sft")
     assert a.keys() == b.keys() and a
     for k in a:
@@ -43,47 +50,25 @@ def test_two_gloo_processes_train_the_same_adapter_as_one(tmp_path, tiny_recipe)
     # the adapters trained at all (a no-op training would match trivially): lora_B starts at zero
     moved = sum(int(a[k].abs().sum() > 0) for k in a if "lora_B" in k)
     assert moved > 0
-    m1 = json.loads((one.path / "manifest.json").read_text())["stages"]["r1-sft"]["summary"]
-    m2 = json.loads((two.path / "manifest.json").read_text())["stages"]["r1-sft"]["summary"]
-    assert m1["steps"] == m2["steps"] == 3
-    assert m2["train_loss"] == pytest.approx(m1["train_loss"], rel=1e-4)
+    m1 = json.loads((one.path / "manifest.json").read_text())["stages"]["r1-sft"]
+    m2 = json.loads((two.path / "manifest.json").read_text())["stages"]["r1-sft"]
+    assert m1["summary"]["steps"] == m2["summary"]["steps"] == 3
+    assert m2["summary"]["train_loss"] == pytest.approx(m1["summary"]["train_loss"], rel=1e-4)
+    # the run directory records the recipe the processes ran: the overrides applied, the same fingerprint
+    assert m2["config"]["sft.max_steps"] == 3
+    assert m2["fingerprint"] == m1["fingerprint"]
+    config = json.loads((two.path / "config.json").read_text())
+    assert config["hardware"]["gpus"] == 2 and config["sft"]["max_steps"] == 3
+    assert "max_steps = 7" in (two.path / "recipe.toml").read_text()  # the file as written, beside it
 
 
-def test_a_sharded_evaluation_merges_to_the_unsharded_results_file(tmp_path, tiny_session):
-    """Three shards (round-robin), each evaluated into its own file, merge into byte for byte the file one
-    process writes; a finished shard evaluated again generates nothing."""
-    from fastnemo.evaluate import evaluate
-    from fastnemo.recipe import Context, validation_set
-
-    puzzles = validation_set(Context(recipe=Recipe(), run=None))[:7]
-    sampling = SamplingConfig(max_tokens=6)
-    (tmp_path / "one").mkdir()
-    whole = evaluate(tiny_session, puzzles, sampling, tmp_path / "one" / "results.jsonl", batch_size=1)
-    out = tmp_path / "three" / "results.jsonl"
-    out.parent.mkdir()
-    for r in range(3):
-        distributed.evaluate_shard(tiny_session, puzzles, sampling, out, 1, r, 3)
-    assert [len(out.with_name(f"results.rank{r}.jsonl").read_text().splitlines()) for r in range(3)] == [3, 2, 2]
-    merged = distributed.merge_eval(puzzles, out)
-    assert out.read_bytes() == (tmp_path / "one" / "results.jsonl").read_bytes()
-    assert merged == whole
-
-    def no_generation(*args, **kwargs):
-        raise AssertionError("a finished shard must not generate again")
-
-    tiny_session.generate = no_generation
-    distributed.evaluate_shard(tiny_session, puzzles, sampling, out, 1, 0, 3)
-    out.with_name("results.rank2.jsonl").unlink()  # a shard that never finished: the merge refuses
-    with pytest.raises(RuntimeError, match="2 prompts have no result"):
-        distributed.merge_eval(puzzles, out)
-
-
-@pytest.mark.parametrize(("batch", "accum", "n", "want"), [
-    (4, 1, 2, (2, 1)), (1, 8, 2, (1, 4)), (4, 8, 2, (4, 4)), (2, 2, 4, (1, 1)), (3, 4, 2, (3, 2)), (4, 2, 1, (4, 2)),
-])
-def test_per_rank_keeps_the_global_batch(batch, accum, n, want):
-    assert distributed.per_rank(batch, accum, n) == want
-    assert want[0] * want[1] * n == batch * accum and want[0] <= batch
+def test_every_process_must_read_rank_0s_recipe():
+    mine = to_dict(Recipe())
+    distributed.same_recipe(mine, to_dict(Recipe()), "r.toml")
+    other = to_dict(Recipe(sft=SFTConfig(max_steps=7)))
+    with pytest.raises(RecipeError, match=r"r.toml: process 0 read other recipe keys than rank 0: "
+                                          r"sft.max_steps = -1 \(rank 0: 7\)"):
+        distributed.same_recipe(mine, other, "r.toml")
 
 
 def test_hardware_errors_name_the_key(tmp_path, tiny_recipe):
@@ -119,16 +104,17 @@ def test_rollout_gpus_start_trls_vllm_server_on_the_last_gpus(tmp_path, tiny_rec
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2,3")
     p = write_recipe(tiny_recipe, tmp_path, ["data", "sft", "grpo"], {"gpus": 4, "rollout_gpus": 2},
                      grpo={"group_size": 4, "batch_prompts": 2})
-    r = load_recipe(p)
-    argv, env, server, server_env = distributed.launch_commands(r, str(p))
-    assert "--nproc-per-node=2" in argv and argv[-3:] == ["fastnemo", "recipe", str(p)]
+    r = load_recipe(p, ["seed=3"])
+    argv, env, server, server_env = distributed.launch_commands(r, redo=("r1-sft",))
+    assert "--nproc-per-node=2" in argv  # the command line goes on to every process, overrides and --redo too
+    assert argv[argv.index("fastnemo"):] == ["fastnemo", "recipe", str(p.resolve()), "seed=3", "--redo", "r1-sft"]
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and server_env == {"CUDA_VISIBLE_DEVICES": "2,3"}
     assert server[1:3] == ["vllm-serve", "--model"]
     assert server[server.index("--data-parallel-size") + 1] == "2"
     assert distributed.rollout_server_args(r)["vllm_mode"] == "server"
     r.hardware.rollout_gpus = 0
     assert distributed.rollout_server_args(r) == {}
-    assert distributed.launch_commands(r, str(p))[2] is None
+    assert distributed.launch_commands(r)[2] is None
 
 
 def smoke_recipe(tmp_path: Path, model_dir: Path, gpus: int) -> Path:

@@ -9,8 +9,8 @@ import json
 import pytest
 from rich.console import Console
 
-from fastnemo.config import SamplingConfig
-from fastnemo.evaluate import evaluate, stratified, summarize, table
+from fastnemo.config import Recipe, SamplingConfig
+from fastnemo.evaluate import evaluate, evaluate_shard, merge_shards, stratified, summarize, table
 from puzzles import CATEGORIES, Puzzle
 
 
@@ -182,3 +182,31 @@ def test_evaluate_fully_done_partial_generates_nothing(tiny_session, tmp_path):
     s = evaluate(tiny_session, ps, SAMPLING, out)
     assert calls == []
     assert s["truncated"] == 2 and s["unboxed"] == 2 and s["accuracy"] == 0.0
+
+
+def test_a_sharded_evaluation_merges_to_the_unsharded_results_file(tmp_path, tiny_session):
+    """Three shards (round-robin, as N processes of a run evaluate), each evaluated into its own file, merge into
+    byte for byte the file one process writes; a finished shard evaluated again generates nothing."""
+    from fastnemo.recipe import Context, validation_set
+
+    puzzles = validation_set(Context(recipe=Recipe(), run=None))[:7]
+    sampling = SamplingConfig(max_tokens=6)
+    (tmp_path / "one").mkdir()
+    whole = evaluate(tiny_session, puzzles, sampling, tmp_path / "one" / "results.jsonl", batch_size=1)
+    out = tmp_path / "three" / "results.jsonl"
+    out.parent.mkdir()
+    for r in range(3):
+        evaluate_shard(tiny_session, puzzles, sampling, out, 1, r, 3)
+    assert [len(out.with_name(f"results.rank{r}.jsonl").read_text().splitlines()) for r in range(3)] == [3, 2, 2]
+    merged = merge_shards(puzzles, out)
+    assert out.read_bytes() == (tmp_path / "one" / "results.jsonl").read_bytes()
+    assert merged == whole
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("a finished shard must not generate again")
+
+    tiny_session.generate = no_generation
+    evaluate_shard(tiny_session, puzzles, sampling, out, 1, 0, 3)
+    out.with_name("results.rank2.jsonl").unlink()  # a shard that never finished: the merge refuses
+    with pytest.raises(RuntimeError, match="2 prompts have no result"):
+        merge_shards(puzzles, out)

@@ -9,7 +9,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import load_file
 
 from fastnemo import ledger
-from fastnemo.config import Recipe
+from fastnemo.config import ModelConfig, Recipe
 from fastnemo.recipe import Context, plateaued, stage_pack
 from fastnemo.run import RunDir
 
@@ -42,8 +42,7 @@ def test_best_prefers_higher_score_and_earlier_on_ties(tmp_path, tiny_session):
 
 def test_pack_ships_a_better_earlier_checkpoint_not_the_latest(tmp_path, tiny_session, tiny_model_dir):
     run = plant_run(tmp_path, tiny_session, {"r1-sft": 0.9, "r2-sft": 0.2})
-    recipe = Recipe(stages=["pack"])
-    recipe.model.path = str(tiny_model_dir)
+    recipe = Recipe(stages=["pack"], model=ModelConfig(path=str(tiny_model_dir)))
     ctx = Context(recipe=recipe, run=run, adapter_key="r2-sft")
     artifacts, summary = stage_pack(ctx, "pack")
     assert summary["checkpoint"] == "r1-sft"
