@@ -428,33 +428,6 @@ class HardwareConfig(Section):
                               f"train), got {self.rollout_gpus}")
 
 
-def per_rank(batch_size: int, grad_accum: int, n: int, what: str = "sft") -> tuple[int, int]:
-    """(per-device batch, accumulation steps) on each of ``n`` processes for the global batch
-    ``batch_size x grad_accum``: the largest per-device batch not above ``batch_size`` that splits it."""
-    total = batch_size * grad_accum
-    if total % n:
-        raise RecipeError(f"{what}.batch_size x grad_accum = {total} rows per step does not split over {n} "
-                          "training processes (hardware.gpus): make it a multiple")
-    local = math.gcd(batch_size, total // n)
-    return local, total // n // local
-
-
-def check_hardware(recipe: Recipe) -> None:
-    """What the recipe alone decides about its processes (the machine is checked by
-    ``fastnemo.distributed.check_machine``, before a run): the global batches split over them."""
-    hw = recipe.hardware
-    if hw.rollout_gpus and "grpo" not in recipe.stages:
-        raise RecipeError("hardware.rollout_gpus serves DAPO rollouts, but the stages have no 'grpo'")
-    n = hw.train_processes
-    per_rank(recipe.sft.batch_size, recipe.sft.grad_accum, n)
-    g = recipe.grpo
-    micro = g.micro_batch or g.group_size
-    if (g.batch_prompts * g.group_size // micro) % n:
-        raise RecipeError("grpo: batch_prompts x group_size / micro batch = "
-                          f"{g.batch_prompts * g.group_size // micro} micro-batches per step do not split over {n} "
-                          "training processes (hardware.gpus)")
-
-
 @dataclasses.dataclass
 class ReportConfig(Section):
     """Where training and evaluation metrics go besides metrics.jsonl (``fastnemo.tracking``)."""
@@ -522,6 +495,36 @@ class Recipe(Section):
                                   f"{self.recall.coverage}): raise it")
         if self.hardware.gpus != 1 or self.hardware.rollout_gpus:
             check_hardware(self)
+
+
+# ---------------------------------------------------------------------------- the processes of a recipe
+
+
+def per_rank(batch_size: int, grad_accum: int, n: int, what: str = "sft") -> tuple[int, int]:
+    """(per-device batch, accumulation steps) on each of ``n`` processes for the global batch
+    ``batch_size x grad_accum``: the largest per-device batch not above ``batch_size`` that splits it."""
+    total = batch_size * grad_accum
+    if total % n:
+        raise RecipeError(f"{what}.batch_size x grad_accum = {total} rows per step does not split over {n} "
+                          "training processes (hardware.gpus): make it a multiple")
+    local = math.gcd(batch_size, total // n)
+    return local, total // n // local
+
+
+def check_hardware(recipe: Recipe) -> None:
+    """What the recipe alone decides about its processes (the machine is checked by
+    ``fastnemo.distributed.check_machine``, before a run): the global batches split over them."""
+    hw = recipe.hardware
+    if hw.rollout_gpus and "grpo" not in recipe.stages:
+        raise RecipeError("hardware.rollout_gpus serves DAPO rollouts, but the stages have no 'grpo'")
+    n = hw.train_processes
+    per_rank(recipe.sft.batch_size, recipe.sft.grad_accum, n)
+    g = recipe.grpo
+    micro = g.micro_batch or g.group_size
+    if (g.batch_prompts * g.group_size // micro) % n:
+        raise RecipeError("grpo: batch_prompts x group_size / micro batch = "
+                          f"{g.batch_prompts * g.group_size // micro} micro-batches per step do not split over {n} "
+                          "training processes (hardware.gpus)")
 
 
 # ------------------------------------------------------------------------------------- reading a recipe
