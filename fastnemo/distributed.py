@@ -5,7 +5,7 @@ as N processes with ``torch.distributed.run`` (what ``accelerate launch`` runs u
 launch line) and waits for them. Each process holds the base model, the LoRA and one generation engine:
 
 - SFT and DAPO train data-parallel: the TRL trainers run under accelerate's DDP (it reads the launcher's
-  environment), the recipe's batch sizes stay global (``per_rank`` splits them), so 1 and N processes take
+  environment), the recipe's batch sizes stay global (``fastnemo.config.per_rank`` splits them), so 1 and N processes take
   the same optimizer steps on the same rows.
 - Eval and distill shard the prompts round-robin over the processes (``shard``); each process writes and
   resumes its own file (``results.rank{r}.jsonl``, ``generations.rank{r}.jsonl``), rank 0 merges them in the
@@ -24,7 +24,6 @@ DAPO where colocated rollouts do not fit (``rollout_gpus = k``): the last k GPUs
 from __future__ import annotations
 
 import datetime
-import math
 import os
 import shutil
 import subprocess
@@ -121,38 +120,7 @@ def on_main(fn, *args, **kwargs):
 
 
 def train_processes(recipe: Recipe) -> int:
-    return recipe.hardware.gpus - recipe.hardware.rollout_gpus
-
-
-def per_rank(batch_size: int, grad_accum: int, n: int, what: str = "sft") -> tuple[int, int]:
-    """(per-device batch, accumulation steps) on each of ``n`` processes for the global batch
-    ``batch_size x grad_accum``: the largest per-device batch not above ``batch_size`` that splits it."""
-    total = batch_size * grad_accum
-    if total % n:
-        raise RecipeError(f"{what}.batch_size x grad_accum = {total} rows per step does not split over {n} "
-                          "training processes (hardware.gpus): make it a multiple")
-    local = math.gcd(batch_size, total // n)
-    return local, total // n // local
-
-
-def validate_hardware(recipe: Recipe) -> None:
-    """What the recipe alone decides (the machine is checked in ``check_machine``, before a run)."""
-    hw = recipe.hardware
-    if hw.gpus < 1:
-        raise RecipeError(f"hardware.gpus must be >= 1, got {hw.gpus}")
-    if not 0 <= hw.rollout_gpus < hw.gpus:
-        raise RecipeError(f"hardware.rollout_gpus must be in 0..gpus-1 = {hw.gpus - 1} (some GPU must "
-                          f"train), got {hw.rollout_gpus}")
-    if hw.rollout_gpus and "grpo" not in recipe.stages:
-        raise RecipeError("hardware.rollout_gpus serves DAPO rollouts, but the stages have no 'grpo'")
-    n = train_processes(recipe)
-    per_rank(recipe.sft.batch_size, recipe.sft.grad_accum, n)
-    g = recipe.grpo
-    micro = g.micro_batch or g.group_size
-    if (g.batch_prompts * g.group_size // micro) % n:
-        raise RecipeError("grpo: batch_prompts x group_size / micro batch = "
-                          f"{g.batch_prompts * g.group_size // micro} micro-batches per step do not split over {n} "
-                          "training processes (hardware.gpus)")
+    return recipe.hardware.train_processes
 
 
 def check_machine(recipe: Recipe) -> str:

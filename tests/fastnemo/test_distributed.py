@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from fastnemo import distributed
-from fastnemo.config import Recipe, RecipeError, SamplingConfig, load_recipe
+from fastnemo.config import Recipe, RecipeError, SamplingConfig, load_recipe, per_rank
 from fastnemo.recipe import run_recipe
 
 # varied lengths: each rank pads its own half of a step, the loss must still be the global token mean
@@ -82,7 +82,7 @@ def test_a_sharded_evaluation_merges_to_the_unsharded_results_file(tmp_path, tin
     (4, 1, 2, (2, 1)), (1, 8, 2, (1, 4)), (4, 8, 2, (4, 4)), (2, 2, 4, (1, 1)), (3, 4, 2, (3, 2)), (4, 2, 1, (4, 2)),
 ])
 def test_per_rank_keeps_the_global_batch(batch, accum, n, want):
-    assert distributed.per_rank(batch, accum, n) == want
+    assert per_rank(batch, accum, n) == want
     assert want[0] * want[1] * n == batch * accum and want[0] <= batch
 
 
