@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from fastnemo import distill, files
+from fastnemo import distill
 from fastnemo.config import DistillConfig, Recipe
-from puzzles import Puzzle
+from puzzles import Puzzle, files
 from puzzles.dataset import check_sft_row
 from puzzles.files import read_jsonl, write_jsonl
 
