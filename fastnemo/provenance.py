@@ -18,9 +18,10 @@ import json
 
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "start": ("start_from", "model.base_model_name"),
+    "recall": ("seed", "model.*", "lora.*", "recall.*", "sft.*"),
     "data": ("seed", "data.*"),  # mixing in distilled traces: their distill stage carries distill.carry_share
     "sft": ("seed", "model.*", "lora.*", "sft.*"),
-    "eval": ("seed", "model.*", "lora.*", "generation.*", "eval.*"),
+    "eval": ("seed", "model.*", "lora.*", "generation.*", "eval.*", "recall.*"),  # recall: measured in eval
     "distill": ("seed", "model.*", "lora.*", "generation.*", "distill.*"),
     "grpo": ("seed", "model.*", "lora.*", "generation.*", "grpo.*"),
     "pack": ("model.path", "model.base_model_name"),
@@ -61,10 +62,10 @@ def stage_inputs(plan: list[tuple[int, str, str]]) -> dict[str, list[str]]:
     adapter = data = distill = None
     seen, out = [], {}
     for _, stage, key in plan:
-        deps = {"start": [], "data": [distill, data], "sft": [data, adapter], "eval": [adapter],
-                "distill": [adapter], "grpo": [distill, adapter], "pack": list(seen)}[stage]
+        deps = {"start": [], "recall": [adapter], "data": [distill, data], "sft": [data, adapter],
+                "eval": [adapter], "distill": [adapter], "grpo": [distill, adapter], "pack": list(seen)}[stage]
         out[key] = [d for d in deps if d]
-        if stage in ("start", "sft", "grpo"):
+        if stage in ("start", "recall", "sft", "grpo"):
             adapter = key
         elif stage == "data":
             data = key

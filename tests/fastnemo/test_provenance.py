@@ -61,3 +61,13 @@ def test_stale_names_the_changed_keys_and_skips_unrecorded_entries():
     assert provenance.redo_keys(data_only, ["r1-sft"], finished=["r1-data", "r1-sft"]) == ["r1-sft"]
     assert [provenance.stage_of(k) for k in ("r2-eval-grpo", "r0-eval-start", "pack", "r1-sft", "start")] == [
         "eval", "eval", "pack", "sft", "start"]
+
+
+def test_every_stage_a_recipe_can_name_has_its_keys_and_inputs():
+    from fastnemo.config import STAGES
+    from fastnemo.provenance import STAGE_KEYS, stage_inputs
+
+    assert set(STAGES) | {"start"} <= set(STAGE_KEYS)
+    plan = [(1, s, "pack" if s == "pack" else f"r1-{s}") for s in STAGES]
+    inputs = stage_inputs(plan)
+    assert inputs["r1-sft"] == ["r1-data", "r1-recall"]  # the recall stage's adapter is what SFT continues
