@@ -494,9 +494,9 @@ class Recipe(Section):
                                   f"{self.recall.coverage}): raise it")
         if self.hardware.rollout_gpus and "grpo" not in self.stages:
             raise RecipeError("hardware.rollout_gpus serves DAPO rollouts, but the stages have no 'grpo'")
-        n = self.hardware.train_processes  # the batch sizes are global: each must split over the processes
+        n, g = self.hardware.train_processes, self.grpo  # the batches are global: each splits over the processes
         per_rank(self.sft.batch_size, self.sft.grad_accum, n)
-        micro_batches(self.grpo.batch_prompts * self.grpo.group_size, self.grpo.micro_batch or self.grpo.group_size, n)
+        micro_batches(g.batch_prompts * g.group_size, g.micro_batch or g.group_size, n)
 
 
 # ------------------------------------------------------------------------------------- reading a recipe

@@ -5,8 +5,8 @@ as N processes with ``torch.distributed.run`` (what ``accelerate launch`` runs u
 launch line) and waits for them. Each process holds the base model, the LoRA and one generation engine:
 
 - SFT and DAPO train data-parallel: the TRL trainers run under accelerate's DDP (it reads the launcher's
-  environment), the recipe's batch sizes stay global (``fastnemo.config.per_rank`` splits them), so 1 and N processes take
-  the same optimizer steps on the same rows.
+  environment), the recipe's batch sizes stay global (``fastnemo.config.per_rank`` and ``micro_batches`` split
+  them), so 1 and N processes take the same optimizer steps on the same rows.
 - Eval and distill shard the prompts round-robin over the processes (``shard``); each process writes and
   resumes its own file (``results.rank{r}.jsonl``, ``generations.rank{r}.jsonl``), rank 0 merges them in the
   prompts' order into the very files one process writes.
