@@ -41,7 +41,8 @@ def _ints(text: str) -> list[int]:
 
 
 def lora_cfg(rank: int):
-    from fastnemo.config import PLAIN_PEFT_TARGETS, LoraConfig
+    from fastnemo.config import LoraConfig
+    from fastnemo.targets import PLAIN_PEFT_TARGETS
 
     # the set the plain PEFT baseline can build too (PEFT refuses out_proj on Mamba)
     return LoraConfig(rank=rank, alpha=rank, target_modules=list(PLAIN_PEFT_TARGETS))

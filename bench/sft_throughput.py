@@ -44,7 +44,7 @@ def _shapes(text: str) -> list[tuple[int, int]]:
 
 
 def _targets(text: str) -> list[str]:
-    from fastnemo.config import PLAIN_PEFT_TARGETS
+    from fastnemo.targets import PLAIN_PEFT_TARGETS
 
     # "default": the set the plain PEFT + TRL baseline can train too
     return list(PLAIN_PEFT_TARGETS) if text == "default" else text.split(",")

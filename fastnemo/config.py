@@ -20,21 +20,12 @@ import typing
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from fastnemo.targets import DEFAULT_TARGETS, MAX_LORA_RANK, check_lora
 from puzzles.files import InputError
 
-MAX_LORA_RANK = 32  # the competition loads adapters with max_lora_rank 32
 MAX_INT = 2**63 - 1  # every int key ends up in numpy or torch (int64)
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 
-# The winners' module set (field notes): every module vLLM serves for nemotron_h. lm_head trains through
-# TRL's fused head and the Mamba out_proj past the fused kernel (fastnemo.lora; tests/fastnemo/test_lora.py
-# checks every one of them trains). The routed experts are a separate switch (lora.train_experts): by
-# `fastnemo plan` they do not fit one 80 GB card at 1 x 8,192 tokens (see LoraConfig.train_experts).
-# Left out on purpose: conv1d (vLLM does not serve it), the router (vLLM ignores it), embed_tokens.
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "out_proj", "up_proj", "down_proj", "lm_head")
-# What plain PEFT + TRL can train on nemotron_h (PEFT refuses out_proj; TRL refuses lm_head): the baselines'
-# set in bench/ and the one the plan's memory measurements were taken on.
-PLAIN_PEFT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "up_proj", "down_proj")
 
 Stage = Literal["recall", "data", "sft", "eval", "distill", "grpo", "pack"]
 STAGES = typing.get_args(Stage)
@@ -181,9 +172,7 @@ class LoraConfig(Section):
                              "upcast: 4 bytes a parameter instead of 8.")
 
     def check(self):
-        from fastnemo.lora import check_lora  # vLLM-servable targets only (lm_head and out_proj train there)
-
-        try:
+        try:  # vLLM-servable targets only (lm_head and out_proj train there)
             check_lora(self.target_modules, self.rank)
         except ValueError as e:
             raise RecipeError(str(e)) from None
@@ -394,10 +383,29 @@ class GRPOConfig(Section):
     save_steps: int = key(25, "Trainer checkpoint every N steps.", ge=1)
 
     def check(self):
-        rows = self.batch_prompts * self.group_size
-        if self.micro_batch and rows % self.micro_batch:
-            raise RecipeError(f"grpo.micro_batch {self.micro_batch} must divide batch_prompts x group_size "
-                              f"= {rows}")
+        micro_batches(self.batch_prompts * self.group_size, self.micro_batch or self.group_size)
+
+
+def micro_batches(rows: int, micro: int, n: int = 1) -> int:
+    """Forward/backward passes each of ``n`` training processes takes for one DAPO step of ``rows``
+    completions in micro batches of ``micro``; RecipeError when they do not split evenly."""
+    if rows % micro:
+        raise RecipeError(f"grpo.micro_batch {micro} must divide batch_prompts x group_size = {rows}")
+    if (rows // micro) % n:
+        raise RecipeError(f"grpo: batch_prompts x group_size / micro batch = {rows // micro} micro-batches per "
+                          f"step do not split over {n} training processes (hardware.gpus)")
+    return rows // micro // n
+
+
+def per_rank(batch_size: int, grad_accum: int, n: int, what: str = "sft") -> tuple[int, int]:
+    """(per-device batch, accumulation steps) on each of ``n`` processes for the global batch
+    ``batch_size x grad_accum``: the largest per-device batch not above ``batch_size`` that splits it."""
+    total = batch_size * grad_accum
+    if total % n:
+        raise RecipeError(f"{what}.batch_size x grad_accum = {total} rows per step does not split over {n} "
+                          "training processes (hardware.gpus): make it a multiple")
+    local = math.gcd(batch_size, total // n)
+    return local, total // n // local
 
 
 @dataclasses.dataclass
@@ -493,38 +501,11 @@ class Recipe(Section):
                 raise RecipeError(f"recall.limit = {self.recall.limit} leaves no cryptarithm catalog entry after "
                                   f"the {len(drill_rows())} cipher word lists (recall.coverage = "
                                   f"{self.recall.coverage}): raise it")
-        if self.hardware.gpus != 1 or self.hardware.rollout_gpus:
-            check_hardware(self)
-
-
-# ---------------------------------------------------------------------------- the processes of a recipe
-
-
-def per_rank(batch_size: int, grad_accum: int, n: int, what: str = "sft") -> tuple[int, int]:
-    """(per-device batch, accumulation steps) on each of ``n`` processes for the global batch
-    ``batch_size x grad_accum``: the largest per-device batch not above ``batch_size`` that splits it."""
-    total = batch_size * grad_accum
-    if total % n:
-        raise RecipeError(f"{what}.batch_size x grad_accum = {total} rows per step does not split over {n} "
-                          "training processes (hardware.gpus): make it a multiple")
-    local = math.gcd(batch_size, total // n)
-    return local, total // n // local
-
-
-def check_hardware(recipe: Recipe) -> None:
-    """What the recipe alone decides about its processes (the machine is checked by
-    ``fastnemo.distributed.check_machine``, before a run): the global batches split over them."""
-    hw = recipe.hardware
-    if hw.rollout_gpus and "grpo" not in recipe.stages:
-        raise RecipeError("hardware.rollout_gpus serves DAPO rollouts, but the stages have no 'grpo'")
-    n = hw.train_processes
-    per_rank(recipe.sft.batch_size, recipe.sft.grad_accum, n)
-    g = recipe.grpo
-    micro = g.micro_batch or g.group_size
-    if (g.batch_prompts * g.group_size // micro) % n:
-        raise RecipeError("grpo: batch_prompts x group_size / micro batch = "
-                          f"{g.batch_prompts * g.group_size // micro} micro-batches per step do not split over {n} "
-                          "training processes (hardware.gpus)")
+        if self.hardware.rollout_gpus and "grpo" not in self.stages:
+            raise RecipeError("hardware.rollout_gpus serves DAPO rollouts, but the stages have no 'grpo'")
+        n, g = self.hardware.train_processes, self.grpo  # the batches are global: each splits over the processes
+        per_rank(self.sft.batch_size, self.sft.grad_accum, n)
+        micro_batches(g.batch_prompts * g.group_size, g.micro_batch or g.group_size, n)
 
 
 # ------------------------------------------------------------------------------------- reading a recipe

@@ -14,7 +14,7 @@ One optimizer step's rollout batch, top to bottom (``_generate_and_score_complet
 3. While informative groups are missing and refills are left (``grpo.max_refills``), more prompts are drawn
    from the training rows and step 1-2 run again on them.
 4. The batch is the informative groups, topped up with set-aside ones when refills ran out (zero advantage:
-   no gradient), joined into one TRL batch (``fastnemo.grpo.join_batches``) with its DAPO token count.
+   no gradient), joined into one TRL batch (``join_batches``) with its DAPO token count.
 5. TRL's own ``training_step`` takes the clipped DAPO loss on that batch; ``log`` adds per-category reward,
    completion length, timing and memory.
 """
@@ -24,14 +24,13 @@ from __future__ import annotations
 import collections
 import math
 import random
+import resource
 import time
 
 import torch
 import trl
 from trl import GRPOConfig as TRLGRPOConfig  # noqa: F401  (make_trainer's arguments; one TRL import site)
 from trl import GRPOTrainer
-
-from fastnemo.grpo import group_signal, join_batches, peak_memory_gb
 
 # The TRL whose private methods DAPOTrainer overrides (pyproject.toml pins the same; a test checks).
 TRL_VERSION = "1.15.0"
@@ -45,6 +44,106 @@ if trl.__version__ != TRL_VERSION:
 # What TRL 1.15's GRPOTrainer._generate returns, in order: unpacked by these names, never by position.
 GENERATE_FIELDS = ("prompt_ids", "completion_ids", "tool_mask", "completions", "logprobs", "extra_fields",
                    "images", "tool_images")
+
+
+# ------------------------------------------------------------------------------------------ the batches
+
+
+def group_signal(rewards: torch.Tensor, group_size: int, tol: float = 1e-6) -> torch.Tensor:
+    """One bool per group: do its rewards differ (NaN rewards, unscorable completions, ignored)?"""
+    g = rewards.view(-1, group_size)
+    hi = torch.where(torch.isnan(g), -math.inf, g).amax(dim=1)
+    lo = torch.where(torch.isnan(g), math.inf, g).amin(dim=1)
+    return (hi - lo) > tol
+
+
+# Keys of TRL's scored batch, by how rows of different widths are padded when batches are joined.
+_LEFT = {"prompt_ids": "pad", "prompt_mask": 0}
+_RIGHT = {"completion_ids": "pad", "completion_mask": 0, "tool_mask": 1, "old_per_token_logps": 0.0,
+          "sampling_per_token_logps": 0.0, "ref_per_token_logps": 0.0, "importance_sampling_ratio": 1.0}
+
+# Unsloth's GRPO (unsloth_zoo rl_replacements) scores a row with its padding moved to the right and keeps
+# the last completion-width + max_left_pad positions, max_left_pad being the batch's largest prompt left
+# padding (the batch carries it as "max_left_pad"). So in its old/ref log-probs a row's completion starts at
+# column max_left_pad - (that row's left padding). Rows joined from batches padded differently must be
+# re-placed for the joined batch's padding, or the ratio pi/pi_old would pair tokens with other tokens.
+_UNSLOTH_WINDOWED = ("old_per_token_logps", "ref_per_token_logps")
+
+
+def _completion_columns(prompt_mask: torch.Tensor, width: int, max_left_pad: int) -> torch.Tensor:
+    left = (prompt_mask == 0).sum(1)
+    return (max_left_pad - left)[:, None] + torch.arange(width, device=prompt_mask.device)
+
+
+def _unwindow(batch: dict) -> dict:
+    """Unsloth's windowed log-probs -> TRL's layout (column j = completion token j)."""
+    out = dict(batch)
+    mlp, width = int(batch["max_left_pad"].max()), batch["completion_ids"].shape[1]
+    cols = _completion_columns(batch["prompt_mask"], width, mlp)
+    for key in _UNSLOTH_WINDOWED:
+        if batch.get(key) is not None:
+            if batch[key].shape[1] != width + mlp:
+                raise NotImplementedError(f"dynamic sampling: Unsloth's {key} is {batch[key].shape[1]} wide, "
+                                          f"expected completions + max_left_pad = {width + mlp}")
+            out[key] = batch[key].gather(1, cols.to(batch[key].device))
+    return out
+
+
+def _rewindow(batch: dict) -> dict:
+    """TRL's layout -> Unsloth's window, for the joined batch's own prompt padding."""
+    left = (batch["prompt_mask"] == 0).sum(1)
+    mlp, width = int(left.max()), batch["completion_ids"].shape[1]
+    cols = _completion_columns(batch["prompt_mask"], width, mlp)
+    for key in _UNSLOTH_WINDOWED:
+        if batch.get(key) is not None:
+            t = batch[key]
+            batch[key] = t.new_zeros(t.shape[0], width + mlp).scatter_(1, cols.to(t.device), t)
+    batch["max_left_pad"] = torch.full((len(left), 1), mlp)
+    return batch
+
+
+def join_batches(parts: list[tuple[dict, list[int]]], pad_id: int) -> dict:
+    """Rows ``idx`` of each scored batch, stacked into one (prompts left-padded, completions right-padded)."""
+    unsloth = "max_left_pad" in parts[0][0]
+    if unsloth:
+        parts = [(_unwindow(b), idx) for b, idx in parts]
+    out = {}
+    for key in parts[0][0]:
+        if key in ("num_items_in_batch", "max_left_pad"):
+            continue
+        values = [b[key] for b, _ in parts]
+        if all(v is None for v in values):  # e.g. no old log-probs when every update is on-policy
+            out[key] = None
+            continue
+        if any(v is None for v in values):
+            raise NotImplementedError(f"dynamic sampling: batch field {key!r} is missing in some batches only")
+        tensors = [v[idx] for v, (_, idx) in zip(values, parts, strict=True)]
+        if tensors[0].ndim == 1:  # one value per row: advantages, Unsloth's per-row flags
+            out[key] = torch.cat(tensors)
+            continue
+        if key not in _LEFT and key not in _RIGHT:
+            raise NotImplementedError(f"dynamic sampling cannot join TRL batch field {key!r} (multimodal?)")
+        side, fill = ("left", _LEFT[key]) if key in _LEFT else ("right", _RIGHT[key])
+        fill = pad_id if fill == "pad" else fill
+        width = max(t.shape[1] for t in tensors)
+        padded = []
+        for t in tensors:
+            extra = t.new_full((t.shape[0], width - t.shape[1]), fill)
+            padded.append(torch.cat([extra, t] if side == "left" else [t, extra], dim=1))
+        out[key] = torch.cat(padded)
+    mask = out["completion_mask"] * out["tool_mask"] if out.get("tool_mask") is not None else out["completion_mask"]
+    out["num_items_in_batch"] = mask.sum()  # the DAPO token normaliser of the joined batch
+    return _rewindow(out) if unsloth else out
+
+
+def peak_memory_gb() -> float:
+    """Peak GPU memory allocated by torch, or peak resident memory of this process on CPU."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+# ------------------------------------------------------------------------------------------ the trainer
 
 
 class DAPOTrainer(GRPOTrainer):

@@ -30,16 +30,23 @@ from pathlib import Path
 from fastnemo import distributed
 from fastnemo.config import Recipe, SamplingConfig
 from fastnemo.progress import console, task
-from fastnemo.rewards import THINK_CLOSE, well_formatted
+from fastnemo.rewards import well_formatted
 from fastnemo.seeds import call_seed
 from puzzles import CATEGORIES, Puzzle
 from puzzles.dataset import sft_row
 from puzzles.files import append_jsonl, read_jsonl, write_jsonl
 from puzzles.metric import score
 from puzzles.mix import prompt_key
+from puzzles.traces import THINK_CLOSE
 from puzzles.traces import completion as trace_completion
 
 CACHE = "generations.jsonl"
+# What a distill stage leaves for the stages after it (SFT rows and DAPO's prompts), by artifact name
+ARTIFACTS = {"traces": "traces.jsonl", "goldilocks": "goldilocks.jsonl"}
+
+
+def artifacts(out_dir: Path) -> dict[str, Path]:
+    return {name: out_dir / file for name, file in ARTIFACTS.items()}
 
 
 # ---------------------------------------------------------------------------------------------- prompts
@@ -255,9 +262,10 @@ def finish(puzzles: list[Puzzle], done: dict[str, dict], cfg, out_dir: Path, sec
                           "k": r["k"], "correct": r["correct"], "pass_rate": r["correct"] / max(1, r["k"]),
                           "kept": len(r["rows"]), "truncated": r["truncated"], "mean_tokens": r["mean_tokens"]})
     gold = goldilocks(passrates, cfg.goldilocks_low, cfg.goldilocks_high)
-    write_jsonl(out_dir / "traces.jsonl", traces)
+    out = artifacts(out_dir)
+    write_jsonl(out["traces"], traces)
     write_jsonl(out_dir / "passrates.jsonl", passrates)
-    write_jsonl(out_dir / "goldilocks.jsonl",
+    write_jsonl(out["goldilocks"],
                 [{k: r[k] for k in ("id", "category", "prompt", "answer", "pass_rate")} for r in gold])
     histogram(passrates, cfg.k, out_dir / "passrates.png")
     per_cat = collections.defaultdict(list)

@@ -7,12 +7,11 @@ command line (its file, its KEY=VALUE overrides, ``--redo``) as N processes with
 checks that it read rank 0's recipe. Each holds the base model, the LoRA and one generation engine:
 
 - SFT and DAPO train data-parallel: the TRL trainers run under accelerate's DDP (it reads the launcher's
-  environment), the recipe's batch sizes stay global (``fastnemo.config.per_rank`` splits them), so 1 and N
-  processes take the same optimizer steps on the same rows.
+  environment), the recipe's batch sizes stay global (``fastnemo.config.per_rank`` and ``micro_batches`` split
+  them), so 1 and N processes take the same optimizer steps on the same rows.
 - Eval and distill shard the prompts round-robin over the processes (``shard``; ``fastnemo.evaluate`` and
-  ``fastnemo.distill`` each own their sharded path); each process writes and resumes its own file
-  (``results.rank{r}.jsonl``, ``generations.rank{r}.jsonl``), rank 0 merges them in the prompts' order into
-  the very files one process writes.
+  ``fastnemo.distill`` each own their sharded path); each process writes and resumes its own file (``results.rank{r}.jsonl``, ``generations.rank{r}.jsonl``), rank 0 merges them in the
+  prompts' order into the very files one process writes.
 - data, start and pack, the run's lock, manifest and metrics.jsonl belong to rank 0; the others wait.
 
 On a machine without CUDA the processes are CPU processes talking over gloo: allowed up to the number of

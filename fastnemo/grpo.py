@@ -6,7 +6,7 @@ objective with DAPO's decoupled clip range (``epsilon`` 0.2 / ``epsilon_high`` 0
 masking of truncated completions out of the loss (``mask_truncated_completions``, overlong = "mask").
 
 What fastnemo adds (``fastnemo.dapo.DAPOTrainer``, a thin subclass in its own module, imported when a
-trainer is made; this module keeps the batch joining, the rollouts, the data and ``train``):
+trainer is made, with the batch joining it does; this module keeps the rollouts, the data and ``train``):
 
 - Dynamic sampling, which TRL 1.15 lacks: a group whose rewards are all equal has zero advantage and
   teaches nothing, so it is dropped and more prompts are drawn (from the same dataset) until the batch
@@ -27,112 +27,13 @@ the updated LoRA. An interrupted run resumes from the last trainer checkpoint (e
 
 from __future__ import annotations
 
-import math
-import resource
 import time
 import warnings
 from pathlib import Path
 
-import torch
-
-from fastnemo.config import GRPOConfig, Recipe, SamplingConfig
+from fastnemo.config import GRPOConfig, Recipe, SamplingConfig, micro_batches
 from fastnemo.rewards import reward_funcs
 from fastnemo.seeds import call_seed, derive_seed
-
-
-def group_signal(rewards: torch.Tensor, group_size: int, tol: float = 1e-6) -> torch.Tensor:
-    """One bool per group: do its rewards differ (NaN rewards, unscorable completions, ignored)?"""
-    g = rewards.view(-1, group_size)
-    hi = torch.where(torch.isnan(g), -math.inf, g).amax(dim=1)
-    lo = torch.where(torch.isnan(g), math.inf, g).amin(dim=1)
-    return (hi - lo) > tol
-
-
-# Keys of TRL's scored batch, by how rows of different widths are padded when batches are joined.
-_LEFT = {"prompt_ids": "pad", "prompt_mask": 0}
-_RIGHT = {"completion_ids": "pad", "completion_mask": 0, "tool_mask": 1, "old_per_token_logps": 0.0,
-          "sampling_per_token_logps": 0.0, "ref_per_token_logps": 0.0, "importance_sampling_ratio": 1.0}
-
-# Unsloth's GRPO (unsloth_zoo rl_replacements) scores a row with its padding moved to the right and keeps
-# the last completion-width + max_left_pad positions, max_left_pad being the batch's largest prompt left
-# padding (the batch carries it as "max_left_pad"). So in its old/ref log-probs a row's completion starts at
-# column max_left_pad - (that row's left padding). Rows joined from batches padded differently must be
-# re-placed for the joined batch's padding, or the ratio pi/pi_old would pair tokens with other tokens.
-_UNSLOTH_WINDOWED = ("old_per_token_logps", "ref_per_token_logps")
-
-
-def _completion_columns(prompt_mask: torch.Tensor, width: int, max_left_pad: int) -> torch.Tensor:
-    left = (prompt_mask == 0).sum(1)
-    return (max_left_pad - left)[:, None] + torch.arange(width, device=prompt_mask.device)
-
-
-def _unwindow(batch: dict) -> dict:
-    """Unsloth's windowed log-probs -> TRL's layout (column j = completion token j)."""
-    out = dict(batch)
-    mlp, width = int(batch["max_left_pad"].max()), batch["completion_ids"].shape[1]
-    cols = _completion_columns(batch["prompt_mask"], width, mlp)
-    for key in _UNSLOTH_WINDOWED:
-        if batch.get(key) is not None:
-            if batch[key].shape[1] != width + mlp:
-                raise NotImplementedError(f"dynamic sampling: Unsloth's {key} is {batch[key].shape[1]} wide, "
-                                          f"expected completions + max_left_pad = {width + mlp}")
-            out[key] = batch[key].gather(1, cols.to(batch[key].device))
-    return out
-
-
-def _rewindow(batch: dict) -> dict:
-    """TRL's layout -> Unsloth's window, for the joined batch's own prompt padding."""
-    left = (batch["prompt_mask"] == 0).sum(1)
-    mlp, width = int(left.max()), batch["completion_ids"].shape[1]
-    cols = _completion_columns(batch["prompt_mask"], width, mlp)
-    for key in _UNSLOTH_WINDOWED:
-        if batch.get(key) is not None:
-            t = batch[key]
-            batch[key] = t.new_zeros(t.shape[0], width + mlp).scatter_(1, cols.to(t.device), t)
-    batch["max_left_pad"] = torch.full((len(left), 1), mlp)
-    return batch
-
-
-def join_batches(parts: list[tuple[dict, list[int]]], pad_id: int) -> dict:
-    """Rows ``idx`` of each scored batch, stacked into one (prompts left-padded, completions right-padded)."""
-    unsloth = "max_left_pad" in parts[0][0]
-    if unsloth:
-        parts = [(_unwindow(b), idx) for b, idx in parts]
-    out = {}
-    for key in parts[0][0]:
-        if key in ("num_items_in_batch", "max_left_pad"):
-            continue
-        values = [b[key] for b, _ in parts]
-        if all(v is None for v in values):  # e.g. no old log-probs when every update is on-policy
-            out[key] = None
-            continue
-        if any(v is None for v in values):
-            raise NotImplementedError(f"dynamic sampling: batch field {key!r} is missing in some batches only")
-        tensors = [v[idx] for v, (_, idx) in zip(values, parts, strict=True)]
-        if tensors[0].ndim == 1:  # one value per row: advantages, Unsloth's per-row flags
-            out[key] = torch.cat(tensors)
-            continue
-        if key not in _LEFT and key not in _RIGHT:
-            raise NotImplementedError(f"dynamic sampling cannot join TRL batch field {key!r} (multimodal?)")
-        side, fill = ("left", _LEFT[key]) if key in _LEFT else ("right", _RIGHT[key])
-        fill = pad_id if fill == "pad" else fill
-        width = max(t.shape[1] for t in tensors)
-        padded = []
-        for t in tensors:
-            extra = t.new_full((t.shape[0], width - t.shape[1]), fill)
-            padded.append(torch.cat([extra, t] if side == "left" else [t, extra], dim=1))
-        out[key] = torch.cat(padded)
-    mask = out["completion_mask"] * out["tool_mask"] if out.get("tool_mask") is not None else out["completion_mask"]
-    out["num_items_in_batch"] = mask.sum()  # the DAPO token normaliser of the joined batch
-    return _rewindow(out) if unsloth else out
-
-
-def peak_memory_gb() -> float:
-    """Peak GPU memory allocated by torch, or peak resident memory of this process on CPU."""
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
-
 
 # ---------------------------------------------------------------------------------------------- rollouts
 
@@ -214,24 +115,16 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
     rollout batch (of that many times ``batch_prompts`` groups). At 1 every step is on-policy and the clip
     range never binds (TRL then skips the old log-probs); DAPO's clip-higher acts from 2 on."""
     from datasets import Dataset
-    from transformers import PrinterCallback
 
-    from fastnemo.callbacks import RichTrainerCallback, SyncCheckpoints
     from fastnemo.distributed import world
     from fastnemo.patches.trl import ensure_fused_lm_head
-    from fastnemo.sft import common_args
+    from fastnemo.sft import build_trainer, common_args
 
     ensure_fused_lm_head()
     from fastnemo.dapo import DAPOTrainer, TRLGRPOConfig
     G = cfg.group_size
-    rows_per_step = cfg.batch_prompts * G
-    micro = micro_batch or G
-    if rows_per_step % micro:
-        raise ValueError(f"grpo: batch_prompts x group_size = {rows_per_step} is not a multiple of the micro "
-                         f"batch {micro}")
-    n = world()
-    if (rows_per_step // micro) % n:
-        raise ValueError(f"grpo: {rows_per_step // micro} micro-batches per step do not split over {n} processes")
+    micro, n = micro_batch or G, world()
+    per_process = micro_batches(cfg.batch_prompts * G, micro, n)
     dynamic = cfg.dynamic_sampling and n == 1
     funcs, weights = rewards or reward_funcs(cfg, eos_token_ids=[session.tokenizer.eos_token_id])
     args = TRLGRPOConfig(
@@ -240,8 +133,8 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
         max_steps=cfg.max_steps,
         lr_scheduler_type="constant",
         per_device_train_batch_size=micro,
-        gradient_accumulation_steps=rows_per_step // micro // n,
-        steps_per_generation=rows_per_step // micro // n * updates_per_generation,
+        gradient_accumulation_steps=per_process,
+        steps_per_generation=per_process * updates_per_generation,
         num_generations=G,
         max_completion_length=cfg.max_tokens,
         temperature=cfg.temperature,
@@ -257,25 +150,18 @@ def make_trainer(session, cfg: GRPOConfig, rows: list[dict], out_dir: Path, seed
         **common_args(session, seed, cfg.save_steps, report_to, out_dir),
     )
     use_engine = not server_args and (rollouts == "engine" or (rollouts == "auto" and session.gen_cfg.engine != "hf"))
-    from fastnemo.patches.trl import trl_accepts_lm_head  # TRL refuses a PEFT lm_head; lora trains it
-
-    with warnings.catch_warnings(), trl_accepts_lm_head(session.model):
+    with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="You are using 'rollout_func'")  # experimental: on purpose
-        trainer = DAPOTrainer(
-            model=session.model,
+        return build_trainer(
+            DAPOTrainer, session, args, "grpo", log,
             reward_funcs=funcs,
-            args=args,
             train_dataset=Dataset.from_list(rows),
-            processing_class=session.tokenizer,
-            callbacks=[RichTrainerCallback("grpo", on_log_fn=log), SyncCheckpoints()],
             rollout_func=engine_rollout(session, cfg, seed) if use_engine else None,
             refill_rows=rows if dynamic else None,
             dynamic_sampling=dynamic,
             max_refills=cfg.max_refills if max_refills is None else max_refills,
             refill_seed=seed,
         )
-    trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl carry the logs
-    return trainer
 
 
 def train(session, recipe: Recipe, out_dir: Path, prompts_path: Path | None = None, seed: int = 0,
@@ -283,7 +169,7 @@ def train(session, recipe: Recipe, out_dir: Path, prompts_path: Path | None = No
     """DAPO on ``session.model`` in place; resumes from ``out_dir/checkpoints`` (``on_resume(step)`` is told
     its step first, 0 for a fresh start). Returns summary metrics, over the whole run when resumed."""
     from fastnemo.distributed import rollout_server_args
-    from fastnemo.sft import checkpoint_step, last_checkpoint, resume, whole_run_loss
+    from fastnemo.sft import train_resumed, whole_run_loss
 
     out_dir = Path(out_dir)
     ckpt_dir = out_dir / "checkpoints"
@@ -294,13 +180,7 @@ def train(session, recipe: Recipe, out_dir: Path, prompts_path: Path | None = No
                            server_args=rollout_server_args(recipe), report_to=recipe.report.to)
     session.engine.wake()
     t0 = time.time()
-    from fastnemo.lora import lean_checkpoints
-
-    ckpt = last_checkpoint(ckpt_dir, recipe.grpo.max_steps)
-    if on_resume:
-        on_resume(checkpoint_step(ckpt))
-    with lean_checkpoints(session.model):
-        global_step, history = resume(trainer, ckpt, recipe.grpo.max_steps)
+    global_step, history = train_resumed(trainer, session, ckpt_dir, recipe.grpo.max_steps, on_resume)
     session.engine.sync_weights()
     steps = [r for r in history if "reward" in r]
     last = steps[-max(1, len(steps) // 5):]  # the last fifth of training: what the policy reached

@@ -105,17 +105,9 @@ def memory_share(setting: float, physical_gib: float | None) -> tuple[float, str
     return round(share, 4), how
 
 
-def max_num_seqs(recipe, stage: str) -> int:
-    """eval.max_num_seqs for the eval; distillation samples at DISTILL_MAX_NUM_SEQS at least: its outputs are
-    samples, not verdicts, so vLLM's batch-composition effect on greedy outputs (vllm#57267) costs nothing."""
-    return recipe.eval.max_num_seqs if stage == "eval" else max(DISTILL_MAX_NUM_SEQS, recipe.eval.max_num_seqs)
-
-
-DISTILL_MAX_NUM_SEQS = 256  # 1.6x the scorer's 64 (seed-h100-harness-seqs256)
-
-
 def llm_args(recipe, stage: str = "eval") -> tuple[dict, list[str]]:
     """The harness's deviations from ``score.LLM_ARGS`` for this recipe, stage and card, a line for each."""
+    from fastnemo.plan import max_num_seqs
     from fastnemo.score import LLM_ARGS
 
     over, why = {}, []

@@ -20,31 +20,6 @@ import contextlib
 
 import torch
 
-from fastnemo.config import MAX_LORA_RANK
-
-# What vLLM applies of a nemotron_h LoRA (field notes); names are module-name suffixes
-SERVABLE = ("q_proj", "k_proj", "v_proj", "o_proj", "in_proj", "out_proj", "up_proj", "down_proj", "lm_head")
-# The winners' set: every servable module, the routed experts included (train_experts)
-FULL_TARGETS = SERVABLE
-EXPERT_PARAMETERS = ("experts.up_proj", "experts.down_proj")
-REFUSED = {
-    "conv1d": "vLLM does not apply a LoRA on the Mamba conv1d",
-    "gate": "the router (mixer.gate) is ignored by vLLM",
-    "embed_tokens": "an embedding LoRA is not trained by fastnemo (TRL's fused head never reads it)",
-}
-
-
-def check_lora(targets: list[str], rank: int, where: str = "lora") -> None:
-    """Checks that need no model: every target servable by vLLM, rank <= 32. Raises ValueError naming the key."""
-    if not 1 <= rank <= MAX_LORA_RANK:
-        raise ValueError(f"{where}.rank: {rank} is outside 1..{MAX_LORA_RANK} (vLLM's max_lora_rank); lower it")
-    for t in targets:
-        if t in REFUSED:
-            raise ValueError(f"{where}.target_modules: {t!r}: {REFUSED[t]}; remove it")
-        if t not in SERVABLE:
-            raise ValueError(f"{where}.target_modules: {t!r} is not a module vLLM serves for nemotron_h "
-                             f"(available: {list(SERVABLE)})")
-
 
 def check_targets_in_model(model, targets: list[str]) -> None:
     """Every target must name a module of the model: a typo would otherwise train nothing there."""

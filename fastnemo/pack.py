@@ -21,18 +21,11 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from fastnemo.config import MAX_LORA_RANK
-from fastnemo.lora import REFUSED, SERVABLE
+from fastnemo.targets import EXPERT_PARAMETERS, MAX_LORA_RANK, MODULE, REFUSED, SERVABLE
 from puzzles.files import InputError, write_atomic
 
 REQUIRED = ("adapter_config.json", "adapter_model.safetensors")
 PREFIX = "base_model.model."
-# every key vLLM applies for nemotron_h (the module part, between the prefix and .lora_A/B.weight)
-MODULE = re.compile(
-    r"backbone\.layers\.(\d+)\.mixer\.(q_proj|k_proj|v_proj|o_proj|in_proj|out_proj"
-    r"|shared_experts\.(?:up_proj|down_proj)|experts\.(\d+)\.(?:up_proj|down_proj))"
-    r"|lm_head|backbone\.embeddings"
-)
 KEY = re.compile(rf"{re.escape(PREFIX)}(?P<module>.+)\.(?:lora_A|lora_B)\.weight")
 EMBED_KEY = re.compile(rf"{re.escape(PREFIX)}backbone\.embeddings\.lora_embedding_(?:A|B)")
 # the order PEFT nests ParamWrappers on NemotronHExperts: the order the parameters are registered
@@ -188,7 +181,7 @@ def _entry(name: str) -> zipfile.ZipInfo:
 def to_peft(config: dict, tensors: dict) -> tuple[dict, dict]:
     """The inverse of :func:`to_vllm` for a packed adapter: stacked experts, transformers' ``model.`` names,
     so PEFT can load it (``verify --load``)."""
-    from fastnemo.lora import EXPERT_PARAMETERS, restack
+    from fastnemo.lora import restack
 
     out, experts = {}, {}
     for key, t in tensors.items():

@@ -159,7 +159,7 @@ def plan(
     of 8), ``lora_bf16`` (LoRA weights and grads in bf16: 4 bytes instead of 8), ``experts_4bit`` (the FROZEN
     3-D experts stored in bnb 4-bit, dequantized per layer; vLLM then cannot share them and holds its own bf16
     copy, which it drops while training: sleep level 2, so generation needs both copies)."""
-    from fastnemo.config import DEFAULT_TARGETS
+    from fastnemo.targets import DEFAULT_TARGETS
 
     cfg = model_cfg_json
     targets = list(targets or DEFAULT_TARGETS)
@@ -252,8 +252,7 @@ def target_sets(cfg, *, rank: int = 32, batch: int = 1, seq_len: int = 8192, car
                 generation: bool = True, **kw) -> list[dict]:
     """Every target set x lever: LoRA parameters, the SFT peak (the plan plus its measured gap on the full
     model), the colocated-generation peak, and whether it fits ``card_gib``."""
-    from fastnemo.config import DEFAULT_TARGETS
-    from fastnemo.lora import FULL_TARGETS
+    from fastnemo.targets import DEFAULT_TARGETS, FULL_TARGETS
 
     anchor = _train_gib(plan(NANO_CONFIG, rank=32, targets=list(DEFAULT_TARGETS)))
     # the plan's error on the measured set, either way (it overestimated by 3.0 GiB on 2026-12-02's record)
@@ -499,6 +498,15 @@ def eval_rows(recipe) -> int:
     return min(recipe.eval.limit, n) if recipe.eval.limit else n
 
 
+def max_num_seqs(recipe, stage: str) -> int:
+    """eval.max_num_seqs for the eval; distillation samples at DISTILL_MAX_NUM_SEQS at least: its outputs are
+    samples, not verdicts, so vLLM's batch-composition effect on greedy outputs (vllm#57267) costs nothing."""
+    return recipe.eval.max_num_seqs if stage == "eval" else max(DISTILL_MAX_NUM_SEQS, recipe.eval.max_num_seqs)
+
+
+DISTILL_MAX_NUM_SEQS = 256  # 1.6x the scorer's 64 (seed-h100-harness-seqs256)
+
+
 def harness_rate(max_num_seqs: int) -> float:
     return RATES["harness_tok_s_seqs256" if max_num_seqs >= 256 else "harness_tok_s"][0]
 
@@ -519,8 +527,6 @@ def generation_hours(recipe, stage: str, runner: str) -> float:
     at its rate."""
     tokens, prompts, _ = generation_work(recipe, stage)
     if runner == "harness":
-        from fastnemo.harness import max_num_seqs
-
         return (RATES["harness_start_s"][0] + RATES["trainer_reload_s"][0]
                 + tokens / harness_rate(max_num_seqs(recipe, stage))) / 3600
     gen = recipe.generation

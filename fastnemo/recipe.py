@@ -408,11 +408,11 @@ def stage_distill(ctx: Context, key: str):
         summary = distill.finish(puzzles, distill.read_cache(d / distill.CACHE), ctx.recipe.distill, d,
                                  seconds=time.time() - t0)
         summary.update(runner=runner, runner_why=why)
-        return {"traces": d / "traces.jsonl", "goldilocks": d / "goldilocks.jsonl"}, summary
+        return distill.artifacts(d), summary
     summary = distill.run(ctx.get_session(), ctx.recipe, d, seed=seed,  # over every process of the run
                           log=lambda rec: ctx.run.log({"stage": key, **rec}))
     summary.update(runner=runner, runner_why=why)
-    return {"traces": d / "traces.jsonl", "goldilocks": d / "goldilocks.jsonl"}, summary
+    return distill.artifacts(d), summary
 
 
 def stage_grpo(ctx: Context, key: str):

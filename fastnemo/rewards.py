@@ -29,9 +29,7 @@ import math
 import re
 
 from puzzles.metric import score
-from puzzles.traces import FINAL_PREFIX
-
-THINK_CLOSE = "</think>"
+from puzzles.traces import FINAL_PREFIX, THINK_CLOSE
 
 
 def _lengths(completions: list[str], completion_ids) -> list[int]:

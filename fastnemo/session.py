@@ -7,29 +7,15 @@ process, so a test can assert that a whole recipe loaded the model exactly once.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 
 import torch
 
 from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SamplingConfig
-from fastnemo.lora import EXPERT_PARAMETERS  # the fused 3-D experts: PEFT target_parameters
+from fastnemo.engines import Completion, resolve_dtype
+from fastnemo.targets import EXPERT_PARAMETERS, check_lora  # EXPERT_PARAMETERS: PEFT target_parameters
 from puzzles import PROMPT_SUFFIX
-
-
-@dataclasses.dataclass
-class Completion:
-    text: str
-    n_tokens: int
-    finish_reason: str  # "stop" (end of turn) or "length" (hit max_tokens: truncated)
-    token_ids: list[int] | None = None  # the sampled tokens, where the engine reports them (RL needs them exact)
-
-
-def resolve_dtype(name: str) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
 def check_targets(model, targets: list[str]) -> None:
@@ -95,12 +81,14 @@ def cap_memory() -> None:
 class ModelSession:
     loads = 0  # models loaded by this process (see the module docstring)
 
-    def __init__(self, model, tokenizer, model_cfg: ModelConfig, gen_cfg: GenerationConfig, path: Path):
+    def __init__(self, model, tokenizer, model_cfg: ModelConfig, gen_cfg: GenerationConfig, path: Path,
+                 lora_cfg: LoraConfig | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.model_cfg = model_cfg
         self.gen_cfg = gen_cfg
         self.path = path
+        self.lora_cfg = lora_cfg or LoraConfig()  # the adapter's settings; the trainers read its optimizer lever
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._engine = None
@@ -138,9 +126,7 @@ class ModelSession:
             raise FileNotFoundError(f"model.path {path}: config.json but no weights (*.safetensors)")
         adapter = Path(adapter) if adapter else None
         if adapter is None:  # refused before any model loads
-            from fastnemo import lora
-
-            lora.check_lora(lora_cfg.target_modules, lora_cfg.rank)
+            check_lora(lora_cfg.target_modules, lora_cfg.rank)
         # mamba_ssm autotunes ~200 Triton kernel configs on a process's first step (81 s measured on the
         # test GPU); Triton can keep the winners in its on-disk cache so the next run starts at once
         os.environ.setdefault("TRITON_CACHE_AUTOTUNING", "1")
@@ -152,9 +138,7 @@ class ModelSession:
         else:
             model, tokenizer = _load_hf(path, model_cfg, lora_cfg, adapter, seed)
         cls.loads += 1
-        session = cls(model, tokenizer, model_cfg, gen_cfg or GenerationConfig(), path)
-        session.lora_cfg = lora_cfg  # the trainers read its optimizer lever
-        return session
+        return cls(model, tokenizer, model_cfg, gen_cfg or GenerationConfig(), path, lora_cfg)
 
     @property
     def eos_token_ids(self) -> list[int]:

@@ -59,13 +59,40 @@ def common_args(session, seed: int, save_steps: int, report_to: str = "none", ou
         "disable_tqdm": True,
         "use_cpu": not on_gpu,
         # lora.optimizer_8bit: bitsandbytes' 8-bit AdamW (CUDA only; the CPU tests keep torch's AdamW)
-        "optim": "adamw_bnb_8bit" if on_gpu and getattr(getattr(session, "lora_cfg", None), "optimizer_8bit",
-                                                          False) else "adamw_torch",
+        "optim": "adamw_bnb_8bit" if on_gpu and session.lora_cfg.optimizer_8bit else "adamw_torch",
     }
 
 
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt",
                     "rng_state.pth")  # what a resume reads (rng_state_<rank>.pth on N ranks, checked alike)
+
+
+def build_trainer(trainer_cls, session, args, stage: str, log=None, **kwargs):
+    """``trainer_cls`` (a TRL trainer) on ``session.model`` itself, set up as every fastnemo trainer is (SFT
+    and DAPO): a PEFT lm_head accepted (fastnemo.lora trains it), the rich bar + metrics callback instead of
+    the printer, checkpoints synced to disk."""
+    from transformers import PrinterCallback
+
+    from fastnemo.callbacks import RichTrainerCallback, SyncCheckpoints
+    from fastnemo.patches.trl import trl_accepts_lm_head
+
+    with trl_accepts_lm_head(session.model):
+        trainer = trainer_cls(model=session.model, args=args, processing_class=session.tokenizer,
+                              callbacks=[RichTrainerCallback(stage, on_log_fn=log), SyncCheckpoints()], **kwargs)
+    trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl carry the logs
+    return trainer
+
+
+def train_resumed(trainer, session, ckpt_dir: Path, max_steps: int, on_resume=None) -> tuple[int, list[dict]]:
+    """``resume`` from the last complete checkpoint in ``ckpt_dir`` (``on_resume(step)`` is told its step
+    first, 0 for a fresh start), writing lean checkpoints (the LoRA tensors only)."""
+    from fastnemo.lora import lean_checkpoints
+
+    ckpt = last_checkpoint(ckpt_dir, max_steps)
+    if on_resume:
+        on_resume(checkpoint_step(ckpt))
+    with lean_checkpoints(session.model):
+        return resume(trainer, ckpt, max_steps)
 
 
 def checkpoint_problem(path: Path) -> str | None:
@@ -168,7 +195,6 @@ def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 
     from trl import SFTConfig as TRLSFTConfig
     from trl import SFTTrainer
 
-    from fastnemo.callbacks import RichTrainerCallback, SyncCheckpoints
     from fastnemo.config import per_rank
     from fastnemo.distributed import world
     from fastnemo.patches.trl import ensure_fused_lm_head
@@ -195,30 +221,12 @@ def train(session, rows: list[dict], cfg: SFTConfig, out_dir: Path, seed: int = 
         from fastnemo.batching import budget_trainer
 
         trainer_cls = budget_trainer(SFTTrainer, cfg.token_budget, cfg.max_length)
-    from fastnemo.patches.trl import trl_accepts_lm_head  # TRL refuses a PEFT lm_head; lora trains it
-
-    with trl_accepts_lm_head(session.model):
-        trainer = trainer_cls(
-            model=session.model,
-            args=args,
-            train_dataset=to_dataset(session, rows),
-            processing_class=session.tokenizer,
-            callbacks=[RichTrainerCallback("sft", on_log_fn=log), SyncCheckpoints()],
-        )
+    trainer = build_trainer(trainer_cls, session, args, "sft", log, train_dataset=to_dataset(session, rows))
     check_kept(trainer, session, rows, cfg.max_length)
-    from transformers import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)  # the rich bar and metrics.jsonl carry the logs
     engine = session.started_engine
     if engine:
         engine.sleep()  # a colocated vLLM hands its memory back while the trainer runs
-    from fastnemo.lora import lean_checkpoints
-
-    ckpt = last_checkpoint(out_dir, cfg.max_steps)
-    if on_resume:
-        on_resume(checkpoint_step(ckpt))
-    with lean_checkpoints(session.model):
-        steps, history = resume(trainer, ckpt, cfg.max_steps)
+    steps, history = train_resumed(trainer, session, out_dir, cfg.max_steps, on_resume)
     if engine:
         engine.wake()
         engine.sync_weights()

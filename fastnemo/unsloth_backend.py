@@ -30,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from fastnemo.config import MAX_LORA_RANK, GenerationConfig, LoraConfig, ModelConfig
+from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig
+from fastnemo.targets import MAX_LORA_RANK
 
 INSTALL_HINT = (
     "install them as README's \"On the H100\" says (pip install -e '.[gpu]', then the Mamba kernels with "

@@ -107,7 +107,7 @@ def random_adapter(path: Path, out: Path, rank: int = 32) -> Path:
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from fastnemo.config import DEFAULT_TARGETS
+    from fastnemo.targets import DEFAULT_TARGETS
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.bfloat16)
@@ -290,22 +290,22 @@ def build_model(path: Path, targets: list[str], train_experts: bool = False, lev
     from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig
     from fastnemo.patches.peft import allow_out_proj
     from fastnemo.session import ModelSession
+    from fastnemo.targets import EXPERT_PARAMETERS
 
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.bfloat16,
                                                  experts_implementation="grouped_mm")
     peft_cfg = PeftLoraConfig(r=32, lora_alpha=32, target_modules=list(targets), task_type="CAUSAL_LM",
-                              target_parameters=list(lora.EXPERT_PARAMETERS) if train_experts else None)
+                              target_parameters=list(EXPERT_PARAMETERS) if train_experts else None)
     with allow_out_proj():  # what session._load_hf does: the same routes for out_proj/lm_head/experts
         model = get_peft_model(model, peft_cfg, autocast_adapter_dtype=not levers)
     lora.install(model)
     tok = AutoTokenizer.from_pretrained(path)
-    session = ModelSession(model, tok, ModelConfig(path=str(path), backend="hf"),
-                           GenerationConfig(engine="hf", batch_size=64), path)
-    session.lora_cfg = LoraConfig(target_modules=list(targets), train_experts=train_experts,
-                                  optimizer_8bit=levers, bf16_weights=levers)
-    return session
+    return ModelSession(model, tok, ModelConfig(path=str(path), backend="hf"),
+                        GenerationConfig(engine="hf", batch_size=64), path,
+                        LoraConfig(target_modules=list(targets), train_experts=train_experts,
+                                   optimizer_8bit=levers, bf16_weights=levers))
 
 
 def gen_records(args, session) -> None:
@@ -464,8 +464,7 @@ def _n_budget_batches(lengths, budget):
 
 
 def run_hf(args) -> None:
-    from fastnemo.config import DEFAULT_TARGETS
-    from fastnemo.lora import FULL_TARGETS
+    from fastnemo.targets import DEFAULT_TARGETS, FULL_TARGETS
 
     if torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(min(1.0, CAP_GIB / total_gib()))

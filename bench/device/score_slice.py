@@ -41,9 +41,9 @@ def main() -> int:
     from bench.common import build_slice_model
     from fastnemo import score
     from fastnemo.config import LoraConfig, ModelConfig
-    from fastnemo.lora import FULL_TARGETS
     from fastnemo.pack import pack, verify
     from fastnemo.session import ModelSession
+    from fastnemo.targets import FULL_TARGETS
     from puzzles import categories
 
     tmp = Path(tempfile.mkdtemp(prefix="score-slice-"))

@@ -241,7 +241,7 @@ def run_hf(args) -> None:
 
     from bench.device.fullsize import build_model, model_dir
     from fastnemo.config import SamplingConfig
-    from fastnemo.lora import FULL_TARGETS
+    from fastnemo.targets import FULL_TARGETS
 
     if total_gib() > CAP_GIB + 1:
         torch.cuda.set_per_process_memory_fraction(CAP_GIB / total_gib())

@@ -7,9 +7,30 @@ engine generates with the training model itself, so for it those three are no-op
 
 from __future__ import annotations
 
-from typing import Protocol
+import dataclasses
+from typing import TYPE_CHECKING, Protocol
 
 from fastnemo.config import SamplingConfig
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclasses.dataclass
+class Completion:
+    text: str
+    n_tokens: int
+    finish_reason: str  # "stop" (end of turn) or "length" (hit max_tokens: truncated)
+    token_ids: list[int] | None = None  # the sampled tokens, where the engine reports them (RL needs them exact)
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """model.dtype -> the torch dtype the trainer and the engines load in ("auto": bf16 on CUDA, else fp32)."""
+    import torch
+
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
 class Engine(Protocol):

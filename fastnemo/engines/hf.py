@@ -26,7 +26,7 @@ class HFEngine:
 
     @torch.no_grad()
     def generate(self, chat_prompts: list[str], sampling: SamplingConfig) -> list[list]:
-        from fastnemo.session import Completion
+        from fastnemo.engines import Completion
 
         model, tok = self.session.model, self.session.tokenizer
         batch_size = max(1, self.session.gen_cfg.batch_size // max(1, sampling.n))

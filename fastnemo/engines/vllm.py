@@ -140,7 +140,7 @@ class VLLMEngine:
         import torch
         from vllm import LLM
 
-        from fastnemo.session import resolve_dtype
+        from fastnemo.engines import resolve_dtype
 
         cuda = torch.cuda.is_available()
         dtype = resolve_dtype(self.session.model_cfg.dtype)
@@ -256,7 +256,7 @@ class VLLMEngine:
         )
 
     def generate(self, chat_prompts: list[str], sampling: SamplingConfig) -> list[list]:
-        from fastnemo.session import Completion
+        from fastnemo.engines import Completion
 
         tok = self.session.tokenizer
         prompts = [{"prompt_token_ids": tok(p, add_special_tokens=False)["input_ids"]} for p in chat_prompts]

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +100,20 @@ def tiny_recipe(tiny_model_dir):
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def imports_no_torch():
+    """``imports_no_torch(code)``: run ``code`` in a fresh interpreter (the test's has torch loaded) and assert
+    that torch stayed out of it."""
+    return _imports_no_torch
+
+
+def _imports_no_torch(code: str) -> None:
+    """Run ``code`` in a fresh interpreter (this one has torch loaded already) and check torch stayed out."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    check = "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('fastnemo'))"
+    done = subprocess.run([sys.executable, "-c", f"import sys\n{code}\n{check}"], check=False, cwd=root, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -7,16 +7,21 @@ from pathlib import Path
 import pytest
 
 from fastnemo.config import (
-    DEFAULT_TARGETS,
-    MAX_LORA_RANK,
     Recipe,
     RecipeError,
     load_recipe,
     per_rank,
     to_dict,
 )
+from fastnemo.targets import DEFAULT_TARGETS, MAX_LORA_RANK
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def test_reading_a_recipe_imports_no_torch(imports_no_torch):
+    """`fastnemo recipe --check` and `fastnemo plan` read recipes in seconds: the LoRA target checks live in
+    the torch-free fastnemo.targets, not in fastnemo.lora."""
+    imports_no_torch("from fastnemo.config import load_recipe; load_recipe('recipes/smoke.toml')")
 
 
 def write(tmp_path: Path, text: str, name: str = "r.toml") -> Path:

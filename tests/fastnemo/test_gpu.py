@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 def _load(path, four_bit: bool, adapter=None, targets=None):
     from fastnemo import unsloth_backend
-    from fastnemo.config import DEFAULT_TARGETS, LoraConfig, ModelConfig
+    from fastnemo.config import LoraConfig, ModelConfig
+    from fastnemo.targets import DEFAULT_TARGETS
 
     model_cfg = ModelConfig(path=str(path), backend="unsloth", load_in_4bit=four_bit, max_seq_length=1024)
     lora_cfg = LoraConfig(rank=16, alpha=16, target_modules=list(targets or DEFAULT_TARGETS))

@@ -48,8 +48,8 @@ def test_full_target_set_trains_packs_and_verifies(slice_dir, tmp_path):
     tensor has moved; the packed zip is in vLLM's layout and verifies against the slice."""
     from fastnemo import sft
     from fastnemo.config import SFTConfig
-    from fastnemo.lora import FULL_TARGETS
     from fastnemo.pack import pack, verify
+    from fastnemo.targets import FULL_TARGETS
 
     s = _session(slice_dir, FULL_TARGETS, experts=True)
     before = {n: p.detach().clone() for n, p in s.model.named_parameters() if p.requires_grad}
@@ -108,7 +108,8 @@ def test_grouped_expert_lora_matches_param_wrapper_and_times_it(slice_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from fastnemo.lora import EXPERT_PARAMETERS, install_grouped_expert_lora
+    from fastnemo.lora import install_grouped_expert_lora
+    from fastnemo.targets import EXPERT_PARAMETERS
 
     base = AutoModelForCausalLM.from_pretrained(slice_dir, dtype=torch.bfloat16, device_map="cuda")
     ref = get_peft_model(base, LoraConfig(r=32, lora_alpha=32, target_modules=["q_proj"],
@@ -155,9 +156,10 @@ def test_unsloth_trains_out_proj_and_leaves_lm_head_out(slice_dir, tmp_path):
     pytest.importorskip("unsloth")
 
     from fastnemo import sft
-    from fastnemo.config import DEFAULT_TARGETS, GenerationConfig, LoraConfig, ModelConfig, SFTConfig
+    from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SFTConfig
     from fastnemo.pack import pack, verify
     from fastnemo.session import ModelSession
+    from fastnemo.targets import DEFAULT_TARGETS
 
     s = ModelSession.load(slice_dir, ModelConfig(path=str(slice_dir), backend="unsloth", max_seq_length=1024),
                           LoraConfig(rank=16, alpha=16, target_modules=list(DEFAULT_TARGETS)),

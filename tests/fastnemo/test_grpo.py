@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from fastnemo import grpo
+from fastnemo import dapo, grpo
 from fastnemo.config import GRPOConfig, Recipe
 
 G = 2  # completions per prompt: the smallest group keeps the CPU tests quick
@@ -39,8 +39,8 @@ def small_cfg(**kw):
 
 def test_group_signal():
     r = torch.tensor([1.0, 1.0, 0.0, 1.0, float("nan"), 2.0, 3.0, 3.0])
-    assert grpo.group_signal(r, 2).tolist() == [False, True, False, False]
-    assert grpo.group_signal(r, 4).tolist() == [True, True]
+    assert dapo.group_signal(r, 2).tolist() == [False, True, False, False]
+    assert dapo.group_signal(r, 4).tolist() == [True, True]
 
 
 def test_join_batches_pads_and_renormalizes():
@@ -51,7 +51,7 @@ def test_join_batches_pads_and_renormalizes():
     b = {"prompt_ids": torch.tensor([[9, 9, 9]]), "prompt_mask": torch.ones(1, 3, dtype=torch.long),
          "completion_ids": torch.tensor([[7]]), "completion_mask": torch.tensor([[1]]),
          "advantages": torch.tensor([0.5]), "num_items_in_batch": torch.tensor(1)}
-    out = grpo.join_batches([(a, [1]), (b, [0])], pad_id=0)
+    out = dapo.join_batches([(a, [1]), (b, [0])], pad_id=0)
     assert out["prompt_ids"].tolist() == [[0, 7, 8], [9, 9, 9]]  # prompts left-padded
     assert out["prompt_mask"].tolist() == [[0, 1, 1], [1, 1, 1]]
     assert out["completion_ids"].tolist() == [[4, 0, 0], [7, 0, 0]]  # completions right-padded
@@ -87,7 +87,7 @@ def test_join_batches_keeps_unsloth_logprobs_on_their_tokens():
     b = unsloth_batch([[9, 9, 9, 9, 9], [21, 22]], [[31], [41, 42]])
     for batch in (a, b):  # Unsloth's per-row flag when rollout log-probs serve as the old ones
         batch["unsloth_rollout_logps_as_old"] = torch.ones(2, dtype=torch.bool)
-    out = grpo.join_batches([(a, [1]), (b, [0, 1])], pad_id=0)
+    out = dapo.join_batches([(a, [1]), (b, [0, 1])], pad_id=0)
     window = unsloth_window(out, pad_id=0)
     assert out["old_per_token_logps"].shape == window.shape  # completions + the joined max_left_pad
     assert out["max_left_pad"].flatten().tolist() == [4, 4, 4]  # prompt [8] padded to 5 columns

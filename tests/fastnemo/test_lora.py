@@ -9,12 +9,12 @@ import copy
 import pytest
 import torch
 
-from fastnemo import lora, sft
+from fastnemo import lora, sft, targets
 from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SFTConfig
 from fastnemo.session import ModelSession
 from fastnemo.tiny import tiny_config
 
-FULL = list(lora.FULL_TARGETS)
+FULL = list(targets.FULL_TARGETS)
 
 
 def peft_expert_model(seed: int = 0):
@@ -27,7 +27,7 @@ def peft_expert_model(seed: int = 0):
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_config(tiny_config(256, moe_intermediate_size=48)).float()
     model = get_peft_model(base, PeftLoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"],
-                                                target_parameters=list(lora.EXPERT_PARAMETERS)))
+                                                target_parameters=list(targets.EXPERT_PARAMETERS)))
     for n, p in model.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.1)

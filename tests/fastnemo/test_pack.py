@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastnemo.config import DEFAULT_TARGETS, ModelConfig
+from fastnemo.config import ModelConfig
 from fastnemo.pack import REQUIRED, VerifyError, pack, verify
+from fastnemo.targets import DEFAULT_TARGETS
 
 BASE = ModelConfig.base_model_name
 
@@ -305,8 +306,8 @@ def full_adapter(tiny_model_dir, tmp_path) -> Path:
     """The winners' target set on the tiny model (routed experts, out_proj and lm_head included), with
     random non-zero B so that every layout mistake changes the numbers."""
     from fastnemo.config import GenerationConfig, LoraConfig
-    from fastnemo.lora import FULL_TARGETS
     from fastnemo.session import ModelSession
+    from fastnemo.targets import FULL_TARGETS
 
     s = ModelSession.load(tiny_model_dir, ModelConfig(path=str(tiny_model_dir), dtype="float32"),
                           LoraConfig(rank=4, alpha=8, target_modules=list(FULL_TARGETS), train_experts=True),
@@ -511,7 +512,7 @@ def test_verify_refuses_a_stacked_expert_zip(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from fastnemo.lora import EXPERT_PARAMETERS
+    from fastnemo.targets import EXPERT_PARAMETERS
 
     m = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
                        LoraConfig(r=4, target_modules=["q_proj"], target_parameters=list(EXPERT_PARAMETERS)))

@@ -142,7 +142,7 @@ def test_recall_stage_planned_by_exposures_and_refused_over_max_hours(tmp_path):
 
 def test_lora_parameter_counts_of_the_target_sets():
     """The winners' set is the ~888 M of the field notes; the old defaults the 22.7 M measured (issue 12)."""
-    from fastnemo.lora import FULL_TARGETS
+    from fastnemo.targets import FULL_TARGETS
 
     n = lambda t, e: P.lora_params(REAL, P.NANO_LAYERS, 32, t, e)
     assert n(list(FULL_TARGETS), True) == pytest.approx(888e6, rel=0.01)
@@ -176,3 +176,8 @@ def test_target_sets_say_what_fits_at_8k():
     assert frozen["train_gib"] == pytest.approx(frozen["measured_gib"])  # the anchor
     shorter = P.widest_fit(P.target_sets(REAL, seq_len=4096, generation=False))
     assert shorter["train_experts"] and shorter["flags"] == {}  # no lever needed at 4,096 tokens
+
+
+def test_the_plan_command_imports_no_torch(imports_no_torch):
+    imports_no_torch("import contextlib, io\nfrom fastnemo.plan import plan_command_main\n"
+                     "with contextlib.redirect_stdout(io.StringIO()):\n    plan_command_main('recipes/smoke.toml')")

@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
-from fastnemo.config import DEFAULT_TARGETS, GenerationConfig, LoraConfig, ModelConfig, SamplingConfig
+from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SamplingConfig
 from fastnemo.session import ModelSession
+from fastnemo.targets import DEFAULT_TARGETS
 from puzzles import PROMPT_SUFFIX
 
 
@@ -36,7 +37,7 @@ def lora_params(model) -> dict[str, torch.nn.Parameter]:
 
 @pytest.mark.parametrize("checkpointing", [False, True])
 def test_every_targeted_lora_weight_receives_a_gradient(tiny_session, checkpointing):
-    """The check DEFAULT_TARGETS' comment in fastnemo/config.py refers to."""
+    """The check DEFAULT_TARGETS' comment in fastnemo/targets.py refers to."""
     model = tiny_session.model
     params = lora_params(model)
     adapted = {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in params}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fastnemo import unsloth_backend
-from fastnemo.config import DEFAULT_TARGETS
+from fastnemo.targets import DEFAULT_TARGETS
 
 # What Unsloth 2026.10 writes as target_modules when asked for the default targets (a regex, not a list).
 UNSLOTH_REGEX = (
