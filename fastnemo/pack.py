@@ -163,8 +163,9 @@ def pack(adapter_dir: str | Path, out_zip: str | Path, overwrite: bool = False) 
     except (KeyError, TypeError) as e:  # a config field missing or of the wrong type
         raise PackError(f"{adapter_dir / REQUIRED[0]}: {type(e).__name__}: {e}") from None
     buf = io.BytesIO()
-    # deflate level 1: bf16 LoRA weights compress ~1.25x at level 1 and at level 6 alike, but level 6 took
-    # ~150 s for the full set's 1.8 GB (pack and every harness eval zip it); level 1 about half that
+    # deflate level 1: bf16 LoRA weights compress ~1.25x at level 1 and level 6 alike, at 3.8 vs 8.2 s per
+    # 100 MB (one core, measured). The full set's 1.8 GB is zipped by pack and by every harness eval: at full
+    # size the eval waited 171 s for the trainer's release and that zip (GPU lane, 2026-12-06)
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, data in ((REQUIRED[0], json.dumps(config, indent=2, sort_keys=True)),
                            (REQUIRED[1], save(tensors, metadata={"format": "pt"}))):
