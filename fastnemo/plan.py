@@ -429,6 +429,9 @@ RATES = {
     "train_tok_s_hf_budget_experts": (8_443, ("the winners' full set (routed experts, 888 M) with 8-bit AdamW + "
                                              "bf16 LoRA, sft.token_budget = 16384 (peak 71.2 GiB): record "
                                              "full-sft-full-levers-budget16384, 2026-12-02")),
+    "train_tok_s_recall_packed": (3_560, ("the recall stage's packed drill rows (<= 16 requests, <= 8,192 tokens), "
+                                         "the full set, token budget 16,384, in the winners' recipe at full size: "
+                                         "record h200-sft-recall-packed, 2026-12-06")),
     "train_tok_s_unsloth": (998, ("no batch-1 record for the unsloth backend: the hf batch-1 record "
                                  "full-sft-fastnemo-batch1, 2026-12-01")),
     "train_tok_s_unsloth_budget": (5_395, ("unsloth backend, sft.token_budget = 8192, default targets (lm_head "
@@ -449,14 +452,18 @@ RATES = {
                              "seed-h100-harness-seqs64, 2026-12-06")),
     "harness_tok_s_seqs256": (4_697, ("the same at max_num_seqs 256: record seed-h100-harness-seqs256, "
                                      "2026-12-06")),
-    "harness_start_s": (150, ("the harness's engine start (weights read, graphs captured): record "
-                             "seed-h100-harness-seqs64, 2026-12-06")),
+    "harness_start_s": (225, ("the harness's engine start in the winners' recipe at full size (59 GiB read from a "
+                             "RAM disk, torch.compile, CUDA graphs, the full set's LoRA slots; the H100 probe saw "
+                             "150 s with dummy weights): record h200-recipe-fullsize-r1-eval-sft, 2026-12-06")),
+    "harness_pack_s": (171, ("the trainer freed and the full set's adapter zipped for vLLM before the harness "
+                            "starts (deflate level 6 then; level 1 now: less): record "
+                            "h200-recipe-fullsize-r1-eval-sft, 2026-12-06")),
     "hf_batch16_step_s": (0.091, ("seconds a decode step of transformers generate through the hf engine at "
                                  "batch 16 (16 sequence slots, padding included): record "
                                  "seed-h100-hf-engine-batch16, 2026-12-06")),
-    "trainer_reload_s": (120, ("assumed, not measured: freeing the trainer and reloading the 59 GiB model with "
-                              "the newest adapter for the next training stage (the lead's recipe-fullsize "
-                              "record measures it)")),
+    "trainer_reload_s": (120, ("assumed, not measured: reloading the 59 GiB model with the newest adapter for "
+                              "the next training stage (no recipe-fullsize record has a training stage after "
+                              "an eval yet)")),
 }
 SFT_ROW_TOKENS = 900  # prompt + solver trace, mean over the reference mix (bench/traces.py, tiny tokenizer)
 GEN_TOKENS = 1_000  # mean completion of a trained model (traces are ~200-2,000 tokens)
@@ -527,7 +534,7 @@ def generation_hours(recipe, stage: str, runner: str) -> float:
     at its rate."""
     tokens, prompts, _ = generation_work(recipe, stage)
     if runner == "harness":
-        return (RATES["harness_start_s"][0] + RATES["trainer_reload_s"][0]
+        return (RATES["harness_start_s"][0] + RATES["harness_pack_s"][0] + RATES["trainer_reload_s"][0]
                 + tokens / harness_rate(max_num_seqs(recipe, stage))) / 3600
     gen = recipe.generation
     if gen.engine == "vllm":
@@ -575,7 +582,7 @@ def recall_plan(recipe, train_rate: float | None = None) -> dict:
                    for e in drilled)
     every = [e for e in catalog_entries() if e.kind == "cryptarithm"]
     kept = [e for e in drilled if e.kind == "cryptarithm"]
-    rate = train_rate or RATES[train_rate_key(recipe)][0]
+    rate = train_rate or recall_rate(recipe)
     tokens = per_pass * r.exposures
     return {"entries": len(drilled), "exposures": r.exposures, "tokens_per_pass": per_pass, "tokens": tokens,
             "hours": tokens / rate / 3600, "signatures_left_out": len(every) - len(kept),
@@ -595,6 +602,14 @@ def measured_give_up(coverage: float) -> str | None:
         return None
     return (f"{row['gives_up']} of {row['real_right']} right traces of train_dev's {row['real_n']} cryptarithms "
             "recall a left-out entry")
+
+
+def recall_rate(recipe) -> float:
+    """Tokens/s of the recall stage: packed drill rows measured at full size on backend hf with the full set
+    (slower than trace rows at the same budget: rows fill to ~8k tokens); elsewhere the recipe's SFT rate
+    scaled by the same ratio."""
+    measured, traces = RATES["train_tok_s_recall_packed"][0], RATES["train_tok_s_hf_budget_experts"][0]
+    return RATES[train_rate_key(recipe)][0] * measured / traces
 
 
 def train_rate_key(recipe) -> str:

@@ -98,7 +98,7 @@ def test_time_plan_scales_with_the_work_and_the_engine():
     assert [s for s, _, _ in P.time_plan(r)] == ["distill", "data", "sft", "eval", "grpo"]
     r.distill.runner = "harness"  # engine start + the trainer's reload + tokens at max_num_seqs 256
     tokens = r.distill.prompts * r.distill.k * P.GEN_TOKENS
-    want = (P.RATES["harness_start_s"][0] + P.RATES["trainer_reload_s"][0]
+    want = (P.RATES["harness_start_s"][0] + P.RATES["harness_pack_s"][0] + P.RATES["trainer_reload_s"][0]
             + tokens / P.RATES["harness_tok_s_seqs256"][0]) / 3600
     assert {s: h for s, h, _ in P.time_plan(r)}["distill"] == pytest.approx(want)
 
@@ -123,7 +123,7 @@ def test_recall_stage_planned_by_exposures_and_refused_over_max_hours(tmp_path):
     r = load_recipe(winners)
     rp = P.recall_plan(r)
     assert rp["entries"] == 4211 and rp["exposures"] == r.recall.exposures and rp["signatures_left_out"] == 0
-    assert rp["hours"] == pytest.approx(rp["tokens"] / P.RATES["train_tok_s_hf_budget_experts"][0] / 3600)
+    assert rp["hours"] == pytest.approx(rp["tokens"] / P.RATES["train_tok_s_recall_packed"][0] / 3600)
     hours = {s: h for s, h, _ in P.time_plan(r)}
     r.recall.exposures *= 2
     assert {s: h for s, h, _ in P.time_plan(r)}["recall"] == pytest.approx(2 * hours["recall"])
