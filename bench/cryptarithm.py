@@ -28,16 +28,23 @@ from puzzles.traces import estimate_real_tokens
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "train_dev.csv"
 
 
+def real_cryptarithms(data: Path, limit: int | None) -> list | None:
+    """The symbolic equations (cryptarithms) of a real puzzle CSV, or None (said) where it is absent."""
+    if not data.exists():
+        print(f"{data} is absent: the real puzzles are only in the developers' shared folder.")
+        return None
+    return [p for p in read_csv(data, require_answer=True, skip_bad=True).puzzles
+            if p.category == "equations" and p.features.get("family") == "symbolic"][:limit]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--limit", type=int, default=None)
     args = ap.parse_args()
-    if not args.data.exists():
-        print(f"{args.data} is absent: the real puzzles are only in the developers' shared folder.")
+    puzzles = real_cryptarithms(args.data, args.limit)
+    if puzzles is None:
         return 0
-    puzzles = [p for p in read_csv(args.data, require_answer=True, skip_bad=True).puzzles
-               if p.category == "equations" and p.features.get("family") == "symbolic"][: args.limit]
     t0 = time.time()
     cryptarithm.full_table()
     counts: collections.Counter = collections.Counter()

@@ -22,8 +22,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.cryptarithm import real_cryptarithms
 from puzzles import cryptarithm, recall
-from puzzles.dataset import read_csv
 from puzzles.metric import is_correct
 from puzzles.traces import estimate_real_tokens
 
@@ -44,11 +44,9 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = ap.parse_args()
-    if not args.data.exists():
-        print(f"{args.data} is absent: the real puzzles are only in the developers' shared folder.")
+    puzzles = real_cryptarithms(args.data, args.limit)
+    if puzzles is None:
         return 0
-    puzzles = [p for p in read_csv(args.data, require_answer=True, skip_bad=True).puzzles
-               if p.category == "equations" and p.features.get("family") == "symbolic"][: args.limit]
     t0 = time.time()
     order = [e for e in recall.catalog_entries() if e.kind == "cryptarithm"]
     rank = {e.key: i for i, e in enumerate(order)}

@@ -187,17 +187,12 @@ def run_vllm(args) -> None:
 # ------------------------------------------------------------------------------- Unsloth shared weights
 
 
-def run_unsloth(args) -> None:
-    """Unsloth ``fast_inference``: one copy of the weights, trained by Unsloth and served by its vLLM.
-    Its loader reads weights from disk, so the random full model is saved to ``--weights-dir`` first: by
-    default /dev/shm, a RAM disk (the lane has 64 GiB of disk and 128 GiB of RAM; the bf16 model is 59 GiB)."""
+def saved_model(layers: int, weights_dir: Path) -> tuple[Path, float]:
+    """The first ``layers`` layers with random weights on disk (config, tiny tokenizer, safetensors: what a
+    loader that reads weights from disk needs), built on the GPU once; (its folder, seconds to save)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SamplingConfig
-    from fastnemo.session import ModelSession
-
-    torch.cuda.set_per_process_memory_fraction(min(1.0, CAP_GIB / total_gib()))
-    path = model_dir(args.layers, Path(args.weights_dir))
+    path = model_dir(layers, weights_dir)
     t = time.perf_counter()
     if not any(path.glob("*.safetensors")):
         torch.manual_seed(0)
@@ -206,7 +201,19 @@ def run_unsloth(args) -> None:
         model.save_pretrained(path, max_shard_size="5GB")
         del model
         _sync_reset()
-    save_s = time.perf_counter() - t
+    return path, time.perf_counter() - t
+
+
+def run_unsloth(args) -> None:
+    """Unsloth ``fast_inference``: one copy of the weights, trained by Unsloth and served by its vLLM.
+    Its loader reads weights from disk, so the random full model is saved to ``--weights-dir`` first: by
+    default /dev/shm, a RAM disk (the lane has 64 GiB of disk and 128 GiB of RAM; the bf16 model is 59 GiB)."""
+
+    from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SamplingConfig
+    from fastnemo.session import ModelSession
+
+    torch.cuda.set_per_process_memory_fraction(min(1.0, CAP_GIB / total_gib()))
+    path, save_s = saved_model(args.layers, Path(args.weights_dir))
     # Unsloth's standby default is ~0.88 of the card (vllm >= 0.11: 0.925 x 0.95); the same share of the
     # user's card, scaled to the cap (fastnemo sets UNSLOTH_VLLM_STANDBY_UTIL_OVERRIDE so it is taken as is)
     util = round(args.unsloth_share * CAP_GIB / total_gib(), 4)

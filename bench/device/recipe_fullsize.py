@@ -61,25 +61,6 @@ class MemorySampler(threading.Thread):
         return round(max(window) / 1024, 1) if window else None
 
 
-def saved_model(weights_dir: Path) -> tuple[Path, float]:
-    """The full model with random weights on disk (config, tiny tokenizer, safetensors); seconds to save."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from bench.device.fullsize import model_dir
-
-    path = model_dir(52, weights_dir)
-    t = time.perf_counter()
-    if not any(path.glob("*.safetensors")):
-        torch.manual_seed(0)
-        with torch.device("cuda"):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.bfloat16)
-        model.save_pretrained(path, max_shard_size="5GB")
-        del model
-        torch.cuda.empty_cache()
-    return path, time.perf_counter() - t
-
-
 def write_csv(out: Path) -> Path:
     from bench.device.validation import load_set
 
@@ -110,7 +91,9 @@ def main() -> int:
 
     sampler = MemorySampler()
     sampler.start()
-    model, save_s = saved_model(Path(args.weights_dir))
+    from bench.device.fullsize import saved_model
+
+    model, save_s = saved_model(52, Path(args.weights_dir))
     print(f"model at {model} (saved in {save_s:.0f} s)", flush=True)
     run_dir = Path(args.run_dir)
     run_dir.parent.mkdir(parents=True, exist_ok=True)
