@@ -116,7 +116,9 @@ case "$cmd" in
     last=$(ls -t "$L"/*.log 2>/dev/null | head -1)
     [ -n "$last" ] && { echo "--- tail of $last"; tail -n 25 "$last"; }
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader 2>/dev/null
-    tar -czf "${OUT:-/tmp}/$(basename "$L").tgz" -C "$L" --exclude repo . 2>/dev/null
+    # logs and JSON only: a recipe's run directory holds GBs of checkpoints and adapters
+    tar -czf "${OUT:-/tmp}/$(basename "$L").tgz" -C "$L" --exclude repo --exclude vwork --exclude '*.safetensors' \
+      --exclude '*.pt' --exclude '*.zip' --exclude '*.bin' --exclude 'checkpoint-*' . 2>/dev/null
     [ -f "$L/records.jsonl" ] && cp "$L/records.jsonl" "${OUT:-/tmp}/$(basename "$L")-records.jsonl"
     ;;
 esac
