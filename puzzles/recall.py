@@ -7,7 +7,7 @@ An ENTRY is one recall request and its exact answer: the cipher word list of one
 
 Order and coverage: the word lists always come first (9 entries); the cryptarithm signatures follow by
 their PRIOR MASS, the probability that one example line of the generator has that signature: the rule
-prior (``equations.RULE_PRIOR``, a rule-level prior of the generator) times uniform operand pairs 00..99.
+prior (``equations_rules.RULE_PRIOR``, a rule-level prior of the generator) times uniform operand pairs 00..99.
 It is a general prior over the rule space, never a lookup of any real puzzle. ``entries(coverage)`` keeps
 the shortest prefix holding that share of the catalog's prior mass; ``bench/recall_coverage.py`` measures
 what a prefix covers of the real cryptarithms (train_dev).
@@ -53,7 +53,7 @@ def signature_prior() -> dict[str, float]:
     """signature -> share of one generated example line (rule prior x uniform operand pairs) falling on it,
     over the catalog's signatures (normalised to sum to 1 over them)."""
     from puzzles import cryptarithm
-    from puzzles.equations import RULE_PRIOR
+    from puzzles.equations_rules import RULE_PRIOR
 
     catalog = cryptarithm.catalog()
     mass: dict[str, float] = dict.fromkeys(catalog, 0.0)
