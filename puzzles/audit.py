@@ -145,7 +145,7 @@ def read_rows(path: str | Path) -> list[dict]:
         if not_text:
             raise AuditError(f"{path}: row {n}: {not_text} must be strings")
         if THINK_CLOSE not in row["completion"]:
-            raise AuditError(f"{path}: row {n} ({row['id']}): completion has no {THINK_CLOSE} final answer line")
+            raise AuditError(f"{path}: row {n} ({row['id']!r}): completion has no {THINK_CLOSE} final answer line")
     if not rows:
         raise AuditError(f"{path}: no rows")
     return rows

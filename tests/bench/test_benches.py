@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -149,4 +150,17 @@ def test_readme_solver_table_is_what_bench_solvers_prints(train_dev_path):
     records, _ = solvers.solve_traced_all(puzzles, workers=2)
     readme = (BENCH.parent / "README.md").read_text()
     block = readme.split(SOLVERS_BEGIN, 1)[1].split(SOLVERS_END, 1)[0].strip("\n") + "\n"
-    assert block == solver_markdown(solver_table(records)), "run: python bench/solvers.py --update README.md"
+    fresh = solver_markdown(solver_table(records))
+    # the symbolic search and the bit search stop at wall-clock caps (2 s and 1 s a puzzle), so a loaded machine
+    # moves a few puzzles between deduced, guessed and abstained (1 to 4 measured, either way); nothing else
+    # may differ: the rows, and every deduced-wrong count (0), exactly
+    def cells(table):
+        return [[float(x.replace(",", "")) for x in re.findall(r"\d[\d,]*(?:\.\d)?", row)]
+                for row in table.splitlines()[2:]]
+
+    hint = "run: python bench/solvers.py --update README.md"
+    assert [r.split("|")[1] for r in block.splitlines()] == [r.split("|")[1] for r in fresh.splitlines()], hint
+    for old, new in zip(cells(block), cells(fresh), strict=True):
+        assert old[2] == new[2] == 0, hint  # deduced wrong
+        assert all(abs(a - b) <= 4 for a, b in zip(old[:-1], new[:-1], strict=True)), (hint, old, new)
+        assert abs(old[-1] - new[-1]) <= 1.0, (hint, old, new)  # the correct share, in points
