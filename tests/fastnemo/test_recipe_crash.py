@@ -158,7 +158,7 @@ def damage(run: Path, rel: str, how: str) -> None:
         f.write_text(how)
 
 
-def test_fault_suite_resumes_identically_or_stops_with_one_line(tmp_path, tiny_recipe, baseline):
+def test_fault_suite_resumes_identically_or_stops_with_one_line(tmp_path, tiny_recipe, baseline, fault_counts):
     tried = identical = stopped = 0
     killed = tmp_path / "killed"
     crash_recipe(tiny_recipe, killed)
@@ -193,6 +193,8 @@ def test_fault_suite_resumes_identically_or_stops_with_one_line(tmp_path, tiny_r
             stopped += 1
     summary = f"faults tried {tried}, resumed identically {identical}, stopped with a one-line error {stopped}"
     print(f"\nfault suite: {summary}")
+    counts = fault_counts["kill points and damaged files"]  # in pytest's closing summary, with the fuzz counts
+    counts.update({"faults tried": tried, "resumed identically": identical, "one-line errors": stopped})
     assert tried == identical + stopped
 
 
