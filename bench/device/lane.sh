@@ -76,7 +76,7 @@ step() {
       --work "$L/vwork" --outputs "$L/o256.json" --compare "$L/o64.json" --results "$L/records.jsonl" ;;
     val-hf) run_step val-hf 420 python3 bench/device/validation.py hf --batch 16 --work "$L/vwork" \
       --results "$L/records.jsonl" ;;
-    recipe-full) run_step recipe-full 900 python3 bench/device/recipe_fullsize.py --run-dir "$L/winners/run" \
+    recipe-full) run_step recipe-full 1100 python3 bench/device/recipe_fullsize.py --run-dir "$L/winners/run" \
       --results "$L/records.jsonl" ${RECIPE_OVERRIDES:-} ;;
     score) run_step score 400 python3 bench/device/score_slice.py --results "$L/records.jsonl" ;;
     *) echo "unknown step $1" >>"$L/STATUS" ;;

@@ -32,10 +32,12 @@ sys.path.insert(0, str(REPO))
 
 from bench import results
 
-OVERRIDES = [  # what makes the recipe fit a lane call; every other key is winners.toml's
-    "recall.limit=128", "recall.exposures=3", "recall.eval_samples=24",
+OVERRIDES = [  # what makes the recipe fit a lane call; every other key is winners.toml's. The recall stage is
+    # kept, small: its model load and the first step's Triton tuning are paid by whichever stage trains first
+    # (at 128 entries x 3 exposures it took 275 s on the lane, 2026-12-06: bench/results/recipe-fullsize.jsonl)
+    "recall.limit=16", "recall.exposures=1", "recall.eval_samples=8",
     "data.n=240", "data.floor=0", "sft.max_steps=6", "sft.save_steps=3",
-    "eval.limit=48", "eval.sampling.max_tokens=2048",
+    "eval.limit=32", "eval.sampling.max_tokens=1024",
 ]
 
 
