@@ -38,6 +38,7 @@ import sys
 import time
 from pathlib import Path
 
+from fastnemo.card import CAP_ENV, cap_gib
 from fastnemo.seeds import call_seed
 
 GIB = 2**30
@@ -47,7 +48,6 @@ GIB = 2**30
 # 2026-12-06, issue 22); above it vLLM's CUDA graphs and the sampler's buffers risk running out of memory.
 SCORER_POOL_GIB = 0.85 * 96e9 / GIB
 MIN_SHARE, MAX_SHARE = 0.85, 0.92
-CAP_ENV = "FASTNEMO_GPU_CAP_GIB"  # treat the card as this many GiB (a bigger test card playing an H100)
 ERROR_MARK = "fastnemo-harness-error:"
 
 
@@ -91,8 +91,8 @@ def choose(recipe, stage: str, world: int = 1) -> tuple[str, str]:
 def memory_share(setting: float, physical_gib: float | None) -> tuple[float, str]:
     """(the gpu_memory_utilization to pass, how it was chosen). ``setting`` 0 = from the card; with
     FASTNEMO_GPU_CAP_GIB the card counts as that many GiB and the share is rescaled to the physical card."""
-    cap = os.environ.get(CAP_ENV)
-    card = float(cap) if cap else physical_gib
+    cap = cap_gib()
+    card = cap or physical_gib
     if setting:
         share, how = setting, f"eval.gpu_memory_utilization = {setting}"
     else:
@@ -100,8 +100,8 @@ def memory_share(setting: float, physical_gib: float | None) -> tuple[float, str
         how = (f"{share:.2f} of a {card:.1f} GiB card gives >= the scorer's {SCORER_POOL_GIB:.1f} GiB (0.85 of "
                f"96 GB) up to {MAX_SHARE}" if card else "the scorer's share")
     if cap and physical_gib:
-        how += f"; {CAP_ENV}={cap}: {share * float(cap):.1f} GiB of this {physical_gib:.1f} GiB card"
-        share = share * float(cap) / physical_gib
+        how += f"; {CAP_ENV}={cap:g}: {share * cap:.1f} GiB of this {physical_gib:.1f} GiB card"
+        share = share * cap / physical_gib
     return round(share, 4), how
 
 

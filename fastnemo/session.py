@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from fastnemo.card import cap_memory
 from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SamplingConfig
 from fastnemo.engines import Completion, resolve_dtype
 from fastnemo.targets import EXPERT_PARAMETERS, check_lora  # EXPERT_PARAMETERS: PEFT target_parameters
@@ -65,17 +66,6 @@ def _load_hf(path: Path, model_cfg: ModelConfig, lora_cfg: LoraConfig, adapter: 
         peft_model = get_peft_model(model, peft_cfg, autocast_adapter_dtype=not lora_cfg.bf16_weights)
     lora.install(peft_model)  # lm_head through TRL's fused head, out_proj past the fused kernel, grouped experts
     return peft_model, tokenizer
-
-
-def cap_memory() -> None:
-    """FASTNEMO_GPU_CAP_GIB (fastnemo.harness.CAP_ENV): a bigger test card plays an 80 GB one for the training
-    process too (torch's per-process memory fraction), as vLLM's share is rescaled for the harness."""
-    from fastnemo.harness import CAP_ENV
-
-    cap = os.environ.get(CAP_ENV)
-    if cap and torch.cuda.is_available():
-        total = torch.cuda.get_device_properties(0).total_memory / 2**30
-        torch.cuda.set_per_process_memory_fraction(min(1.0, float(cap) / total))
 
 
 class ModelSession:

@@ -132,8 +132,10 @@ def main() -> int:
            "--limit", str(args.score_limit), "--max-tokens", str(args.score_tokens)]
     import torch
 
-    total = torch.cuda.get_device_properties(0).total_memory / 2**30
-    share = round(0.85 * min(1.0, 79.2 / total), 4)  # the scorer's 0.85 of an 80 GB card, on this card
+    from fastnemo.harness import memory_share
+
+    # the scorer's own 0.85, of the card FASTNEMO_GPU_CAP_GIB says this one plays (the user's 80 GB H100)
+    share, _ = memory_share(0.85, torch.cuda.get_device_properties(0).total_memory / 2**30)
     if share != 0.85:
         cmd += ["--gpu-memory-utilization", str(share)]
     print("$", " ".join(cmd), flush=True)
