@@ -68,12 +68,12 @@ step() {
     unsloth-tests) run_step unsloth-tests 560 python3 -m pytest -m gpu tests/fastnemo/test_gpu.py \
       tests/fastnemo/test_gpu_lora.py -q -s -rs -k unsloth ;;
     traces-gpu) run_step traces-gpu 300 python3 -m pytest -m gpu tests/fastnemo/test_trace_score.py -q -s ;;
-    # issue 22: 600-puzzle validation side by side, and the winners' recipe end to end (bench/README.md)
+    # issue 22: 600-puzzle validation side by side (VAL_LIMIT=N: the first N, when device time is short), and the winners' recipe end to end (bench/README.md)
     doctor) run_step doctor 120 python3 -m fastnemo doctor ;;
     val-harness64) run_step val-harness64 560 python3 bench/device/validation.py harness --seqs 64 \
-      --work "$L/vwork" --outputs "$L/o64.json" --results "$L/records.jsonl" ;;
+      --work "$L/vwork" --limit "${VAL_LIMIT:-0}" --outputs "$L/o64.json" --results "$L/records.jsonl" ;;
     val-harness256) run_step val-harness256 500 python3 bench/device/validation.py harness --seqs 256 \
-      --work "$L/vwork" --outputs "$L/o256.json" --compare "$L/o64.json" --results "$L/records.jsonl" ;;
+      --work "$L/vwork" --limit "${VAL_LIMIT:-0}" --outputs "$L/o256.json" --compare "$L/o64.json" --results "$L/records.jsonl" ;;
     val-hf) run_step val-hf 420 python3 bench/device/validation.py hf --batch 16 --work "$L/vwork" \
       --results "$L/records.jsonl" ;;
     recipe-full) run_step recipe-full 1100 python3 bench/device/recipe_fullsize.py --run-dir "$L/winners/run" \
