@@ -68,7 +68,8 @@ step() {
     unsloth-tests) run_step unsloth-tests 560 python3 -m pytest -m gpu tests/fastnemo/test_gpu.py \
       tests/fastnemo/test_gpu_lora.py -q -s -rs -k unsloth ;;
     traces-gpu) run_step traces-gpu 300 python3 -m pytest -m gpu tests/fastnemo/test_trace_score.py -q -s ;;
-    # issue 22: 600-puzzle validation side by side (VAL_LIMIT=N: the first N, when device time is short), and the winners' recipe end to end (bench/README.md)
+    # issue 22: 600-puzzle validation side by side, and the winners' recipe end to end (bench/README.md);
+    # VAL_LIMIT=N runs the harness steps on the first N puzzles when device time is short
     doctor) run_step doctor 120 python3 -m fastnemo doctor ;;
     val-harness64) run_step val-harness64 560 python3 bench/device/validation.py harness --seqs 64 \
       --work "$L/vwork" --limit "${VAL_LIMIT:-0}" --outputs "$L/o64.json" --results "$L/records.jsonl" ;;
