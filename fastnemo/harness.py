@@ -154,7 +154,7 @@ def served_adapter(adapter: Path | None, model_path: Path, into: Path) -> Path |
         return Path(adapter)
     from fastnemo.pack import pack
 
-    return pack(adapter, Path(into) / "harness-submission.zip", overwrite=True)
+    return pack(adapter, Path(into) / "harness-submission.zip", overwrite=True, stamp=True)  # pack may reuse it
 
 
 # ------------------------------------------------------------------------------------------ the parent

@@ -13,16 +13,18 @@ every zip that would fail or be silently changed, and every zip entry other than
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
 import re
+import shutil
 import zipfile
 import zlib
 from pathlib import Path
 
 from fastnemo.targets import EXPERT_PARAMETERS, MAX_LORA_RANK, MODULE, REFUSED, SERVABLE
-from puzzles.files import InputError, write_atomic
+from puzzles.files import InputError, atomic_open, write_atomic, write_json
 
 REQUIRED = ("adapter_config.json", "adapter_model.safetensors")
 PREFIX = "base_model.model."
@@ -139,9 +141,9 @@ def _suffix(key: str) -> str:
     return "lm_head" if module == "lm_head" else module.rsplit(".", 1)[-1]
 
 
-def pack(adapter_dir: str | Path, out_zip: str | Path, overwrite: bool = False) -> Path:
+def pack(adapter_dir: str | Path, out_zip: str | Path, overwrite: bool = False, stamp: bool = False) -> Path:
     """Convert the PEFT adapter in ``adapter_dir`` (:func:`to_vllm`) and zip its two files at the zip's
-    root into ``out_zip``, atomically."""
+    root into ``out_zip``, atomically; ``stamp``: also write what it was packed from (:func:`reusable`)."""
     from safetensors.torch import load_file, save
 
     adapter_dir, out_zip = Path(adapter_dir), Path(out_zip)
@@ -170,7 +172,59 @@ def pack(adapter_dir: str | Path, out_zip: str | Path, overwrite: bool = False) 
         for name, data in ((REQUIRED[0], json.dumps(config, indent=2, sort_keys=True)),
                            (REQUIRED[1], save(tensors, metadata={"format": "pt"}))):
             zf.writestr(_entry(name), data, compresslevel=1)
-    return write_atomic(out_zip, buf.getvalue())
+    stamp_path(out_zip).unlink(missing_ok=True)  # a kill before the new stamp leaves none, never a stale one
+    write_atomic(out_zip, buf.getvalue())
+    if stamp:
+        write_json(stamp_path(out_zip), source_stamp(adapter_dir))
+    return out_zip
+
+
+# ------------------------------------------------------------------------------- packed once, shipped as is
+# The eval stage serves the harness the packed zip (fastnemo.harness.served_adapter); the pack stage ships the
+# best-validated checkpoint. Pack is deterministic, so when that checkpoint's zip is already on disk the pack
+# stage copies it: the shipped bytes are the validated bytes, and the 1.8 GB of the full set is not zipped
+# twice. The harness zip's stamp (``<zip>.source.json``) says what it was packed from.
+
+
+def source_stamp(adapter_dir: Path) -> dict:
+    """sha256 of the adapter's two files and of the packer's code (this module and the targets it checks
+    against): equal stamps, equal zip bytes."""
+    here = Path(__file__).parent
+    return {**{name: _sha256(Path(adapter_dir) / name) for name in REQUIRED},
+            **{f"fastnemo/{name}": _sha256(here / name) for name in ("pack.py", "targets.py")}}
+
+
+def stamp_path(zip_path: Path) -> Path:
+    return Path(f"{zip_path}.source.json")
+
+
+def reusable(adapter_dir: Path, candidates) -> Path | None:
+    """The first of ``candidates`` packed from exactly this adapter by this packer, or None."""
+    stamp = None
+    for zip_path in candidates:
+        try:
+            theirs = json.loads(stamp_path(zip_path).read_text())
+        except (OSError, ValueError):
+            continue
+        stamp = stamp or source_stamp(adapter_dir)
+        if theirs == stamp and Path(zip_path).is_file():
+            return Path(zip_path)
+    return None
+
+
+def copy_packed(src: Path, out_zip: Path) -> Path:
+    """``src`` (a zip :func:`reusable` found) copied to ``out_zip``, atomically."""
+    with open(src, "rb") as f, atomic_open(out_zip, "wb") as g:
+        shutil.copyfileobj(f, g, 16 << 20)
+    return Path(out_zip)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(16 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _entry(name: str) -> zipfile.ZipInfo:

@@ -433,19 +433,24 @@ def stage_grpo(ctx: Context, key: str):
 
 
 def stage_pack(ctx: Context, key: str):
-    from fastnemo.pack import pack, verify
+    from fastnemo.pack import copy_packed, pack, reusable, verify
 
     best = ledger.best(ctx.run)
     source = best["checkpoint"] if best else ctx.adapter_key
     if source is None:
         raise RuntimeError("nothing to pack: the recipe trained no adapter (add an 'sft' stage)")
     d = ctx.run.stage_dir(key)
-    out = pack(ctx.run.artifact(source, "adapter"), d / "submission.zip")
+    adapter = ctx.run.artifact(source, "adapter")
+    validated = reusable(adapter, sorted(ctx.run.path.glob("*/harness-submission.zip")))  # the harness served it
+    out = copy_packed(validated, d / "submission.zip") if validated else pack(adapter, d / "submission.zip")
     model_path = ctx.model_path()
     small = sum(f.stat().st_size for f in model_path.glob("*.safetensors")) < 2**30
     report = verify(out, model_path, ctx.recipe.model.base_model_name, load=small)
-    console.print(f"[green]verified[/] {out} (checkpoint {source}, score {best['accuracy'] if best else 'n/a'})")
-    return {"submission": out}, {"checkpoint": source, "verify": report}
+    same = f"; the bytes {validated.parent.name}'s harness validated" if validated else ""
+    console.print(f"[green]verified[/] {out} (checkpoint {source}, score {best['accuracy'] if best else 'n/a'}{same})")
+    return {"submission": out}, {"checkpoint": source, "verify": report,
+                                 "packed_by": f"copied from {validated.relative_to(ctx.run.path)}" if validated
+                                 else "fastnemo pack"}
 
 
 STAGE_FUNCS = {

@@ -73,3 +73,37 @@ def test_plateau_stops_after_n_rounds_without_improvement(tmp_path):
         if rnd == 3:
             assert not plateaued(run, recipe, 3)  # only one round without improvement so far
     assert plateaued(run, recipe, 4)  # rounds 3 and 4 both below round 2's 0.7
+
+
+def test_pack_ships_the_zip_the_harness_validated_for_the_best_checkpoint(tmp_path, tiny_session, tiny_model_dir):
+    """The eval stage's harness zip of the best checkpoint is copied, not packed again (same bytes as a
+    fresh pack); a zip of another checkpoint, or of an adapter changed since, is not reused."""
+    from fastnemo.harness import served_adapter
+    from fastnemo.pack import pack
+
+    run = plant_run(tmp_path, tiny_session, {"r1-sft": 0.9, "r2-sft": 0.2})
+    for k in ("r1", "r2"):
+        served_adapter(run.artifact(f"{k}-sft", "adapter"), tiny_model_dir, run.path / f"{k}-eval-sft")
+    ctx = Context(recipe=Recipe(stages=["pack"], model=ModelConfig(path=str(tiny_model_dir))), run=run,
+                  adapter_key="r2-sft")
+    artifacts, summary = stage_pack(ctx, "pack")
+    assert summary["packed_by"] == "copied from r1-eval-sft/harness-submission.zip"
+    fresh = pack(run.artifact("r1-sft", "adapter"), tmp_path / "fresh.zip")
+    assert artifacts["submission"].read_bytes() == fresh.read_bytes()
+
+    from safetensors.torch import save_file
+
+    weights = run.artifact("r1-sft", "adapter") / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    shipped_key = next(k for k in load_safetensors(fresh_weights(fresh)) if "lora_B" in k and ".backbone." in k)
+    key = shipped_key.replace(".backbone.", ".model.", 1)  # pack writes vLLM's names (fastnemo.pack)
+    tensors[key] = tensors[key] + 1  # the checkpoint changed after its eval: its harness zip is stale
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    artifacts, summary = stage_pack(ctx, "pack")  # stage_dir clears the unfinished stage's folder
+    assert summary["packed_by"] == "fastnemo pack"
+    assert torch.equal(load_safetensors(fresh_weights(artifacts["submission"]))[shipped_key], tensors[key])
+
+
+def fresh_weights(zip_path) -> bytes:
+    with zipfile.ZipFile(zip_path) as zf:
+        return zf.read("adapter_model.safetensors")
