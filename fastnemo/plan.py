@@ -359,6 +359,7 @@ def plan_command_main(recipe_path: str) -> int:
     from rich.console import Console
 
     from fastnemo.config import RecipeError, load_recipe
+    from fastnemo.progress import wide
 
     try:
         recipe = load_recipe(Path(recipe_path))
@@ -366,7 +367,7 @@ def plan_command_main(recipe_path: str) -> int:
         Console(stderr=True).print(f"[red]{e}")
         return 2
     p = plan_recipe(recipe)
-    console = Console()
+    console = wide(Console())  # `fastnemo plan > plan.txt`: lines and tables whole, not wrapped at 80
     console.print(plan_table(p))
     console.print(time_table(recipe))
     for line in validation_lines(recipe) + backend_lines(recipe):

@@ -61,9 +61,14 @@ class TeeConsole(Console):
             self.log_file.file.flush()
 
 
-console = TeeConsole(stderr=True)
-if not console.is_terminal and "COLUMNS" not in os.environ:
-    console.width = LOG_WIDTH
+def wide(c: Console) -> Console:
+    """``c``, LOG_WIDTH columns wide when it is not a terminal (and COLUMNS does not say otherwise)."""
+    if not c.is_terminal and "COLUMNS" not in os.environ:
+        c.width = LOG_WIDTH
+    return c
+
+
+console = wide(TeeConsole(stderr=True))
 
 
 def progress_line(description: str, done: int, total: int | None, rate: float, unit: str, info: str) -> str:

@@ -124,7 +124,9 @@ def print_table(summary: dict[str, Any], title: str, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    console = console or Console()
+    from fastnemo.progress import wide
+
+    console = console or wide(Console())
     t = Table(title=title)
     for col in ("category", "rows", "tokens", "mean logp", "min logp", "< ln2", "greedy-exact rows",
                 "first divergence (median token)"):

@@ -181,3 +181,20 @@ def test_target_sets_say_what_fits_at_8k():
 def test_the_plan_command_imports_no_torch(imports_no_torch):
     imports_no_torch("import contextlib, io\nfrom fastnemo.plan import plan_command_main\n"
                      "with contextlib.redirect_stdout(io.StringIO()):\n    plan_command_main('recipes/smoke.toml')")
+
+
+def test_the_plan_in_a_file_is_not_wrapped_at_80_columns(tmp_path):
+    """`fastnemo plan recipes/winners.toml > plan.txt`: each line whole (the console is 200 wide off a terminal)."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    with open(tmp_path / "plan.txt", "w") as out:
+        subprocess.run([sys.executable, "-m", "fastnemo", "plan", "recipes/winners.toml"], cwd=root, env=env,
+                       stdout=out, stderr=subprocess.STDOUT, timeout=120, check=False)
+    lines = (tmp_path / "plan.txt").read_text().splitlines()
+    hf = next(line for line in lines if line.startswith("- backend hf"))
+    assert "fits" in hf, lines  # at 80 columns "fits" wrapped onto the next line
+    assert max(map(len, lines)) > 80
