@@ -13,7 +13,6 @@ every zip that would fail or be silently changed, and every zip entry other than
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -24,7 +23,7 @@ import zlib
 from pathlib import Path
 
 from fastnemo.targets import EXPERT_PARAMETERS, MAX_LORA_RANK, MODULE, REFUSED, SERVABLE
-from puzzles.files import InputError, atomic_open, write_atomic, write_json
+from puzzles.files import InputError, atomic_open, sha256, write_atomic, write_json
 
 REQUIRED = ("adapter_config.json", "adapter_model.safetensors")
 PREFIX = "base_model.model."
@@ -190,8 +189,8 @@ def source_stamp(adapter_dir: Path) -> dict:
     """sha256 of the adapter's two files and of the packer's code (this module and the targets it checks
     against): equal stamps, equal zip bytes."""
     here = Path(__file__).parent
-    return {**{name: _sha256(Path(adapter_dir) / name) for name in REQUIRED},
-            **{f"fastnemo/{name}": _sha256(here / name) for name in ("pack.py", "targets.py")}}
+    return {**{name: sha256(Path(adapter_dir) / name) for name in REQUIRED},
+            **{f"fastnemo/{name}": sha256(here / name) for name in ("pack.py", "targets.py")}}
 
 
 def stamp_path(zip_path: Path) -> Path:
@@ -217,14 +216,6 @@ def copy_packed(src: Path, out_zip: Path) -> Path:
     with open(src, "rb") as f, atomic_open(out_zip, "wb") as g:
         shutil.copyfileobj(f, g, 16 << 20)
     return Path(out_zip)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(16 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _entry(name: str) -> zipfile.ZipInfo:

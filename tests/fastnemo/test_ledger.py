@@ -46,8 +46,7 @@ def test_pack_ships_a_better_earlier_checkpoint_not_the_latest(tmp_path, tiny_se
     ctx = Context(recipe=recipe, run=run, adapter_key="r2-sft")
     artifacts, summary = stage_pack(ctx, "pack")
     assert summary["checkpoint"] == "r1-sft"
-    with zipfile.ZipFile(artifacts["submission"]) as zf:
-        shipped = load_safetensors(zf.read("adapter_model.safetensors"))
+    shipped = load_safetensors(zipped_weights(artifacts["submission"]))
     best = load_file(run.path / "r1-sft" / "adapter" / "adapter_model.safetensors")
     latest = load_file(run.path / "r2-sft" / "adapter" / "adapter_model.safetensors")
     key = next(k for k in shipped if "lora_B" in k and ".backbone." in k)
@@ -95,15 +94,15 @@ def test_pack_ships_the_zip_the_harness_validated_for_the_best_checkpoint(tmp_pa
 
     weights = run.artifact("r1-sft", "adapter") / "adapter_model.safetensors"
     tensors = load_file(weights)
-    shipped_key = next(k for k in load_safetensors(fresh_weights(fresh)) if "lora_B" in k and ".backbone." in k)
+    shipped_key = next(k for k in load_safetensors(zipped_weights(fresh)) if "lora_B" in k and ".backbone." in k)
     key = shipped_key.replace(".backbone.", ".model.", 1)  # pack writes vLLM's names (fastnemo.pack)
     tensors[key] = tensors[key] + 1  # the checkpoint changed after its eval: its harness zip is stale
     save_file(tensors, str(weights), metadata={"format": "pt"})
     artifacts, summary = stage_pack(ctx, "pack")  # stage_dir clears the unfinished stage's folder
     assert summary["packed_by"] == "fastnemo pack"
-    assert torch.equal(load_safetensors(fresh_weights(artifacts["submission"]))[shipped_key], tensors[key])
+    assert torch.equal(load_safetensors(zipped_weights(artifacts["submission"]))[shipped_key], tensors[key])
 
 
-def fresh_weights(zip_path) -> bytes:
+def zipped_weights(zip_path) -> bytes:
     with zipfile.ZipFile(zip_path) as zf:
         return zf.read("adapter_model.safetensors")
