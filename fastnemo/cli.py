@@ -114,10 +114,11 @@ def recipe(recipe_file, overrides, check, redo):
         done = _finished_stages(r.paths.run_dir)
         for rnd, stage, key in plan_keys(r):
             console.print(f"  round {rnd}  {stage:8s} -> {key}" + ("  (done: skipped on a run)" if key in done else ""))
-        from fastnemo.plan import plan_recipe, plan_table, time_table
+        from fastnemo.plan import plan_recipe, plan_table, rates_line, time_table
 
         console.print(plan_table(plan_recipe(r)))
         console.print(time_table(r))
+        console.print(f"  {rates_line()}", soft_wrap=True)
         if r.model.tiny:
             console.print("  (both plans are for the full model on one H100 80 GB; this recipe's tiny model "
                           "runs in minutes on a CPU)")

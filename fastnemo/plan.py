@@ -370,6 +370,7 @@ def plan_command_main(recipe_path: str) -> int:
     console = wide(Console())  # `fastnemo plan > plan.txt`: lines and tables whole, not wrapped at 80
     console.print(plan_table(p))
     console.print(time_table(recipe))
+    console.print(f"- {rates_line()}", soft_wrap=True)  # one line in a file; a terminal wraps it itself
     for line in validation_lines(recipe) + backend_lines(recipe):
         console.print(f"- {line}")
     for n in p.notes:
@@ -570,10 +571,10 @@ def planned_runner(recipe, stage: str) -> tuple[str, str]:
 CHAT_TOKENS = 40  # a drill request's chat frame: system and user turns, the instruction suffix, end of turn
 
 
-def recall_plan(recipe, train_rate: float | None = None) -> dict:
+def recall_plan(recipe) -> dict:
     """The recall stage's work: entries drilled, exposures per entry, tokens (estimated real tokens of each
-    request, ``puzzles.audit.estimate_real_tokens``, plus its chat frame) and hours at ``train_rate`` (default:
-    the recipe's SFT rate), and what the coverage cut leaves out of the catalog."""
+    request, ``puzzles.audit.estimate_real_tokens``, plus its chat frame) and hours at ``recall_rate`` (packed
+    drill rows train slower than trace rows), and what the coverage cut leaves out of the catalog."""
     from puzzles.recall import catalog_entries, entries
     from puzzles.traces import estimate_real_tokens
 
@@ -583,7 +584,7 @@ def recall_plan(recipe, train_rate: float | None = None) -> dict:
                    for e in drilled)
     every = [e for e in catalog_entries() if e.kind == "cryptarithm"]
     kept = [e for e in drilled if e.kind == "cryptarithm"]
-    rate = train_rate or recall_rate(recipe)
+    rate = recall_rate(recipe)
     tokens = per_pass * r.exposures
     return {"entries": len(drilled), "exposures": r.exposures, "tokens_per_pass": per_pass, "tokens": tokens,
             "hours": tokens / rate / 3600, "signatures_left_out": len(every) - len(kept),
@@ -636,7 +637,7 @@ def time_plan(recipe) -> list[tuple[str, float, str]]:
     out = []
     for stage in dict.fromkeys(recipe.stages):
         if stage == "recall":
-            rp = recall_plan(recipe, train_rate)
+            rp = recall_plan(recipe)
             what = f"{rp['entries']:,} entries x {rp['exposures']} exposures, ~{rp['tokens'] / 1e6:.1f}M tokens"
             out.append((stage, rp["hours"], what))
         elif stage == "data" and distills:
@@ -727,5 +728,9 @@ def time_table(recipe):
         t.add_column(col, justify="right" if col == "hours" else "left")
     for stage, hours, how in time_plan(recipe):
         t.add_row(stage, hours_text(hours), how)
-    t.caption = "; ".join(f"{k} = {v[0]:,}" for k, v in RATES.items()) + " (see fastnemo/plan.py RATES)"
     return t
+
+
+def rates_line() -> str:
+    """The rates behind the time plan, one line (a table caption would wrap them at the table's width)."""
+    return "rates: " + "; ".join(f"{k} = {v[0]:,}" for k, v in RATES.items()) + " (see fastnemo/plan.py RATES)"

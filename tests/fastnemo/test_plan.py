@@ -125,6 +125,7 @@ def test_recall_stage_planned_by_exposures_and_refused_over_max_hours(tmp_path):
     assert rp["entries"] == 4211 and rp["exposures"] == r.recall.exposures and rp["signatures_left_out"] == 0
     assert rp["hours"] == pytest.approx(rp["tokens"] / P.RATES["train_tok_s_recall_packed"][0] / 3600)
     hours = {s: h for s, h, _ in P.time_plan(r)}
+    assert hours["recall"] == pytest.approx(rp["hours"])  # the table's row is the recall line's hours
     r.recall.exposures *= 2
     assert {s: h for s, h, _ in P.time_plan(r)}["recall"] == pytest.approx(2 * hours["recall"])
     cut = load_recipe(winners, ["recall.coverage=0.9"])
@@ -198,3 +199,5 @@ def test_the_plan_in_a_file_is_not_wrapped_at_80_columns(tmp_path):
     hf = next(line for line in lines if line.startswith("- backend hf"))
     assert "fits" in hf, lines  # at 80 columns "fits" wrapped onto the next line
     assert max(map(len, lines)) > 80
+    rates = next(line for line in lines if line.startswith("- rates: "))  # once a caption wrapped at 62
+    assert rates.endswith("(see fastnemo/plan.py RATES)") and "hf_batch16_step_s = 0.091" in rates, rates
