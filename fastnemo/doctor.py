@@ -25,6 +25,10 @@ PACKAGES = {"torch": "torch", "transformers": "transformers", "trl": "trl", "pef
             "unsloth": "unsloth", "unsloth_zoo": "unsloth_zoo", "bitsandbytes": "bitsandbytes",
             "mamba_ssm": "mamba-ssm", "causal_conv1d": "causal-conv1d", "tensorboard": "tensorboard"}
 IMPORT_TIMEOUT_S = 180
+# Modules that import only after another: unsloth_zoo raises "Please install Unsloth" unless unsloth was
+# imported first (it sets UNSLOTH_IS_PRESENT), as every Unsloth user does; probed alone it read "broken" on
+# the GPU lane where both work (2026-12-07).
+IMPORTED_AFTER = {"unsloth_zoo": ("unsloth",)}
 
 # The functions transformers' nemotron_h takes from the kernel packages when they import, else it runs its
 # reference PyTorch code (transformers 5.17: modeling_nemotron_h.py, @use_kernel_func_from_hub_with_fallback,
@@ -46,6 +50,11 @@ except BaseException as e:
     print(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}".strip())
     sys.exit(1)
 """
+
+
+def import_specs(module: str) -> tuple[str, ...]:
+    """What to import, in order, to check ``module`` the way it is used."""
+    return (*IMPORTED_AFTER.get(module, ()), module)
 
 
 def start_import(*specs: str) -> subprocess.Popen:
@@ -139,7 +148,7 @@ def capability_rows(cuda: bool, ok: dict[str, bool], fused: bool) -> list[tuple[
 
 def report(run_dir: Path, model_path: Path | None, tiny: bool = False) -> list[tuple[str, str, str]]:
     # torch is imported here anyway (the GPU rows): a subprocess would only repeat it
-    procs = {m: start_import(m) for m in PACKAGES if m != "torch" and found(m)}
+    procs = {m: start_import(*import_specs(m)) for m in PACKAGES if m != "torch" and found(m)}
     fused_proc = start_import(*FUSED_MAMBA) if found("mamba_ssm") and found("causal_conv1d") else None
     rows = gpu_rows()
     ok = {}

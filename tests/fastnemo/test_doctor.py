@@ -35,6 +35,20 @@ def test_a_broken_package_shows_its_exception_in_one_line(tmp_path, monkeypatch)
     assert doctor.finish_import(doctor.start_import("json:no_such")) == "ImportError: json has no no_such"
 
 
+def test_unsloth_zoo_is_checked_after_unsloth_as_it_is_used(tmp_path, monkeypatch):
+    """unsloth_zoo's __init__ refuses to import unless unsloth was imported first (UNSLOTH_IS_PRESENT): two
+    packages with that contract (the real ones need a GPU) read broken alone, ok in doctor's order."""
+    for name, body in (("unsloth", "import os\nos.environ['UNSLOTH_IS_PRESENT'] = '1'\n"),
+                       ("unsloth_zoo", "import os\nif 'UNSLOTH_IS_PRESENT' not in os.environ:\n"
+                                       "    raise ImportError('Please install Unsloth via `pip install unsloth`!')\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(body)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    assert doctor.finish_import(doctor.start_import("unsloth_zoo")).startswith("ImportError: Please install")
+    assert doctor.import_specs("unsloth_zoo") == ("unsloth", "unsloth_zoo")
+    assert doctor.finish_import(doctor.start_import(*doctor.import_specs("unsloth_zoo"))) is None
+
+
 def test_model_rows_name_what_the_folder_lacks(tiny_model_dir, tmp_path):
     rows = {r[0]: r[1] for r in doctor.model_rows(tiny_model_dir)}
     assert rows == {"model config": "ok", "model weights": "ok", "tokenizer": "ok", "chat template": "ok"}
