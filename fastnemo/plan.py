@@ -447,9 +447,11 @@ RATES = {
                       "2026-12-01")),
     "build_rows_s": (250, "data build rows/s on 2 CPU cores (bench: puzzles/mix.py)"),
     # The harness (fastnemo.harness: the scorer's vLLM in a child process), H100 80GB HBM3, full 52 layers,
-    # the winners' full LoRA, completion lengths of a built mix (mean ~950). When the lead's measured records
-    # land, each line below switches to its id (and value): h100-validation-harness-seqs64 (tok_s and
-    # engine_start_s), -harness-seqs256, -hf-engine-batch16 (decode_step_s) (bench/results/validation.jsonl).
+    # the winners' full LoRA, completion lengths of a built mix (mean ~950). The rates are the 600-puzzle
+    # probe's: the lane's own runs (h100-validation-harness-seqs64/256, 2026-12-07) had device time for 180
+    # puzzles, where the tail with fewer than max_num_seqs running weighs ~3x more, and read 1,964 / 2,491
+    # tok/s: lower bounds for a 600- or 9,500-puzzle job, with the same engine start (144 s, dummy weights)
+    # and the same KV pool (310,886 tokens at 0.92) as the probe.
     "harness_tok_s": (2_862, ("harness tokens/s at max_num_seqs 64, gpu_memory_utilization 0.92: record "
                              "seed-h100-harness-seqs64, 2026-12-06")),
     "harness_tok_s_seqs256": (4_697, ("the same at max_num_seqs 256: record seed-h100-harness-seqs256, "
@@ -460,9 +462,9 @@ RATES = {
     "harness_pack_s": (171, ("the trainer freed and the full set's adapter zipped for vLLM before the harness "
                             "starts (deflate level 6 then; level 1 now: less): record "
                             "h200-recipe-fullsize-r1-eval-sft, 2026-12-06")),
-    "hf_batch16_step_s": (0.091, ("seconds a decode step of transformers generate through the hf engine at "
-                                 "batch 16 (16 sequence slots, padding included): record "
-                                 "seed-h100-hf-engine-batch16, 2026-12-06")),
+    "hf_batch16_step_s": (0.106, ("seconds a decode step of transformers generate through the hf engine at "
+                                 "batch 16 (16 sequence slots, padding included), 256 steps measured on the "
+                                 "lane: record h100-validation-hf-engine-batch16, 2026-12-07")),
     "trainer_reload_s": (120, ("assumed, not measured: reloading the 59 GiB model with the newest adapter for "
                               "the next training stage (no recipe-fullsize record has a training stage after "
                               "an eval yet)")),
@@ -473,7 +475,8 @@ GEN_TOKENS = 1_000  # mean completion of a trained model (traces are ~200-2,000 
 # (issue 22's probe). Their spread, for the hf engine's static batches (each waits for its longest): a
 # lognormal of mean EVAL_TOKENS and sigma EVAL_SIGMA, capped at the 7,680 max_tokens, whose batch-16 longest is
 # 3.06 slots per real token (the measured seed-h100-hf-engine-batch16: 10,600 s for 600 puzzles). An estimate
-# fitted to one measurement; the lead's h100-validation-hf-engine-batch16 record checks it.
+# fitted to one measurement; the lane's h100-validation-hf-engine-batch16 counted 3.20 on its own 600-puzzle set
+# (mean 997 tokens; 12,917 s projected from its measured decode steps, where this plan says 3.2 h).
 EVAL_TOKENS = 950
 EVAL_SIGMA = 0.745
 TRAIN_CSV_ROWS = 9_500  # the competition's train.csv, when eval.data is not on this machine
