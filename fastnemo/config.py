@@ -319,8 +319,9 @@ class EvalConfig(Section):
         ge=0.0, le=0.98)
     max_num_seqs: int = key(
         64, "The harness's concurrent sequences (the scorer's 64). 256 is ~1.6x faster (measured on an H100) but "
-        "vLLM's batch composition can change greedy outputs for this model (vllm#57267): how many verdicts "
-        "differ between 64 and 256 is in bench/README.md (bench validation). Printed as a deviation.", ge=1)
+        "vLLM's batch composition can change greedy outputs for this model (vllm#57267): measure how many "
+        "verdicts differ on your own checkpoint with `fastnemo score --max-num-seqs 256 --compare` (README, "
+        "\"Speed\"). Printed as a deviation.", ge=1)
 
 
 @dataclasses.dataclass

