@@ -224,10 +224,16 @@ def read_scored(path: str | Path) -> list[dict]:
     return rows
 
 
+def row_keys(rows: list[dict]) -> list:
+    """Each row's id, or its position where the CSV had no id column (or repeated an id)."""
+    ids = [r["id"] for r in rows]
+    return ids if None not in ids and len(set(ids)) == len(ids) else list(range(len(rows)))
+
+
 def compare(ours: list[dict], theirs: list[dict]) -> dict:
     """How two scorings of the same rows differ, matched by id: outputs token for token, and verdicts."""
-    by_id = {r["id"]: r for r in theirs}
-    pairs = [(a, by_id[a["id"]]) for a in ours if a["id"] in by_id]
+    by_key = dict(zip(row_keys(theirs), theirs, strict=True))
+    pairs = [(a, by_key[k]) for k, a in zip(row_keys(ours), ours, strict=True) if k in by_key]
     flipped = [(a, b) for a, b in pairs if a["correct"] != b["correct"]]
     return {"rows": len(pairs), "outputs_differing": sum(a["token_ids"] != b["token_ids"] for a, b in pairs),
             "verdicts_differing": len(flipped), "right_here_only": sum(a["correct"] for a, _ in flipped),

@@ -26,6 +26,8 @@ def test_compare_counts_outputs_and_verdicts_by_id():
     assert line.startswith("compared with s64.json on 4 rows: outputs differ in 2, verdicts in 1 (0 right only "
                            "here, 1 only there)")
     assert compare_line(compare(ours, [row(7, True, [])]), "x.json") == "compared with x.json: no row id in common"
+    no_ids = [{**r, "id": None} for r in ours[:2]]  # a CSV without an id column: rows match by position
+    assert compare(no_ids, [{**r, "id": None} for r in (ours[0], row(2, True, [8]))])["verdicts_differing"] == 1
 
 
 @pytest.mark.parametrize("text, says", [
