@@ -39,8 +39,8 @@ def test_unsloth_zoo_is_checked_after_unsloth_as_it_is_used(tmp_path, monkeypatc
     """unsloth_zoo's __init__ refuses to import unless unsloth was imported first (UNSLOTH_IS_PRESENT): two
     packages with that contract (the real ones need a GPU) read broken alone, ok in doctor's order."""
     for name, body in (("unsloth", "import os\nos.environ['UNSLOTH_IS_PRESENT'] = '1'\n"),
-                       ("unsloth_zoo", "import os\nif 'UNSLOTH_IS_PRESENT' not in os.environ:\n"
-                                       "    raise ImportError('Please install Unsloth via `pip install unsloth`!')\n")):
+                       ("unsloth_zoo", ("import os\nif 'UNSLOTH_IS_PRESENT' not in os.environ:\n"
+                                        "    raise ImportError('Please install Unsloth via `pip install unsloth`!')\n"))):
         (tmp_path / name).mkdir()
         (tmp_path / name / "__init__.py").write_text(body)
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
