@@ -17,6 +17,7 @@ through ``fastnemo.patches`` (one module per library, version guarded).
 from __future__ import annotations
 
 import contextlib
+import weakref
 
 import torch
 
@@ -34,7 +35,9 @@ def check_targets_in_model(model, targets: list[str]) -> None:
 
 # ------------------------------------------------------------------------------------------------ lm_head
 
-_LM_HEADS: dict[int, torch.nn.Module] = {}  # id(lm_head.base_layer.weight) -> the PEFT lora.Linear on it
+# id(lm_head.base_layer.weight) -> the PEFT lora.Linear on it. Weak: a released model's modules must not stay
+# (nor the GPU segment its weights share with the rest of the model: fastnemo.patches.bitsandbytes says why)
+_LM_HEADS: weakref.WeakValueDictionary[int, torch.nn.Module] = weakref.WeakValueDictionary()
 
 
 def _active_lora(module):
@@ -99,7 +102,8 @@ def lean_checkpoints(model):
 
 # ------------------------------------------------------------------------------------------------ out_proj
 
-_OUT_PROJS: dict[int, torch.nn.Module] = {}  # id(out_proj.base_layer.weight) -> the PEFT lora.Linear
+# id(out_proj.base_layer.weight) -> the PEFT lora.Linear; weak, as _LM_HEADS
+_OUT_PROJS: weakref.WeakValueDictionary[int, torch.nn.Module] = weakref.WeakValueDictionary()
 
 
 def _fused_without_out_proj(inner):

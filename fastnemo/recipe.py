@@ -76,18 +76,31 @@ class Context:
         if self.session is None:
             return
         import gc
+        import sys
 
         import torch
+
+        from fastnemo.session import free_weights
 
         engines = [getattr(self.session.started_engine, "llm", None), getattr(self.session.model, "vllm_engine", None)]
         for llm in {id(e): e for e in engines if e is not None}.values():  # a resident vLLM (Unsloth's included)
             from fastnemo.engines.vllm import shutdown
 
             shutdown(llm)
-        self.session = None
+        model, self.session = self.session.model, None
+        free_weights(model)
+        del model
+        if "bitsandbytes" in sys.modules:  # its 8-bit AdamW's registry holds the model's embeddings
+            from fastnemo.patches.bitsandbytes import forget_module_overrides
+
+            forget_module_overrides()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+            left = torch.cuda.memory_reserved() / 2**30
+            if left > 1:  # the next process (vLLM) asks for a share of the whole card
+                console.print(f"[yellow]released the training model, but this process still holds {left:.1f} GiB "
+                              "of GPU memory")
 
     def get_session(self):
         """The run's one model session, loaded on first use with the newest finished adapter."""

@@ -169,6 +169,15 @@ class ModelSession:
         return Path(out_dir)
 
 
+def free_weights(model) -> None:
+    """Empty every parameter and buffer of ``model`` in place, so that whatever still holds one of its modules
+    (a library's registry: fastnemo.patches.bitsandbytes) holds no GPU memory. transformers' loader puts all
+    the weights in one cudaMalloc segment, which the caching allocator returns only when every byte of it is
+    free: one forgotten module would keep the whole model's memory from the next process (vLLM)."""
+    for t in (*model.parameters(), *model.buffers()):
+        t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+
+
 def set_base_model_name(adapter_dir: Path, name: str) -> None:
     import json
 

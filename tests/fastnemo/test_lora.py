@@ -164,6 +164,20 @@ def test_full_target_set_trains_every_target(tiny_model_dir, tmp_path):
     assert not still, f"LoRA tensors that never moved: {still}"
 
 
+def test_the_routes_do_not_keep_a_dropped_model_alive(tiny_model_dir):
+    """The lm_head and out_proj routes find their module by weight; a dropped model must leave them (a held
+    module would keep the whole model's GPU segment: fastnemo.patches.bitsandbytes)."""
+    import gc
+    import weakref
+
+    s = session(tiny_model_dir, ["lm_head", "out_proj", "q_proj"])
+    assert len(lora._LM_HEADS) >= 1 and len(lora._OUT_PROJS) >= 1
+    head = weakref.ref(s.model.get_output_embeddings())
+    del s
+    gc.collect()
+    assert head() is None and len(lora._LM_HEADS) == 0 and len(lora._OUT_PROJS) == 0
+
+
 def test_out_proj_lora_gets_gradient_and_zero_lora_matches_base(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 

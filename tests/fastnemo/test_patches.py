@@ -14,6 +14,10 @@ from fastnemo.patches import require, wrap_once
 
 # sha256 (first 16 hex digits) of inspect.getsource of each RELIES_ON entry, at the version each module names
 PINNED = {
+    "fastnemo.patches.bitsandbytes": {
+        "bitsandbytes.optim.optimizer.GlobalOptimManager.initialize": "a4883cab637d39e7",
+        "bitsandbytes.optim.optimizer.GlobalOptimManager.register_module_override": "89c83dd880ef916e",
+    },
     "fastnemo.patches.peft": {
         "peft.tuners.tuners_utils._check_lora_target_modules_mamba": "7e9cd0529e8d9567",
         "peft.tuners.lora.layer.ParamWrapper.forward": "704fb56e52604110",
@@ -73,8 +77,11 @@ def test_the_package_pin_admits_the_version_a_patch_was_written_against(module):
     patches = importlib.import_module(module)
     library = module.rsplit(".", 1)[1]
     project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"]
-    (req,) = [r for r in map(Requirement, project["dependencies"]) if r.name == library]
-    assert req.specifier.contains(patches.WRITTEN_AGAINST), f"pyproject.toml's {req} and {module} disagree"
+    pins = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    reqs = [r for r in map(Requirement, pins) if r.name == library]
+    assert reqs, f"pyproject.toml does not name {library}"
+    for req in reqs:
+        assert req.specifier.contains(patches.WRITTEN_AGAINST), f"pyproject.toml's {req} and {module} disagree"
 
 
 def test_the_version_guard_accepts_a_series_and_refuses_another_version():
