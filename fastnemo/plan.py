@@ -447,13 +447,12 @@ RATES = {
                       "2026-12-01")),
     "build_rows_s": (250, "data build rows/s on 2 CPU cores (bench: puzzles/mix.py)"),
     # The harness (fastnemo.harness: the scorer's vLLM in a child process), H100 80GB HBM3, full 52 layers,
-    # the winners' full LoRA, completion lengths of a built mix (mean ~950). The rates are the 600-puzzle
-    # probe's: the lane's own runs (h100-validation-harness-seqs64/256, 2026-12-07) had device time for 180
-    # puzzles, where the tail with fewer than max_num_seqs running weighs ~3x more, and read 1,964 / 2,491
-    # tok/s: lower bounds for a 600- or 9,500-puzzle job, with the same engine start (144 s, dummy weights)
-    # and the same KV pool (310,886 tokens at 0.92) as the probe.
-    "harness_tok_s": (2_862, ("harness tokens/s at max_num_seqs 64, gpu_memory_utilization 0.92: record "
-                             "seed-h100-harness-seqs64, 2026-12-06")),
+    # the winners' full LoRA, completion lengths of a built mix (mean ~950), 600 puzzles. At 64 the lane's own
+    # run (2026-12-07: engine start 129 s, dummy weights; KV pool 268,288 tokens at 0.92); at 256 the issue's
+    # H100 probe (the lane's 256 run had device time for 180 puzzles only, where the tail with fewer than
+    # max_num_seqs running weighs ~3x more: 2,491 tok/s there, a lower bound).
+    "harness_tok_s": (2_936, ("harness tokens/s at max_num_seqs 64, gpu_memory_utilization 0.92, 600 puzzles: "
+                             "record h100-validation-harness-seqs64, 2026-12-07")),
     "harness_tok_s_seqs256": (4_697, ("the same at max_num_seqs 256: record seed-h100-harness-seqs256, "
                                      "2026-12-06")),
     "harness_start_s": (225, ("the harness's engine start in the winners' recipe at full size (59 GiB read from a "
