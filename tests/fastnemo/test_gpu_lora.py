@@ -177,3 +177,33 @@ def test_unsloth_trains_out_proj_and_leaves_lm_head_out(slice_dir, tmp_path):
     assert not still, f"out_proj LoRA tensors that never moved under Unsloth: {still[:4]}"
     report = verify(pack(s.save_adapter(tmp_path / "adapter"), tmp_path / "submission.zip"), slice_dir, None)
     assert "out_proj" in report["target_modules"] and "lm_head" not in report["target_modules"]
+
+
+def test_release_hands_the_whole_model_back(slice_dir, tmp_path):
+    """After SFT with the winners' levers (full set, 8-bit AdamW, bf16 LoRA), the release leaves this process
+    almost no GPU memory: the harness child's vLLM then asks for a share of the whole card. The lane,
+    2026-12-07: the Trainer had registered the embedding with bitsandbytes' global manager, which kept the
+    model's whole warm-up segment (62 of 79 GiB) after the model itself was gone."""
+    from fastnemo import sft
+    from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SFTConfig, build_recipe
+    from fastnemo.recipe import Context
+    from fastnemo.run import RunDir
+    from fastnemo.session import ModelSession
+    from fastnemo.targets import FULL_TARGETS
+
+    s = ModelSession.load(slice_dir, ModelConfig(path=str(slice_dir), dtype="bfloat16", max_seq_length=1024),
+                          LoraConfig(rank=32, alpha=32, target_modules=list(FULL_TARGETS), train_experts=True,
+                                     optimizer_8bit=True, bf16_weights=True),
+                          GenerationConfig(engine="hf"))
+    rows = [{"prompt": f"In Alice's Wonderland, {i} -> {2 * i}. Now {i + 1}?",
+             "completion": f"Each number is doubled.</think>\n\\boxed{{{2 * i + 2}}}"} for i in range(4)]
+    sft.train(s, rows, SFTConfig(learning_rate=1e-3, max_steps=1, batch_size=4, grad_accum=1, max_length=256,
+                                 warmup=0.0, save_steps=100, logging_steps=1), tmp_path / "ckpt")
+    held = torch.cuda.memory_reserved() / 2**30
+    ctx = Context(recipe=build_recipe({}), run=RunDir(tmp_path / "run"))
+    ctx.session = s
+    del s
+    ctx.release_session()
+    left = torch.cuda.memory_reserved() / 2**30
+    print(f"GPU memory reserved by this process: {held:.2f} GiB after SFT, {left:.2f} GiB after the release")
+    assert left < min(0.5, held / 10), f"{left:.2f} of {held:.2f} GiB still held after the release"
