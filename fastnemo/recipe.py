@@ -90,10 +90,13 @@ class Context:
         model, self.session = self.session.model, None
         free_weights(model)
         del model
-        if "bitsandbytes" in sys.modules:  # its 8-bit AdamW's registry holds the model's embeddings
-            from fastnemo.patches.bitsandbytes import forget_module_overrides
-
-            forget_module_overrides()
+        if self.recipe.lora.optimizer_8bit and "bitsandbytes" in sys.modules:  # its registry holds the embeddings
+            try:
+                from fastnemo.patches.bitsandbytes import forget_module_overrides
+            except ImportError as e:  # another bitsandbytes: its registry keeps the (now empty) modules
+                console.print(f"[yellow]{e}")
+            else:
+                forget_module_overrides()
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

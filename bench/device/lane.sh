@@ -79,6 +79,7 @@ step() {
       --results "$L/records.jsonl" ;;
     recipe-full) run_step recipe-full 1100 python3 bench/device/recipe_fullsize.py --run-dir "$L/winners/run" \
       --results "$L/records.jsonl" ${RECIPE_OVERRIDES:-} ;;
+    release-test) run_step release-test 300 python3 -m pytest -m gpu tests/fastnemo/test_gpu_lora.py -q -s -k release ;;
     score) run_step score 400 python3 bench/device/score_slice.py --results "$L/records.jsonl" ;;
     *) echo "unknown step $1" >>"$L/STATUS" ;;
   esac

@@ -90,11 +90,6 @@ def total_gib() -> float:
     return torch.cuda.get_device_properties(0).total_memory / GIB
 
 
-def share_of_card(share_80gb: float) -> float:
-    """``share_80gb`` of an 80 GB card as a share of this GPU (the same GiB on a bigger card)."""
-    return round(share_80gb * min(1.0, CAP_GIB / total_gib()), 4)
-
-
 def full_adapter(model_path: Path, out: Path, rank: int = 32) -> Path:
     """A random LoRA of every module vLLM adapts in the model (``fastnemo.pack.expected_shapes``: the
     winners' full set, per-expert keys), written as ``fastnemo pack`` writes an adapter."""
@@ -164,7 +159,9 @@ def run_harness(args) -> None:
         full_adapter(path, adapter)
     log = VLLMLog()
     logging.getLogger("vllm").addHandler(log)
-    util = share_of_card(args.util)
+    from fastnemo.harness import memory_share
+
+    util, _ = memory_share(args.util, total_gib())  # the eval stage's share (FASTNEMO_GPU_CAP_GIB: the lane's cap)
     from vllm import LLM, SamplingParams
     from vllm.lora.request import LoRARequest
 

@@ -200,7 +200,7 @@ def test_release_hands_the_whole_model_back(slice_dir, tmp_path):
     sft.train(s, rows, SFTConfig(learning_rate=1e-3, max_steps=1, batch_size=4, grad_accum=1, max_length=256,
                                  warmup=0.0, save_steps=100, logging_steps=1), tmp_path / "ckpt")
     held = torch.cuda.memory_reserved() / 2**30
-    ctx = Context(recipe=build_recipe({}), run=RunDir(tmp_path / "run"))
+    ctx = Context(recipe=build_recipe({"lora": {"optimizer_8bit": True}}), run=RunDir(tmp_path / "run"))
     ctx.session = s
     del s
     ctx.release_session()

@@ -127,7 +127,7 @@ def test_release_empties_the_weights_that_a_library_still_holds(tmp_path, tiny_r
     that registry nor any other holder of a module keeps the weights (the lane, 2026-12-07: one held embedding
     kept the model's whole 60 GiB segment, and vLLM found 17 GiB free)."""
     bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is in the dev extra")
-    recipe = load_recipe(tiny_recipe(tmp_path, ["data", "sft"], sft={"max_steps": 1}))
+    recipe = load_recipe(tiny_recipe(tmp_path, ["data", "sft"], lora={"optimizer_8bit": True}))
     ctx = Context(recipe=recipe, run=RunDir(tmp_path / "run"))
     ctx.get_session()
     embedding = ctx.session.model.get_input_embeddings()
