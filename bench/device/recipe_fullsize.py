@@ -105,7 +105,7 @@ def main() -> int:
                  *OVERRIDES, *args.overrides]
     cmd = [sys.executable, "-m", "fastnemo", "recipe", args.recipe, *overrides]
     print("$", " ".join(cmd), flush=True)
-    rc, t0, _t1 = timed_run(cmd, run_dir.parent / "recipe.log", sampler)
+    rc, t0, t1 = timed_run(cmd, run_dir.parent / "recipe.log", sampler)
     print((run_dir.parent / "recipe.log").read_text()[-6000:], flush=True)
     manifest = json.loads((run_dir / "manifest.json").read_text()) if (run_dir / "manifest.json").exists() else {}
     cap = os.environ.get("FASTNEMO_GPU_CAP_GIB")
@@ -119,11 +119,22 @@ def main() -> int:
         end = datetime.datetime.strptime(entry["finished_at"], "%Y-%m-%dT%H:%M:%S").timestamp()
         summary = {k: v for k, v in (entry.get("summary") or {}).items()
                    if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
+        harness_log = run_dir / key / "harness.log"  # an eval stage through the harness: what its vLLM saw
+        seen = vllm_memory(harness_log.read_text()) if harness_log.exists() else {}
         rec = results.record("recipe-fullsize", variant=key, peak_gib=sampler.peak_gib(start, end),
-                             seconds=end - start, id=f"{gpu_tag()}-recipe-fullsize-{key}", summary=summary, **base)
+                             seconds=end - start, id=f"{gpu_tag()}-recipe-fullsize-{key}", summary=summary,
+                             **seen, **base)
         results.append(args.results, rec)
         print(json.dumps(rec), flush=True)
         start = end
+    done = manifest.get("stages") or {}
+    for log in [p for p in run_dir.glob("*/harness.log") if rc != 0 and p.parent.name not in done]:
+        key = log.parent.name  # the stage that failed in the harness: what its vLLM saw of the card
+        rec = results.record("recipe-fullsize", variant=key, peak_gib=sampler.peak_gib(start, t1), seconds=t1 - start,
+                             id=f"{gpu_tag()}-recipe-fullsize-{key}-failed", **vllm_memory(log.read_text()), **base,
+                             note="this stage failed (recipe.log says why)")
+        results.append(args.results, rec)
+        print(json.dumps(rec), flush=True)
     if rc != 0:
         print(f"fastnemo recipe exited {rc}", flush=True)
         return rc
@@ -142,11 +153,7 @@ def main() -> int:
     rc, s0, s1 = timed_run(cmd, run_dir.parent / "score.log", sampler)
     log = (run_dir.parent / "score.log").read_text()
     print(log[-4000:], flush=True)
-    # the scorer's own memory share (0.85) on this card: what vLLM reports it leaves for the KV cache
-    found = {name: float(m.group(1).replace(",", "")) for name, pat in (
-        ("kv_cache_tokens", r"KV cache size: ([\d,]+) tokens"),
-        ("max_concurrency", r"Maximum concurrency for [\d,]+ tokens per request: ([\d.]+)x"),
-        ("kv_cache_gib", r"Available KV cache memory: (-?[\d.]+) GiB")) if (m := re.search(pat, log))}
+    found = vllm_memory(log)  # the scorer's own memory share (0.85) on this card: what is left for the KV cache
     rec = results.record("recipe-fullsize", variant="score", peak_gib=sampler.peak_gib(s0, s1), seconds=s1 - s0,
                          id=f"{gpu_tag()}-recipe-fullsize-score", puzzles=args.score_limit, max_tokens=args.score_tokens,
                          gpu_memory_utilization=share, **found, **{**base, "exit_code": rc, "engine": "vllm"},
@@ -155,6 +162,16 @@ def main() -> int:
     print(json.dumps(rec), flush=True)
     sampler.stop.set()
     return rc
+
+
+def vllm_memory(log: str) -> dict:
+    """What vLLM's start logged of the card: free memory when it started (after the trainer's release, in an
+    eval stage), the KV cache it got, in GiB and tokens, and the concurrency that gives at the longest request."""
+    pats = (("free_at_start_gib", r"Free memory on device (?:\S+ )?\(([\d.]+)/[\d.]+ GiB\) on startup"),
+            ("kv_cache_gib", r"Available KV cache memory: (-?[\d.]+) GiB"),
+            ("kv_cache_tokens", r"KV cache size: ([\d,]+) tokens"),
+            ("max_concurrency", r"Maximum concurrency for [\d,]+ tokens per request: ([\d.]+)x"))
+    return {name: float(m.group(1).replace(",", "")) for name, pat in pats if (m := re.search(pat, log))}
 
 
 def gpu_name() -> str:

@@ -31,3 +31,18 @@ def test_memory_sampler_peak_is_the_stage_window():
     assert s.peak_gib(10.0, 15.0) == 8.0
     assert s.peak_gib(19.5, 30.0) == 4.0
     assert s.peak_gib(40.0, 50.0) is None
+
+
+def test_vllm_memory_reads_a_start_and_a_refusal():
+    """The lines vLLM 0.26 logged on the lane (2026-12-07): a start at 0.92, and the harness child's refusal
+    when the released trainer still held its memory."""
+    started = ("INFO [gpu_worker.py:560] Available KV cache memory: 8.16 GiB\n"
+               "INFO [kv_cache_utils.py:2177] GPU KV cache size: 268,288 tokens\n"
+               "INFO [kv_cache_utils.py:2178] Maximum concurrency for 8,192 tokens per request: 32.75x\n"
+               "INFO [gpu_worker.py:857] Free memory on device (78.66/79.18 GiB) on startup. Desired GPU memory "
+               "utilization is (0.92, 72.84 GiB).\n")
+    assert recipe_fullsize.vllm_memory(started) == {"free_at_start_gib": 78.66, "kv_cache_gib": 8.16,
+                                                    "kv_cache_tokens": 268288.0, "max_concurrency": 32.75}
+    refused = ("ValueError: Free memory on device cuda:0 (17.34/79.18 GiB) on startup is less than desired GPU "
+               "memory utilization (0.92, 72.84 GiB).")
+    assert recipe_fullsize.vllm_memory(refused) == {"free_at_start_gib": 17.34}
