@@ -175,7 +175,10 @@ def free_weights(model) -> None:
     the weights in one cudaMalloc segment, which the caching allocator returns only when every byte of it is
     free: one forgotten module would keep the whole model's memory from the next process (vLLM)."""
     for t in (*model.parameters(), *model.buffers()):
-        t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+        try:
+            t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+        except (RuntimeError, TypeError):  # a tensor subclass that refuses (a quantized weight): left to gc
+            pass
 
 
 def set_base_model_name(adapter_dir: Path, name: str) -> None:
