@@ -127,15 +127,16 @@ def main() -> int:
         results.append(args.results, rec)
         print(json.dumps(rec), flush=True)
         start = end
-    done = manifest.get("stages") or {}
-    for log in [p for p in run_dir.glob("*/harness.log") if rc != 0 and p.parent.name not in done]:
-        key = log.parent.name  # the stage that failed in the harness: what its vLLM saw of the card
-        rec = results.record("recipe-fullsize", variant=key, peak_gib=sampler.peak_gib(start, t1), seconds=t1 - start,
-                             id=f"{gpu_tag()}-recipe-fullsize-{key}-failed", **vllm_memory(log.read_text()), **base,
-                             note="this stage failed (recipe.log says why)")
-        results.append(args.results, rec)
-        print(json.dumps(rec), flush=True)
     if rc != 0:
+        for log in run_dir.glob("*/harness.log"):
+            key = log.parent.name  # a stage that failed in the harness: what its vLLM saw of the card
+            if key in (manifest.get("stages") or {}):
+                continue
+            rec = results.record("recipe-fullsize", variant=key, peak_gib=sampler.peak_gib(start, t1),
+                                 seconds=t1 - start, id=f"{gpu_tag()}-recipe-fullsize-{key}-failed",
+                                 **vllm_memory(log.read_text()), **base, note="this stage failed (recipe.log says why)")
+            results.append(args.results, rec)
+            print(json.dumps(rec), flush=True)
         print(f"fastnemo recipe exited {rc}", flush=True)
         return rc
     zip_path = run_dir / "pack" / "submission.zip"
