@@ -22,12 +22,13 @@ pytestmark = [
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-def _session(path, targets, experts):
+def _session(path, targets, experts, **lora):
     from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig
     from fastnemo.session import ModelSession
 
     return ModelSession.load(path, ModelConfig(path=str(path), dtype="bfloat16", max_seq_length=1024),
-                             LoraConfig(rank=32, alpha=32, target_modules=list(targets), train_experts=experts),
+                             LoraConfig(rank=32, alpha=32, target_modules=list(targets), train_experts=experts,
+                                        **lora),
                              GenerationConfig(engine="hf"))
 
 
@@ -185,16 +186,12 @@ def test_release_hands_the_whole_model_back(slice_dir, tmp_path):
     2026-12-07: the Trainer had registered the embedding with bitsandbytes' global manager, which kept the
     model's whole warm-up segment (62 of 79 GiB) after the model itself was gone."""
     from fastnemo import sft
-    from fastnemo.config import GenerationConfig, LoraConfig, ModelConfig, SFTConfig, build_recipe
+    from fastnemo.config import SFTConfig, build_recipe
     from fastnemo.recipe import Context
     from fastnemo.run import RunDir
-    from fastnemo.session import ModelSession
     from fastnemo.targets import FULL_TARGETS
 
-    s = ModelSession.load(slice_dir, ModelConfig(path=str(slice_dir), dtype="bfloat16", max_seq_length=1024),
-                          LoraConfig(rank=32, alpha=32, target_modules=list(FULL_TARGETS), train_experts=True,
-                                     optimizer_8bit=True, bf16_weights=True),
-                          GenerationConfig(engine="hf"))
+    s = _session(slice_dir, FULL_TARGETS, experts=True, optimizer_8bit=True, bf16_weights=True)
     rows = [{"prompt": f"In Alice's Wonderland, {i} -> {2 * i}. Now {i + 1}?",
              "completion": f"Each number is doubled.</think>\n\\boxed{{{2 * i + 2}}}"} for i in range(4)]
     sft.train(s, rows, SFTConfig(learning_rate=1e-3, max_steps=1, batch_size=4, grad_accum=1, max_length=256,
