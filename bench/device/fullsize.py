@@ -190,18 +190,45 @@ def run_vllm(args) -> None:
 def saved_model(layers: int, weights_dir: Path) -> tuple[Path, float]:
     """The first ``layers`` layers with random weights on disk (config, tiny tokenizer, safetensors: what a
     loader that reads weights from disk needs), built on the GPU once; (its folder, seconds to save)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     path = model_dir(layers, weights_dir)
     t = time.perf_counter()
-    if not any(path.glob("*.safetensors")):
-        torch.manual_seed(0)
-        with torch.device("cuda"):
-            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.bfloat16)
-        model.save_pretrained(path, max_shard_size="5GB")
-        del model
-        _sync_reset()
+    save_once(path, lambda out: _save_random_weights(path, out))
     return path, time.perf_counter() - t
+
+
+SAVED = ".weights-saved"  # written last: a folder without it holds at most a save that was cut short
+
+
+def save_once(path: Path, save) -> None:
+    """``save(out)`` writes the weights into an empty folder, moved into ``path`` when it returns. One saver at
+    a time: a second process (the recipe, started while the lane's ``save-weights`` step still saves during
+    the staging calls) waits on the lock and then finds the weights there instead of loading half of them."""
+    import fcntl
+    import shutil
+
+    with open(path / ".save.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (path / SAVED).exists():
+            return
+        out = path / ".partial"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        save(out)
+        for f in out.iterdir():
+            os.replace(f, path / f.name)
+        out.rmdir()
+        (path / SAVED).touch()
+
+
+def _save_random_weights(path: Path, out: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.bfloat16)
+    model.save_pretrained(out, max_shard_size="5GB")
+    del model
+    _sync_reset()
 
 
 def run_unsloth(args) -> None:

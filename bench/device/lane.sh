@@ -77,6 +77,10 @@ step() {
       --work "$L/vwork" --limit "${VAL_LIMIT:-0}" --outputs "$L/o256.json" --compare "$L/o64.json" --results "$L/records.jsonl" ;;
     val-hf) run_step val-hf 420 python3 bench/device/validation.py hf --batch 16 --work "$L/vwork" \
       --results "$L/records.jsonl" ;;
+    # the random full weights into /dev/shm, started in the first staging call beside the staging (a second lane:
+    # LANE_DIR=/tmp/lane0 bash bench/device/lane.sh start save-weights): recipe-full waits for it on a lock
+    save-weights) run_step save-weights 300 python3 -c "from pathlib import Path; from bench.device.fullsize import \
+saved_model; print(*saved_model(52, Path('/dev/shm/fullsize')))" ;;
     recipe-full) run_step recipe-full 1100 python3 bench/device/recipe_fullsize.py --run-dir "$L/winners/run" \
       --results "$L/records.jsonl" ${RECIPE_OVERRIDES:-} ;;
     release-test) run_step release-test 300 python3 -m pytest -m gpu tests/fastnemo/test_gpu_lora.py -q -s -k release ;;

@@ -46,3 +46,30 @@ def test_vllm_memory_reads_a_start_and_a_refusal():
     refused = ("ValueError: Free memory on device cuda:0 (17.34/79.18 GiB) on startup is less than desired GPU "
                "memory utilization (0.92, 72.84 GiB).")
     assert recipe_fullsize.vllm_memory(refused) == {"free_at_start_gib": 17.34}
+
+
+def test_weights_are_saved_once_and_a_second_caller_waits_for_them(tmp_path):
+    """The lane saves the full-size weights in the background while it stages wheels; the recipe started
+    meanwhile must wait for that save, not start a second one or load half-written shards."""
+    import threading
+    import time
+
+    from bench.device.fullsize import SAVED, save_once
+
+    calls = []
+
+    def slow_save(out):
+        calls.append(out)
+        (out / "model-00001.safetensors").write_text("shard")
+        time.sleep(0.5)
+        (out / "model.safetensors.index.json").write_text("{}")
+
+    first = threading.Thread(target=save_once, args=(tmp_path, slow_save))
+    first.start()
+    time.sleep(0.1)  # the first caller holds the lock and is mid-save
+    save_once(tmp_path, slow_save)
+    assert (tmp_path / "model.safetensors.index.json").exists() and (tmp_path / SAVED).exists()
+    first.join()
+    assert len(calls) == 1 and not (tmp_path / ".partial").exists()
+    save_once(tmp_path, slow_save)  # later runs find the weights saved
+    assert len(calls) == 1
