@@ -21,6 +21,10 @@ deviations from ``LLM_ARGS``, printed by the parent) and ``groups``, each ``{"ki
   ``fastnemo.seeds.call_seed(seed, position)`` (per request: a resume samples as an uninterrupted run); each
   appends ``fastnemo.distill.cache_record`` to ``out`` (generations.jsonl).
 
+The child starts its engine first and then waits for one line on its stdin (``READY``): the parent packs the
+adapter meanwhile (the full set's zip takes about a minute, the engine's start two), so neither waits for the
+other. A child run by hand: ``echo adapter-ready | python -m fastnemo.harness SPEC``.
+
 Every line is appended and fsynced the moment its request finishes (``files.append_jsonl``); ids already in
 ``out`` are not generated again, so a killed child loses at most the requests in flight. The child's output
 goes to ``harness.log`` in the stage directory; when it fails, the parent raises ``HarnessError`` with the
@@ -36,6 +40,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from fastnemo.card import CAP_ENV, cap_gib
@@ -49,6 +54,7 @@ GIB = 2**30
 SCORER_POOL_GIB = 0.85 * 96e9 / GIB
 MIN_SHARE, MAX_SHARE = 0.85, 0.92
 ERROR_MARK = "fastnemo-harness-error:"
+READY = b"adapter-ready"  # the parent's line on the child's stdin once the served adapter is on disk
 
 
 class HarnessError(RuntimeError):
@@ -143,31 +149,37 @@ def eval_sampling(sampling) -> tuple[dict, list[str]]:
     return ours, [f"eval.sampling.{k} {v} (the scorer's {SAMPLING[k]})" for k, v in ours.items() if v != SAMPLING[k]]
 
 
-def served_adapter(adapter: Path | None, model_path: Path, into: Path) -> Path | None:
-    """What the child serves: for nemotron_h the packed submission zip (``fastnemo pack``: the layout the
-    competition loads); for other models (the vLLM lane's tiny Llama) the PEFT folder, which vLLM reads as is
-    (pack's key layout is nemotron_h's)."""
+def served_adapter(adapter: Path | None, model_path: Path, into: Path) -> tuple[Path | None, Callable[[], object]]:
+    """What the child serves, and the work that makes it (run while the child's engine starts): for nemotron_h
+    the packed submission zip (``fastnemo pack``: the layout the competition loads; zipping the full set's
+    1.8 GB takes about a minute); for other models (the vLLM lane's tiny Llama) the PEFT folder, which vLLM
+    reads as is (pack's key layout is nemotron_h's)."""
     if adapter is None:
-        return None
+        return None, lambda: None
     model_type = json.loads((Path(model_path) / "config.json").read_text()).get("model_type")
     if model_type != "nemotron_h":
-        return Path(adapter)
+        return Path(adapter), lambda: None
     from fastnemo.pack import pack
 
-    return pack(adapter, Path(into) / "harness-submission.zip", overwrite=True, stamp=True)  # pack may reuse it
+    zip_path = Path(into) / "harness-submission.zip"
+    return zip_path, lambda: pack(adapter, zip_path, overwrite=True, stamp=True)  # pack may reuse it
 
 
 # ------------------------------------------------------------------------------------------ the parent
 
 
-def run(stage_dir: Path, model: Path, adapter: Path | None, over: dict, groups: list[dict], label: str) -> float:
+def run(stage_dir: Path, model: Path, adapter: tuple[Path | None, Callable[[], object]], over: dict,
+        groups: list[dict], label: str) -> float:
     """Run the child on ``groups`` (see the module docstring) and wait, showing progress with rate and ETA;
-    returns its wall seconds. Raises HarnessError with vLLM's reason in one line when it fails."""
+    returns its wall seconds. ``adapter``: :func:`served_adapter`'s (path, work); the work runs here while the
+    child starts its engine, and the child reads the adapter only once told it is ready. Raises HarnessError
+    with vLLM's reason in one line when the child fails."""
     from fastnemo.progress import task
     from puzzles.files import read_jsonl, write_json
 
     stage_dir = Path(stage_dir)
     spec = stage_dir / "harness.json"
+    adapter, prepare = adapter
     write_json(spec, {"model": str(model), "adapter": str(adapter) if adapter else None, "llm_args": over,
                       "groups": groups})
     log = stage_dir / "harness.log"
@@ -178,11 +190,15 @@ def run(stage_dir: Path, model: Path, adapter: Path | None, over: dict, groups: 
         f.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} fastnemo harness child: {spec}\n")
         f.flush()
         advance(sum(counted.values()))
-        proc = subprocess.Popen([sys.executable, "-m", "fastnemo.harness", str(spec)], stdout=f,
-                                stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        proc = subprocess.Popen([sys.executable, "-m", "fastnemo.harness", str(spec)], stdin=subprocess.PIPE,
+                                stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         # from the end of the last whole line: the child first cuts a torn last line off
         offsets = {path: Path(path).read_bytes().rfind(b"\n") + 1 for path in counted if Path(path).exists()}
         try:
+            prepare()  # the adapter is packed while vLLM loads the weights and compiles: both take minutes
+            f.write(f"harness: adapter ready after {time.time() - t0:.0f} s (prepared while the engine starts)\n")
+            f.flush()
+            _tell_ready(proc)
             while proc.poll() is None:
                 time.sleep(1.0)
                 advance(_grown(counted, offsets))
@@ -197,6 +213,16 @@ def run(stage_dir: Path, model: Path, adapter: Path | None, over: dict, groups: 
                            f"[full log: {log}; the adapter and {done} finished results stay on disk: rerun to "
                            "resume]")
     return time.time() - t0
+
+
+def _tell_ready(proc: subprocess.Popen) -> None:
+    """One line on the child's stdin: the adapter is on disk. A child that has ended already (nothing left to
+    generate, or its engine failed: its exit code says which) closed the pipe."""
+    try:
+        proc.stdin.write(READY + b"\n")
+        proc.stdin.close()
+    except (BrokenPipeError, OSError):
+        pass
 
 
 def _grown(counted: dict, offsets: dict) -> int:
@@ -351,9 +377,11 @@ def child_main(spec_path: str) -> int:
         return 0
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="fastnemo-harness-") as tmp:
-        lora = score.adapter_dir(spec["adapter"], Path(tmp)) if spec["adapter"] else None
         llm = score.start_engine(spec["model"], spec["llm_args"])
         print(f"harness: engine started in {time.time() - t0:.0f} s", flush=True)
+        if sys.stdin.readline().strip().encode() != READY:  # the parent packs the adapter meanwhile
+            raise RuntimeError("the parent ended before the adapter was ready (nothing generated)")
+        lora = score.adapter_dir(spec["adapter"], Path(tmp)) if spec["adapter"] else None
         tok = llm.get_tokenizer()
         requests = [((g, r), _prompt(g["kind"], r, tok), _sampling(g, r)) for g, r in todo]
         t1, tokens = time.time(), 0

@@ -459,7 +459,8 @@ RATES = {
                              "RAM disk, torch.compile, CUDA graphs, the full set's LoRA slots; the H100 probe saw "
                              "150 s with dummy weights): record h200-recipe-fullsize-r1-eval-sft, 2026-12-06")),
     "harness_pack_s": (171, ("the trainer freed and the full set's adapter zipped for vLLM before the harness "
-                            "starts (deflate level 6 then; level 1 now: less): record "
+                            "started (deflate level 6 then; now level 1, and zipped while the engine starts: "
+                            "an upper bound until a lane record has both): record "
                             "h200-recipe-fullsize-r1-eval-sft, 2026-12-06")),
     "hf_batch16_step_s": (0.106, ("seconds a decode step of transformers generate through the hf engine at "
                                  "batch 16 (16 sequence slots, padding included), 256 steps measured on the "

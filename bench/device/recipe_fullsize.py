@@ -167,11 +167,14 @@ def main() -> int:
 
 def vllm_memory(log: str) -> dict:
     """What vLLM's start logged of the card: free memory when it started (after the trainer's release, in an
-    eval stage), the KV cache it got, in GiB and tokens, and the concurrency that gives at the longest request."""
+    eval stage), the KV cache it got, in GiB and tokens, and the concurrency that gives at the longest request;
+    in a harness log also the engine's start and when the adapter (zipped meanwhile) was ready, in seconds."""
     pats = (("free_at_start_gib", r"Free memory on device (?:\S+ )?\(([\d.]+)/[\d.]+ GiB\) on startup"),
             ("kv_cache_gib", r"Available KV cache memory: (-?[\d.]+) GiB"),
             ("kv_cache_tokens", r"KV cache size: ([\d,]+) tokens"),
-            ("max_concurrency", r"Maximum concurrency for [\d,]+ tokens per request: ([\d.]+)x"))
+            ("max_concurrency", r"Maximum concurrency for [\d,]+ tokens per request: ([\d.]+)x"),
+            ("engine_start_s", r"harness: engine started in (\d+) s"),
+            ("adapter_ready_s", r"harness: adapter ready after (\d+) s"))
     return {name: float(m.group(1).replace(",", "")) for name, pat in pats if (m := re.search(pat, log))}
 
 

@@ -43,6 +43,10 @@ def test_vllm_memory_reads_a_start_and_a_refusal():
                "utilization is (0.92, 72.84 GiB).\n")
     assert recipe_fullsize.vllm_memory(started) == {"free_at_start_gib": 78.66, "kv_cache_gib": 8.16,
                                                     "kv_cache_tokens": 268288.0, "max_concurrency": 32.75}
+    harness = "harness: engine started in 131 s\nharness: adapter ready after 70 s (prepared while the engine starts)\n"
+    assert recipe_fullsize.vllm_memory(started + harness) == {
+        "free_at_start_gib": 78.66, "kv_cache_gib": 8.16, "kv_cache_tokens": 268288.0, "max_concurrency": 32.75,
+        "engine_start_s": 131.0, "adapter_ready_s": 70.0}
     refused = ("ValueError: Free memory on device cuda:0 (17.34/79.18 GiB) on startup is less than desired GPU "
                "memory utilization (0.92, 72.84 GiB).")
     assert recipe_fullsize.vllm_memory(refused) == {"free_at_start_gib": 17.34}

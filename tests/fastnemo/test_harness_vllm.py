@@ -126,6 +126,42 @@ def test_harness_eval_end_to_end_then_resume(setup):
     assert f"{N - 3} requests to generate (3 already on disk)" in (partial.parent / "harness.log").read_text()
 
 
+def test_the_adapter_is_prepared_while_the_child_starts_its_engine(setup, tmp_path):
+    """The parent packs the adapter while vLLM starts (both take minutes at full size): the child starts its
+    engine before the adapter exists and serves it once told it is ready; a failed preparation ends the child
+    and is the stage's error."""
+    import time
+
+    from fastnemo import harness
+
+    served, log = tmp_path / "served", tmp_path / "harness.log"
+    over, _ = harness.llm_args(recipe(setup, "p"))
+    groups = [{"kind": "chat", "out": str(tmp_path / "chat.jsonl"), "sampling": {"temperature": 0.0, "max_tokens": 4},
+               "requests": [{"id": "a", "messages": [{"role": "user", "content": "hello"}]}]}]
+
+    def prepare():  # until the engine has started: the child must not touch the adapter before the signal
+        for _ in range(600):
+            if "engine started" in log.read_text():
+                break
+            time.sleep(0.5)
+        shutil.copytree(setup / "adapter", served)
+
+    harness.run(tmp_path, setup / "llama", (served, prepare), over, groups, "overlap")
+    text = log.read_text()
+    assert "engine started" in text and len(read_jsonl(tmp_path / "chat.jsonl")) == 1
+
+    def broken():
+        raise RuntimeError("pack failed: the adapter is unreadable")
+
+    again = tmp_path / "again"
+    again.mkdir()
+    groups[0]["out"] = str(again / "chat.jsonl")
+    t0 = time.time()
+    with pytest.raises(RuntimeError, match="pack failed"):
+        harness.run(again, setup / "llama", (served, broken), over, groups, "overlap")
+    assert time.time() - t0 < 120 and not (again / "chat.jsonl").exists()  # the child was ended, not waited on
+
+
 def test_vllm_failure_is_one_line_and_keeps_the_partial_results(setup):
     root = setup
     partial = root / "f" / "r0-eval-start" / "results.partial.jsonl"

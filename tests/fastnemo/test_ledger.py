@@ -82,7 +82,8 @@ def test_pack_ships_the_zip_the_harness_validated_for_the_best_checkpoint(tmp_pa
 
     run = plant_run(tmp_path, tiny_session, {"r1-sft": 0.9, "r2-sft": 0.2})
     for k in ("r1", "r2"):
-        served_adapter(run.artifact(f"{k}-sft", "adapter"), tiny_model_dir, run.path / f"{k}-eval-sft")
+        _, pack_it = served_adapter(run.artifact(f"{k}-sft", "adapter"), tiny_model_dir, run.path / f"{k}-eval-sft")
+        pack_it()
     ctx = Context(recipe=Recipe(stages=["pack"], model=ModelConfig(path=str(tiny_model_dir))), run=run,
                   adapter_key="r2-sft")
     artifacts, summary = stage_pack(ctx, "pack")
