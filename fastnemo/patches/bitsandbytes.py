@@ -22,16 +22,16 @@ require("bitsandbytes", bitsandbytes.__version__, WRITTEN_AGAINST, accepts="0.50
 
 # What the patch below depends on (tests/fastnemo/test_patches.py pins their source): the manager's fields
 RELIES_ON = (
-    "bitsandbytes.optim.optimizer.GlobalOptimManager.initialize",  # the lists and dicts it clears
+    "bitsandbytes.optim.optimizer.GlobalOptimManager.initialize",  # the reset: every field back to empty
     "bitsandbytes.optim.optimizer.GlobalOptimManager.register_module_override",  # what appends the modules
 )
 
 
 def forget_module_overrides() -> int:
-    """Drop every module and parameter bitsandbytes' global manager still holds; returns how many modules."""
+    """Drop every module and parameter bitsandbytes' global manager still holds (its own ``initialize``: the
+    per-parameter configs go too, keyed by ids that a reloaded model's parameters may reuse); returns how many
+    modules it held."""
     manager = GlobalOptimManager.get_instance()
     held = len(manager.module_weight_config_triple)
-    manager.module_weight_config_triple.clear()
-    manager.pid2config.clear()  # keyed by id(param): a reloaded model's new parameters may reuse those ids
-    manager.index2config.clear()
+    manager.initialize()
     return held
