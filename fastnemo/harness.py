@@ -221,7 +221,7 @@ def _tell_ready(proc: subprocess.Popen) -> None:
     try:
         proc.stdin.write(READY + b"\n")
         proc.stdin.close()
-    except (BrokenPipeError, OSError):
+    except OSError:  # BrokenPipeError among them
         pass
 
 
