@@ -80,7 +80,7 @@ class Context:
 
         import torch
 
-        from fastnemo.session import free_weights
+        from fastnemo.session import free_cuda_cache, free_weights
 
         engines = [getattr(self.session.started_engine, "llm", None), getattr(self.session.model, "vllm_engine", None)]
         for llm in {id(e): e for e in engines if e is not None}.values():  # a resident vLLM (Unsloth's included)
@@ -99,7 +99,7 @@ class Context:
                 forget_module_overrides()
         gc.collect()
         if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+            free_cuda_cache()
             left = torch.cuda.memory_reserved() / 2**30
             if left > 1:  # the next process (vLLM) asks for a share of the whole card
                 console.print(f"[yellow]released the training model, but this process still holds {left:.1f} GiB "

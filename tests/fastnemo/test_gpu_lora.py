@@ -184,13 +184,15 @@ def test_release_hands_the_whole_model_back(slice_dir, tmp_path):
     """After SFT with the winners' levers (full set, 8-bit AdamW, bf16 LoRA), the release leaves this process
     almost no GPU memory: the harness child's vLLM then asks for a share of the whole card. The lane,
     2026-12-07: the Trainer had registered the embedding with bitsandbytes' global manager, which kept the
-    model's whole warm-up segment (62 of 79 GiB) after the model itself was gone."""
+    model's whole warm-up segment (62 of 79 GiB) after the model itself was gone; then (2026-12-07) cuBLAS's
+    two 32 MiB workspaces did the same (58.8 GiB held) until fastnemo.session.free_cuda_cache cleared them."""
     from fastnemo import sft
     from fastnemo.config import SFTConfig, build_recipe
     from fastnemo.recipe import Context
     from fastnemo.run import RunDir
     from fastnemo.targets import FULL_TARGETS
 
+    torch.cuda.memory._record_memory_history(stacks="python")  # so that a failure names who allocated the rest
     s = _session(slice_dir, FULL_TARGETS, experts=True, optimizer_8bit=True, bf16_weights=True)
     rows = [{"prompt": f"In Alice's Wonderland, {i} -> {2 * i}. Now {i + 1}?",
              "completion": f"Each number is doubled.</think>\n\\boxed{{{2 * i + 2}}}"} for i in range(4)]
@@ -203,4 +205,28 @@ def test_release_hands_the_whole_model_back(slice_dir, tmp_path):
     ctx.release_session()
     left = torch.cuda.memory_reserved() / 2**30
     print(f"GPU memory reserved by this process: {held:.2f} GiB after SFT, {left:.2f} GiB after the release")
-    assert left < min(0.5, held / 10), f"{left:.2f} of {held:.2f} GiB still held after the release"
+    assert left < min(0.5, held / 10), f"{left:.2f} of {held:.2f} GiB still held after the release\n{_holders()}"
+
+
+def _holders(limit: int = 12) -> str:
+    """What keeps this process's GPU segments: the live blocks of the largest segments with the Python frames
+    that allocated them, and the live CUDA tensors gc can see with their referrers' types."""
+    import gc
+
+    lines = [f"allocated {torch.cuda.memory_allocated() / 2**30:.2f} GiB, reserved "
+             + f"{torch.cuda.memory_reserved() / 2**30:.2f} GiB"]
+    for seg in sorted(torch.cuda.memory._snapshot()["segments"], key=lambda g: -g["total_size"])[:4]:
+        live = [b for b in seg["blocks"] if b["state"] == "active_allocated"]
+        lines.append(f"segment {seg['total_size'] / 2**20:.0f} MiB: {len(live)} live blocks, "
+                     f"{sum(b['size'] for b in live) / 2**20:.1f} MiB")
+        for b in sorted(live, key=lambda b: -b["size"])[:limit]:
+            frames = [f"{f['filename'].rsplit('/', 2)[-1]}:{f['line']} {f['name']}" for f in b.get("frames", [])
+                      if f["filename"].endswith(".py")][:5]
+            lines.append(f"  {b['size'] / 2**20:8.2f} MiB  " + " < ".join(frames or ["(no Python frame)"]))
+    tensors = [o for o in gc.get_objects() if isinstance(o, torch.Tensor) and o.is_cuda]
+    lines.append(f"{len(tensors)} live CUDA tensors")
+    for t in sorted(tensors, key=lambda t: -t.untyped_storage().nbytes())[:limit]:
+        refs = [type(r).__name__ + (f"{list(r)[:4]}" if isinstance(r, dict) else "")
+                for r in gc.get_referrers(t) if r is not tensors][:3]
+        lines.append(f"  {tuple(t.shape)} {t.dtype} {t.untyped_storage().nbytes() / 2**20:.2f} MiB, held by {refs}")
+    return "\n".join(lines)
