@@ -319,7 +319,7 @@ class EvalConfig(Section):
         ge=0.0, le=0.98)
     max_num_seqs: int = key(
         256, "The harness's concurrent sequences (the scorer runs 64). 256 validates ~1.6x faster (measured on an "
-        "H100: the whole 9,500-row train.csv in ~41 min, ~60 at 64). Greedy outputs in vLLM depend on the batch "
+        "H100: the whole 9,500-row train.csv in ~39 min, ~58 at 64). Greedy outputs in vLLM depend on the batch "
         "around them (vllm#57267), at 64 as at 256: the scorer's batches hold other puzzles than yours, so no "
         "local run repeats its outputs token for token, and the known causes (the order of floating-point sums) "
         "flip near-ties both ways. Count the flips on your own checkpoint with `fastnemo score --max-num-seqs "

@@ -165,8 +165,8 @@ def pack(adapter_dir: str | Path, out_zip: str | Path, overwrite: bool = False, 
         raise PackError(f"{adapter_dir / REQUIRED[0]}: {type(e).__name__}: {e}") from None
     buf = io.BytesIO()
     # deflate level 1: bf16 LoRA weights compress ~1.25x at level 1 and level 6 alike, at 3.8 vs 8.2 s per
-    # 100 MB (one core, measured). The full set's 1.8 GB is zipped by pack and by every harness eval: at full
-    # size the eval waited 171 s for the trainer's release and that zip (GPU lane, 2026-12-06)
+    # 100 MB (one core, measured). The full set's 1.8 GB is zipped by pack and by every harness eval: 81 s at
+    # full size on the H100 lane, hidden behind vLLM's 230 s start (2026-12-07; 171 s in the way at level 6)
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         for name, data in ((REQUIRED[0], json.dumps(config, indent=2, sort_keys=True)),
                            (REQUIRED[1], save(tensors, metadata={"format": "pt"}))):

@@ -455,13 +455,13 @@ RATES = {
                              "record h100-validation-harness-seqs64, 2026-12-07")),
     "harness_tok_s_seqs256": (4_697, ("the same at max_num_seqs 256: record seed-h100-harness-seqs256, "
                                      "2026-12-06")),
-    "harness_start_s": (225, ("the harness's engine start in the winners' recipe at full size (59 GiB read from a "
-                             "RAM disk, torch.compile, CUDA graphs, the full set's LoRA slots; the H100 probe saw "
-                             "150 s with dummy weights): record h200-recipe-fullsize-r1-eval-sft, 2026-12-06")),
-    "harness_pack_s": (171, ("the trainer freed and the full set's adapter zipped for vLLM before the harness "
-                            "started (deflate level 6 then; now level 1, and zipped while the engine starts: "
-                            "an upper bound until a lane record has both): record "
-                            "h200-recipe-fullsize-r1-eval-sft, 2026-12-06")),
+    "harness_start_s": (230, ("the harness's engine start in the winners' recipe at full size on an H100 (59 GiB "
+                             "read from a RAM disk, torch.compile, CUDA graphs, the full set's LoRA slots; 129-150 "
+                             "s with dummy weights): record h100-recipe-fullsize-r1-eval-sft, 2026-12-07")),
+    "harness_overhead_s": (47, ("the rest of a harness stage beside the engine start and the generation: the "
+                               "trainer's release (~4 s), the adapter's unzip and load into vLLM, the engine's "
+                               "shutdown, the stage's records (the adapter's zip runs while the engine starts): "
+                               "record h100-recipe-fullsize-r1-eval-sft, 2026-12-07")),
     "hf_batch16_step_s": (0.106, ("seconds a decode step of transformers generate through the hf engine at "
                                  "batch 16 (16 sequence slots, padding included), 256 steps measured on the "
                                  "lane: record h100-validation-hf-engine-batch16, 2026-12-07")),
@@ -533,13 +533,13 @@ def generation_work(recipe, stage: str) -> tuple[float, int, str]:
 
 
 def generation_hours(recipe, stage: str, runner: str) -> float:
-    """Hours of the eval or distill ``stage`` through ``runner``. The harness: engine start + the trainer's
-    release and reload + tokens at the harness's measured rate (eval.max_num_seqs). The engine: the hf engine
+    """Hours of the eval or distill ``stage`` through ``runner``. The harness: engine start + the stage's
+    overhead (the trainer's release, the adapter's load) + the trainer's reload + tokens at the harness's measured rate (eval.max_num_seqs). The engine: the hf engine
     steps through slots (batch x each batch's longest completion) at its measured slot rate; vLLM colocated
     at its rate."""
     tokens, prompts, _ = generation_work(recipe, stage)
     if runner == "harness":
-        return (RATES["harness_start_s"][0] + RATES["harness_pack_s"][0] + RATES["trainer_reload_s"][0]
+        return (RATES["harness_start_s"][0] + RATES["harness_overhead_s"][0] + RATES["trainer_reload_s"][0]
                 + tokens / harness_rate(max_num_seqs(recipe, stage))) / 3600
     gen = recipe.generation
     if gen.engine == "vllm":

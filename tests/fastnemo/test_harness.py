@@ -50,7 +50,7 @@ def test_on_a_gpu_auto_validates_through_the_harness_and_distills_the_faster_way
 
 def test_the_harness_plan_counts_start_reload_and_rate():
     r = build_recipe({"eval": {"data": "train.csv", "limit": 600, "max_num_seqs": 64}})
-    want = (plan.RATES["harness_start_s"][0] + plan.RATES["harness_pack_s"][0] + plan.RATES["trainer_reload_s"][0]
+    want = (plan.RATES["harness_start_s"][0] + plan.RATES["harness_overhead_s"][0] + plan.RATES["trainer_reload_s"][0]
             + 600 * plan.EVAL_TOKENS / plan.RATES["harness_tok_s"][0]) / 3600
     assert plan.generation_hours(r, "eval", "harness") == pytest.approx(want)
     fast = dataclasses.replace(r, eval=dataclasses.replace(r.eval, max_num_seqs=256))

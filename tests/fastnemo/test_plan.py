@@ -98,7 +98,7 @@ def test_time_plan_scales_with_the_work_and_the_engine():
     assert [s for s, _, _ in P.time_plan(r)] == ["distill", "data", "sft", "eval", "grpo"]
     r.distill.runner = "harness"  # engine start + the trainer's reload + tokens at max_num_seqs 256
     tokens = r.distill.prompts * r.distill.k * P.GEN_TOKENS
-    want = (P.RATES["harness_start_s"][0] + P.RATES["harness_pack_s"][0] + P.RATES["trainer_reload_s"][0]
+    want = (P.RATES["harness_start_s"][0] + P.RATES["harness_overhead_s"][0] + P.RATES["trainer_reload_s"][0]
             + tokens / P.RATES["harness_tok_s_seqs256"][0]) / 3600
     assert {s: h for s, h, _ in P.time_plan(r)}["distill"] == pytest.approx(want)
 
