@@ -55,6 +55,7 @@ SCORER_POOL_GIB = 0.85 * 96e9 / GIB
 MIN_SHARE, MAX_SHARE = 0.85, 0.92
 ERROR_MARK = "fastnemo-harness-error:"
 READY = b"adapter-ready"  # the parent's line on the child's stdin once the served adapter is on disk
+ENGINE_STARTED = b"harness: engine started"  # the child's line once vLLM is up: the parent's rate counts from it
 
 
 class HarnessError(RuntimeError):
@@ -199,9 +200,13 @@ def run(stage_dir: Path, model: Path, adapter: tuple[Path | None, Callable[[], o
             f.write(f"harness: adapter ready after {time.time() - t0:.0f} s (prepared while the engine starts)\n")
             f.flush()
             _tell_ready(proc)
+            started, seen = False, {"pos": log.stat().st_size}
             while proc.poll() is None:
                 time.sleep(1.0)
-                advance(_grown(counted, offsets))
+                if not started and _logged(log, seen, ENGINE_STARTED):
+                    started = True
+                    advance(0, restart=True)  # rate and ETA from here, not from before the engine's minutes
+                advance(_grown(counted, offsets), info="" if started else "vLLM starting")
             advance(_grown(counted, offsets))
         finally:
             if proc.poll() is None:  # the parent was interrupted: the child must not outlive it
@@ -223,6 +228,16 @@ def _tell_ready(proc: subprocess.Popen) -> None:
         proc.stdin.close()
     except OSError:  # BrokenPipeError among them
         pass
+
+
+def _logged(log: Path, seen: dict, marker: bytes) -> bool:
+    """Whether ``marker`` appeared in ``log`` past ``seen["pos"]`` (advanced; a marker torn across two reads
+    is found by the next, which starts len(marker) bytes back)."""
+    with open(log, "rb") as f:
+        f.seek(max(0, seen["pos"] - len(marker)))
+        new = f.read()
+        seen["pos"] = f.tell()
+    return marker in new
 
 
 def _grown(counted: dict, offsets: dict) -> int:
@@ -378,10 +393,12 @@ def child_main(spec_path: str) -> int:
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="fastnemo-harness-") as tmp:
         llm = score.start_engine(spec["model"], spec["llm_args"])
-        print(f"harness: engine started in {time.time() - t0:.0f} s", flush=True)
+        print(f"{ENGINE_STARTED.decode()} in {time.time() - t0:.0f} s", flush=True)
         if sys.stdin.readline().strip().encode() != READY:  # the parent packs the adapter meanwhile
             raise RuntimeError("the parent ended before the adapter was ready (nothing generated)")
+        t1 = time.time()
         lora = score.adapter_dir(spec["adapter"], Path(tmp)) if spec["adapter"] else None
+        print(f"harness: adapter unpacked in {time.time() - t1:.0f} s", flush=True)  # 1.8 GB for the full set
         tok = llm.get_tokenizer()
         requests = [((g, r), _prompt(g["kind"], r, tok), _sampling(g, r)) for g, r in todo]
         t1, tokens = time.time(), 0

@@ -101,6 +101,10 @@ class Ticker:
         self.done = start
         self.shown = None  # the count the last line showed
 
+    def restart(self) -> None:
+        """The work proper begins now (an engine has started): rate and ETA count from here."""
+        self.t0, self.start = time.monotonic(), self.done
+
     def update(self, done: int, info: str = "", force: bool = False) -> None:
         self.done = done
         now = time.monotonic()
@@ -141,13 +145,17 @@ def bar(transient: bool = False) -> Progress:
 @contextlib.contextmanager
 def task(description: str, total: int, unit: str = "it"):
     """``with task("eval", n) as advance: advance(k, info="acc 0.4")`` shows a bar with rate and ETA (and
-    plain progress lines in a log)."""
+    plain progress lines in a log). ``advance(0, restart=True)`` starts the clock again where a long start-up
+    (vLLM's: minutes) would otherwise make the first rate and ETA nonsense."""
     ticker = Ticker(description, total, unit)
     last_info = [""]
     with bar() as progress:
         tid = progress.add_task(description, total=total, rate="", info="")
 
-        def advance(k: int = 1, info: str = ""):
+        def advance(k: int = 1, info: str = "", restart: bool = False):
+            if restart:
+                ticker.restart()
+                progress.reset(tid, completed=progress.tasks[tid].completed)
             progress.advance(tid, k)
             t = progress.tasks[tid]
             speed = t.finished_speed or t.speed

@@ -160,3 +160,17 @@ def test_release_frees_the_trainer_and_the_next_stage_resumes_from_the_newest_ad
     assert swapped.keys() == resident.keys()
     for key in swapped:
         torch.testing.assert_close(swapped[key], resident[key], rtol=0, atol=0)
+
+
+def test_the_parent_sees_the_engine_start_line_even_when_a_read_tears_it(tmp_path):
+    """The parent restarts its rate at the child's ENGINE_STARTED line, reading only the log's new bytes."""
+    log = tmp_path / "harness.log"
+    log.write_bytes(b"==== header\n" + harness.ENGINE_STARTED + b" in 9 s (an earlier run's)\n")
+    seen = {"pos": log.stat().st_size}
+    assert not harness._logged(log, seen, harness.ENGINE_STARTED)  # the earlier run's line is not this one's
+    with open(log, "ab") as f:
+        f.write(b"Loading weights...\n" + harness.ENGINE_STARTED[:9])
+    assert not harness._logged(log, seen, harness.ENGINE_STARTED)
+    with open(log, "ab") as f:
+        f.write(harness.ENGINE_STARTED[9:] + b" in 230 s\n")
+    assert harness._logged(log, seen, harness.ENGINE_STARTED)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fastnemo.progress import progress_line
+from fastnemo.progress import Ticker, progress_line
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -19,6 +19,20 @@ def test_progress_line_has_stage_step_rate_eta_and_info():
     line = progress_line("sft", 40, 300, 0.5, "step", "loss 1.23")
     assert re.fullmatch(r"\d\d:\d\d:\d\d sft: step 40/300 \(13 %\), 0.5 step/s, eta 8m40s, loss 1.23", line)
     assert "eta" not in progress_line("eval", 0, 10, 0.0, "puzzle", "")
+
+
+def test_a_restarted_ticker_counts_its_rate_from_the_restart(capsys, monkeypatch):
+    """The harness restarts its ticker once vLLM is up: 5 requests 10 s after a 600 s engine start read
+    0.5 request/s with 10 s to go, not 5 / 610 s with 20 min to go (the lane showed "eta 2h59m")."""
+    monkeypatch.setenv("FASTNEMO_PROGRESS_INTERVAL", "0")
+    for restarted, want in ((False, r"0.0082 request/s, eta 10m10s"), (True, r"0.5 request/s, eta 0m10s")):
+        t = Ticker("eval (harness)", 10, "request")
+        t.t0 -= 600  # the engine's start
+        if restarted:
+            t.restart()
+        t.t0 -= 10  # generating
+        t.update(5)
+        assert re.search(rf"request 5/10 \(50 %\), {want}", capsys.readouterr().err), want
 
 
 def test_recipe_with_output_in_a_file_logs_progress_lines_and_full_tables(tiny_recipe, tmp_path):
