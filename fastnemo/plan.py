@@ -534,9 +534,9 @@ def generation_work(recipe, stage: str) -> tuple[float, int, str]:
 
 def generation_hours(recipe, stage: str, runner: str) -> float:
     """Hours of the eval or distill ``stage`` through ``runner``. The harness: engine start + the stage's
-    overhead (the trainer's release, the adapter's load) + the trainer's reload + tokens at the harness's measured rate (eval.max_num_seqs). The engine: the hf engine
-    steps through slots (batch x each batch's longest completion) at its measured slot rate; vLLM colocated
-    at its rate."""
+    overhead (the trainer's release, the adapter's load) + the trainer's reload + tokens at the harness's
+    measured rate (eval.max_num_seqs). The engine: the hf engine steps through slots (batch x each batch's
+    longest completion) at its measured slot rate; vLLM colocated at its rate."""
     tokens, prompts, _ = generation_work(recipe, stage)
     if runner == "harness":
         return (RATES["harness_start_s"][0] + RATES["harness_overhead_s"][0] + RATES["trainer_reload_s"][0]
