@@ -141,14 +141,14 @@ def test_the_adapter_is_prepared_while_the_child_starts_its_engine(setup, tmp_pa
 
     def prepare():  # until the engine has started: the child must not touch the adapter before the signal
         for _ in range(600):
-            if "engine started" in log.read_text():
+            if harness.ENGINE_STARTED.decode() in log.read_text():
                 break
             time.sleep(0.5)
         shutil.copytree(setup / "adapter", served)
 
     harness.run(tmp_path, setup / "llama", (served, prepare), over, groups, "overlap")
     text = log.read_text()
-    assert "engine started" in text and len(read_jsonl(tmp_path / "chat.jsonl")) == 1
+    assert harness.ENGINE_STARTED.decode() in text and len(read_jsonl(tmp_path / "chat.jsonl")) == 1
 
     def broken():
         raise RuntimeError("pack failed: the adapter is unreadable")

@@ -23,7 +23,7 @@ def test_progress_line_has_stage_step_rate_eta_and_info():
 
 def test_a_restarted_ticker_counts_its_rate_from_the_restart(capsys, monkeypatch):
     """The harness restarts its ticker once vLLM is up: 5 requests 10 s after a 600 s engine start read
-    0.5 request/s with 10 s to go, not 5 / 610 s with 20 min to go (the lane showed "eta 2h59m")."""
+    0.5 request/s with 10 s to go, not 5 / 610 s with 10 min to go (the lane showed "eta 2h59m")."""
     monkeypatch.setenv("FASTNEMO_PROGRESS_INTERVAL", "0")
     for restarted, want in ((False, r"0.0082 request/s, eta 10m10s"), (True, r"0.5 request/s, eta 0m10s")):
         t = Ticker("eval (harness)", 10, "request")
